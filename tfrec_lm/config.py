@@ -1,0 +1,159 @@
+"""Training configuration: every option, its default and its meaning, in one place.
+
+The CLI (`python -m tfrec_lm.train`), the tuner (`tuning/`) and the tests all build a
+`TrainConfig` and call `tfrec_lm.training.train` with it. A config file (YAML or
+JSON) may carry any field; an unknown key is an error, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid."""
+
+
+def _opt(default, help: str, choices=None):  # noqa: A002 - mirrors argparse
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = tuple(choices)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All options of a training run. Defaults are the CPU preset."""
+
+    # Data
+    data: str = _opt("ml-100k", "dataset: `ml-100k`, or `files` to read --interactions/--items", ("ml-100k", "files"))
+    data_source: str = _opt(
+        "auto",
+        "where ml-100k comes from: `tfds` (needs network or a prepared TFDS dir), "
+        "`recbole` (the copy in the recbole wheel), `auto` (TFDS if prepared locally, else recbole)",
+        ("auto", "tfds", "recbole"),
+    )
+    interactions: Optional[str] = _opt(None, "your interactions file (CSV/TSV/Parquet/JSONL: user_id,item_id,timestamp[,rating])")
+    items: Optional[str] = _opt(None, "your items file (item_id and text, or title/year/genres)")
+    strict: bool = _opt(False, "stop at the first file with rows that break the schema")
+    max_history: int = _opt(50, "H: most recent history items a user tower sees")
+
+    # Encoder
+    encoder: str = _opt("all-MiniLM-L6-v2", "BERT-family encoder: a known alias, a local folder, or a hub name")
+    finetune: str = _opt("frozen", "encoder fine-tuning: full, top-k layers, or frozen", ("full", "top-k", "frozen"))
+    trainable_layers: int = _opt(2, "k for --finetune top-k")
+    max_item_tokens: int = _opt(32, "word pieces kept per item text")
+    history_tokens: int = _opt(128, "token budget of the history text (history-text tower)")
+
+    # Model
+    user_tower: str = _opt(
+        "item-sequence",
+        "user tower: `item-sequence` (encoded history items composed by a small transformer) "
+        "or `history-text` (BERT over the history's concatenated texts)",
+        ("item-sequence", "history-text"),
+    )
+    embedding_dim: int = _opt(64, "width of the user and item embeddings")
+    item_ids: bool = _opt(True, "hybrid: add a trainable item-ID embedding to the item text embedding")
+    num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
+    num_heads: int = _opt(2, "attention heads of the item-sequence tower")
+    dropout: float = _opt(0.2, "dropout rate")
+    temperature: float = _opt(0.05, "softmax temperature of the retrieval loss (embeddings are L2-normalised)")
+    negatives: str = _opt(
+        "catalog",
+        "retrieval negatives: `catalog` (exact softmax over every item; needs a cached item "
+        "encoder) or `in-batch` (the batch's items, with popularity log-Q correction)",
+        ("catalog", "in-batch"),
+    )
+    retrieval_weight: float = _opt(1.0, "weight of the TFRS Retrieval loss")
+    ranking_weight: float = _opt(0.1, "weight of the TFRS Ranking (rating regression) loss")
+
+    # Training
+    epochs: int = _opt(30, "maximum epochs (early stopping on validation NDCG@10 usually ends sooner)")
+    batch_size: int = _opt(256, "examples per step")
+    learning_rate: float = _opt(1e-3, "AdamW learning rate")
+    weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
+    patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
+    max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
+    time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
+    seed: int = _opt(42, "random seed")
+
+    # Output
+    output_dir: str = _opt("runs/tfrec_lm", "checkpoints, TensorBoard logs and metrics.json")
+    export_base: str = _opt("exports", "SavedModel base path: <export_base>/<model_name>/<version>/")
+    model_name: str = _opt("tfrec_lm", "model name in the export path and in TF Serving")
+    export: bool = _opt(True, "write the SavedModel after training")
+    index: str = _opt("scann", "top-k layer of serving_default: `scann` or `brute-force` (stock TF Serving)", ("scann", "brute-force"))
+    top_k: int = _opt(10, "K of serving_default")
+
+    def validate(self) -> "TrainConfig":
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{field.name}={value!r} is not one of {', '.join(choices)}")
+        positive = ["max_history", "max_item_tokens", "history_tokens", "embedding_dim", "num_blocks",
+                    "num_heads", "epochs", "batch_size", "top_k", "trainable_layers"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.temperature <= 0 or self.learning_rate <= 0:
+            raise ConfigError("temperature and learning_rate must be > 0")
+        if self.data == "files" and not self.interactions:
+            raise ConfigError("--data files needs --interactions PATH")
+        if self.negatives == "catalog" and self.finetune != "frozen":
+            raise ConfigError(
+                "--negatives catalog re-encodes the whole catalog each step and needs --finetune frozen; "
+                "use --negatives in-batch for full or top-k fine-tuning"
+            )
+        return self
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, base: Optional["TrainConfig"] = None) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        base = base or cls()
+        return dataclasses.replace(base, **values).validate()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Frozen encoder, cached item texts, exact catalog softmax: trains in minutes on 2 cores.
+    "cpu": {},
+    # A GPU fine-tunes the encoder; in-batch negatives keep each step to the batch's items.
+    "gpu": {"finetune": "full", "negatives": "in-batch", "batch_size": 128, "learning_rate": 5e-5,
+            "epochs": 10},
+    # Seconds-long runs for tests and the notebook.
+    "tiny": {"epochs": 1, "batch_size": 64, "max_history": 10, "embedding_dim": 16,
+             "max_item_tokens": 12, "history_tokens": 48, "patience": 1},
+}
+
+
+def load_config_file(path: str | Path) -> dict:
+    """Reads a YAML or JSON config file into a dict of option values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return {key.replace("-", "_"): value for key, value in values.items()}

@@ -1,0 +1,202 @@
+"""SavedModel export for TensorFlow Serving (SPEC §3)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+
+logger = logging.getLogger(__name__)
+
+LOWEST_SCORE = float(np.finfo(np.float32).min)
+
+
+def _in_sorted(sorted_rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """Row-wise membership. [B, N] sorted, [B, L] -> bool [B, L]."""
+    width = tf.shape(sorted_rows)[1]
+    positions = tf.searchsorted(sorted_rows, values, side="left")
+    found = tf.gather(sorted_rows, tf.minimum(positions, tf.maximum(width - 1, 0)), batch_dims=1)
+    return tf.logical_and(positions < width, tf.equal(found, values))
+
+
+def make_index(kind: str, embeddings: np.ndarray, k: int):
+    """Builds the top-k layer over catalog embeddings (rows 1..C).
+
+    Args:
+        kind: str. `scann` or `brute-force`.
+        embeddings: np.ndarray float32. [C+1, D] catalog embeddings, row 0 padding.
+        k: int. default k of the layer.
+    """
+    candidates = tf.constant(embeddings[1:], tf.float32)
+    identifiers = tf.range(1, embeddings.shape[0], dtype=tf.int32)
+    if kind == "brute-force":
+        return tfrs.layers.factorized_top_k.BruteForce(k=k, name="top_k").index(candidates, identifiers)
+    count = int(candidates.shape[0])
+    num_leaves = max(1, min(2000, int(np.sqrt(count))))
+    layer = tfrs.layers.factorized_top_k.ScaNN(
+        k=k,
+        num_leaves=num_leaves,
+        num_leaves_to_search=max(1, min(num_leaves, num_leaves // 4 + 1)) if count > 20_000 else num_leaves,
+        num_reordering_candidates=min(count, max(1000, 4 * k)),
+        name="top_k",
+    )
+    return layer.index(candidates, identifiers)
+
+
+class ServingModule(tf.Module):
+    """The exported graph: item-id lookup, user tower, top-k index, exclusion, fallback.
+
+    Args:
+        model: TwoTowerModel. the trained model.
+        item_ids: np.ndarray of str. [C+1] vocabulary, index 0 = padding `""`.
+        counts: np.ndarray. [C+1] training interaction counts (popularity).
+        top_k: int. K of `serving_default`.
+        index: str. `scann` or `brute-force`.
+    """
+
+    def __init__(self, model, item_ids, counts, top_k: int = 10, index: str = "scann"):
+        super().__init__(name="tfrec_lm_serving")
+        num_items = len(item_ids)
+        if top_k > num_items - 1:
+            raise ValueError(f"top_k={top_k} exceeds the catalog size {num_items - 1}")
+        self.top_k = int(top_k)
+        self.num_items = num_items
+        self.lookup = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(np.asarray(item_ids[1:], dtype=object).astype(str)),
+                tf.range(1, num_items, dtype=tf.int32)),
+            default_value=0)
+        self.item_ids = tf.constant(np.asarray(item_ids, dtype=object).astype(str))
+        everything = tf.range(num_items, dtype=tf.int32)
+        embeddings = model.item_tower(everything, training=False).numpy()
+        embeddings[0] = 0.0
+        self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
+        counts = np.asarray(counts, dtype=np.float64).copy()
+        counts[0] = -1.0
+        order = np.argsort(-counts[1:], kind="stable") + 1
+        self.popular = tf.constant(order.astype(np.int32))
+        share = np.maximum(counts, 0.0) / max(counts[1:].sum(), 1.0)
+        self.popularity_share = tf.constant(share.astype(np.float32))
+        self.user_tower = model.user_tower
+        if isinstance(model.user_tower, ItemSequenceUserTower):
+            # Compose, don't re-encode: history item vectors are a table computed now.
+            self.item_representations = tf.Variable(
+                model.item_tower.representation(everything, training=False).numpy(), trainable=False,
+                name="item_representations")
+        else:
+            self.item_representations = None
+        self.ranking_head = model.ranking_head
+        self.index = make_index(index, embeddings, self.top_k)
+        self.index_kind = index
+
+    def _users(self, history):
+        if self.item_representations is not None:
+            return self.user_tower.encode(history, lambda items: tf.gather(self.item_representations, items))
+        return self.user_tower(history, training=False)
+
+    def _lookup(self, item_ids):
+        return self.lookup.lookup(tf.strings.strip(item_ids))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+                                  tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
+    def retrieve(self, history_item_ids, history_timestamps):
+        """Top-K items per user, none from the history; popular items without history."""
+        history = self._lookup(history_item_ids)
+        batch = tf.shape(history)[0]
+        has_history = tf.reduce_any(history > 0, axis=1)
+        known = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
+        fetch = tf.minimum(self.top_k + tf.reduce_max(tf.concat([known, [0]], 0)), self.num_items - 1)
+        users = self._users(history)
+        _, found = self.index(users, k=fetch)
+        found = tf.cast(found, tf.int32)
+        found = tf.where(has_history[:, None], found, tf.zeros_like(found))
+        fill = tf.tile(self.popular[None, :fetch], [batch, 1])
+        sorted_found = tf.sort(found, axis=1)
+        fill_valid = tf.logical_not(_in_sorted(sorted_found, fill))
+        candidates = tf.concat([found, fill], axis=1)
+        sorted_history = tf.sort(history, axis=1)
+        valid = tf.logical_and(candidates > 0, tf.logical_not(_in_sorted(sorted_history, candidates)))
+        valid = tf.logical_and(valid, tf.concat([tf.ones_like(found, tf.bool), fill_valid], axis=1))
+        position = tf.cast(tf.range(tf.shape(candidates)[1]), tf.float32)[None, :]
+        priority = tf.where(valid, -position, LOWEST_SCORE)
+        _, chosen = tf.math.top_k(priority, k=self.top_k)
+        items = tf.gather(candidates, chosen, batch_dims=1)
+        vectors = tf.gather(self.item_embeddings, items)
+        scores = tf.where(has_history[:, None], tf.einsum("bd,bkd->bk", users, vectors),
+                          tf.gather(self.popularity_share, items))
+        return {"item_ids": tf.gather(self.item_ids, items), "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+                                  tf.TensorSpec([None, None], tf.int64, name="history_timestamps"),
+                                  tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
+    def rank(self, history_item_ids, history_timestamps, candidate_item_ids):
+        """Scores given candidates; unknown candidates get the lowest float32."""
+        history = self._lookup(history_item_ids)
+        has_history = tf.reduce_any(history > 0, axis=1)
+        candidates = self._lookup(candidate_item_ids)
+        users = self._users(history)
+        vectors = tf.gather(self.item_embeddings, candidates)
+        affinity = tf.einsum("bd,bmd->bm", users, vectors)
+        scores = tf.where(has_history[:, None], affinity, tf.gather(self.popularity_share, candidates))
+        scores = tf.where(candidates > 0, scores, LOWEST_SCORE)
+        tiled = tf.tile(users[:, None, :], [1, tf.shape(candidates)[1], 1])
+        ratings = tf.squeeze(self.ranking_head(tf.concat([tiled, vectors], axis=-1)), axis=-1)
+        return {"scores": scores, "predicted_ratings": ratings}
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
+        if model_dir.exists() else []
+    return max(versions, default=0) + 1
+
+
+def save_serving_module(module: ServingModule, export_base, model_name: str, metadata: dict,
+                        version: int | None = None) -> Path:
+    """Writes `<export_base>/<model_name>/<version>/` atomically and returns it."""
+    model_dir = Path(export_base) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = version or next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise FileExistsError(f"export version already exists: {final}")
+    staging = model_dir / f".tmp-{version}-{os.getpid()}-{int(time.time())}"
+    signatures = {"serving_default": module.retrieve, "rank": module.rank}
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if module.index_kind == "scann" else None)
+    try:
+        tf.saved_model.save(module, str(staging), signatures=signatures, options=options)
+        extra = staging / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        (extra / "tfrec_lm.json").write_text(json.dumps(metadata, indent=2, default=float))
+        os.rename(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    logger.info("exported %s", final)
+    return final
+
+
+def export_model(result, config) -> Path:
+    """Exports a `TrainResult` per SPEC §3 with the config's index and K."""
+    module = ServingModule(result.model, result.vocab.ids, result.counts, top_k=config.top_k, index=config.index)
+    metadata = {
+        "config": config.to_dict(),
+        "index": config.index,
+        "top_k": config.top_k,
+        "test_metrics": result.metrics,
+        "num_items": int(result.vocab.size - 1),
+    }
+    return save_serving_module(module, config.export_base, config.model_name, metadata)
+
+
+def load_scann_ops() -> None:
+    """Registers ScaNN's TensorFlow ops (needed to load a ScaNN export)."""
+    import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the ops)

@@ -1,0 +1,127 @@
+"""`BertTextEncoder`: a TFBertModel, mean-pooled, with a fine-tuning strategy."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+FINETUNE_STRATEGIES = ("full", "top-k", "frozen")
+
+
+def mean_pool(hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Averages token vectors over the real tokens.
+
+    Args:
+        hidden: tf.Tensor float. [B, L, D] token vectors.
+        mask: tf.Tensor int or bool. [B, L] 1 where the token is real.
+
+    Returns:
+        tf.Tensor float. [B, D]; all-zero rows where the mask is empty.
+    """
+    weights = tf.cast(mask, hidden.dtype)[:, :, None]
+    total = tf.reduce_sum(hidden * weights, axis=1)
+    count = tf.reduce_sum(weights, axis=1)
+    return total / tf.maximum(count, 1.0)
+
+
+class BertTextEncoder(tf.keras.layers.Layer):
+    """Encodes token ids with a HuggingFace `TFBertModel` and mean pooling.
+
+    Args:
+        bert: transformers.TFBertModel. the encoder (pretrained or tiny random).
+        finetune: str. one of `full` (every weight trains), `top-k` (only the top
+            `trainable_layers` transformer layers train) or `frozen` (no encoder
+            weight trains; what surrounds it does).
+        trainable_layers: int. the k of `top-k`.
+
+    Call args:
+        input_ids: tf.Tensor int32. [B, L] word-piece ids.
+        attention_mask: tf.Tensor int32. [B, L] 1 for real tokens.
+
+    Returns:
+        tf.Tensor float32. [B, hidden_size] mean-pooled last hidden states.
+    """
+
+    def __init__(self, bert, finetune: str = "frozen", trainable_layers: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        if finetune not in FINETUNE_STRATEGIES:
+            raise ValueError(
+                f"unknown fine-tuning strategy {finetune!r}; choose one of {FINETUNE_STRATEGIES}"
+            )
+        num_layers = bert.config.num_hidden_layers
+        if finetune == "top-k" and not 1 <= trainable_layers <= num_layers:
+            raise ValueError(
+                f"trainable_layers must be in [1, {num_layers}] for this encoder, got {trainable_layers}"
+            )
+        self.bert = bert
+        self.finetune = finetune
+        self.trainable_layers = int(trainable_layers)
+        self._apply_strategy()
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.bert.config.hidden_size)
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.finetune == "frozen"
+
+    def _apply_strategy(self) -> None:
+        main = self.bert.bert
+        # Mean pooling never uses BERT's pooler; keep it out of the gradient.
+        main.pooler.trainable = False
+        if self.finetune == "frozen":
+            self.bert.trainable = False
+        elif self.finetune == "top-k":
+            main.embeddings.trainable = False
+            layers = main.encoder.layer
+            for index, layer in enumerate(layers):
+                layer.trainable = index >= len(layers) - self.trainable_layers
+
+    def call(self, input_ids, attention_mask, training=False):
+        outputs = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            training=training and not self.is_frozen,
+        )
+        return mean_pool(outputs.last_hidden_state, attention_mask)
+
+    def encode_table(self, token_rows: np.ndarray, pad_id: int = 0, batch_size: int = 64) -> np.ndarray:
+        """Encodes many rows of token ids once, for a cache.
+
+        Args:
+            token_rows: np.ndarray int32. [N, L] token ids padded with `pad_id`.
+            pad_id: int. the padding id.
+            batch_size: int. rows per forward pass.
+
+        Returns:
+            np.ndarray float32. [N, hidden_size].
+        """
+        outputs = []
+        encode = tf.function(lambda ids, mask: self.call(ids, mask, training=False))
+        for start in range(0, len(token_rows), batch_size):
+            chunk = np.asarray(token_rows[start : start + batch_size])
+            width = max(1, int((chunk != pad_id).sum(axis=1).max()))
+            chunk = chunk[:, :width]
+            mask = (chunk != pad_id).astype(np.int32)
+            outputs.append(encode(tf.constant(chunk), tf.constant(mask)).numpy())
+        return np.concatenate(outputs, axis=0).astype(np.float32)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "bert_config": self.bert.config.to_dict(),
+                "finetune": self.finetune,
+                "trainable_layers": self.trainable_layers,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        from transformers import BertConfig, TFBertModel
+
+        config = dict(config)
+        bert = TFBertModel(BertConfig.from_dict(config.pop("bert_config")))
+        return cls(bert=bert, **config)

@@ -1,0 +1,88 @@
+"""`SequenceEncoder`: a small recency-aware transformer over history item vectors."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class SequenceEncoder(tf.keras.layers.Layer):
+    """Composes a user's interest from the vectors of their recent items.
+
+    The input is ordered newest first, so the learned position embedding is a
+    recency embedding (position 0 = the latest item). Self-attention blocks mix
+    the history; the output is the newest position's vector, which attends to
+    the whole history.
+
+    Args:
+        max_length: int. most recent items used.
+        num_blocks: int. transformer blocks.
+        num_heads: int. attention heads.
+        dropout: float. dropout rate inside the blocks.
+
+    Call args:
+        vectors: tf.Tensor float32. [B, N<=max_length, D] item vectors, newest first.
+        mask: tf.Tensor bool. [B, N] True for real items.
+
+    Returns:
+        tf.Tensor float32. [B, D].
+    """
+
+    def __init__(self, max_length: int, num_blocks: int = 1, num_heads: int = 2, dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = int(max_length)
+        self.num_blocks = int(num_blocks)
+        self.num_heads = int(num_heads)
+        self.dropout = float(dropout)
+
+    def build(self, input_shape):
+        width = int(input_shape[-1])
+        if width % self.num_heads:
+            raise ValueError(f"vector width {width} is not divisible by num_heads={self.num_heads}")
+        self.positions = self.add_weight(
+            name="recency_embedding",
+            shape=[self.max_length, width],
+            initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+        self.input_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="input_norm")
+        self.input_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.blocks = []
+        for index in range(self.num_blocks):
+            self.blocks.append(
+                {
+                    "attention": tf.keras.layers.MultiHeadAttention(
+                        self.num_heads, width // self.num_heads, dropout=self.dropout, name=f"attention_{index}"
+                    ),
+                    "norm1": tf.keras.layers.LayerNormalization(epsilon=1e-6, name=f"norm1_{index}"),
+                    "ffn1": tf.keras.layers.Dense(width * 2, activation="gelu", name=f"ffn1_{index}"),
+                    "ffn2": tf.keras.layers.Dense(width, name=f"ffn2_{index}"),
+                    "norm2": tf.keras.layers.LayerNormalization(epsilon=1e-6, name=f"norm2_{index}"),
+                    "drop": tf.keras.layers.Dropout(self.dropout),
+                }
+            )
+        super().build(input_shape)
+
+    def call(self, vectors, mask, training=False):
+        length = tf.shape(vectors)[1]
+        x = vectors + self.positions[None, :length, :]
+        x = self.input_dropout(self.input_norm(x), training=training)
+        mask = tf.cast(mask, tf.bool)
+        attention_mask = tf.logical_and(mask[:, :, None], mask[:, None, :])
+        for block in self.blocks:
+            attended = block["attention"](x, x, attention_mask=attention_mask, training=training)
+            x = block["norm1"](x + block["drop"](attended, training=training))
+            hidden = block["ffn2"](block["ffn1"](x))
+            x = block["norm2"](x + block["drop"](hidden, training=training))
+        x = x * tf.cast(mask[:, :, None], x.dtype)
+        return x[:, 0, :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "max_length": self.max_length,
+                "num_blocks": self.num_blocks,
+                "num_heads": self.num_heads,
+                "dropout": self.dropout,
+            }
+        )
+        return config

@@ -1,0 +1,52 @@
+"""`HistoryTextUserTower`: BERT over the text of the user's recent items."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+class HistoryTextUserTower(tf.keras.layers.Layer):
+    """Encodes `[CLS] newest [SEP] older [SEP] ...` with its own BERT encoder.
+
+    Args:
+        encoder: tfrec_lm.layers.BertTextEncoder. the history text encoder.
+        composer: tfrec_lm.layers.HistoryTextComposer. builds the token ids in-graph.
+        embedding_dim: int. output width.
+        dropout: float. dropout on the pooled vector.
+        normalize: bool. L2-normalise the output.
+
+    Call args:
+        history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
+
+    Returns:
+        tf.Tensor float32. [B, embedding_dim].
+    """
+
+    def __init__(self, encoder, composer, embedding_dim: int = 64, dropout: float = 0.1,
+                 normalize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.composer = composer
+        self.embedding_dim = int(embedding_dim)
+        self.dropout_rate = float(dropout)
+        self.normalize = bool(normalize)
+        self.dropout = tf.keras.layers.Dropout(self.dropout_rate)
+        self.projection = tf.keras.layers.Dense(self.embedding_dim, name="history_projection")
+
+    def call(self, history, training=False):
+        ids, mask = self.composer(history)
+        width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
+        pooled = self.encoder(ids[:, :width], mask[:, :width], training=training)
+        user = self.projection(self.dropout(pooled, training=training))
+        return tf.math.l2_normalize(user, axis=-1) if self.normalize else user
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "encoder": tf.keras.layers.serialize(self.encoder),
+            "composer": tf.keras.layers.serialize(self.composer),
+            "embedding_dim": self.embedding_dim,
+            "dropout": self.dropout_rate,
+            "normalize": self.normalize,
+        })
+        return config

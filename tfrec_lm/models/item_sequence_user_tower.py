@@ -1,0 +1,64 @@
+"""`ItemSequenceUserTower`: the user as a composition of their items' encodings."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tfrec_lm.layers.history_ops import compact_newest_first
+from tfrec_lm.layers.sequence_encoder import SequenceEncoder
+
+
+class ItemSequenceUserTower(tf.keras.layers.Layer):
+    """Encodes a history through the item tower's BERT vectors and a small transformer.
+
+    Each history item is represented exactly as the item tower represents it
+    (its BERT text vector, projected, plus its ID embedding when hybrid), so a
+    frozen encoder's cache serves both towers and nothing is re-encoded.
+
+    Args:
+        item_tower: tfrec_lm.models.ItemTower. shared item representation.
+        max_history: int. most recent known items used.
+        num_blocks: int. transformer blocks.
+        num_heads: int. attention heads.
+        dropout: float. dropout rate.
+        normalize: bool. L2-normalise the output.
+
+    Call args:
+        history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
+
+    Returns:
+        tf.Tensor float32. [B, embedding_dim].
+    """
+
+    def __init__(self, item_tower, max_history: int = 50, num_blocks: int = 1, num_heads: int = 2,
+                 dropout: float = 0.1, normalize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.item_tower = item_tower
+        self.max_history = int(max_history)
+        self.normalize = bool(normalize)
+        self.sequence_encoder = SequenceEncoder(max_history, num_blocks=num_blocks, num_heads=num_heads,
+                                                dropout=dropout, name="sequence_encoder")
+        self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection")
+
+    def encode(self, history, item_vectors_fn, training=False):
+        """Runs the tower with a given item-representation function (used by the export)."""
+        items = compact_newest_first(history, self.max_history)
+        vectors = item_vectors_fn(items)
+        user = self.output_projection(self.sequence_encoder(vectors, items > 0, training=training))
+        return tf.math.l2_normalize(user, axis=-1) if self.normalize else user
+
+    def call(self, history, training=False):
+        return self.encode(
+            history, lambda items: self.item_tower.representation(items, training=training), training=training
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "max_history": self.max_history,
+            "num_blocks": self.sequence_encoder.num_blocks,
+            "num_heads": self.sequence_encoder.num_heads,
+            "dropout": self.sequence_encoder.dropout,
+            "normalize": self.normalize,
+        })
+        return config

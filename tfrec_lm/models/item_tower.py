@@ -1,0 +1,98 @@
+"""`ItemTower`: item text through BERT, projected, plus an optional item-ID embedding."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+class ItemTower(tf.keras.layers.Layer):
+    """Embeds catalog items by index.
+
+    The item texts were tokenized once; the tower gathers their token rows and
+    runs the BERT encoder. With a frozen encoder the pooled BERT vectors of the
+    whole catalog are computed once (`refresh_cache`) and kept in a
+    non-trainable table, so a training step only projects cached vectors.
+
+    Args:
+        encoder: tfrec_lm.layers.BertTextEncoder. the item text encoder.
+        token_rows: np.ndarray int32. [C+1, L] `[CLS] text [SEP]` ids per item, row 0 padding.
+        embedding_dim: int. output width.
+        use_item_ids: bool. add a trainable item-ID embedding (hybrid).
+        dropout: float. dropout on the text vector.
+        normalize: bool. L2-normalise the output of `call`.
+
+    Call args:
+        items: tf.Tensor int32. [...] item indices.
+
+    Returns:
+        tf.Tensor float32. [..., embedding_dim].
+    """
+
+    def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
+                 dropout: float = 0.1, normalize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.token_rows = np.asarray(token_rows, dtype=np.int32)
+        self.num_items = int(self.token_rows.shape[0])
+        self.embedding_dim = int(embedding_dim)
+        self.use_item_ids = bool(use_item_ids)
+        self.dropout = float(dropout)
+        self.normalize = bool(normalize)
+        self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection")
+        self.text_dropout = tf.keras.layers.Dropout(self.dropout)
+        self.id_embedding = (
+            tf.keras.layers.Embedding(self.num_items, self.embedding_dim, name="item_id_embedding",
+                                      embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02))
+            if self.use_item_ids else None
+        )
+        self.text_cache = self.add_weight(
+            name="text_cache", shape=[self.num_items, encoder.hidden_size], trainable=False,
+            initializer="zeros",
+        ) if encoder.is_frozen else None
+        self._cache_ready = False
+
+    def refresh_cache(self, batch_size: int = 64) -> None:
+        """Encodes every item text with the (frozen) encoder into the cache."""
+        if self.text_cache is None:
+            raise ValueError("refresh_cache needs a frozen encoder")
+        table = self.encoder.encode_table(self.token_rows, batch_size=batch_size)
+        table[0] = 0.0
+        self.text_cache.assign(table)
+        self._cache_ready = True
+
+    def text_vectors(self, items, training=False):
+        """Pooled encoder vectors of items. [..., hidden_size]."""
+        items = tf.cast(items, tf.int32)
+        if self.text_cache is not None:
+            return tf.gather(self.text_cache, items)
+        flat = tf.reshape(items, [-1])
+        ids = tf.gather(tf.constant(self.token_rows), flat)
+        mask = tf.cast(ids != 0, tf.int32)
+        width = tf.reduce_max(tf.reduce_sum(mask, axis=1))
+        pooled = self.encoder(ids[:, :width], mask[:, :width], training=training)
+        return tf.reshape(pooled, tf.concat([tf.shape(items), [self.encoder.hidden_size]], axis=0))
+
+    def representation(self, items, training=False):
+        """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim]."""
+        text = self.text_dropout(self.text_vectors(items, training=training), training=training)
+        vectors = self.projection(text)
+        if self.id_embedding is not None:
+            vectors = vectors + self.id_embedding(tf.cast(items, tf.int32))
+        return vectors
+
+    def call(self, items, training=False):
+        vectors = self.representation(items, training=training)
+        return tf.math.l2_normalize(vectors, axis=-1) if self.normalize else vectors
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "encoder": tf.keras.layers.serialize(self.encoder),
+            "token_rows": self.token_rows.tolist(),
+            "embedding_dim": self.embedding_dim,
+            "use_item_ids": self.use_item_ids,
+            "dropout": self.dropout,
+            "normalize": self.normalize,
+        })
+        return config

@@ -1,0 +1,268 @@
+"""The one training function shared by the CLI, the tuner, the benchmarks and the tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_lm.config import TrainConfig
+from tfrec_lm.data.schema import Dataset
+from tfrec_lm.data.split import (ItemVocab, LeaveOneOutSplit, build_sequences, build_vocab, leave_one_out,
+                                 train_interaction_counts)
+from tfrec_lm.evaluation.metrics import full_catalog_ranks, sliced_metrics
+from tfrec_lm.evaluation.migration import js_migration_scores, migration_slices
+from tfrec_lm.evaluation.popularity import popularity_scores
+from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+from tfrec_lm.layers.history_text_composer import HistoryTextComposer
+from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
+from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+from tfrec_lm.models.item_tower import ItemTower
+from tfrec_lm.models.two_tower import TwoTowerModel
+from tfrec_lm.text import tokenize_items
+
+logger = logging.getLogger(__name__)
+
+EncoderFactory = Callable[[], tuple]  # () -> (TFBertModel, tokenizer)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        model: TwoTowerModel. the trained model (best validation weights).
+        vocab: ItemVocab. item index <-> item id.
+        split: LeaveOneOutSplit. the data split used.
+        metrics: dict. `{"model": {slice: {metric: value}}, "most_popular": ...}` on test.
+        validation_ndcg: list of float. validation NDCG@10 after each epoch.
+        train_seconds: float. wall time of `fit`.
+        export_path: Path or None. the SavedModel version directory.
+        counts: np.ndarray. [C+1] training interaction counts (popularity).
+    """
+
+    model: TwoTowerModel
+    vocab: ItemVocab
+    split: LeaveOneOutSplit
+    metrics: dict
+    validation_ndcg: list
+    train_seconds: float
+    export_path: Optional[Path]
+    counts: np.ndarray
+    dataset: Dataset
+    slices: dict
+
+
+def load_training_data(config: TrainConfig) -> Dataset:
+    """Reads the configured data source into the SPEC §1 schema."""
+    if config.data == "files":
+        from tfrec_lm.data.files import load_interactions_file
+
+        return load_interactions_file(config.interactions, config.items, strict=config.strict)
+    from tfrec_lm.data import movielens
+
+    if config.data_source == "tfds" or (config.data_source == "auto" and movielens.tfds_available()):
+        return movielens.load_movielens_100k_tfds(strict=config.strict)
+    from tfrec_lm.assets import movielens_100k_dir
+
+    return movielens.load_movielens_100k(movielens_100k_dir(), strict=config.strict)
+
+
+def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_factory: EncoderFactory,
+                item_probability=None) -> TwoTowerModel:
+    """Builds towers and tasks for `config` around fresh encoder copies."""
+    bert, tokenizer = encoder_factory()
+    tokens = tokenize_items(item_texts, tokenizer, config.max_item_tokens)
+    item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
+                                   name="item_text_encoder")
+    item_tower = ItemTower(item_encoder, tokens.with_special_tokens(), embedding_dim=config.embedding_dim,
+                           use_item_ids=config.item_ids, dropout=config.dropout, name="item_tower")
+    if config.user_tower == "item-sequence":
+        user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
+                                           num_blocks=config.num_blocks, num_heads=config.num_heads,
+                                           dropout=config.dropout, name="user_tower")
+    else:
+        history_bert, _ = encoder_factory()
+        history_encoder = BertTextEncoder(history_bert, finetune=config.finetune,
+                                          trainable_layers=config.trainable_layers, name="history_text_encoder")
+        composer = HistoryTextComposer(tokens.token_ids, tokens.lengths, tokens.cls_id, tokens.sep_id,
+                                       max_tokens=config.history_tokens, name="history_text_composer")
+        user_tower = HistoryTextUserTower(history_encoder, composer, embedding_dim=config.embedding_dim,
+                                          dropout=config.dropout, name="user_tower")
+    model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
+                          retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
+                          item_probability=item_probability)
+    if item_encoder.is_frozen:
+        item_tower.refresh_cache()
+    return model
+
+
+def pretrained_encoder_factory(spec: str) -> EncoderFactory:
+    """Loads the pretrained encoder once; each call returns an independent copy."""
+    from tfrec_lm.bert import load_bert
+
+    bert, tokenizer = load_bert(spec)
+    weights = bert.get_weights()
+    first = [True]
+
+    def factory():
+        if first[0]:
+            first[0] = False
+            return bert, tokenizer
+        copy = type(bert)(bert.config)
+        copy(copy.dummy_inputs)
+        copy.set_weights(weights)
+        return copy, tokenizer
+
+    return factory
+
+
+def examples_to_features(examples) -> dict:
+    return {
+        "history": examples.history.astype(np.int32),
+        "target": examples.target.astype(np.int32),
+        "rating": examples.rating.astype(np.float32),
+    }
+
+
+def user_embeddings(model: TwoTowerModel, history: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Runs the user tower over histories. [n, H] -> [n, D]."""
+    encode = tf.function(lambda h: model.user_tower(h, training=False))
+    return np.concatenate([encode(tf.constant(history[i:i + batch_size], tf.int32)).numpy()
+                           for i in range(0, len(history), batch_size)], axis=0)
+
+
+def score_catalog(model: TwoTowerModel, examples) -> np.ndarray:
+    """Full-catalog scores of evaluation examples. [n, C+1], column 0 = -inf."""
+    items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
+    scores = user_embeddings(model, examples.history) @ items.T
+    scores[:, 0] = -np.inf
+    return scores
+
+
+def spec_metrics(scores: np.ndarray, examples, slices: dict) -> dict:
+    """SPEC §2 metrics per slice from full-catalog scores."""
+    ranks = full_catalog_ranks(scores, examples.target, examples.exclude)
+    return sliced_metrics(ranks, slices)
+
+
+class ValidationNDCG(tf.keras.callbacks.Callback):
+    """Adds SPEC validation NDCG@10 (full catalog, history excluded) to the epoch logs."""
+
+    def __init__(self, examples, budget_seconds: Optional[float] = None):
+        super().__init__()
+        self.examples = examples
+        self.history: list[float] = []
+        self.budget_seconds = budget_seconds
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = score_catalog(self.model, self.examples)
+        ranks = full_catalog_ranks(scores, self.examples.target, self.examples.exclude)
+        ndcg = float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)))
+        self.history.append(ndcg)
+        if logs is not None:
+            logs["val_ndcg_at_10"] = ndcg
+        logger.info("epoch %d: validation NDCG@10 %.4f", epoch + 1, ndcg)
+        if self.budget_seconds is not None and time.monotonic() - self._start > self.budget_seconds:
+            logger.info("time budget reached after epoch %d", epoch + 1)
+            self.model.stop_training = True
+
+
+def make_optimizer(config: TrainConfig):
+    optimizer = tf.keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm", "norm", "embedding"])
+    return optimizer
+
+
+def train(config: TrainConfig, dataset: Optional[Dataset] = None,
+          encoder_factory: Optional[EncoderFactory] = None, verbose: int = 0) -> TrainResult:
+    """Trains, evaluates on the SPEC §2 test targets and (optionally) exports.
+
+    Args:
+        config: TrainConfig. every option of the run.
+        dataset: Dataset. already-loaded data; read from `config` when None.
+        encoder_factory: callable. returns `(TFBertModel, tokenizer)`; the
+            pretrained `config.encoder` when None (tests pass tiny random BERTs).
+        verbose: int. Keras progress output (0 silent, 1 progress bar, 2 one line per epoch).
+
+    Returns:
+        TrainResult.
+    """
+    config.validate()
+    tf.keras.utils.set_random_seed(config.seed)
+    dataset = dataset if dataset is not None else load_training_data(config)
+    vocab = build_vocab(dataset.items)
+    sequences = build_sequences(dataset, vocab)
+    split = leave_one_out(sequences, config.max_history)
+    counts = train_interaction_counts(split)
+    train_examples = split.train
+    if config.max_train_examples is not None and len(train_examples) > config.max_train_examples:
+        keep = np.argsort(-train_examples.target_timestamp, kind="stable")[: config.max_train_examples]
+        train_examples = train_examples.take(np.sort(keep))
+    encoder_factory = encoder_factory or pretrained_encoder_factory(config.encoder)
+    target_counts = np.bincount(split.train.target, minlength=vocab.size).astype(np.float64)
+    model = build_model(config, vocab, dataset.items["text"].tolist(), encoder_factory,
+                        item_probability=target_counts / max(target_counts.sum(), 1.0))
+    model.compile(optimizer=make_optimizer(config))
+
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    features = examples_to_features(train_examples)
+    train_ds = (tf.data.Dataset.from_tensor_slices(features)
+                .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True)
+                .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+    validation = ValidationNDCG(split.validation,
+                                None if config.time_budget_minutes is None else 60 * config.time_budget_minutes)
+    callbacks = [
+        validation,
+        tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
+                                         restore_best_weights=True),
+        tf.keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights"),
+                                           monitor="val_ndcg_at_10", mode="max", save_best_only=True,
+                                           save_weights_only=True),
+        tf.keras.callbacks.TensorBoard(log_dir=str(output_dir / "tensorboard"), update_freq="epoch"),
+    ]
+    start = time.monotonic()
+    model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    train_seconds = time.monotonic() - start
+    if validation.history and len(validation.history) - 1 != int(np.argmax(validation.history)):
+        # EarlyStopping restores the best weights only when it stops early; make it unconditional.
+        model.load_weights(str(output_dir / "checkpoints" / "best.weights"))
+
+    test = split.test
+    item_genres = dataset.items["genres"].tolist()
+    genres_by_index = [()] + item_genres
+    histories = [sequences.items[user][:-1] for user in test.user_index]
+    slices = migration_slices(js_migration_scores(histories, genres_by_index))
+    popularity = np.broadcast_to(popularity_scores(counts), (len(test.target), vocab.size))
+    metrics = {
+        "model": spec_metrics(score_catalog(model, test), test, slices),
+        "most_popular": spec_metrics(np.array(popularity), test, slices),
+    }
+    result = TrainResult(model=model, vocab=vocab, split=split, metrics=metrics,
+                         validation_ndcg=validation.history, train_seconds=train_seconds, export_path=None,
+                         counts=counts, dataset=dataset, slices=slices)
+    if config.export:
+        from tfrec_lm.export import export_model
+
+        result.export_path = export_model(result, config)
+    summary = {
+        "config": config.to_dict(),
+        "test": metrics,
+        "validation_ndcg_at_10": validation.history,
+        "train_seconds": train_seconds,
+        "train_examples": len(train_examples),
+        "export_path": str(result.export_path) if result.export_path else None,
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    return result
