@@ -1,0 +1,304 @@
+"""Loaders and schema validation: exact bad-row line numbers, strict mode, formats, TFDS fallbacks."""
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec_lm.data.files import load_interactions_file
+from tfrec_lm.data.movielens import (
+    load_movielens_100k,
+    load_movielens_100k_tfds,
+    tfds_available,
+    tfds_to_dataset,
+)
+from tfrec_lm.data.schema import BadRow, DataError, LoadReport, item_text
+
+GOOD_ROWS = [
+    ("u1", "a", 100, 4.0),
+    ("u1", "b", 200, 3.0),
+    ("u2", "a", 150, 5.0),
+    ("u2", "c", 150, 1.0),
+]
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def good_frame():
+    return pd.DataFrame(GOOD_ROWS, columns=["user_id", "item_id", "timestamp", "rating"])
+
+
+def test_item_text():
+    assert item_text("Toy Story", "1995", ("Animation", "Children's", "Comedy")) == (
+        "Toy Story (1995). Genres: Animation, Children's, Comedy"
+    )
+    assert item_text("Toy Story", "", ("Comedy",)) == "Toy Story. Genres: Comedy"
+    assert item_text("Toy Story", "1995", ()) == "Toy Story (1995)"
+    assert item_text("Heat") == "Heat"
+
+
+def test_load_report_summary():
+    report = LoadReport("x.csv", 10, [BadRow(line, "broken") for line in range(2, 9)])
+    text = report.summary(max_rows=3)
+    assert report.n_bad == 7
+    assert "x.csv: 10 rows read, 7 bad rows left out" in text
+    assert "line 2: broken" in text and "line 4: broken" in text and "line 5" not in text
+    assert "and 4 more" in text
+
+
+CSV_WITH_BAD_ROWS = (
+    "user_id,item_id,timestamp,rating\n"  # line 1
+    "u1,a,100,4\n"  # 2 ok
+    ",a,101,4\n"  # 3 missing user_id
+    "u1,b,abc,3\n"  # 4 non-integer timestamp
+    "\n"  # 5 blank, skipped but counted
+    "u2,a,-5,2\n"  # 6 negative timestamp
+    "u2,c,150,great\n"  # 7 non-numeric rating
+    "u2,d,160,\n"  # 8 ok, rating absent -> NaN
+    "u3,e,170\n"  # 9 wrong number of fields
+    "u3,,180,1\n"  # 10 missing item_id
+    "u3,a,1.5,1\n"  # 11 non-integer timestamp
+    "u3,b,200.0,1\n"  # 12 ok: integral float
+)
+
+
+def test_csv_bad_rows_have_exact_line_numbers(tmp_path, caplog):
+    path = write(tmp_path / "inter.csv", CSV_WITH_BAD_ROWS)
+    with caplog.at_level(logging.WARNING):
+        ds = load_interactions_file(path)
+    (report,) = ds.reports
+    assert report.rows_read == 10
+    lines = [b.line for b in report.bad_rows]
+    assert lines == [3, 4, 6, 7, 9, 10, 11]
+    reasons = {b.line: b.reason for b in report.bad_rows}
+    assert "missing user_id" in reasons[3]
+    assert "timestamp 'abc' is not an integer" in reasons[4]
+    assert "negative" in reasons[6]
+    assert "rating 'great' is not a number" in reasons[7]
+    assert "expected 4 fields, found 3" in reasons[9]
+    assert "missing item_id" in reasons[10]
+    assert "'1.5' is not an integer" in reasons[11]
+    frame = ds.interactions
+    assert frame["user_id"].tolist() == ["u1", "u2", "u3"]
+    assert frame["timestamp"].tolist() == [100, 160, 200]
+    assert frame["timestamp"].dtype == np.int64 and frame["rating"].dtype == np.float64
+    assert np.isnan(frame["rating"][1])
+    assert "7 bad rows" in caplog.text and "line 3" in caplog.text
+
+
+def test_strict_mode_raises_with_count_and_lines(tmp_path):
+    path = write(tmp_path / "inter.csv", CSV_WITH_BAD_ROWS)
+    with pytest.raises(DataError) as err:
+        load_interactions_file(path, strict=True)
+    message = str(err.value)
+    assert "7 bad rows" in message and "strict" in message
+    assert str(path) in message
+    assert "line 3: missing user_id" in message
+    assert "and 2 more" in message  # only the first five are listed
+
+
+def test_missing_file_and_columns_and_extension(tmp_path):
+    with pytest.raises(DataError, match="not found.*nope.csv"):
+        load_interactions_file(tmp_path / "nope.csv")
+    path = write(tmp_path / "inter.csv", "user_id,item,rating\nu1,a,3\n")
+    with pytest.raises(DataError) as err:
+        load_interactions_file(path)
+    assert "item_id, timestamp" in str(err.value) and "missing required column" in str(err.value)
+    with pytest.raises(DataError, match="unsupported file extension '.xlsx'"):
+        load_interactions_file(write(tmp_path / "inter.xlsx", "x"))
+    with pytest.raises(DataError, match="empty"):
+        load_interactions_file(write(tmp_path / "empty.csv", ""))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl"])
+def test_all_formats_give_the_same_dataset(tmp_path, fmt):
+    frame = good_frame()
+    path = tmp_path / f"inter.{fmt}"
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "tsv":
+        frame.to_csv(path, index=False, sep="\t")
+    elif fmt == "parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_json(path, orient="records", lines=True)
+    ds = load_interactions_file(path)
+    assert ds.reports[0].n_bad == 0
+    pd.testing.assert_frame_equal(ds.interactions, frame.astype({"user_id": object, "item_id": object}))
+    # no items file: catalog in order of first appearance, text = item id
+    assert ds.items["item_id"].tolist() == ["a", "b", "c"]
+    assert ds.items["text"].tolist() == ["a", "b", "c"]
+    assert ds.items["genres"].tolist() == [(), (), ()]
+
+
+def test_jsonl_line_numbers_start_at_one(tmp_path):
+    lines = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": 1}), "{not json", "[1, 2]", ""]
+    lines.append(json.dumps({"user_id": "u1", "item_id": "b", "timestamp": -1}))
+    path = write(tmp_path / "inter.jsonl", "\n".join(lines) + "\n")
+    ds = load_interactions_file(path)
+    assert [(b.line, b.reason.split(" (")[0]) for b in ds.reports[0].bad_rows] == [
+        (2, "not valid JSON"),
+        (3, "expected a JSON object, found list"),
+        (5, "timestamp -1 is negative"),
+    ]
+    assert ds.interactions["item_id"].tolist() == ["a"]
+    assert np.isnan(ds.interactions["rating"][0])  # no rating column -> NaN
+
+
+def test_parquet_line_is_row_number_plus_one(tmp_path):
+    frame = good_frame()
+    frame.loc[2, "timestamp"] = -7
+    path = tmp_path / "inter.parquet"
+    frame.to_parquet(path)
+    ds = load_interactions_file(path)
+    assert [b.line for b in ds.reports[0].bad_rows] == [3]
+
+
+def test_items_file_validation_and_text(tmp_path):
+    items = write(
+        tmp_path / "items.csv",
+        "item_id,title,year,genres\n"
+        "a,Toy Story,1995,Animation|Children's|Comedy\n"
+        "b,Heat,,\n"
+        "a,Duplicate,2000,Drama\n"  # line 4: duplicate
+        "c,Casino,1995,Crime|Drama\n",
+    )
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,zz,2\nu2,c,3\n")
+    ds = load_interactions_file(inter, items_path=items)
+    items_report, inter_report = ds.reports
+    assert [(b.line, b.reason) for b in items_report.bad_rows] == [(4, "duplicate item_id 'a' (first on line 2)")]
+    assert [b.line for b in inter_report.bad_rows] == [3]
+    assert "'zz' is not in the items table" in inter_report.bad_rows[0].reason
+    assert ds.items["item_id"].tolist() == ["a", "b", "c"]
+    assert ds.items["text"].tolist() == [
+        "Toy Story (1995). Genres: Animation, Children's, Comedy",
+        "Heat",
+        "Casino (1995). Genres: Crime, Drama",
+    ]
+    assert ds.items["genres"][0] == ("Animation", "Children's", "Comedy")
+    assert ds.items["year"].tolist() == ["1995", "", "1995"]
+    with pytest.raises(DataError, match="'text' or a 'title'"):
+        load_interactions_file(inter, items_path=write(tmp_path / "bad_items.csv", "item_id,name\na,x\n"))
+
+
+def test_items_text_column_is_used_as_is(tmp_path):
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"item_id": "a", "text": "A film about toys"}\n{"item_id": 7, "text": "Seven"}\n')
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\nu1,7,1\nu1,a,2\n")
+    ds = load_interactions_file(inter, items_path=items)
+    assert ds.items["item_id"].tolist() == ["a", "7"]
+    assert ds.items["text"].tolist() == ["A film about toys", "Seven"]
+    assert ds.interactions["item_id"].tolist() == ["7", "a"]
+
+
+def write_recbole(directory, inter_rows, item_rows):
+    directory.mkdir(parents=True, exist_ok=True)
+    write(
+        directory / "ml-100k.inter",
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + "".join(r + "\n" for r in inter_rows),
+    )
+    write(
+        directory / "ml-100k.item",
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "".join(r + "\n" for r in item_rows),
+    )
+    return directory
+
+
+ITEM_ROWS = [
+    "1\tToy Story\t1995\tAnimation Children's Comedy",
+    "2\tGoldenEye\t1995\tAction Adventure Thriller",
+    "267\tunkonwn\tunkonwn\tunknown",
+    "4\tNo Year\t\tDrama",
+]
+
+
+def test_movielens_recbole_loader(tmp_path):
+    directory = write_recbole(
+        tmp_path / "ml",
+        ["196\t1\t3\t881250949", "186\t2\t3\t891717742", "22\t267\t1\t878887116", "5\t4\t2\t878887117"],
+        ITEM_ROWS,
+    )
+    ds = load_movielens_100k(directory)
+    assert [r.n_bad for r in ds.reports] == [0, 0]
+    assert ds.interactions["user_id"].tolist() == ["196", "186", "22", "5"]
+    assert ds.interactions["rating"].tolist() == [3.0, 3.0, 1.0, 2.0]
+    assert ds.interactions["timestamp"].tolist() == [881250949, 891717742, 878887116, 878887117]
+    items = ds.items.set_index("item_id")
+    assert items.loc["1", "text"] == "Toy Story (1995). Genres: Animation, Children's, Comedy"
+    assert items.loc["1", "genres"] == ("Animation", "Children's", "Comedy")
+    assert items.loc["267", "year"] == "" and items.loc["267", "genres"] == ()
+    assert items.loc["4", "text"] == "No Year. Genres: Drama"
+
+
+def test_movielens_bad_rows_and_errors(tmp_path):
+    directory = write_recbole(
+        tmp_path / "ml",
+        ["196\t1\t3\t881250949", "186\t99\t3\t891717742", "22\t2\t1", "5\t4\tx\t878887117"],
+        ITEM_ROWS,
+    )
+    ds = load_movielens_100k(directory)
+    assert [(b.line, b.reason.split(" ")[0]) for b in ds.reports[1].bad_rows] == [(3, "item_id"), (4, "expected"), (5, "rating")]
+    assert len(ds.interactions) == 1
+    with pytest.raises(DataError, match="3 bad rows"):
+        load_movielens_100k(directory, strict=True)
+    (directory / "ml-100k.item").unlink()
+    with pytest.raises(DataError) as err:
+        load_movielens_100k(directory)
+    assert "not found" in str(err.value) and str(directory / "ml-100k.item") in str(err.value)
+    write(directory / "ml-100k.item", "id:token\tname:token_seq\n1\tx\n")
+    with pytest.raises(DataError, match="malformed.*item_id"):
+        load_movielens_100k(directory)
+
+
+def test_tfds_absent_is_fast_and_clean(tmp_path):
+    start = time.perf_counter()
+    assert tfds_available(tmp_path) is False
+    assert time.perf_counter() - start < 2.0
+    with pytest.raises(DataError, match="could not obtain TFDS|not installed"):
+        load_movielens_100k_tfds(data_dir=tmp_path, download=False)
+
+
+def test_tfds_records_convert_to_schema():
+    genre_names = ["Action", "Animation", "Children", "Comedy", "Unknown"]
+    movies = [
+        {"movie_id": b"10", "movie_title": b"Heat (1995)", "movie_genres": np.array([0])},
+        {"movie_id": b"2", "movie_title": b"Toy Story (1995)", "movie_genres": np.array([1, 2, 3])},
+        {"movie_id": b"3", "movie_title": b"unknown", "movie_genres": np.array([4])},
+    ]
+    batches = [
+        {
+            "user_id": np.array([b"7", b"8"]),
+            "movie_id": np.array([b"2", b"10"]),
+            "user_rating": np.array([4.0, 5.0], np.float32),
+            "timestamp": np.array([5, 6]),
+        },
+        {"user_id": np.array([b"7"]), "movie_id": np.array([b"99"]), "user_rating": np.array([1.0]), "timestamp": np.array([7])},
+    ]
+    ds = tfds_to_dataset(batches, movies, genre_names)
+    assert ds.items["item_id"].tolist() == ["2", "3", "10"]
+    assert ds.items["text"].tolist() == ["Toy Story (1995). Genres: Animation, Children, Comedy", "unknown", "Heat (1995). Genres: Action"]
+    assert ds.interactions["item_id"].tolist() == ["2", "10"]
+    assert [b.line for b in ds.reports[1].bad_rows] == [3]
+
+
+def test_modules_do_not_import_tensorflow():
+    code = (
+        "import sys\n"
+        "import tfrec_lm.data.schema, tfrec_lm.data.files, tfrec_lm.data.movielens, tfrec_lm.data.split\n"
+        "import tfrec_lm.evaluation.metrics, tfrec_lm.evaluation.migration, tfrec_lm.evaluation.popularity\n"
+        "bad = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1]
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,234 @@
+"""A user's own interaction data: CSV, TSV, Parquet or JSON Lines, chosen by extension.
+
+Interactions need the columns ``user_id, item_id, timestamp`` and may have ``rating``
+(SPEC section 1). An optional items file (same formats) has ``item_id`` and either
+``text``, or ``title`` with optional ``year`` and ``genres`` (names separated by ``|``,
+or a list in Parquet/JSON). Without an items file the catalog is every item seen in
+the interactions, with the item id as its text. Column names are matched after
+stripping whitespace and lower-casing. Extra columns are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfrec_lm.data.schema import (
+    BadRow,
+    DataError,
+    Dataset,
+    check_reports,
+    items_from_interactions,
+    normalize_genres,
+    validate_interactions,
+    validate_items,
+)
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
+INTERACTION_REQUIRED = ("user_id", "item_id", "timestamp")
+
+
+@dataclass
+class RawTable:
+    """Rows of a file before validation.
+
+    frame: pd.DataFrame. Raw values, one column per header field.
+    lines: np.ndarray int64 [n]. 1-based source line of each row of frame.
+    bad_rows: list[BadRow]. Rows the reader could not split into fields.
+    """
+
+    frame: pd.DataFrame
+    lines: np.ndarray
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+
+def _open_text(path: Path):
+    """path: Path. Returns a text file object; DataError when the file does not exist."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    return open(path, newline="", encoding="utf-8-sig")
+
+
+def read_delimited(path: str | Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> RawTable:
+    """Read a delimited text file whose first line is the header.
+
+    path: str | Path. The file.
+    delimiter: str. Field separator ("," or "\\t").
+    quoting: int. csv module quoting mode (csv.QUOTE_NONE for RecBole atomic files).
+    Returns RawTable. All values as str; rows with the wrong number of fields are
+        bad rows; blank lines are skipped (line numbers still count them).
+    """
+    path = Path(path)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    bad: list[BadRow] = []
+    with _open_text(path) as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: the file is empty (a header line was expected)")
+            header = [name.strip() for name in header]
+            if len(set(header)) != len(header):
+                raise DataError(f"{path}: repeated column names in the header: {header}")
+            previous = reader.line_num
+            for record in reader:
+                start, previous = previous + 1, reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # blank line
+                if len(record) != len(header):
+                    bad.append(BadRow(start, f"expected {len(header)} fields, found {len(record)}"))
+                    continue
+                rows.append(record)
+                lines.append(start)
+        except csv.Error as err:
+            raise DataError(f"{path}, line {reader.line_num}: malformed {delimiter!r}-separated text: {err}") from err
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err})") from err
+    frame = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
+    return RawTable(frame, np.asarray(lines, dtype=np.int64), bad)
+
+
+def read_jsonl(path: str | Path) -> RawTable:
+    """Read JSON Lines: one JSON object per line, the first line is line 1.
+
+    path: str | Path. The file.
+    Returns RawTable. Columns are the union of the objects' keys; lines that are not a
+        JSON object are bad rows; blank lines are skipped.
+    """
+    path = Path(path)
+    records: list[dict] = []
+    lines: list[int] = []
+    bad: list[BadRow] = []
+    try:
+        with _open_text(path) as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                if not records and not bad and line.lstrip().startswith("["):
+                    raise DataError(f"{path}: expected JSON Lines (one object per line), found a JSON array")
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    bad.append(BadRow(number, f"not valid JSON ({err.msg})"))
+                    continue
+                if not isinstance(record, dict):
+                    bad.append(BadRow(number, f"expected a JSON object, found {type(record).__name__}"))
+                    continue
+                records.append(record)
+                lines.append(number)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err})") from err
+    frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return RawTable(frame.astype(object), np.asarray(lines, dtype=np.int64), bad)
+
+
+def read_parquet(path: str | Path) -> RawTable:
+    """Read a Parquet file; row i (0-based) is reported as line i + 1.
+
+    path: str | Path. The file.
+    Returns RawTable. Values keep their Parquet types.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read as Parquet ({err})") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return RawTable(frame.reset_index(drop=True), np.arange(1, len(frame) + 1, dtype=np.int64), [])
+
+
+def read_table(path: str | Path) -> RawTable:
+    """Read a file in the format named by its extension, with column names lower-cased.
+
+    path: str | Path. A .csv, .tsv, .parquet, .jsonl or .json (JSON Lines) file.
+    Returns RawTable.
+    """
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        supported = ", ".join(sorted(FORMATS))
+        raise DataError(f"{path}: unsupported file extension {path.suffix!r} (supported: {supported})")
+    if kind == "csv":
+        table = read_delimited(path, ",")
+    elif kind == "tsv":
+        table = read_delimited(path, "\t")
+    elif kind == "parquet":
+        table = read_parquet(path)
+    else:
+        table = read_jsonl(path)
+    names = [c.lower() for c in table.frame.columns]
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}: column names repeat when case is ignored: {list(table.frame.columns)}")
+    table.frame.columns = names
+    return table
+
+
+def require_columns(table: RawTable, required: tuple[str, ...], path: str | Path) -> None:
+    """Raise DataError naming every required column the table lacks.
+
+    A JSON Lines table with no usable line gets the required columns, empty, so that
+    its bad rows are reported instead.
+
+    table: RawTable. A table read by read_table.
+    required: tuple[str, ...]. Column names that must be present.
+    path: str | Path. File name for the message.
+    """
+    if len(table.frame.columns) == 0 and table.bad_rows:  # JSON Lines where no line was usable
+        table.frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in required})
+        return
+    missing = [c for c in required if c not in table.frame.columns]
+    if missing:
+        found = ", ".join(table.frame.columns) or "none"
+        raise DataError(f"{path}: missing required column(s): {', '.join(missing)} (found: {found})")
+
+
+def load_items_file(path: str | Path):
+    """Read and validate an items file.
+
+    path: str | Path. File with item_id and text, or title [+ year] [+ genres].
+    Returns tuple (items: pd.DataFrame, report: LoadReport).
+    """
+    table = read_table(path)
+    require_columns(table, ("item_id",), path)
+    if "text" not in table.frame.columns and "title" not in table.frame.columns:
+        raise DataError(f"{path}: an items file needs a 'text' or a 'title' column (found: {', '.join(table.frame.columns)})")
+    frame = table.frame.copy()
+    if "genres" in frame.columns:
+        frame["genres"] = [normalize_genres(g, "|") for g in frame["genres"]]
+    return validate_items(frame, table.lines, str(path), table.bad_rows)
+
+
+def load_interactions_file(path: str | Path, items_path: str | Path | None = None, strict: bool = False) -> Dataset:
+    """Load a user's interactions (and optionally items) into the project's schema.
+
+    path: str | Path. Interactions file (.csv, .tsv, .parquet, .jsonl/.json).
+    items_path: str | Path | None. Items file; when given, interactions with items not
+        in it are bad rows.
+    strict: bool. Raise DataError when any row breaks the schema (else report and skip it).
+    Returns Dataset. Named after the interactions file's stem.
+    """
+    reports = []
+    items = None
+    known = None
+    if items_path is not None:
+        items, items_report = load_items_file(items_path)
+        reports.append(items_report)
+        known = pd.Index(items["item_id"])
+    table = read_table(path)
+    require_columns(table, INTERACTION_REQUIRED, path)
+    columns = [c for c in (*INTERACTION_REQUIRED, "rating") if c in table.frame.columns]
+    interactions, report = validate_interactions(table.frame[columns], table.lines, str(path), known, table.bad_rows)
+    reports.append(report)
+    check_reports(reports, strict)
+    if items is None:
+        items = items_from_interactions(interactions)
+    return Dataset(name=Path(path).stem, interactions=interactions, items=items, reports=reports)

@@ -1,0 +1,377 @@
+"""The one interaction/item schema every data source is read into (SPEC section 1).
+
+Loaders turn their source into raw columns plus the source line number of every
+row, then call :func:`validate_items` and :func:`validate_interactions`. A row that
+breaks the schema becomes a :class:`BadRow` in a :class:`LoadReport` and is left out
+of the data; :func:`check_reports` logs the reports and, in strict mode, raises
+:class:`DataError`. Nothing is dropped without appearing in a report.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
+ITEM_COLUMNS = ("item_id", "title", "year", "genres", "text")
+
+
+class DataError(ValueError):
+    """Input data that cannot be used: a missing file, a malformed file, or bad rows in strict mode."""
+
+
+@dataclass
+class BadRow:
+    """One rejected row.
+
+    line: int. 1-based line number in the source file (CSV/TSV: header is line 1;
+        JSONL: first line is line 1; Parquet: row number + 1).
+    reason: str. What was wrong with the row.
+    """
+
+    line: int
+    reason: str
+
+
+@dataclass
+class LoadReport:
+    """What happened when one source file was read.
+
+    source: str. The file (or dataset) that was read.
+    rows_read: int. Data rows seen in the source, good and bad.
+    bad_rows: list[BadRow]. Rows left out of the data, with their line numbers.
+    """
+
+    source: str
+    rows_read: int
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+    @property
+    def n_bad(self) -> int:
+        """int. Number of rejected rows."""
+        return len(self.bad_rows)
+
+    def summary(self, max_rows: int = 5) -> str:
+        """Human summary of the report.
+
+        max_rows: int. At most this many bad rows are listed.
+        Returns str. One line for the totals, then one line per listed bad row.
+        """
+        head = f"{self.source}: {self.rows_read} rows read, {self.n_bad} bad rows left out"
+        lines = [head]
+        for bad in self.bad_rows[:max_rows]:
+            lines.append(f"  line {bad.line}: {bad.reason}")
+        if self.n_bad > max_rows:
+            lines.append(f"  ... and {self.n_bad - max_rows} more")
+        return "\n".join(lines)
+
+
+@dataclass
+class Dataset:
+    """Interactions and item catalog in the project's schema.
+
+    name: str. Where the data came from (e.g. "ml-100k").
+    interactions: pd.DataFrame. Columns user_id (str), item_id (str), timestamp
+        (int64, Unix seconds), rating (float64, NaN when absent); file order, index reset.
+    items: pd.DataFrame. Columns item_id (str, unique), title (str), year (str, ''
+        if unknown), genres (tuple of str), text (str); catalog order, index reset.
+    reports: list[LoadReport]. One per file read.
+    """
+
+    name: str
+    interactions: pd.DataFrame
+    items: pd.DataFrame
+    reports: list[LoadReport] = field(default_factory=list)
+
+
+def item_text(title: str, year: str = "", genres: tuple[str, ...] | list[str] = ()) -> str:
+    """The text that describes an item, e.g. "Toy Story (1995). Genres: Animation, Comedy".
+
+    title: str. Item title.
+    year: str. Release year; the "(year)" part is omitted when empty.
+    genres: tuple[str, ...]. Genre names; the "Genres: ..." part is omitted when empty.
+    Returns str. The item text.
+    """
+    title = (title or "").strip()
+    year = (year or "").strip()
+    text = f"{title} ({year})" if year else title
+    genres = [g for g in genres if g]
+    if genres:
+        genre_part = "Genres: " + ", ".join(genres)
+        text = f"{text}. {genre_part}" if text else genre_part
+    return text
+
+
+# --------------------------------------------------------------------------- column parsing
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """values: pd.Series. Raw column. Returns np.ndarray bool [n]. True where None/NaN."""
+    return values.isna().to_numpy()
+
+
+def parse_string_column(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Turn a raw id/text column into stripped strings.
+
+    values: pd.Series. Raw values (str, int, integral float, None/NaN).
+    Returns tuple (strings: np.ndarray object [n], missing: np.ndarray bool [n]).
+        Integral floats become "5", not "5.0"; missing values become "".
+    """
+    values = values.reset_index(drop=True)
+    missing = _missing(values)
+    if pd.api.types.is_float_dtype(values.dtype):
+        raw = values.to_numpy(dtype=float, na_value=np.nan)
+        strings = np.array(
+            ["" if m else (str(int(v)) if np.isfinite(v) and v == int(v) else str(v)) for v, m in zip(raw, missing)],
+            dtype=object,
+        )
+    else:
+        strings = values.astype(object).where(~missing, "").astype(str).str.strip().to_numpy(dtype=object, copy=True)
+    strings[missing] = ""
+    return strings, missing | (strings == "")
+
+
+def parse_int_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse a non-negative integer column (timestamps).
+
+    values: pd.Series. Raw values (int, integral float, digit strings).
+    name: str. Column name used in the reasons.
+    Returns tuple (ints: np.ndarray int64 [n], reasons: np.ndarray object [n]);
+        reasons[i] is "" for a good value, else why the value was rejected.
+    """
+    values = values.reset_index(drop=True)
+    n = len(values)
+    reasons = np.full(n, "", dtype=object)
+    ints = np.zeros(n, dtype=np.int64)
+    if pd.api.types.is_bool_dtype(values.dtype):
+        reasons[:] = f"{name} is not an integer"
+        return ints, reasons
+    if pd.api.types.is_integer_dtype(values.dtype) and not values.isna().any():
+        ints = values.to_numpy(dtype=np.int64)
+    else:
+        text, missing = parse_string_column(values)
+        digits = pd.Series(text, dtype=object).str.fullmatch(r"[+-]?\d+").to_numpy(dtype=bool)
+        number = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(dtype=float)
+        integral = np.isfinite(number) & (np.mod(np.nan_to_num(number), 1) == 0) & (np.abs(number) < 2.0**63)
+        ints[integral] = number[integral].astype(np.int64)
+        exact = digits & integral & (np.abs(number) >= 2.0**53)
+        for i in np.flatnonzero(exact):  # beyond float precision: parse the digits exactly
+            value = int(text[i])
+            integral[i] = -(2**63) <= value < 2**63
+            ints[i] = value if integral[i] else 0
+        good = integral & ~missing
+        reasons[missing] = f"missing {name}"
+        bad = ~good & ~missing
+        reasons[bad] = [f"{name} {text[i]!r} is not an integer" for i in np.flatnonzero(bad)]
+    negative = (reasons == "") & (ints < 0)
+    reasons[negative] = [f"{name} {ints[i]} is negative" for i in np.flatnonzero(negative)]
+    return ints, reasons
+
+
+def parse_float_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Parse an optional numeric column (ratings); missing values become NaN.
+
+    values: pd.Series. Raw values.
+    name: str. Column name used in the reasons.
+    Returns tuple (floats: np.ndarray float64 [n], reasons: np.ndarray object [n]).
+    """
+    values = values.reset_index(drop=True)
+    n = len(values)
+    reasons = np.full(n, "", dtype=object)
+    if pd.api.types.is_bool_dtype(values.dtype):
+        reasons[:] = f"{name} is not a number"
+        return np.full(n, np.nan), reasons
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        floats = values.to_numpy(dtype=float, na_value=np.nan, copy=True)
+        text = floats.astype(str).astype(object)
+        missing = np.isnan(floats)
+    else:
+        text, missing = parse_string_column(values)
+        floats = pd.to_numeric(pd.Series(text, dtype=object), errors="coerce").to_numpy(dtype=float, copy=True)
+        floats[missing] = np.nan
+    bad = ~missing & ~np.isfinite(floats)
+    reasons[bad] = [f"{name} {text[i]!r} is not a number" for i in np.flatnonzero(bad)]
+    return floats, reasons
+
+
+def normalize_genres(value: object, sep: str = "|") -> tuple[str, ...]:
+    """Genres of one item as a tuple of names.
+
+    value: object. None/NaN (no genres), a string of names separated by sep, or a
+        list/tuple/array of names.
+    sep: str. Separator used when value is a string.
+    Returns tuple[str, ...]. Stripped, non-empty names in their given order.
+    """
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ()
+    if isinstance(value, (str, bytes)):
+        value = value.decode("utf-8") if isinstance(value, bytes) else value
+        parts = value.split(sep) if sep != " " else value.split()
+    else:
+        parts = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in value]
+    return tuple(p.strip() for p in parts if p is not None and p.strip())
+
+
+def _join_reasons(*columns: np.ndarray) -> np.ndarray:
+    """columns: np.ndarray object [n] each. Returns np.ndarray object [n]; non-empty reasons joined by "; "."""
+    out = np.full(len(columns[0]), "", dtype=object)
+    for col in columns:
+        has = col != ""
+        both = has & (out != "")
+        out[both] = out[both] + "; " + col[both]
+        only = has & ~both
+        out[only] = col[only]
+    return out
+
+
+def _bad_rows(reasons: np.ndarray, lines: np.ndarray) -> list[BadRow]:
+    """reasons: np.ndarray object [n]. lines: np.ndarray int [n]. Returns list[BadRow] for non-empty reasons."""
+    return [BadRow(int(lines[i]), str(reasons[i])) for i in np.flatnonzero(reasons != "")]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_interactions(
+    raw: pd.DataFrame,
+    lines: np.ndarray,
+    source: str,
+    known_items: pd.Index | None = None,
+    pre_bad: list[BadRow] | None = None,
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Check raw interaction rows against the schema.
+
+    raw: pd.DataFrame. Columns user_id, item_id, timestamp and optionally rating, raw values.
+    lines: np.ndarray int [n]. Source line number of each row of raw.
+    source: str. File name for the report.
+    known_items: pd.Index | None. Catalog item ids; rows with other items are bad.
+    pre_bad: list[BadRow] | None. Rows the reader already rejected (e.g. wrong field count).
+    Returns tuple (interactions: pd.DataFrame in the schema, report: LoadReport).
+    """
+    lines = np.asarray(lines, dtype=np.int64)
+    users, user_missing = parse_string_column(raw["user_id"])
+    items, item_missing = parse_string_column(raw["item_id"])
+    timestamps, ts_reasons = parse_int_column(raw["timestamp"], "timestamp")
+    if "rating" in raw.columns:
+        ratings, rating_reasons = parse_float_column(raw["rating"], "rating")
+    else:
+        ratings, rating_reasons = np.full(len(raw), np.nan), np.full(len(raw), "", dtype=object)
+    id_reasons = np.full(len(raw), "", dtype=object)
+    id_reasons[user_missing] = "missing user_id"
+    item_reasons = np.full(len(raw), "", dtype=object)
+    item_reasons[item_missing] = "missing item_id"
+    if known_items is not None:
+        unknown = ~item_missing & ~pd.Index(items).isin(known_items)
+        item_reasons[unknown] = [f"item_id {items[i]!r} is not in the items table" for i in np.flatnonzero(unknown)]
+    reasons = _join_reasons(id_reasons, item_reasons, ts_reasons, rating_reasons)
+    good = reasons == ""
+    frame = pd.DataFrame(
+        {
+            "user_id": pd.Series(users[good], dtype=object),
+            "item_id": pd.Series(items[good], dtype=object),
+            "timestamp": timestamps[good].astype(np.int64),
+            "rating": ratings[good].astype(np.float64),
+        }
+    )
+    bad = sorted(list(pre_bad or []) + _bad_rows(reasons, lines), key=lambda b: b.line)
+    report = LoadReport(source=source, rows_read=len(raw) + len(pre_bad or []), bad_rows=bad)
+    return frame, report
+
+
+def validate_items(
+    raw: pd.DataFrame,
+    lines: np.ndarray,
+    source: str,
+    pre_bad: list[BadRow] | None = None,
+) -> tuple[pd.DataFrame, LoadReport]:
+    """Check raw item rows and build the items table.
+
+    raw: pd.DataFrame. Column item_id, and text, or title with optional year and genres
+        (genres: tuple/list of str per row).
+    lines: np.ndarray int [n]. Source line number of each row of raw.
+    source: str. File name for the report.
+    pre_bad: list[BadRow] | None. Rows the reader already rejected.
+    Returns tuple (items: pd.DataFrame in the schema, report: LoadReport). A repeated
+        item_id is a bad row (the first occurrence is kept).
+    """
+    lines = np.asarray(lines, dtype=np.int64)
+    n = len(raw)
+    ids, missing = parse_string_column(raw["item_id"])
+    reasons = np.full(n, "", dtype=object)
+    reasons[missing] = "missing item_id"
+    dup = pd.Series(ids).duplicated().to_numpy() & ~missing
+    if dup.any():
+        first_line = {}
+        for i in np.flatnonzero(~missing & ~dup):
+            first_line[ids[i]] = int(lines[i])
+        reasons[dup] = [f"duplicate item_id {ids[i]!r} (first on line {first_line[ids[i]]})" for i in np.flatnonzero(dup)]
+    good = reasons == ""
+
+    def text_col(name: str) -> np.ndarray:
+        if name not in raw.columns:
+            return np.full(n, "", dtype=object)
+        return parse_string_column(raw[name])[0]
+
+    titles = text_col("title")
+    years = text_col("year")
+    genres = [normalize_genres(x) for x in raw["genres"]] if "genres" in raw.columns else [()] * n
+    if "text" in raw.columns:
+        texts = text_col("text")
+        titles = np.where(titles == "", texts, titles)
+    else:
+        texts = np.array([item_text(t, y, g) for t, y, g in zip(titles, years, genres)], dtype=object)
+    texts = np.where(texts == "", ids, texts)
+    keep = np.flatnonzero(good)
+    frame = pd.DataFrame(
+        {
+            "item_id": pd.Series(ids[keep], dtype=object),
+            "title": pd.Series(titles[keep], dtype=object),
+            "year": pd.Series(years[keep], dtype=object),
+            "genres": pd.Series([genres[i] for i in keep], dtype=object),
+            "text": pd.Series(texts[keep], dtype=object),
+        }
+    )
+    bad = sorted(list(pre_bad or []) + _bad_rows(reasons, lines), key=lambda b: b.line)
+    return frame, LoadReport(source=source, rows_read=n + len(pre_bad or []), bad_rows=bad)
+
+
+def items_from_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
+    """Catalog derived from interactions when no items file is given.
+
+    interactions: pd.DataFrame. Schema interactions.
+    Returns pd.DataFrame. One item per distinct item_id in order of first appearance,
+        title = text = item_id, year '', genres ().
+    """
+    ids = pd.unique(interactions["item_id"].to_numpy(dtype=object))
+    return pd.DataFrame(
+        {
+            "item_id": pd.Series(ids, dtype=object),
+            "title": pd.Series(ids, dtype=object),
+            "year": pd.Series([""] * len(ids), dtype=object),
+            "genres": pd.Series([()] * len(ids), dtype=object),
+            "text": pd.Series(ids, dtype=object),
+        }
+    )
+
+
+def check_reports(reports: list[LoadReport], strict: bool, max_rows: int = 5) -> None:
+    """Log a warning for every report with bad rows; in strict mode raise instead.
+
+    reports: list[LoadReport]. Reports of the files just read.
+    strict: bool. Raise DataError when any row was rejected.
+    max_rows: int. Bad rows listed per report.
+    """
+    flawed = [r for r in reports if r.n_bad]
+    if not flawed:
+        return
+    if strict:
+        total = sum(r.n_bad for r in flawed)
+        body = "\n".join(r.summary(max_rows) for r in flawed)
+        raise DataError(f"{total} bad rows (strict mode, nothing loaded):\n{body}")
+    for report in flawed:
+        logger.warning("bad rows left out of the data:\n%s", report.summary(max_rows))

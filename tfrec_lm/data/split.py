@@ -1,0 +1,348 @@
+"""Item vocabulary, per-user sequences and the evaluation splits of SPEC section 2.
+
+Vocabulary index 0 is the padding id ``""``; items 1..C follow the catalog order.
+Histories are oldest first and right-padded with 0 (timestamps with 0), the layout of
+the serving contract. Training examples exist for every train position t >= 1 (a
+target with at least one earlier interaction); position 0 still counts as a training
+interaction for popularity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from tfrec_lm.data.schema import Dataset
+
+PAD = ""
+
+
+@dataclass
+class ItemVocab:
+    """Item id <-> index mapping.
+
+    ids: np.ndarray. object [C+1]; ids[0] is the padding id "", ids[1:] the catalog items.
+    """
+
+    ids: np.ndarray
+    _lookup: pd.Index = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.ids = np.asarray(self.ids, dtype=object)
+        if len(self.ids) == 0 or self.ids[0] != PAD:
+            raise ValueError("ItemVocab.ids[0] must be the padding id ''")
+        self._lookup = pd.Index(self.ids[1:])
+        if not self._lookup.is_unique or (self.ids[1:] == PAD).any():
+            raise ValueError("ItemVocab item ids must be unique and non-empty")
+
+    @property
+    def size(self) -> int:
+        """int. C + 1 (catalog items plus padding)."""
+        return len(self.ids)
+
+    def index(self, item_ids) -> np.ndarray:
+        """Vocabulary indices of item ids.
+
+        item_ids: array-like of str [...]. Item ids; unknown ids and "" map to 0.
+        Returns np.ndarray int32 [...].
+        """
+        arr = np.asarray(item_ids, dtype=object)
+        flat = self._lookup.get_indexer(arr.ravel()) + 1
+        return flat.astype(np.int32).reshape(arr.shape)
+
+
+def build_vocab(items: pd.DataFrame) -> ItemVocab:
+    """Vocabulary over a catalog.
+
+    items: pd.DataFrame. Dataset.items (column item_id, unique).
+    Returns ItemVocab. Items 1..C in the order of items.
+    """
+    return ItemVocab(np.array([PAD, *items["item_id"].tolist()], dtype=object))
+
+
+@dataclass
+class UserSequences:
+    """Every user's interactions, time-ordered.
+
+    user_ids: np.ndarray. object [U]; users in order of first appearance in the data.
+    items: list[np.ndarray]. int32 [n_u] vocab indices per user, stable-sorted by time.
+    timestamps: list[np.ndarray]. int64 [n_u] per user.
+    ratings: list[np.ndarray]. float32 [n_u] per user, NaN where absent.
+    vocab_size: int. C + 1; 0 means "take the largest index + 1".
+    """
+
+    user_ids: np.ndarray
+    items: list[np.ndarray]
+    timestamps: list[np.ndarray]
+    ratings: list[np.ndarray]
+    vocab_size: int = 0
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All sequences end to end.
+
+        Returns tuple (items int32 [N], timestamps int64 [N], ratings float32 [N],
+            offsets int64 [U+1]); user u owns positions offsets[u]:offsets[u+1].
+        """
+        lengths = np.array([len(s) for s in self.items], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+        def cat(parts, dtype):
+            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+        return cat(self.items, np.int32), cat(self.timestamps, np.int64), cat(self.ratings, np.float32), offsets
+
+    def resolved_vocab_size(self) -> int:
+        """Returns int. vocab_size, or the largest item index + 1 when vocab_size is 0."""
+        top = max((int(s.max()) for s in self.items if len(s)), default=0)
+        return max(self.vocab_size, top + 1)
+
+
+def build_sequences(dataset: Dataset, vocab: ItemVocab) -> UserSequences:
+    """Group interactions by user and sort each user's by timestamp (stable: ties keep file order).
+
+    dataset: Dataset. Interactions in file order.
+    vocab: ItemVocab. Vocabulary over dataset.items.
+    Returns UserSequences. Users in order of first appearance.
+    """
+    frame = dataset.interactions
+    items = vocab.index(frame["item_id"].to_numpy(dtype=object))
+    if (items == 0).any():
+        unknown = frame["item_id"].to_numpy(dtype=object)[items == 0][:5].tolist()
+        raise ValueError(f"interactions hold items missing from the vocabulary, e.g. {unknown}")
+    codes, users = pd.factorize(frame["user_id"].to_numpy(dtype=object))
+    timestamps = frame["timestamp"].to_numpy(dtype=np.int64)
+    ratings = frame["rating"].to_numpy(dtype=np.float32)
+    by_time = np.argsort(timestamps, kind="stable")
+    order = by_time[np.argsort(codes[by_time], kind="stable")]
+    bounds = np.cumsum(np.bincount(codes, minlength=len(users)))[:-1]
+    return UserSequences(
+        user_ids=np.asarray(users, dtype=object),
+        items=np.split(items[order], bounds),
+        timestamps=np.split(timestamps[order], bounds),
+        ratings=np.split(ratings[order], bounds),
+        vocab_size=vocab.size,
+    )
+
+
+@dataclass
+class Examples:
+    """(history, target) examples.
+
+    user_index: np.ndarray. int32 [n]; index into UserSequences.user_ids.
+    history: np.ndarray. int32 [n, H]; the most recent H items before the target,
+        oldest first, right-padded with 0.
+    history_timestamps: np.ndarray. int64 [n, H]; 0 at padding.
+    target: np.ndarray. int32 [n].
+    target_timestamp: np.ndarray. int64 [n].
+    rating: np.ndarray. float32 [n]; NaN when absent.
+    exclude: list[np.ndarray] | None. For evaluation: int32 [m_i] every item of the
+        user's full (untruncated) history before the target; None for training.
+    """
+
+    user_index: np.ndarray
+    history: np.ndarray
+    history_timestamps: np.ndarray
+    target: np.ndarray
+    target_timestamp: np.ndarray
+    rating: np.ndarray
+    exclude: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def take(self, indices) -> "Examples":
+        """Subset of the examples.
+
+        indices: array-like of int [m] or bool [n]. Rows to keep, in this order.
+        Returns Examples.
+        """
+        idx = np.asarray(indices)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return Examples(
+            user_index=self.user_index[idx],
+            history=self.history[idx],
+            history_timestamps=self.history_timestamps[idx],
+            target=self.target[idx],
+            target_timestamp=self.target_timestamp[idx],
+            rating=self.rating[idx],
+            exclude=None if self.exclude is None else [self.exclude[i] for i in idx],
+        )
+
+
+def _examples(sequences: UserSequences, users: np.ndarray, positions: np.ndarray, max_history: int, evaluation: bool) -> Examples:
+    """Examples whose targets are the given positions.
+
+    sequences: UserSequences. All users.
+    users: np.ndarray int [n]. User of each target.
+    positions: np.ndarray int [n]. Position of each target in its user's sequence.
+    max_history: int. H.
+    evaluation: bool. Fill exclude with the full prior history.
+    Returns Examples.
+    """
+    if max_history < 1:
+        raise ValueError(f"max_history must be >= 1, got {max_history}")
+    items, timestamps, ratings, offsets = sequences.flat()
+    users = np.asarray(users, dtype=np.int64)
+    positions = np.asarray(positions, dtype=np.int64)
+    glob = offsets[users] + positions
+    length = np.minimum(positions, max_history)
+    cols = np.arange(max_history, dtype=np.int64)
+    valid = cols[None, :] < length[:, None]
+    source = np.where(valid, (glob - length)[:, None] + cols[None, :], 0)
+    history = np.where(valid, items[source] if len(items) else 0, 0).astype(np.int32)
+    history_ts = np.where(valid, timestamps[source] if len(items) else 0, 0).astype(np.int64)
+    exclude = [items[offsets[u] : g].copy() for u, g in zip(users, glob)] if evaluation else None
+    return Examples(
+        user_index=users.astype(np.int32),
+        history=history.reshape(len(users), max_history),
+        history_timestamps=history_ts.reshape(len(users), max_history),
+        target=items[glob].astype(np.int32),
+        target_timestamp=timestamps[glob].astype(np.int64),
+        rating=ratings[glob].astype(np.float32),
+        exclude=exclude,
+    )
+
+
+def _positions(sequences: UserSequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns tuple (user int64 [N], position int64 [N], length of that user's sequence int64 [N])."""
+    lengths = np.array([len(s) for s in sequences.items], dtype=np.int64)
+    users = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    positions = np.arange(len(users), dtype=np.int64) - np.repeat(starts, lengths)
+    return users, positions, np.repeat(lengths, lengths)
+
+
+@dataclass
+class LeaveOneOutSplit:
+    """SPEC section 2 leave-one-out split.
+
+    train: Examples. Targets at train positions t >= 1 (all but the last two per user).
+    validation: Examples. Second-last interaction per user (users with >= 2).
+    test: Examples. Last interaction per user; its history includes the validation item.
+    max_history: int. H.
+    train_items: np.ndarray. int32 [N_train]; every training interaction (position 0 included).
+    vocab_size: int. C + 1.
+    """
+
+    train: Examples
+    validation: Examples
+    test: Examples
+    max_history: int
+    train_items: np.ndarray
+    vocab_size: int
+
+
+def leave_one_out(sequences: UserSequences, max_history: int) -> LeaveOneOutSplit:
+    """Leave-one-out split: last = test, second last = validation, the rest train.
+
+    sequences: UserSequences. Time-ordered sequences.
+    max_history: int. H, the number of most recent items kept in a history.
+    Returns LeaveOneOutSplit. Users are in sequence order in validation and test.
+    """
+    users, positions, lengths = _positions(sequences)
+    items, _, _, _ = sequences.flat()
+    is_train = positions <= lengths - 3
+    train = is_train & (positions >= 1)
+    return LeaveOneOutSplit(
+        train=_examples(sequences, users[train], positions[train], max_history, evaluation=False),
+        validation=_examples(sequences, users[positions == lengths - 2], positions[positions == lengths - 2], max_history, True),
+        test=_examples(sequences, users[positions == lengths - 1], positions[positions == lengths - 1], max_history, True),
+        max_history=max_history,
+        train_items=items[is_train].astype(np.int32),
+        vocab_size=sequences.resolved_vocab_size(),
+    )
+
+
+@dataclass
+class RefreshSplit:
+    """SPEC section 2 refresh protocol split.
+
+    t1: float. q1-th percentile of all timestamps.
+    t2: float. q2-th percentile of all timestamps.
+    stale_train: Examples. Targets (t >= 1) with time < t1.
+    refresh_train: Examples. Targets (t >= 1) with t1 <= time < t2.
+    retrain_train: Examples. Targets (t >= 1) with time < t2.
+    evaluation: Examples. Every interaction with time >= t2 (position 0 included),
+        exclude = the user's full prior history.
+    max_history: int. H.
+    stale_items: np.ndarray. int32; every interaction with time < t1.
+    refresh_items: np.ndarray. int32; every interaction with t1 <= time < t2.
+    retrain_items: np.ndarray. int32; every interaction with time < t2.
+    vocab_size: int. C + 1.
+    """
+
+    t1: float
+    t2: float
+    stale_train: Examples
+    refresh_train: Examples
+    retrain_train: Examples
+    evaluation: Examples
+    max_history: int
+    stale_items: np.ndarray
+    refresh_items: np.ndarray
+    retrain_items: np.ndarray
+    vocab_size: int
+
+
+def refresh_split(sequences: UserSequences, max_history: int, q1: float = 70, q2: float = 85) -> RefreshSplit:
+    """Time-based split for the periodic re-fine-tuning benchmark.
+
+    sequences: UserSequences. Time-ordered sequences.
+    max_history: int. H.
+    q1: float. Percentile of all timestamps giving t1.
+    q2: float. Percentile of all timestamps giving t2.
+    Returns RefreshSplit.
+    """
+    users, positions, _ = _positions(sequences)
+    items, timestamps, _, _ = sequences.flat()
+    if len(timestamps) == 0:
+        raise ValueError("refresh_split needs at least one interaction")
+    t1, t2 = (float(v) for v in np.percentile(timestamps, [q1, q2]))
+    stale = timestamps < t1
+    refresh = (timestamps >= t1) & (timestamps < t2)
+    retrain = timestamps < t2
+    evaluation = timestamps >= t2
+    has_history = positions >= 1
+
+    def make(mask, is_eval=False):
+        return _examples(sequences, users[mask], positions[mask], max_history, is_eval)
+
+    return RefreshSplit(
+        t1=t1,
+        t2=t2,
+        stale_train=make(stale & has_history),
+        refresh_train=make(refresh & has_history),
+        retrain_train=make(retrain & has_history),
+        evaluation=make(evaluation, True),
+        max_history=max_history,
+        stale_items=items[stale].astype(np.int32),
+        refresh_items=items[refresh].astype(np.int32),
+        retrain_items=items[retrain].astype(np.int32),
+        vocab_size=sequences.resolved_vocab_size(),
+    )
+
+
+def train_interaction_counts(split: LeaveOneOutSplit | RefreshSplit, part: str | None = None) -> np.ndarray:
+    """Interaction counts per item over the training interactions, for popularity.
+
+    split: LeaveOneOutSplit | RefreshSplit. The split.
+    part: str | None. For RefreshSplit: "stale" (< t1), "refresh" ([t1, t2)) or
+        "retrain" (< t2, the default); ignored for LeaveOneOutSplit.
+    Returns np.ndarray int64 [C+1]. counts[0] (padding) is 0.
+    """
+    if isinstance(split, LeaveOneOutSplit):
+        items = split.train_items
+    else:
+        part = part or "retrain"
+        if part not in ("stale", "refresh", "retrain"):
+            raise ValueError(f"part must be 'stale', 'refresh' or 'retrain', got {part!r}")
+        items = getattr(split, f"{part}_items")
+    counts = np.bincount(items, minlength=split.vocab_size).astype(np.int64)
+    counts[0] = 0
+    return counts
