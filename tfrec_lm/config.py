@@ -59,6 +59,7 @@ class TrainConfig:
     )
     embedding_dim: int = _opt(64, "width of the user and item embeddings")
     item_ids: bool = _opt(True, "hybrid: add a trainable item-ID embedding to the item text embedding")
+    item_text: bool = _opt(True, "use the item text encoder (--no-item-text gives the ID-only ablation)")
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     dropout: float = _opt(0.2, "dropout rate")
@@ -105,6 +106,8 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise ConfigError("temperature and learning_rate must be > 0")
+        if not (self.item_text or self.item_ids):
+            raise ConfigError("--no-item-text needs --item-ids: an item tower needs text, IDs or both")
         if self.data == "files" and not self.interactions:
             raise ConfigError("--data files needs --interactions PATH")
         if self.negatives == "catalog" and self.finetune != "frozen":

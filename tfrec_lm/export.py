@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower, compose_history
 
 logger = logging.getLogger(__name__)
 
@@ -86,21 +86,29 @@ class ServingModule(tf.Module):
         self.popular = tf.constant(order.astype(np.int32))
         share = np.maximum(counts, 0.0) / max(counts[1:].sum(), 1.0)
         self.popularity_share = tf.constant(share.astype(np.float32))
-        self.user_tower = model.user_tower
-        if isinstance(model.user_tower, ItemSequenceUserTower):
-            # Compose, don't re-encode: history item vectors are a table computed now.
+        tower = model.user_tower
+        if isinstance(tower, ItemSequenceUserTower):
+            # Compose, don't re-encode: history item vectors are a table computed now, and
+            # the SavedModel holds no BERT at all.
             self.item_representations = tf.Variable(
                 model.item_tower.representation(everything, training=False).numpy(), trainable=False,
                 name="item_representations")
+            self.sequence_encoder = tower.sequence_encoder
+            self.user_projection = tower.output_projection
+            self._sequence_settings = (tower.max_history, tower.normalize)
+            self.user_tower = None
         else:
             self.item_representations = None
+            self.user_tower = tower
         self.ranking_head = model.ranking_head
         self.index = make_index(index, embeddings, self.top_k)
         self.index_kind = index
 
     def _users(self, history):
-        if self.item_representations is not None:
-            return self.user_tower.encode(history, lambda items: tf.gather(self.item_representations, items))
+        if self.user_tower is None:
+            max_history, normalize = self._sequence_settings
+            return compose_history(history, lambda items: tf.gather(self.item_representations, items),
+                                   self.sequence_encoder, self.user_projection, max_history, normalize)
         return self.user_tower(history, training=False)
 
     def _lookup(self, item_ids):

@@ -76,7 +76,10 @@ def main(argv=None) -> int:
     print(f"\ntrained in {result.train_seconds:.0f} s; validation NDCG@10 by epoch: "
           + ", ".join(f"{v:.4f}" for v in result.validation_ndcg))
     print("\ntest metrics (SPEC §2: leave-one-out, full catalog, history excluded)")
-    print(format_table({"tfrec_lm": result.metrics["model"], "most-popular": result.metrics["most_popular"]}))
+    table = {"tfrec_lm": result.metrics["model"], "most-popular": result.metrics["most_popular"]}
+    if "export" in result.metrics:
+        table["export (serving_default)"] = result.metrics["export"]
+    print(format_table(table, metrics=("HR@10", "NDCG@10", "MRR@10")))
     print(f"\nmetrics: {config.output_dir}/metrics.json")
     if result.export_path:
         print(f"export:  {result.export_path}")

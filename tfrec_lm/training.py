@@ -82,7 +82,8 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
     item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
                                    name="item_text_encoder")
     item_tower = ItemTower(item_encoder, tokens.with_special_tokens(), embedding_dim=config.embedding_dim,
-                           use_item_ids=config.item_ids, dropout=config.dropout, name="item_tower")
+                           use_item_ids=config.item_ids, dropout=config.dropout, use_text=config.item_text,
+                           name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
@@ -98,7 +99,7 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
-    if item_encoder.is_frozen:
+    if item_tower.text_cache is not None:
         item_tower.refresh_cache()
     return model
 
@@ -242,8 +243,8 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     test = split.test
     item_genres = dataset.items["genres"].tolist()
     genres_by_index = [()] + item_genres
-    histories = [sequences.items[user][:-1] for user in test.user_index]
-    slices = migration_slices(js_migration_scores(histories, genres_by_index))
+    slices = migration_slices(js_migration_scores([sequences.items[u][:-1] for u in test.user_index],
+                                                  genres_by_index))
     popularity = np.broadcast_to(popularity_scores(counts), (len(test.target), vocab.size))
     metrics = {
         "model": spec_metrics(score_catalog(model, test), test, slices),
@@ -256,6 +257,13 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         from tfrec_lm.export import export_model
 
         result.export_path = export_model(result, config)
+        if config.top_k >= 10:
+            from tfrec_lm.evaluation.export_eval import evaluate_export
+
+            users = test.user_index
+            metrics["export"] = evaluate_export(
+                result.export_path, [sequences.items[u][:-1] for u in users],
+                [sequences.timestamps[u][:-1] for u in users], test.target, vocab.ids, slices)
     summary = {
         "config": config.to_dict(),
         "test": metrics,

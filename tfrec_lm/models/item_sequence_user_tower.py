@@ -8,6 +8,30 @@ from tfrec_lm.layers.history_ops import compact_newest_first
 from tfrec_lm.layers.sequence_encoder import SequenceEncoder
 
 
+def compose_history(history, item_vectors_fn, sequence_encoder, projection, max_history: int,
+                    normalize: bool = True, training=False):
+    """The item-sequence user embedding, given a way to represent items.
+
+    Shared by the tower (which represents items through the live item tower) and the
+    export (which gathers from a table computed at export, so the SavedModel holds
+    no item encoder).
+
+    Args:
+        history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding.
+        item_vectors_fn: callable. [B, H] indices -> [B, H, D] vectors.
+        sequence_encoder: SequenceEncoder. composes the vectors.
+        projection: tf.keras.layers.Dense. output projection.
+        max_history: int. most recent known items used.
+        normalize: bool. L2-normalise the output.
+
+    Returns:
+        tf.Tensor float32. [B, D].
+    """
+    items = compact_newest_first(history, max_history)
+    user = projection(sequence_encoder(item_vectors_fn(items), items > 0, training=training))
+    return tf.math.l2_normalize(user, axis=-1) if normalize else user
+
+
 class ItemSequenceUserTower(tf.keras.layers.Layer):
     """Encodes a history through the item tower's BERT vectors and a small transformer.
 
@@ -40,17 +64,10 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
                                                 dropout=dropout, name="sequence_encoder")
         self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection")
 
-    def encode(self, history, item_vectors_fn, training=False):
-        """Runs the tower with a given item-representation function (used by the export)."""
-        items = compact_newest_first(history, self.max_history)
-        vectors = item_vectors_fn(items)
-        user = self.output_projection(self.sequence_encoder(vectors, items > 0, training=training))
-        return tf.math.l2_normalize(user, axis=-1) if self.normalize else user
-
     def call(self, history, training=False):
-        return self.encode(
-            history, lambda items: self.item_tower.representation(items, training=training), training=training
-        )
+        return compose_history(
+            history, lambda items: self.item_tower.representation(items, training=training),
+            self.sequence_encoder, self.output_projection, self.max_history, self.normalize, training=training)
 
     def get_config(self):
         config = super().get_config()

@@ -19,6 +19,7 @@ class ItemTower(tf.keras.layers.Layer):
         token_rows: np.ndarray int32. [C+1, L] `[CLS] text [SEP]` ids per item, row 0 padding.
         embedding_dim: int. output width.
         use_item_ids: bool. add a trainable item-ID embedding (hybrid).
+        use_text: bool. use the text encoder (False gives an ID-only ablation).
         dropout: float. dropout on the text vector.
         normalize: bool. L2-normalise the output of `call`.
 
@@ -30,7 +31,7 @@ class ItemTower(tf.keras.layers.Layer):
     """
 
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
-                 dropout: float = 0.1, normalize: bool = True, **kwargs):
+                 dropout: float = 0.1, normalize: bool = True, use_text: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.token_rows = np.asarray(token_rows, dtype=np.int32)
@@ -39,6 +40,9 @@ class ItemTower(tf.keras.layers.Layer):
         self.use_item_ids = bool(use_item_ids)
         self.dropout = float(dropout)
         self.normalize = bool(normalize)
+        self.use_text = bool(use_text)
+        if not (self.use_text or self.use_item_ids):
+            raise ValueError("an item tower needs text, item IDs or both")
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
         self.id_embedding = (
@@ -49,13 +53,13 @@ class ItemTower(tf.keras.layers.Layer):
         self.text_cache = self.add_weight(
             name="text_cache", shape=[self.num_items, encoder.hidden_size], trainable=False,
             initializer="zeros",
-        ) if encoder.is_frozen else None
+        ) if encoder.is_frozen and use_text else None
         self._cache_ready = False
 
     def refresh_cache(self, batch_size: int = 64) -> None:
         """Encodes every item text with the (frozen) encoder into the cache."""
         if self.text_cache is None:
-            raise ValueError("refresh_cache needs a frozen encoder")
+            raise ValueError("refresh_cache needs a frozen encoder and use_text=True")
         table = self.encoder.encode_table(self.token_rows, batch_size=batch_size)
         table[0] = 0.0
         self.text_cache.assign(table)
@@ -75,10 +79,13 @@ class ItemTower(tf.keras.layers.Layer):
 
     def representation(self, items, training=False):
         """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim]."""
-        text = self.text_dropout(self.text_vectors(items, training=training), training=training)
-        vectors = self.projection(text)
+        vectors = None
+        if self.use_text:
+            text = self.text_dropout(self.text_vectors(items, training=training), training=training)
+            vectors = self.projection(text)
         if self.id_embedding is not None:
-            vectors = vectors + self.id_embedding(tf.cast(items, tf.int32))
+            ids = self.id_embedding(tf.cast(items, tf.int32))
+            vectors = ids if vectors is None else vectors + ids
         return vectors
 
     def call(self, items, training=False):
@@ -94,5 +101,6 @@ class ItemTower(tf.keras.layers.Layer):
             "use_item_ids": self.use_item_ids,
             "dropout": self.dropout,
             "normalize": self.normalize,
+            "use_text": self.use_text,
         })
         return config

@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts: machine/version info and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def environment() -> dict:
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+    import transformers
+
+    return {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tensorflow_recommenders": tfrs.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "environment": environment(), **payload}, indent=2,
+                               default=float))
+    return path
