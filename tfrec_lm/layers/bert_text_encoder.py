@@ -98,7 +98,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
             np.ndarray float32. [N, hidden_size].
         """
         outputs = []
-        encode = tf.function(lambda ids, mask: self.call(ids, mask, training=False))
+        encode = tf.function(lambda ids, mask: self.call(ids, mask, training=False), reduce_retracing=True)
         for start in range(0, len(token_rows), batch_size):
             chunk = np.asarray(token_rows[start : start + batch_size])
             width = max(1, int((chunk != pad_id).sum(axis=1).max()))

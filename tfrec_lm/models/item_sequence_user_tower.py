@@ -49,6 +49,9 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
 
     Call args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
+        item_table: tf.Tensor float32. optional [C+1, D] item representations already
+            computed this step (the catalog softmax computes them anyway); gathered
+            instead of re-running the item tower on every history position.
 
     Returns:
         tf.Tensor float32. [B, embedding_dim].
@@ -64,9 +67,13 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
                                                 dropout=dropout, name="sequence_encoder")
         self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection")
 
-    def call(self, history, training=False):
+    def call(self, history, training=False, item_table=None):
+        if item_table is not None:
+            represent = lambda items: tf.gather(item_table, items)  # noqa: E731
+        else:
+            represent = lambda items: self.item_tower.representation(items, training=training)  # noqa: E731
         return compose_history(
-            history, lambda items: self.item_tower.representation(items, training=training),
+            history, represent,
             self.sequence_encoder, self.output_projection, self.max_history, self.normalize, training=training)
 
     def get_config(self):

@@ -88,9 +88,12 @@ class ItemTower(tf.keras.layers.Layer):
             vectors = ids if vectors is None else vectors + ids
         return vectors
 
-    def call(self, items, training=False):
-        vectors = self.representation(items, training=training)
+    def finalize(self, vectors):
+        """Turns representations into output embeddings (L2-normalised when `normalize`)."""
         return tf.math.l2_normalize(vectors, axis=-1) if self.normalize else vectors
+
+    def call(self, items, training=False):
+        return self.finalize(self.representation(items, training=training))
 
     def get_config(self):
         config = super().get_config()

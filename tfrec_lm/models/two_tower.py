@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec_lm.layers.catalog_top_k import CatalogTopK
+from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
 
 
 class TwoTowerModel(tfrs.Model):
@@ -65,11 +66,19 @@ class TwoTowerModel(tfrs.Model):
         return tf.squeeze(self.ranking_head(tf.concat([users, items], axis=-1)), axis=-1)
 
     def compute_loss(self, features, training=False):
-        users, positives = self(features, training=training)
         target = tf.cast(features["target"], tf.int32)
         if self.negatives == "catalog":
+            # One item-tower pass over the catalog per step serves the softmax, the
+            # positives and (item-sequence) the history positions.
+            table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training)
+            if isinstance(self.user_tower, ItemSequenceUserTower):
+                users = self.user_tower(features["history"], training=training, item_table=table)
+            else:
+                users = self.user_tower(features["history"], training=training)
+            embeddings = self.item_tower.finalize(table)
+            positives = tf.gather(embeddings, target)
             catalog_ids = tf.range(1, self.item_tower.num_items, dtype=tf.int32)
-            catalog = self.item_tower(catalog_ids, training=training)
+            catalog = embeddings[1:]
             batch = tf.shape(target)[0]
             score_mask = tf.concat(
                 [tf.cast(tf.eye(batch), tf.bool), tf.not_equal(catalog_ids[None, :], target[:, None])], axis=1
@@ -79,6 +88,7 @@ class TwoTowerModel(tfrs.Model):
                 compute_metrics=False, compute_batch_metrics=False,
             )
         else:
+            users, positives = self(features, training=training)
             retrieval_loss = self.retrieval_task(
                 users, positives, candidate_ids=target,
                 candidate_sampling_probability=tf.gather(self.item_probability, target),
