@@ -74,11 +74,11 @@ class TrainConfig:
     ranking_weight: float = _opt(0.1, "weight of the TFRS Ranking (rating regression) loss")
 
     # Training
-    epochs: int = _opt(30, "maximum epochs (early stopping on validation NDCG@10 usually ends sooner)")
+    epochs: int = _opt(10, "maximum epochs (early stopping on validation NDCG@10 may end sooner)")
     batch_size: int = _opt(256, "examples per step")
     learning_rate: float = _opt(1e-3, "AdamW learning rate")
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
-    patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
+    patience: int = _opt(2, "epochs without validation NDCG@10 gain before stopping")
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
     time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
     seed: int = _opt(42, "random seed")
