@@ -114,11 +114,8 @@ class ServingModule(tf.Module):
     def _lookup(self, item_ids):
         return self.lookup.lookup(tf.strings.strip(item_ids))
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
-                                  tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
-    def retrieve(self, history_item_ids, history_timestamps):
-        """Top-K items per user, none from the history; popular items without history."""
-        history = self._lookup(history_item_ids)
+    def _recommend(self, history):
+        """Top-K item indices and scores; no history item, popular items without history."""
         batch = tf.shape(history)[0]
         has_history = tf.reduce_any(history > 0, axis=1)
         known = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
@@ -141,7 +138,37 @@ class ServingModule(tf.Module):
         vectors = tf.gather(self.item_embeddings, items)
         scores = tf.where(has_history[:, None], tf.einsum("bd,bkd->bk", users, vectors),
                           tf.gather(self.popularity_share, items))
+        return items, scores
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+                                  tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
+    def retrieve(self, history_item_ids, history_timestamps):
+        """Top-K items per user, none from the history; popular items without history."""
+        items, scores = self._recommend(self._lookup(history_item_ids))
         return {"item_ids": tf.gather(self.item_ids, items), "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+                                  tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
+    def explain(self, history_item_ids, history_timestamps):
+        """`serving_default`'s answer plus, per item, the history item that most supports it.
+
+        `because_item_ids` [B, K] is the history item whose embedding is most similar
+        to the recommended item's ("because you watched X"), `because_similarity`
+        [B, K] their cosine similarity; "" and 0 where the history has no known item.
+        """
+        history = self._lookup(history_item_ids)
+        items, scores = self._recommend(history)
+        recommended = tf.math.l2_normalize(tf.gather(self.item_embeddings, items), axis=-1)
+        watched = tf.math.l2_normalize(tf.gather(self.item_embeddings, history), axis=-1)
+        similarity = tf.einsum("bkd,bnd->bkn", recommended, watched)
+        similarity = tf.where((history > 0)[:, None, :], similarity, LOWEST_SCORE)
+        best = tf.argmax(similarity, axis=2, output_type=tf.int32)
+        because = tf.gather(history, best, batch_dims=1)
+        has_history = tf.reduce_any(history > 0, axis=1)[:, None]
+        because = tf.where(has_history, because, 0)
+        best_similarity = tf.where(has_history, tf.reduce_max(similarity, axis=2), 0.0)
+        return {"item_ids": tf.gather(self.item_ids, items), "scores": scores,
+                "because_item_ids": tf.gather(self.item_ids, because), "because_similarity": best_similarity}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps"),
@@ -177,7 +204,7 @@ def save_serving_module(module: ServingModule, export_base, model_name: str, met
     if final.exists():
         raise FileExistsError(f"export version already exists: {final}")
     staging = model_dir / f".tmp-{version}-{os.getpid()}-{int(time.time())}"
-    signatures = {"serving_default": module.retrieve, "rank": module.rank}
+    signatures = {"serving_default": module.retrieve, "rank": module.rank, "explain": module.explain}
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if module.index_kind == "scann" else None)
     try:
         tf.saved_model.save(module, str(staging), signatures=signatures, options=options)
