@@ -68,3 +68,9 @@ def test_migration_slices_sizes_and_ties():
     assert not (slices["migrating"] & slices["stable"]).any()
     small = migration_slices(np.array([0.3, 0.1]))
     assert small["migrating"].sum() == 0 and small["stable"].sum() == 0
+
+
+def test_migration_slices_never_overlap_when_all_scores_tie():
+    slices = migration_slices(np.full(40, 0.49))
+    assert slices["migrating"].sum() == slices["stable"].sum() == 13
+    assert not (slices["migrating"] & slices["stable"]).any()

@@ -145,7 +145,8 @@ class ServingModule(tf.Module):
     def retrieve(self, history_item_ids, history_timestamps):
         """Top-K items per user, none from the history; popular items without history."""
         items, scores = self._recommend(self._lookup(history_item_ids))
-        return {"item_ids": tf.gather(self.item_ids, items), "scores": scores}
+        return {"item_ids": tf.ensure_shape(tf.gather(self.item_ids, items), [None, self.top_k]),
+                "scores": tf.ensure_shape(scores, [None, self.top_k])}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])

@@ -84,14 +84,16 @@ def migration_slices(scores: np.ndarray) -> dict[str, np.ndarray]:
 
     scores: np.ndarray float [U]. Migration scores.
     Returns dict[str, np.ndarray]. bool [U] masks: "all"; "migrating", the U // 3
-        highest scores; "stable", the U // 3 lowest (stable sorts: ties go to the
-        lower user index first).
+        highest scores; "stable", the U // 3 lowest. One stable ordering (by score,
+        descending; ties in user order) gives both, so the slices never overlap even
+        when many scores tie.
     """
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)
     third = n // 3
     migrating = np.zeros(n, dtype=bool)
     stable = np.zeros(n, dtype=bool)
-    migrating[np.argsort(-scores, kind="stable")[:third]] = True
-    stable[np.argsort(scores, kind="stable")[:third]] = True
+    order = np.argsort(-scores, kind="stable")
+    migrating[order[:third]] = True
+    stable[order[n - third:]] = True
     return {"all": np.ones(n, dtype=bool), "migrating": migrating, "stable": stable}

@@ -56,6 +56,12 @@ class TwoTowerModel(tfrs.Model):
             item_probability = np.ones(item_tower.num_items, dtype=np.float32) / item_tower.num_items
         self.item_probability = tf.constant(np.maximum(np.asarray(item_probability, np.float32), 1e-8))
 
+    def train_step(self, data):
+        # The FactorizedTopK metrics are computed on evaluation only; hide their stale
+        # zeros from the training logs.
+        logs = super().train_step(data)
+        return {name: value for name, value in logs.items() if not name.startswith("factorized_top_k")}
+
     def call(self, features, training=False):
         """Returns (user embeddings [B, D], target item embeddings [B, D])."""
         return (self.user_tower(features["history"], training=training),
