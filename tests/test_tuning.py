@@ -1,0 +1,263 @@
+"""KerasTuner search over tfrec_lm (tuning/): search space, tuners, resume, CLI.
+
+Trials really train (tiny random BERT, synthetic data, one epoch) through
+`tfrec_lm.training.train`; a counting wrapper around it tells which trials ran.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `tuning` is a top-level folder of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+
+import tfrec_lm  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+
+import math  # noqa: E402
+
+import keras_tuner as kt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
+
+from tfrec_lm import training  # noqa: E402
+from tfrec_lm.bert import tiny_bert, tiny_tokenizer  # noqa: E402
+from tfrec_lm.config import PRESETS, ConfigError, TrainConfig, load_config_file  # noqa: E402
+from tfrec_lm.data.synthetic import synthetic_migration  # noqa: E402
+
+from tuning import (OBJECTIVE_NAME, Range, RecommenderHyperModel, best_config, best_trial,  # noqa: E402
+                    format_trials_table, make_tuner, trial_rows, write_config)
+from tuning import search as search_cli  # noqa: E402
+
+TRAIN = training.train  # the real one, before any test wraps it
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    """20 users x 10 interactions: 140 training examples, 20 validation targets, 48 items."""
+    dataset, _ = synthetic_migration(num_users=20, length=10, seed=3)
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_data, tmp_path_factory):
+    tokenizer = tiny_tokenizer(tiny_data.items["text"].tolist(), tmp_path_factory.mktemp("tuning_tokenizer"))
+
+    def factory():
+        return tiny_bert(tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2,
+                         intermediate_size=32, max_position=64, seed=0), tokenizer
+
+    return factory
+
+
+def tiny_base(directory: Path) -> TrainConfig:
+    """The tiny preset, one epoch, two full batches (one trace), outputs under `directory`."""
+    values = dict(PRESETS["tiny"])
+    values.update(epochs=1, max_history=5, batch_size=64, max_train_examples=128, export=False,
+                  output_dir=str(directory / "base_run"), export_base=str(directory / "exports"))
+    return TrainConfig.from_dict(values)
+
+
+def tiny_hypermodel(directory: Path) -> RecommenderHyperModel:
+    return RecommenderHyperModel(
+        tiny_base(directory),
+        fixed={"finetune": "frozen", "negatives": "catalog", "user_tower": "item-sequence"},
+        space={"learning_rate": Range(1e-3, 1e-2, sampling="log"), "embedding_dim": [16, 32],
+               "dropout": [0.0, 0.1]},
+        tune=["learning_rate", "embedding_dim", "dropout"],
+    )
+
+
+class CountingTrain:
+    """Wraps `tfrec_lm.training.train`: records each call's trial and can interrupt one."""
+
+    def __init__(self, interrupt_at=None):
+        self.calls = []
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, config, dataset=None, encoder_factory=None, verbose=0):
+        self.calls.append(Path(config.output_dir).parent.name)
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt("simulated Ctrl-C in the middle of a trial")
+        return TRAIN(config, dataset=dataset, encoder_factory=encoder_factory, verbose=verbose)
+
+
+def event_summaries(logdir: Path):
+    """(tag, plugin_name) of every summary value in the event files under `logdir`."""
+    found = []
+    for path in logdir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                found.append((value.tag, value.metadata.plugin_data.plugin_name))
+    return found
+
+
+def test_random_search_resumes_after_interruption_and_best_config_trains(tiny_data, tiny_encoder, tmp_path,
+                                                                        monkeypatch):
+    hypermodel = tiny_hypermodel(tmp_path)
+    counting = CountingTrain(interrupt_at=2)
+    monkeypatch.setattr(training, "train", counting)
+    options = dict(max_trials=2, directory=str(tmp_path / "search"), project_name="tiny", seed=7)
+
+    # First run: trial 0 completes, Ctrl-C arrives during trial 1.
+    tuner = make_tuner("random", hypermodel, **options)
+    with pytest.raises(KeyboardInterrupt):
+        tuner.search(dataset=tiny_data, encoder_factory=tiny_encoder)
+    assert counting.calls == ["trial_0", "trial_1"]
+    interrupted_values = dict(tuner.oracle.trials["1"].hyperparameters.values)
+    assert tuner.oracle.trials["0"].status == "COMPLETED"
+
+    # A new process, same directory/project: only the interrupted trial runs, with its values.
+    counting.interrupt_at = None
+    resumed = make_tuner("random", tiny_hypermodel(tmp_path), **options)
+    assert resumed.oracle.trials["0"].status == "COMPLETED"
+    resumed.search(dataset=tiny_data, encoder_factory=tiny_encoder)
+    assert counting.calls == ["trial_0", "trial_1", "trial_1"]
+    trials = resumed.oracle.trials
+    assert sorted(trials) == ["0", "1"]
+    assert dict(trials["1"].hyperparameters.values) == interrupted_values
+    for trial_id, trial in trials.items():
+        assert trial.status == "COMPLETED"
+        assert math.isfinite(trial.score) and 0.0 <= trial.score <= 1.0
+        # The objective is the run's best validation NDCG@10 (SPEC §2), as train() reported it.
+        summary = yaml.safe_load((Path(resumed.get_trial_dir(trial_id)) / "run" / "metrics.json").read_text())
+        assert trial.score == pytest.approx(max(summary["validation_ndcg_at_10"]))
+        assert not (Path(resumed.get_trial_dir(trial_id)) / "run" / "checkpoints").exists()
+
+    # Once more: the search is complete, nothing trains.
+    again = make_tuner("random", tiny_hypermodel(tmp_path), **options)
+    again.search(dataset=tiny_data, encoder_factory=tiny_encoder)
+    assert len(counting.calls) == 3
+    assert resumed.changed_settings == [] and again.changed_settings == []
+    # Resuming with another search space is allowed but reported.
+    narrowed = RecommenderHyperModel(tiny_hypermodel(tmp_path).base, space={"learning_rate": [1e-3, 1e-2]},
+                                     tune=["learning_rate"])
+    other = make_tuner("random", narrowed, budget_minutes=0.0, **options)
+    other.search()
+    assert other.changed_settings == ["space"] and len(counting.calls) == 3
+
+    # TensorBoard HParams: one run per trial with its hyperparameters and the objective,
+    # and the experiment's domains at the top.
+    tensorboard = Path(again.project_dir) / "tensorboard"
+    for trial_id in trials:
+        assert len(list((tensorboard / f"trial_{trial_id}").glob("events.out.tfevents.*"))) == 1
+        summaries = event_summaries(tensorboard / f"trial_{trial_id}")
+        assert ("_hparams_/session_start_info", "hparams") in summaries
+        assert any(tag == OBJECTIVE_NAME for tag, _ in summaries)
+    assert ("_hparams_/experiment", "hparams") in event_summaries(tensorboard)
+
+    # The table lists both trials.
+    table = format_trials_table(trial_rows(again), best_id=best_trial(again).trial_id)
+    assert table.count("COMPLETED") == 2 and "learning_rate=" in table
+
+    # The best config: a file `python -m tfrec_lm.train --config` reads as is, with the best
+    # trial's values, the base's output options (no trial paths), and it trains.
+    best = best_trial(again)
+    assert best.score == max(t.score for t in trials.values())
+    path = write_config(best_config(again), tmp_path / "best.yaml", comment="best of the tiny search")
+    assert "trial_" not in path.read_text()
+    config = TrainConfig.from_dict(load_config_file(path))
+    for name, value in best.hyperparameters.values.items():
+        assert getattr(config, name) == value
+    assert config.output_dir == str(tmp_path / "base_run") and config.export is False
+    from tfrec_lm.train import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--config", str(path)])) == config
+    result = TRAIN(config, dataset=tiny_data, encoder_factory=tiny_encoder)
+    assert len(result.validation_ndcg) == 1 and math.isfinite(result.validation_ndcg[0])
+
+
+def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encoder, tmp_path, monkeypatch,
+                                                         capsys):
+    counting = CountingTrain()
+    monkeypatch.setattr(training, "train", counting)
+    monkeypatch.setattr(training, "load_training_data", lambda config: tiny_data)
+    monkeypatch.setattr(training, "pretrained_encoder_factory", lambda spec: tiny_encoder)
+    best_path = tmp_path / "best_config.yaml"
+    argv = ["--strategy", "hyperband", "--max-epochs", "1", "--directory", str(tmp_path / "runs"),
+            "--project-name", "hb", "--preset", "tiny", "--best-config", str(best_path),
+            "--set", "max_history=5", "--set", "batch_size=64", "--set", "max_train_examples=128",
+            "--set", "finetune=frozen", "--set", "negatives=catalog", "--set", "user_tower=item-sequence",
+            "--set", f"output_dir={tmp_path / 'out'}", "--set", "export=false",
+            "--tune", "learning_rate,dropout", "--space", "learning_rate=1e-3..1e-2:log",
+            "--space", "dropout=0.0,0.1"]
+    assert search_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    # Hyperband with max_epochs=1 has one bracket of one 1-epoch trial.
+    assert len(counting.calls) == 1
+    assert "COMPLETED" in out and "tuner/epochs=1" in out and "best config:" in out
+    config = TrainConfig.from_dict(load_config_file(best_path))
+    assert config.epochs == 1 and config.output_dir == str(tmp_path / "out")
+    assert config.finetune == "frozen" and config.max_train_examples == 128
+    assert 1e-3 <= config.learning_rate <= 1e-2
+
+    # The same command again resumes a finished search: nothing retrains, same best config.
+    assert search_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "resuming after 1 completed trial(s)" in out
+    assert len(counting.calls) == 1
+    assert TrainConfig.from_dict(load_config_file(best_path)) == config
+
+
+def test_time_budget_stops_before_a_trial_starts(tmp_path, monkeypatch):
+    counting = CountingTrain()
+    monkeypatch.setattr(training, "train", counting)
+    tuner = make_tuner("random", tiny_hypermodel(tmp_path), max_trials=3, directory=str(tmp_path),
+                       project_name="budget", budget_minutes=0.0)
+    tuner.search()
+    assert tuner.budget_spent and counting.calls == [] and tuner.oracle.trials == {}
+
+
+def test_bayesian_optimization_second_trial_from_the_gaussian_process(tiny_data, tiny_encoder, tmp_path):
+    pytest.importorskip("sklearn", reason="BayesianOptimization needs keras-tuner[bayesian] (scikit-learn)")
+    tuner = make_tuner("bayesian", tiny_hypermodel(tmp_path), max_trials=2, num_initial_points=1,
+                       directory=str(tmp_path), project_name="bayes", seed=3)
+    tuner.search(dataset=tiny_data, encoder_factory=tiny_encoder)
+    trials = tuner.oracle.trials
+    assert [t.status for t in trials.values()] == ["COMPLETED", "COMPLETED"]
+    assert all(math.isfinite(t.score) for t in trials.values())
+    config = best_config(tuner)
+    assert config.embedding_dim in (16, 32) and 1e-3 <= config.learning_rate <= 1e-2
+
+
+def test_search_space_respects_train_config_constraints():
+    hypermodel = RecommenderHyperModel(TrainConfig())
+    hp = kt.HyperParameters()
+    hypermodel.build(hp)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=1)
+    oracle.hyperparameters = hp.copy()
+    seen = set()
+    for _ in range(300):
+        sample = hp.copy()
+        sample.values = oracle._random_values()
+        config = hypermodel.build(sample)  # validated
+        assert config.finetune == "frozen" or config.negatives == "in-batch"
+        if config.user_tower == "item-sequence":
+            assert config.embedding_dim % config.num_heads == 0
+        seen.add((config.finetune, config.negatives, config.user_tower))
+    assert {("frozen", "catalog", "item-sequence"), ("frozen", "in-batch", "history-text"),
+            ("top-k", "in-batch", "item-sequence"), ("full", "in-batch", "history-text")} <= seen
+    assert not {s for s in seen if s[0] != "frozen" and s[1] == "catalog"}
+
+    # The tiny search's pins and narrowed ranges hold.
+    tiny = tiny_hypermodel(Path("/tmp"))
+    assert set(tiny.space) == {"learning_rate", "embedding_dim", "dropout"}
+    # ID-only item towers: item_ids is not a knob.
+    assert "item_ids" not in RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True)).space
+    with pytest.raises(ConfigError, match="catalog"):
+        RecommenderHyperModel(TrainConfig(), fixed={"negatives": "catalog"})
+    with pytest.raises(ConfigError, match="recency"):
+        RecommenderHyperModel(TrainConfig(), tune=["recency_features"])
+    with pytest.raises(ConfigError, match="not a tunable knob"):
+        RecommenderHyperModel(TrainConfig(), space={"batch_size": [1, 2]})
+    with pytest.raises(ConfigError, match="num_heads"):
+        RecommenderHyperModel(TrainConfig(), space={"embedding_dim": [24], "num_heads": [1, 5]})
+
+
+def test_cli_value_parsing():
+    assert search_cli.parse_value("1e-3") == pytest.approx(1e-3)
+    assert search_cli.parse_value("64") == 64 and search_cli.parse_value("false") is False
+    assert search_cli.parse_space("16,32") == [16, 32]
+    assert search_cli.parse_space("1e-4..1e-2:log") == Range(1e-4, 1e-2, sampling="log")
+    assert np.isclose(search_cli.parse_space("0.0..0.5").max, 0.5)
