@@ -4,12 +4,7 @@ Trials really train (tiny random BERT, synthetic data, one epoch) through
 `tfrec_lm.training.train`; a counting wrapper around it tells which trials ran.
 """
 
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `tuning` is a top-level folder of the repository, not installed
-    sys.path.insert(0, str(ROOT))
 
 import tfrec_lm  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 

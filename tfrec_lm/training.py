@@ -134,8 +134,7 @@ def examples_to_features(examples) -> dict:
 
 def user_embeddings(model: TwoTowerModel, history: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Runs the user tower over histories. [n, H] -> [n, D]."""
-    encode = tf.function(lambda h: model.user_tower(h, training=False))
-    return np.concatenate([encode(tf.constant(history[i:i + batch_size], tf.int32)).numpy()
+    return np.concatenate([model.embed_users(tf.constant(history[i:i + batch_size], tf.int32)).numpy()
                            for i in range(0, len(history), batch_size)], axis=0)
 
 

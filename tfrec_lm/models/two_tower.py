@@ -67,6 +67,11 @@ class TwoTowerModel(tfrs.Model):
         return (self.user_tower(features["history"], training=training),
                 self.item_tower(features["target"], training=training))
 
+    @tf.function(reduce_retracing=True)
+    def embed_users(self, history):
+        """User tower in inference mode, traced once per model. [B, N] -> [B, D]."""
+        return self.user_tower(history, training=False)
+
     def predict_rating(self, users, items):
         """Rating head over both towers. [B, D], [B, D] -> [B]."""
         return tf.squeeze(self.ranking_head(tf.concat([users, items], axis=-1)), axis=-1)
