@@ -1,0 +1,145 @@
+"""Shared fixtures of the model, layer and export tests.
+
+Everything runs on tiny randomly initialised BERTs (`tiny_bert`) with a WordPiece
+vocabulary built from the synthetic catalog's words (`tiny_tokenizer`), on the
+`synthetic_migration` data. Training runs are expensive to trace, so each one is a
+session fixture shared by every test that needs it.
+"""
+
+import tfrec_lm  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf  # noqa: F401  (after tfrec_lm)
+
+from tfrec_lm.bert import tiny_bert, tiny_tokenizer
+from tfrec_lm.config import PRESETS, TrainConfig
+from tfrec_lm.data.synthetic import synthetic_migration
+
+# 60 users x 16 interactions over 48 items in 4 categories; the users switch category
+# halfway, so a model that follows recent interests beats popularity by a wide margin.
+NUM_USERS = 60
+
+
+def tiny_config(directory, **changes) -> TrainConfig:
+    """The `tiny` preset, silent and local: outputs under `directory`, no export."""
+    values = dict(PRESETS["tiny"])
+    values.update(output_dir=str(directory / "run"), export_base=str(directory / "exports"), export=False)
+    values.update(changes)
+    return TrainConfig(**values).validate()
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A `train()` result with every model variable's value from before `fit`.
+
+    Attributes:
+        result: tfrec_lm.training.TrainResult.
+        config: TrainConfig.
+        initial: list of (tf.Variable, np.ndarray). each model variable and its
+            value right after the model was built (before the first step).
+    """
+
+    result: object
+    config: TrainConfig
+    initial: list
+
+    @property
+    def model(self):
+        return self.result.model
+
+    def changed(self, variable) -> bool:
+        for var, value in self.initial:
+            if var is variable:
+                return not np.array_equal(var.numpy(), value)
+        raise KeyError(variable.name)
+
+
+def run_training(config: TrainConfig, dataset, encoder_factory) -> TrainedRun:
+    """`tfrec_lm.training.train` with a snapshot of the freshly built model's weights.
+
+    `train` builds its model internally; `build_model` is wrapped so the model is run
+    once (which creates every lazily built weight) and copied before `fit` starts.
+    """
+    import tfrec_lm.training as training
+
+    initial = []
+    original = training.build_model
+
+    def build_and_snapshot(config, vocab, item_texts, factory, item_probability=None):
+        model = original(config, vocab, item_texts, factory, item_probability=item_probability)
+        history = np.zeros([2, config.max_history], np.int32)
+        history[:, :2] = [[1, 2], [3, 4]]
+        users, items = model({"history": history, "target": np.array([5, 6], np.int32)}, training=False)
+        model.predict_rating(users, items)
+        initial.extend((v, v.numpy().copy()) for v in model.variables)
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "build_model", build_and_snapshot)
+        result = training.train(config, dataset=dataset, encoder_factory=encoder_factory)
+    assert initial, "train() did not call build_model"
+    return TrainedRun(result=result, config=config, initial=initial)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """tfrec_lm Dataset: synthetic users who migrate between item categories."""
+    dataset, _ = synthetic_migration(num_users=NUM_USERS)
+    return dataset
+
+
+@pytest.fixture(scope="session")
+def tokenizer(synthetic, tmp_path_factory):
+    """WordPiece tokenizer over the words of the synthetic item texts (punctuation split off)."""
+    words = re.findall(r"[a-z0-9]+", " ".join(synthetic.items["text"]).lower())
+    return tiny_tokenizer(words, tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def encoder_factory(tokenizer):
+    """`train`'s encoder factory: a fresh, independent tiny BERT on every call."""
+
+    def factory():
+        return tiny_bert(tokenizer.vocab_size, seed=0), tokenizer
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def item_sequence_run(synthetic, encoder_factory, tmp_path_factory):
+    """Item-sequence tower, frozen encoder, catalog negatives, trained long enough to learn.
+
+    Dropout is off: with a random (untrained) BERT the category signal in the text
+    vectors is small and dropout noise on them slows learning a lot.
+    """
+    config = tiny_config(tmp_path_factory.mktemp("item_sequence"), user_tower="item-sequence",
+                         finetune="frozen", negatives="catalog", epochs=8, patience=8, dropout=0.0)
+    return run_training(config, synthetic, encoder_factory)
+
+
+@pytest.fixture(scope="session")
+def history_text_run(synthetic, encoder_factory, tmp_path_factory):
+    """History-text tower, frozen encoders, catalog negatives, one epoch."""
+    config = tiny_config(tmp_path_factory.mktemp("history_text"), user_tower="history-text",
+                         finetune="frozen", negatives="catalog", epochs=1)
+    return run_training(config, synthetic, encoder_factory)
+
+
+@pytest.fixture(scope="session")
+def in_batch_top_k_run(synthetic, encoder_factory, tmp_path_factory):
+    """Item-sequence tower, top-1 fine-tuning, in-batch negatives, one epoch."""
+    config = tiny_config(tmp_path_factory.mktemp("in_batch_top_k"), user_tower="item-sequence",
+                         finetune="top-k", trainable_layers=1, negatives="in-batch", epochs=1)
+    return run_training(config, synthetic, encoder_factory)
+
+
+@pytest.fixture(scope="session")
+def history_text_full_run(synthetic, encoder_factory, tmp_path_factory):
+    """History-text tower, full fine-tuning, in-batch negatives, one epoch."""
+    config = tiny_config(tmp_path_factory.mktemp("history_text_full"), user_tower="history-text",
+                         finetune="full", negatives="in-batch", epochs=1)
+    return run_training(config, synthetic, encoder_factory)

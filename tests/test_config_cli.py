@@ -1,0 +1,258 @@
+"""Tests of tfrec_lm.config and the `python -m tfrec_lm.train` command line:
+config files (YAML/JSON) with unknown-key errors, validation, option precedence and
+the CLI's exit codes and messages."""
+
+import tfrec_lm  # noqa: F401  (before TensorFlow)
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tfrec_lm.config import PRESETS, ConfigError, TrainConfig, load_config_file
+from tfrec_lm.train import build_parser, config_from_args
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv) -> TrainConfig:
+    return config_from_args(build_parser().parse_args(list(argv)))
+
+
+def cli(*argv, cwd):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "tfrec_lm.train", *argv], capture_output=True, text=True,
+                          cwd=str(cwd), env=env, timeout=300)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- config files and validation
+
+
+@pytest.mark.parametrize("name,text", [
+    ("bad.yaml", "epochs: 2\nlearning_rat: 0.01\n"),
+    ("bad.json", json.dumps({"epochs": 2, "learning_rat": 0.01})),
+])
+def test_unknown_key_in_config_file_names_the_key(tmp_path, name, text):
+    path = write(tmp_path / name, text)
+    with pytest.raises(ConfigError, match="learning_rat"):
+        parse("--config", str(path))
+    with pytest.raises(ConfigError, match="learning_rat"):
+        TrainConfig.from_dict(load_config_file(path))
+
+
+def test_from_dict_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="bogus"):
+        TrainConfig.from_dict({"epochs": 1, "bogus": True})
+
+
+def test_config_file_accepts_dashes_and_both_formats(tmp_path):
+    yaml_path = write(tmp_path / "c.yaml", "batch-size: 32\nuser_tower: history-text\nitem-ids: false\n")
+    json_path = write(tmp_path / "c.json", json.dumps({"batch-size": 32, "user_tower": "history-text",
+                                                      "item-ids": False}))
+    for path in (yaml_path, json_path):
+        assert load_config_file(path) == {"batch_size": 32, "user_tower": "history-text", "item_ids": False}
+        config = parse("--config", str(path))
+        assert (config.batch_size, config.user_tower, config.item_ids) == (32, "history-text", False)
+
+
+@pytest.mark.parametrize("name,text,match", [
+    ("missing.yaml", None, "not found"),
+    ("broken.yaml", "epochs: [1,\n", "not valid YAML"),
+    ("broken.json", "{\"epochs\": 1,", "not valid JSON"),
+    ("list.yaml", "- 1\n- 2\n", "mapping"),
+])
+def test_bad_config_files_raise_config_error(tmp_path, name, text, match):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config_file(path)
+
+
+def test_empty_config_file_is_no_change(tmp_path):
+    assert load_config_file(write(tmp_path / "empty.yaml", "")) == {}
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"finetune": "partial"}, "finetune"),
+    ({"negatives": "random"}, "negatives"),
+    ({"user_tower": "mlp"}, "user_tower"),
+    ({"index": "faiss"}, "index"),
+    ({"data": "ml-1m"}, "data"),
+    ({"epochs": 0}, "epochs"),
+    ({"batch_size": -1}, "batch_size"),
+    ({"top_k": 0}, "top_k"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"data": "files"}, "--interactions"),
+    ({"item_text": False, "item_ids": False}, "item-ids"),
+    ({"negatives": "catalog", "finetune": "full"}, "in-batch"),
+    ({"negatives": "catalog", "finetune": "top-k"}, "in-batch"),
+])
+def test_invalid_values_raise_config_error(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig().replace(**changes)
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.from_dict(changes)
+
+
+def test_valid_combinations_pass():
+    TrainConfig().replace(negatives="in-batch", finetune="full").validate()
+    TrainConfig().replace(negatives="in-batch", finetune="top-k", trainable_layers=1).validate()
+    TrainConfig().replace(data="files", interactions="x.csv").validate()
+    for preset in PRESETS.values():
+        TrainConfig.from_dict(preset)
+
+
+def test_negatives_catalog_with_full_finetune_from_flags():
+    with pytest.raises(ConfigError, match="finetune frozen"):
+        parse("--negatives", "catalog", "--finetune", "full")
+    # The GPU preset fine-tunes with in-batch negatives; asking it for catalog negatives fails.
+    with pytest.raises(ConfigError):
+        parse("--preset", "gpu", "--negatives", "catalog")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: config values are not type-checked: a config file's `epochs: ten` reaches "
+    "TrainConfig.validate (config.py `getattr(self, name) < 1`) and raises TypeError, not ConfigError"))
+@pytest.mark.parametrize("values", [{"epochs": "ten"}, {"dropout": "0.1"}, {"batch_size": "64"}])
+def test_wrongly_typed_config_values_raise_config_error(values):
+    with pytest.raises(ConfigError):
+        TrainConfig.from_dict(values)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: config values are not type-checked: `export: \"false\"` (a string) in a config file is "
+    "accepted and is truthy, so the run exports although the user asked for no export"))
+def test_string_boolean_in_config_is_rejected():
+    with pytest.raises(ConfigError, match="export"):
+        TrainConfig.from_dict({"export": "false"})
+
+
+# ---------------------------------------------------------------- precedence
+
+
+def test_defaults_without_arguments():
+    assert parse() == TrainConfig()
+
+
+def test_precedence_defaults_preset_file_flags(tmp_path):
+    tiny = PRESETS["tiny"]
+    config = parse("--preset", "tiny")
+    assert (config.epochs, config.batch_size, config.max_history) == (tiny["epochs"], tiny["batch_size"],
+                                                                      tiny["max_history"])
+    assert config.learning_rate == TrainConfig().learning_rate  # not in the preset: the default
+
+    path = write(tmp_path / "c.yaml", "epochs: 3\nembedding_dim: 24\nexport: false\nlearning-rate: 0.01\n")
+    config = parse("--preset", "tiny", "--config", str(path))
+    assert config.epochs == 3 and config.embedding_dim == 24  # file over preset
+    assert config.batch_size == tiny["batch_size"]  # preset where the file is silent
+    assert config.export is False and config.learning_rate == 0.01
+    assert config.weight_decay == TrainConfig().weight_decay  # default where all are silent
+
+    config = parse("--preset", "tiny", "--config", str(path), "--epochs", "5", "--export",
+                   "--batch-size", "8")
+    assert (config.epochs, config.export, config.batch_size) == (5, True, 8)  # flags over everything
+    assert config.embedding_dim == 24 and config.max_history == tiny["max_history"]
+    assert config.learning_rate == 0.01
+
+    config = parse("--config", str(path), "--no-item-ids", "--top-k", "7", "--dropout", "0.5")
+    assert (config.item_ids, config.top_k, config.dropout, config.epochs) == (False, 7, 0.5, 3)
+    assert config.batch_size == TrainConfig().batch_size  # default preset `cpu` is empty
+
+
+def test_flags_are_typed():
+    config = parse("--max-train-examples", "100", "--time-budget-minutes", "1.5", "--temperature", "0.1",
+                   "--interactions", "a.csv", "--data", "files")
+    assert config.max_train_examples == 100 and isinstance(config.max_train_examples, int)
+    assert config.time_budget_minutes == 1.5 and config.temperature == 0.1
+    assert config.interactions == "a.csv"
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def test_help_lists_every_field_as_a_flag():
+    text = build_parser().format_help()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in text, flag
+        if field.type in (bool, "bool"):
+            assert "--no-" + field.name.replace("_", "-") in text, field.name
+    for option in ("--config", "--preset"):
+        assert option in text
+
+
+def test_cli_help_exits_zero(tmp_path):
+    completed = cli("--help", cwd=tmp_path)
+    assert completed.returncode == 0
+    for field in dataclasses.fields(TrainConfig):
+        assert "--" + field.name.replace("_", "-") in completed.stdout
+
+
+def assert_clean_error(completed, *needles):
+    assert completed.returncode == 2, (completed.returncode, completed.stderr[-2000:])
+    assert "Traceback" not in completed.stderr
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), completed.stderr[-2000:]
+    for needle in needles:
+        assert needle in last
+    return last
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path):
+    path = write(tmp_path / "bad.yaml", "epochs: 2\nlearning_rat: 0.01\n")
+    completed = cli("--config", str(path), "--output-dir", str(tmp_path / "out"), cwd=tmp_path)
+    assert_clean_error(completed, "learning_rat")
+    assert len(completed.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_catalog_with_full_finetune_exits_2(tmp_path):
+    completed = cli("--negatives", "catalog", "--finetune", "full", cwd=tmp_path)
+    assert_clean_error(completed, "in-batch")
+    assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_cli_invalid_choice_is_an_argparse_error(tmp_path):
+    completed = cli("--finetune", "partial", cwd=tmp_path)
+    assert completed.returncode == 2 and "invalid choice" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a wrongly typed config-file value or a non-string key crashes the CLI with a traceback "
+    "(TypeError from TrainConfig.validate / AttributeError from load_config_file's key.replace), "
+    "exit 1, instead of `error: ...` and exit 2"))
+@pytest.mark.parametrize("text,needle", [("epochs: ten\n", "epochs"), ("1: 2\n", "1")])
+def test_cli_wrongly_typed_config_file_exits_2(tmp_path, text, needle):
+    path = write(tmp_path / "typed.yaml", text)
+    completed = cli("--config", str(path), cwd=tmp_path)
+    assert_clean_error(completed, needle)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: load_config_file assumes string keys (`key.replace('-', '_')`): a YAML key such as `1:` "
+    "raises AttributeError instead of ConfigError"))
+def test_non_string_config_key_raises_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        load_config_file(write(tmp_path / "intkey.yaml", "1: 2\n"))
+
+
+def test_cli_missing_interactions_file_exits_2_before_loading_the_encoder(tmp_path):
+    # The encoder is a folder that does not exist: had the CLI loaded the encoder before
+    # the data, the error would be about the encoder, not the interactions file.
+    completed = cli("--data", "files", "--interactions", "missing.csv", "--encoder", str(tmp_path / "no-encoder"),
+                    "--output-dir", str(tmp_path / "out"), "--export-base", str(tmp_path / "exports"), cwd=tmp_path)
+    last = assert_clean_error(completed, "missing.csv")
+    assert "not found" in last
+    assert not (tmp_path / "out").exists() and not (tmp_path / "exports").exists()
