@@ -1,0 +1,417 @@
+"""Tests of `tfrec_lm.client` (REST and gRPC clients, batching of many users, the CLI).
+
+Retries and timeouts run against tiny local fakes on 127.0.0.1 (an HTTP server that
+answers 503 before 200, a gRPC PredictionService that answers UNAVAILABLE before OK, a
+server that is too slow). Everything else runs against the local TF-Serving-compatible
+server (`tfrec_lm.serving`) over a real tiny export and is compared with a direct call of
+the SavedModel.
+"""
+
+import tfrec_lm  # noqa: F401  (before TensorFlow)
+
+import concurrent.futures
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from tfrec_lm import client as client_module
+from tfrec_lm.client import (
+    GrpcClient,
+    Recommendations,
+    RestClient,
+    ServingRequestError,
+    ServingTimeout,
+    ServingUnavailable,
+    history_batch,
+    rank,
+    recommend,
+)
+from tfrec_lm.serving.manager import ModelConfig
+from tfrec_lm.serving.server import LocalServer, ServerOptions
+from tfrec_lm.serving.tensors import Limits
+from tfrec_lm.serving.tiny_export import tiny_exports
+
+OK_BODY = {"outputs": {"item_ids": [["a", "b"]], "scores": [[0.5, 0.25]]}}
+
+
+# ---------------------------------------------------------------- fakes
+
+
+class _FakeHandler(http.server.BaseHTTPRequestHandler):
+    """Answers from `server.script`: a list of (status, body, delay_s), one per request, then OK."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append(self.path)
+        status, body, delay = self.server.script.pop(0) if self.server.script else (200, OK_BODY, 0.0)
+        time.sleep(delay)
+        payload = json.dumps(body).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_upstream():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHandler)
+    server.daemon_threads = True
+    server.requests, server.script = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _address(server) -> str:
+    return f"127.0.0.1:{server.server_address[1]}"
+
+
+class _FlakyPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, failures: int):
+        self.failures, self.calls = failures, 0
+
+    def Predict(self, request, context):
+        self.calls += 1
+        if self.calls <= self.failures:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        response = predict_pb2.PredictResponse()
+        response.outputs["item_ids"].CopyFrom(tf.make_tensor_proto(np.array([[b"a", b"b"]], dtype=object)))
+        response.outputs["scores"].CopyFrom(tf.make_tensor_proto(np.array([[0.5, 0.25]], np.float32)))
+        return response
+
+
+@pytest.fixture
+def flaky_grpc():
+    def start(failures):
+        service = _FlakyPredictionService(failures)
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        started.append(server)
+        return service, f"127.0.0.1:{port}"
+
+    started = []
+    yield start
+    for server in started:
+        server.stop(0)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ONE_USER = {"history_item_ids": np.array([["", "x"]], dtype=object), "history_timestamps": np.zeros([1, 2], np.int64)}
+
+
+# ---------------------------------------------------------------- retries and timeouts
+
+
+def test_rest_retries_503_then_succeeds(fake_upstream):
+    fake_upstream.script = [(503, {"error": "busy"}, 0.0), (503, {"error": "busy"}, 0.0)]
+    with RestClient(_address(fake_upstream), retries=3, backoff_factor=0.01) as client:
+        outputs = client.predict(ONE_USER)
+    assert len(fake_upstream.requests) == 3
+    assert outputs["item_ids"].tolist() == [["a", "b"]]
+    np.testing.assert_allclose(outputs["scores"], [[0.5, 0.25]])
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_rest_retries_other_gateway_errors(fake_upstream, status):
+    fake_upstream.script = [(status, {"error": "gateway"}, 0.0)]
+    with RestClient(_address(fake_upstream), retries=2, backoff_factor=0.01) as client:
+        client.predict(ONE_USER)
+    assert len(fake_upstream.requests) == 2
+
+
+def test_rest_gives_up_after_the_retries(fake_upstream):
+    fake_upstream.script = [(503, {"error": "busy"}, 0.0)] * 5
+    with RestClient(_address(fake_upstream), retries=2, backoff_factor=0.01) as client:
+        with pytest.raises(ServingUnavailable) as raised:
+            client.predict(ONE_USER)
+    assert raised.value.status == 503 and "busy" in raised.value.message
+    assert len(fake_upstream.requests) == 3
+
+
+def test_rest_does_not_retry_4xx(fake_upstream):
+    fake_upstream.script = [(400, {"error": "input 'history_item_ids' expects strings"}, 0.0)]
+    with RestClient(_address(fake_upstream), retries=3, backoff_factor=0.01) as client:
+        with pytest.raises(ServingRequestError) as raised:
+            client.predict(ONE_USER)
+    assert raised.value.status == 400 and raised.value.message == "input 'history_item_ids' expects strings"
+    assert len(fake_upstream.requests) == 1
+
+
+def test_rest_timeout_is_retried_then_raised(fake_upstream):
+    fake_upstream.script = [(200, OK_BODY, 1.0), (200, OK_BODY, 1.0)]
+    with RestClient(_address(fake_upstream), retries=1, backoff_factor=0.01, timeout=0.2) as client:
+        start = time.monotonic()
+        with pytest.raises(ServingTimeout):
+            client.predict(ONE_USER)
+    assert time.monotonic() - start < 5
+    assert len(fake_upstream.requests) == 2
+
+
+def test_rest_connection_refused_is_unavailable():
+    with RestClient(f"127.0.0.1:{_closed_port()}", retries=2, backoff_factor=0.01) as client:
+        with pytest.raises(ServingUnavailable) as raised:
+            client.predict(ONE_USER)
+    assert "cannot connect" in raised.value.message
+
+
+def test_rest_row_format_body(fake_upstream):
+    with RestClient(_address(fake_upstream), request_format="row") as client:
+        body = client.request_body(ONE_USER, "serving_default")
+    assert body == {"signature_name": "serving_default",
+                    "instances": [{"history_item_ids": ["", "x"], "history_timestamps": [0, 0]}]}
+
+
+def test_grpc_retries_unavailable(flaky_grpc):
+    service, target = flaky_grpc(failures=2)
+    with GrpcClient(target, retries=3, initial_backoff=0.01, timeout=10) as client:
+        outputs = client.predict(ONE_USER)
+    assert service.calls == 3
+    assert outputs["item_ids"].tolist() == [["a", "b"]]
+    assert outputs["scores"].dtype == np.float32
+
+
+def test_grpc_gives_up_after_the_retries(flaky_grpc):
+    service, target = flaky_grpc(failures=10)
+    with GrpcClient(target, retries=2, initial_backoff=0.01, timeout=10) as client:
+        with pytest.raises(ServingUnavailable) as raised:
+            client.predict(ONE_USER)
+    assert raised.value.code == "UNAVAILABLE" and "warming up" in raised.value.message
+    assert service.calls == 3
+
+
+def test_grpc_deadline_is_a_timeout():
+    class Slow(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            time.sleep(1.0)
+            return predict_pb2.PredictResponse()
+
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Slow(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with GrpcClient(f"127.0.0.1:{port}", timeout=0.2) as client:
+            with pytest.raises(ServingTimeout):
+                client.predict(ONE_USER)
+    finally:
+        server.stop(0)
+
+
+# ---------------------------------------------------------------- against the local server
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    return tiny_exports(tmp_path_factory.mktemp("tiny_exports"))
+
+
+@pytest.fixture(scope="module")
+def server(exports):
+    options = ServerOptions(grpc_port=0, rest_api_port=0, file_system_poll_wait_seconds=0,
+                            limits=Limits(max_batch_size=16, max_history_length=40, max_candidates=60))
+    with LocalServer([ModelConfig("tfrec_lm", str(exports.brute_force_base))], options) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def direct(exports):
+    return tf.saved_model.load(str(exports.brute_force_base / "1"))
+
+
+@pytest.fixture(params=["rest", "rest-row", "grpc"])
+def client(request, server):
+    if request.param == "grpc":
+        made = GrpcClient(server.grpc_target, timeout=30)
+    else:
+        made = RestClient(server.rest_url, timeout=30, request_format="row" if request.param == "rest-row" else "columnar")
+    with made:
+        yield made
+
+
+def _direct_recommend(direct, history):
+    """One user, no leading padding column: the SavedModel called in-process."""
+    history = list(history) or [""]
+    out = direct.signatures["serving_default"](history_item_ids=tf.constant([history]),
+                                               history_timestamps=tf.zeros([1, len(history)], tf.int64))
+    return [v.decode() for v in out["item_ids"].numpy()[0]], out["scores"].numpy()[0]
+
+
+def _users(exports):
+    users = [h[-(3 + i):] for i, h in enumerate(exports.histories[:6])]
+    users.insert(2, [])  # a user without history
+    users.append(["no-such-item"] + exports.histories[0][-2:])
+    return users
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_4xx_message_is_surfaced(server, protocol):
+    if protocol == "rest":
+        unknown = RestClient(server.rest_url, model_name="nope")
+    else:
+        unknown = GrpcClient(server.grpc_target, model_name="nope")
+    with unknown, pytest.raises(ServingRequestError) as raised:
+        unknown.predict(ONE_USER)
+    assert raised.value.status == 404
+    assert raised.value.message == "Servable not found for request: Latest(nope)"
+
+
+def test_invalid_request_message_is_surfaced(client):
+    too_long = {"history_item_ids": np.full([1, 41], "x", dtype=object),
+                "history_timestamps": np.zeros([1, 41], np.int64)}
+    with pytest.raises(ServingRequestError) as raised:
+        client.predict(too_long)
+    assert raised.value.status == 400 and "--max_history_length=40" in raised.value.message
+
+
+def test_batching_splits_users_and_keeps_their_order(client, direct, exports, monkeypatch):
+    users = _users(exports)
+    sent = []
+    original = client.predict
+
+    def spy(inputs, signature_name="serving_default"):
+        sent.append(inputs["history_item_ids"].shape)
+        return original(inputs, signature_name)
+
+    monkeypatch.setattr(client, "predict", spy)
+    answers = recommend(client, users, batch_size=3)
+    assert [shape[0] for shape in sent] == [3, 3, 2]
+    assert len(answers) == len(users)
+    for user, answer in zip(users, answers):
+        ids, scores = _direct_recommend(direct, user)
+        assert isinstance(answer, Recommendations)
+        assert answer.item_ids == ids, user
+        np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-6)
+    # One request of everyone gives the same answers.
+    together = recommend(client, users, batch_size=64)
+    assert [a.item_ids for a in together] == [a.item_ids for a in answers]
+
+
+def test_rank_batches_and_cuts_padding(client, direct, exports):
+    users = _users(exports)[:5]
+    catalog = exports.catalog
+    candidates = [catalog[:2], catalog[5:9], [], ["no-such-item", catalog[1]], catalog[10:13]]
+    answers = rank(client, users, candidates, batch_size=2)
+    for user, items, answer in zip(users, candidates, answers):
+        assert set(answer) == {"scores", "predicted_ratings"}
+        assert len(answer["scores"]) == len(items)
+        if not items:
+            continue
+        history = list(user) or [""]
+        expected = direct.signatures["rank"](history_item_ids=tf.constant([history]),
+                                             history_timestamps=tf.zeros([1, len(history)], tf.int64),
+                                             candidate_item_ids=tf.constant([items]))
+        np.testing.assert_allclose(answer["scores"], expected["scores"].numpy()[0], rtol=1e-5, atol=1e-6)
+
+
+def test_history_batch_pads_and_leads_with_padding():
+    batch = history_batch([["a", "b"], [], ["c"]], [[1, 2], [], [3]])
+    assert batch["history_item_ids"].tolist() == [["", "a", "b"], ["", "", ""], ["", "c", ""]]
+    assert batch["history_timestamps"].tolist() == [[0, 1, 2], [0, 0, 0], [0, 3, 0]]
+    plain = history_batch([[], []], lead_padding=False)
+    assert plain["history_item_ids"].shape == (2, 1)  # never zero columns
+    with pytest.raises(ValueError):
+        history_batch([["a"]], [[1, 2]])
+
+
+def _tf_serving_batch(requests):
+    """Merges requests as TF Serving's batching does with pad_variable_length_inputs: each
+    request's tensors are padded to the batch's widest with that tensor's FIRST element
+    (tensorflow_serving/batching/batching_util.cc, PadTensor), then concatenated."""
+    merged = {}
+    for name in requests[0]:
+        width = max(r[name].shape[1] for r in requests)
+        parts = []
+        for r in requests:
+            value = r[name]
+            pad = np.full((value.shape[0], width - value.shape[1]), value.flat[0], dtype=value.dtype)
+            parts.append(np.concatenate([value, pad], axis=1))
+        merged[name] = np.concatenate(parts, axis=0)
+    return merged
+
+
+def test_leading_padding_keeps_tf_serving_batching_exact(direct, exports):
+    users = [exports.histories[0][-2:], exports.histories[1][-7:]]
+    fn = direct.signatures["serving_default"]
+
+    def run(inputs):
+        out = fn(history_item_ids=tf.constant(inputs["history_item_ids"].astype(str)),
+                 history_timestamps=tf.constant(inputs["history_timestamps"]))
+        return [[v.decode() for v in row] for row in out["item_ids"].numpy()], out["scores"].numpy()
+
+    alone = [run(history_batch([u], lead_padding=False)) for u in users]
+    alone_ids = [ids[0] for ids, _ in alone]
+    alone_scores = np.stack([scores[0] for _, scores in alone])
+    ids, scores = run(_tf_serving_batch([history_batch([u], lead_padding=True) for u in users]))
+    assert ids == alone_ids
+    np.testing.assert_allclose(scores, alone_scores, rtol=1e-5, atol=1e-6)
+    # Without the leading "" the short first user's row is padded with its own oldest item,
+    # which the model then reads as that user's most recent interactions.
+    _, corrupted = run(_tf_serving_batch([history_batch([u], lead_padding=False) for u in users]))
+    assert not np.allclose(corrupted[0], alone_scores[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(corrupted[1], alone_scores[1], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_cli_recommend(server, direct, exports, protocol):
+    history = exports.histories[0][-3:]
+    address = server.rest_url if protocol == "rest" else server.grpc_target
+    out = io.StringIO()
+    code = client_module.main(["recommend", "--user-history", ",".join(history), "--server", address,
+                               "--protocol", protocol, "--model-name", "tfrec_lm", "--signature", "serving_default",
+                               "--json"], stream=out)
+    assert code == 0
+    answer = json.loads(out.getvalue())
+    ids, scores = _direct_recommend(direct, history)
+    assert answer[0]["history"] == history and answer[0]["item_ids"] == ids
+    np.testing.assert_allclose(answer[0]["scores"], scores, rtol=1e-5, atol=1e-6)
+
+    table = io.StringIO()
+    assert client_module.main(["recommend", "--user-history", ",".join(history), "--server", address,
+                               "--protocol", protocol], stream=table) == 0
+    lines = table.getvalue().splitlines()
+    assert lines[0].startswith("user 1") and lines[2].split("\t")[1] == ids[0]
+
+
+def test_cli_reports_server_errors(server, capsys):
+    code = client_module.main(["recommend", "--user-history", "a", "--server", server.rest_url, "--model-name", "nope"])
+    assert code == 2
+    assert "Servable not found for request: Latest(nope)" in capsys.readouterr().err
+
+
+def test_cli_status_and_metadata(server):
+    out = io.StringIO()
+    assert client_module.main(["status", "--server", server.grpc_target, "--protocol", "grpc"], stream=out) == 0
+    assert json.loads(out.getvalue())["model_version_status"][0]["state"] == "AVAILABLE"
+    out = io.StringIO()
+    assert client_module.main(["metadata", "--server", server.rest_url], stream=out) == 0
+    assert "serving_default" in json.loads(out.getvalue())["metadata"]["signature_def"]["signature_def"]

@@ -1,0 +1,65 @@
+"""Status codes shared by the REST and gRPC front ends.
+
+TF Serving reports every failure as a `tensorflow::Status`; its REST layer maps the code
+to an HTTP status (`http_server.cc`, `ToHTTPStatusCode`) and writes `{"error": message}`,
+its gRPC layer returns the code itself. `ServingError` carries such a code.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ServingError(Exception):
+    """A request failure with a gRPC status code (and so an HTTP status).
+
+    Args:
+        code: grpc.StatusCode.
+        message: str. what went wrong, for the client.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS.get(self.code, 500)
+
+
+def invalid_argument(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def not_found(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def from_tf_error(error) -> ServingError:
+    """A `tf.errors.OpError` raised while running a signature, as a ServingError."""
+    code = _BY_NUMBER.get(getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN)
+    message = getattr(error, "message", None) or str(error)
+    return ServingError(code, message)

@@ -1,0 +1,401 @@
+"""Model versions: discovery under a base path, loading, and atomic hot-swap.
+
+TF Serving's behaviour, in Python: every `--file_system_poll_wait_seconds` the base path
+of each model is listed; its integer-named directories are the versions on disk; the
+model's version policy (`latest {num_versions}` by default 1, `all`, `specific`) says
+which of them should be served. A version to serve is loaded *completely* (and warmed up
+from `assets.extra/tf_serving_warmup_requests` if present) before it is published; the
+table of served versions is then replaced by one reference assignment, so a request
+always runs on one consistent `Servable` and in-flight requests on the old version
+finish on it. A version that is no longer wanted is dropped only once some wanted
+version is available (TF Serving's availability-preserving policy). A version that
+fails to load is retried on later polls, `max_num_load_retries` times, and the versions
+already served keep serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+from tfrec_lm.serving.errors import from_tf_error, invalid_argument, not_found
+
+logger = logging.getLogger(__name__)
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+def load_scann_ops() -> bool:
+    """Registers ScaNN's TensorFlow ops if ScaNN is installed (needed by `--index scann` exports)."""
+    try:
+        import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the ops)
+    except Exception as error:  # ImportError, or a .so built for another TensorFlow
+        logger.warning("ScaNN's TensorFlow ops are not available (%s); ScaNN exports will not load", error)
+        return False
+    return True
+
+
+def write_warmup_requests(export_dir, requests, model_name: str = "tfrec_lm") -> Path:
+    """Writes `assets.extra/tf_serving_warmup_requests` (TF Serving's warm-up format).
+
+    Args:
+        export_dir: a SavedModel directory (write it *before* the directory is renamed
+            into the served base path).
+        requests: list of (signature_name, {input name: np.ndarray}).
+        model_name: str. recorded in each request's ModelSpec (not used for lookup).
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    path = Path(export_dir, WARMUP_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for signature_name, inputs in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = signature_name
+            for key, value in inputs.items():
+                array = np.asarray(value)
+                if array.dtype == object or array.dtype.kind in "SU":
+                    request.inputs[key].CopyFrom(tf.make_tensor_proto(array.astype(object), dtype=tf.string))
+                else:
+                    request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One served model (TF Serving's `ModelConfig`, the fields used here).
+
+    Attributes:
+        name: str. the model name in URLs and `ModelSpec.name`.
+        base_path: str. directory holding the integer version directories.
+        policy: str. `latest`, `all` or `specific`.
+        num_versions: int. for `latest`: how many of the newest versions to serve.
+        versions: tuple of int. for `specific`.
+        labels: {label: version}. `version_labels`.
+    """
+
+    name: str
+    base_path: str
+    policy: str = "latest"
+    num_versions: int = 1
+    versions: tuple = ()
+    labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+    def aspired(self, on_disk) -> set:
+        on_disk = sorted(set(on_disk))
+        if self.policy == "all":
+            return set(on_disk)
+        if self.policy == "specific":
+            return set(on_disk) & set(self.versions)
+        return set(on_disk[-max(1, self.num_versions):]) if on_disk else set()
+
+
+def read_model_config_file(path) -> list[ModelConfig]:
+    """Parses a TF Serving `--model_config_file` (text `ModelServerConfig`) with the official proto."""
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = text_format.Parse(Path(path).read_text(), model_server_config_pb2.ModelServerConfig())
+    if config.WhichOneof("config") != "model_config_list":
+        raise ValueError(f"{path}: only model_config_list is supported")
+    models = []
+    for model in config.model_config_list.config:
+        if model.model_platform not in ("", "tensorflow"):
+            raise ValueError(f"{path}: model {model.name!r}: model_platform must be 'tensorflow'")
+        policy = model.model_version_policy
+        kind = policy.WhichOneof("policy_choice") or "latest"
+        models.append(ModelConfig(
+            name=model.name,
+            base_path=model.base_path,
+            policy=kind,
+            num_versions=(policy.latest.num_versions or 1) if kind == "latest" else 1,
+            versions=tuple(policy.specific.versions) if kind == "specific" else (),
+            labels=dict(model.version_labels),
+        ))
+    names = [m.name for m in models]
+    if len(set(names)) != len(names) or not all(names):
+        raise ValueError(f"{path}: model names must be non-empty and distinct: {names}")
+    return models
+
+
+def versions_on_disk(base_path) -> list[int]:
+    """Integer-named subdirectories of `base_path` (`.tmp-*` staging directories are not versions)."""
+    try:
+        entries = list(os.scandir(base_path))
+    except FileNotFoundError:
+        return []
+    return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+
+
+# ---------------------------------------------------------------- one loaded version
+
+
+@dataclasses.dataclass
+class Signature:
+    name: str
+    function: Callable
+    inputs: dict
+    outputs: dict
+
+
+class Servable:
+    """One loaded SavedModel version.
+
+    Args:
+        name: str. model name.
+        version: int.
+        path: str. the version directory.
+    """
+
+    def __init__(self, name: str, version: int, path):
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        self.name, self.version, self.path = name, int(version), str(path)
+        self.loaded = tf.saved_model.load(self.path)
+        self.signatures = {}
+        for key, function in self.loaded.signatures.items():
+            self.signatures[key] = Signature(key, function, dict(function.structured_input_signature[1]),
+                                             dict(function.structured_outputs))
+        saved = saved_model_pb2.SavedModel()
+        saved.ParseFromString(Path(self.path, "saved_model.pb").read_bytes())
+        self.signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+        for key, signature_def in saved.meta_graphs[0].signature_def.items():
+            self.signature_def_map.signature_def[key].CopyFrom(signature_def)
+
+    def signature(self, name: str) -> Signature:
+        name = name or "serving_default"
+        if name not in self.signatures:
+            raise invalid_argument(f"Serving signature name: \"{name}\" not found in signature def "
+                                   f"(available: {sorted(self.signatures)})")
+        return self.signatures[name]
+
+    def input_specs(self, name: str) -> dict:
+        return self.signature(name).inputs
+
+    def run(self, signature: Signature, arrays: Mapping[str, np.ndarray], output_filter=()) -> dict:
+        """Runs a signature on validated numpy inputs; {output name: np.ndarray}."""
+        import tensorflow as tf
+
+        unknown = sorted(set(output_filter) - set(signature.outputs))
+        if unknown:
+            raise invalid_argument(f"output_filter names outputs not in signature '{signature.name}': {unknown}")
+        try:
+            tensors = {k: tf.constant(v, dtype=signature.inputs[k].dtype) for k, v in arrays.items()}
+            result = signature.function(**tensors)
+        except tf.errors.OpError as error:
+            raise from_tf_error(error) from None
+        keep = set(output_filter) or set(result)
+        return {k: v.numpy() for k, v in result.items() if k in keep}
+
+    def warm_up(self, tensor_proto_to_array) -> int:
+        """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords), like TF Serving."""
+        path = Path(self.path, WARMUP_FILE)
+        if not path.exists():
+            return 0
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            if log.WhichOneof("log_type") != "predict_log":
+                raise ValueError(f"{path}: only predict_log warm-up records are supported")
+            request = log.predict_log.request
+            signature = self.signature(request.model_spec.signature_name)
+            arrays = {k: tensor_proto_to_array(v, signature.inputs[k], k, None) for k, v in request.inputs.items()}
+            self.run(signature, arrays)
+            count += 1
+        return count
+
+
+# ---------------------------------------------------------------- status
+
+
+STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+# ---------------------------------------------------------------- the manager
+
+
+class ModelManager:
+    """Keeps the wanted versions of each model loaded and swaps them atomically.
+
+    Args:
+        models: list of ModelConfig.
+        poll_wait_seconds: float. seconds between polls of the base paths; 0 or less:
+            only the poll at start.
+        max_num_load_retries: int. retries of a version that fails to load.
+        loader: callable(name, version, path) -> Servable.
+        warm_up: callable(Servable) -> None, run before a version is published.
+    """
+
+    def __init__(self, models, poll_wait_seconds: float = 1.0, max_num_load_retries: int = 5,
+                 loader=Servable, warm_up=None):
+        self.models = {m.name: m for m in models}
+        if len(self.models) != len(models):
+            raise ValueError("model names must be distinct")
+        self.poll_wait_seconds = poll_wait_seconds
+        self.max_num_load_retries = max_num_load_retries
+        self._loader = loader
+        self._warm_up = warm_up
+        # {name: {version: Servable}}; replaced, never mutated, so readers need no lock.
+        self._served: dict = {name: {} for name in self.models}
+        self._status: dict = {name: {} for name in self.models}
+        self._failures: dict = {}
+        self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self.poll_once()
+        if self.poll_wait_seconds > 0:
+            self._thread = threading.Thread(target=self._loop, name="tfrec-lm-version-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_wait_seconds):
+            try:
+                self.poll_once()
+            except Exception:  # never let the poller die
+                logger.exception("polling the model base paths failed")
+
+    def poll_once(self) -> None:
+        with self._poll_lock:
+            for config in self.models.values():
+                self._sync(config)
+
+    # -- one model
+
+    def _set_status(self, name, version, state, code="OK", message=""):
+        with self._lock:
+            self._status[name] = {**self._status[name], version: VersionStatus(version, state, code, message)}
+
+    def _publish(self, name, table) -> None:
+        with self._lock:
+            self._served = {**self._served, name: table}
+
+    def _sync(self, config: ModelConfig) -> None:
+        name = config.name
+        on_disk = versions_on_disk(config.base_path)
+        if not on_disk and not self._served[name]:
+            if not self._status[name]:
+                logger.warning("no versions of model %r found under %s yet", name, config.base_path)
+        aspired = config.aspired(on_disk)
+        for version in sorted(aspired - set(self._served[name]), reverse=True):
+            self._load(config, version)
+        served = self._served[name]
+        if any(v in served for v in aspired):
+            unwanted = [v for v in served if v not in aspired]
+            if unwanted:
+                for version in unwanted:
+                    self._set_status(name, version, "UNLOADING")
+                self._publish(name, {v: s for v, s in served.items() if v in aspired})
+                for version in unwanted:
+                    self._set_status(name, version, "END")
+                    logger.info("unloaded %s version %d", name, version)
+
+    def _load(self, config: ModelConfig, version: int) -> None:
+        name = config.name
+        path = os.path.join(config.base_path, str(version))
+        key = (name, version)
+        try:
+            stamp = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            return
+        failures, failed_stamp = self._failures.get(key, (0, None))
+        if failed_stamp == stamp and failures > self.max_num_load_retries:
+            return  # gave up on this directory; a new one (new mtime) is tried again
+        if failed_stamp != stamp:
+            failures = 0
+        self._set_status(name, version, "LOADING")
+        start = time.perf_counter()
+        try:
+            servable = self._loader(name, version, path)
+            if self._warm_up is not None:
+                self._warm_up(servable)
+        except Exception as error:
+            failures += 1
+            self._failures[key] = (failures, stamp)
+            final = failures > self.max_num_load_retries
+            message = f"{type(error).__name__}: {error}"
+            logger.error("loading %s version %d from %s failed (attempt %d%s): %s", name, version, path, failures,
+                         ", giving up" if final else ", will retry", message)
+            self._set_status(name, version, "END" if final else "LOADING", "UNKNOWN", message[:2000])
+            return
+        self._failures.pop(key, None)
+        self._publish(name, {**self._served[name], version: servable})
+        self._set_status(name, version, "AVAILABLE")
+        logger.info("serving %s version %d from %s (loaded in %.1f s)", name, version, path,
+                    time.perf_counter() - start)
+
+    # -- lookups (any thread)
+
+    def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        """The servable for a request; NOT_FOUND if there is none."""
+        if name not in self.models:
+            raise not_found(f"Servable not found for request: Latest({name})")
+        served = self._served[name]
+        if label:
+            if label not in self.models[name].labels:
+                raise not_found(f"Unrecognized servable version label: {label}")
+            version = self.models[name].labels[label]
+        if version is None:
+            if not served:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            return served[max(served)]
+        if version not in served:
+            raise not_found(f"Servable not found for request: Specific({name}, {version})")
+        return served[version]
+
+    def served_versions(self, name: str) -> list[int]:
+        return sorted(self._served.get(name, {}))
+
+    def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        if name not in self.models:
+            raise not_found(f"Could not find any versions of model {name}")
+        if label:
+            if label not in self.models[name].labels:
+                raise not_found(f"Unrecognized servable version label: {label}")
+            version = self.models[name].labels[label]
+        statuses = self._status[name]
+        if version is not None:
+            if version not in statuses:
+                raise not_found(f"Could not find version {version} of model {name}")
+            return [statuses[version]]
+        if not statuses:
+            raise not_found(f"Could not find any versions of model {name}")
+        return [statuses[v] for v in sorted(statuses, reverse=True)]
+
