@@ -365,9 +365,6 @@ def test_brute_force_and_scann_agree(served):
         assert a[case]["item_ids"] == b[case]["item_ids"], case
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: serving_default fails on a zero-width history [B, 0] (a request whose histories are all "
-    "empty lists): export._in_sorted gathers index 0 from an empty row -> InvalidArgumentError"))
 def test_zero_width_history_returns_most_popular(served):
     run = served["runs"]["item_sequence_bf"]
     module = served["modules"]["item_sequence_bf"]

@@ -192,9 +192,6 @@ def test_tower_configs_carry_their_fields(item_sequence_run, history_text_run):
     assert text["encoder"]["config"]["finetune"] == history_text_run.config.finetune
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ItemTower.get_config serializes its encoder (tf.keras.layers.serialize) but the class has "
-    "no from_config to deserialize it, so ItemTower.from_config(tower.get_config()) raises TypeError"))
 def test_item_tower_from_config_round_trip(item_sequence_run):
     tower = item_sequence_run.model.item_tower
     clone = type(tower).from_config(tower.get_config())
@@ -202,9 +199,6 @@ def test_item_tower_from_config_round_trip(item_sequence_run):
     assert clone.encoder.finetune == tower.encoder.finetune
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: HistoryTextUserTower.get_config serializes encoder and composer but the class has no "
-    "from_config to deserialize them, so from_config(get_config()) raises"))
 def test_history_text_tower_from_config_round_trip(history_text_run):
     tower = history_text_run.model.user_tower
     clone = type(tower).from_config(tower.get_config())

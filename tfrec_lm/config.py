@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,6 +18,31 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration value or file is invalid."""
+
+
+def _check_type(name: str, value, hint):
+    """Returns `value` as the field's type, or raises ConfigError (no silent coercion of text)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if value is None and typing.get_args(hint):
+        return None
+    kind = args[0] if args else hint
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        if isinstance(value, str):  # PyYAML reads `1e-3` (no dot) as text
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def _opt(default, help: str, choices=None):  # noqa: A002 - mirrors argparse
@@ -126,9 +152,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, base: Optional["TrainConfig"] = None) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(key) for key in set(values) - known)
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(cls)
+        values = {name: _check_type(name, value, hints[name]) for name, value in values.items()}
         base = base or cls()
         return dataclasses.replace(base, **values).validate()
 
@@ -159,4 +187,7 @@ def load_config_file(path: str | Path) -> dict:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    bad = [key for key in values if not isinstance(key, str)]
+    if bad:
+        raise ConfigError(f"config file {path} has non-text keys: {', '.join(map(repr, bad))}")
     return {key.replace("-", "_"): value for key, value in values.items()}

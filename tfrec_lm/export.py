@@ -22,6 +22,8 @@ LOWEST_SCORE = float(np.finfo(np.float32).min)
 
 def _in_sorted(sorted_rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     """Row-wise membership. [B, N] sorted, [B, L] -> bool [B, L]."""
+    # A sentinel column keeps the gather valid for zero-width rows.
+    sorted_rows = tf.pad(sorted_rows, [[0, 0], [0, 1]], constant_values=tf.int32.max)
     width = tf.shape(sorted_rows)[1]
     positions = tf.searchsorted(sorted_rows, values, side="left")
     found = tf.gather(sorted_rows, tf.minimum(positions, tf.maximum(width - 1, 0)), batch_dims=1)
@@ -133,12 +135,14 @@ class ServingModule(tf.Module):
         valid = tf.logical_and(valid, tf.concat([tf.ones_like(found, tf.bool), fill_valid], axis=1))
         position = tf.cast(tf.range(tf.shape(candidates)[1]), tf.float32)[None, :]
         priority = tf.where(valid, -position, LOWEST_SCORE)
-        _, chosen = tf.math.top_k(priority, k=self.top_k)
-        items = tf.gather(candidates, chosen, batch_dims=1)
+        best, chosen = tf.math.top_k(priority, k=self.top_k)
+        # A history covering all but fewer than K items leaves slots empty: "" / lowest score.
+        filled = best > LOWEST_SCORE
+        items = tf.where(filled, tf.gather(candidates, chosen, batch_dims=1), 0)
         vectors = tf.gather(self.item_embeddings, items)
         scores = tf.where(has_history[:, None], tf.einsum("bd,bkd->bk", users, vectors),
                           tf.gather(self.popularity_share, items))
-        return items, scores
+        return items, tf.where(filled, scores, LOWEST_SCORE)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
@@ -200,7 +204,9 @@ def save_serving_module(module: ServingModule, export_base, model_name: str, met
     """Writes `<export_base>/<model_name>/<version>/` atomically and returns it."""
     model_dir = Path(export_base) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = version or next_version(model_dir)
+    version = next_version(model_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"export versions are positive integers, got {version}")
     final = model_dir / str(version)
     if final.exists():
         raise FileExistsError(f"export version already exists: {final}")

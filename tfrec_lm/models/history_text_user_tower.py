@@ -50,3 +50,13 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
             "normalize": self.normalize,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+        from tfrec_lm.layers.history_text_composer import HistoryTextComposer
+
+        config = dict(config)
+        config["encoder"] = BertTextEncoder.from_config(config["encoder"]["config"])
+        config["composer"] = HistoryTextComposer.from_config(config["composer"]["config"])
+        return cls(**config)

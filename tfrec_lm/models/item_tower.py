@@ -107,3 +107,11 @@ class ItemTower(tf.keras.layers.Layer):
             "use_text": self.use_text,
         })
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+
+        config = dict(config)
+        config["encoder"] = BertTextEncoder.from_config(config["encoder"]["config"])
+        return cls(**config)
