@@ -218,12 +218,31 @@ def save_serving_module(module: ServingModule, export_base, model_name: str, met
         extra = staging / "assets.extra"
         extra.mkdir(exist_ok=True)
         (extra / "tfrec_lm.json").write_text(json.dumps(metadata, indent=2, default=float))
+        _write_warmup(staging, module, model_name)
         os.rename(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s", final)
     return final
+
+
+def _write_warmup(export_dir: Path, module: ServingModule, model_name: str) -> None:
+    """Warm-up requests (TF Serving's `assets.extra/tf_serving_warmup_requests`).
+
+    TF Serving (and `tfrec_lm.serve`) replay them before a version takes traffic, so
+    the first user request does not pay for tracing. One known and one empty history.
+    """
+    from tfrec_lm.serving.manager import write_warmup_requests
+
+    known = module.item_ids.numpy()[1:3].astype(object)
+    history = np.array([["", *known], ["", "", ""]], dtype=object)
+    times = np.zeros(history.shape, dtype=np.int64)
+    write_warmup_requests(export_dir, [
+        ("serving_default", {"history_item_ids": history, "history_timestamps": times}),
+        ("rank", {"history_item_ids": history, "history_timestamps": times,
+                  "candidate_item_ids": np.array([[known[0]], [known[1]]], dtype=object)}),
+    ], model_name=model_name)
 
 
 def export_model(result, config) -> Path:
