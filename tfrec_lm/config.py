@@ -108,6 +108,11 @@ class TrainConfig:
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
     time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
     seed: int = _opt(42, "random seed")
+    warm_start: Optional[str] = _opt(
+        None, "start from a training checkpoint: a run's --output-dir, or a checkpoint prefix "
+              "(<output-dir>/checkpoints/best.weights); the model options must match that run")
+    since: Optional[int] = _opt(None, "train only on interactions at or after this Unix time (a refresh; "
+                                      "histories still include everything before)")
 
     # Output
     output_dir: str = _opt("runs/tfrec_lm", "checkpoints, TensorBoard logs and metrics.json")

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from tfrec_lm.config import TrainConfig
+from tfrec_lm.config import ConfigError, TrainConfig
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import (ItemVocab, LeaveOneOutSplit, build_sequences, build_vocab, leave_one_out,
                                  train_interaction_counts)
@@ -178,6 +178,19 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def checkpoint_prefix(path: str) -> str:
+    """Resolves `--warm-start` (a run directory or a checkpoint prefix) to a prefix."""
+    candidate = Path(path)
+    if (candidate / "saved_model.pb").is_file():
+        raise ConfigError(f"--warm-start {path} is a SavedModel export, which holds the serving graph only; "
+                          "pass the training run's --output-dir (or its checkpoints/best.weights)")
+    if candidate.is_dir():
+        candidate = candidate / "checkpoints" / "best.weights"
+    if not Path(f"{candidate}.index").is_file():
+        raise ConfigError(f"--warm-start: no checkpoint at {candidate} (expected {candidate}.index)")
+    return str(candidate)
+
+
 def make_optimizer(config: TrainConfig):
     optimizer = tf.keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm", "norm", "embedding"])
@@ -199,6 +212,8 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         TrainResult.
     """
     config.validate()
+    if config.warm_start:
+        checkpoint_prefix(config.warm_start)  # fail before any work on a bad path
     tf.keras.utils.set_random_seed(config.seed)
     dataset = dataset if dataset is not None else load_training_data(config)
     vocab = build_vocab(dataset.items)
@@ -206,6 +221,10 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     split = leave_one_out(sequences, config.max_history)
     counts = train_interaction_counts(split)
     train_examples = split.train
+    if config.since is not None:
+        train_examples = train_examples.take(np.flatnonzero(train_examples.target_timestamp >= config.since))
+        if not len(train_examples):
+            raise ConfigError(f"--since {config.since}: no training interaction at or after that time")
     if config.max_train_examples is not None and len(train_examples) > config.max_train_examples:
         keep = np.argsort(-train_examples.target_timestamp, kind="stable")[: config.max_train_examples]
         train_examples = train_examples.take(np.sort(keep))
@@ -213,6 +232,16 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     target_counts = np.bincount(split.train.target, minlength=vocab.size).astype(np.float64)
     model = build_model(config, vocab, dataset.items["text"].tolist(), encoder_factory,
                         item_probability=target_counts / max(target_counts.sum(), 1.0))
+    if config.warm_start:
+        # Create every model variable eagerly, then restore them all at once.
+        probe = {name: value[:2] for name, value in examples_to_features(train_examples).items()}
+        users, items = model(probe, training=False)
+        model.predict_rating(users, items)
+        # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
+        towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower,
+                                     ranking_head=model.ranking_head)
+        towers.read(checkpoint_prefix(config.warm_start)).expect_partial().assert_existing_objects_matched()
+        logger.info("warm start from %s", config.warm_start)
     model.compile(optimizer=make_optimizer(config))
 
     output_dir = Path(config.output_dir)
