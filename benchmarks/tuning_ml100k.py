@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from _common import RESULTS, write_result  # noqa: E402
 
-SPACE = ["learning_rate=0.0005,0.001,0.002", "temperature=0.03,0.05,0.1", "dropout=0.1,0.2,0.3",
+SPACE = ["learning_rate=0.001,0.002", "temperature=0.05,0.07,0.1", "dropout=0.2,0.3",
          "embedding_dim=64,128", "weight_decay=0.0001,0.001"]
 
 
