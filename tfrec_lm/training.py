@@ -269,10 +269,8 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         model.load_weights(str(output_dir / "checkpoints" / "best.weights"))
 
     test = split.test
-    item_genres = dataset.items["genres"].tolist()
-    genres_by_index = [()] + item_genres
-    slices = migration_slices(js_migration_scores([sequences.items[u][:-1] for u in test.user_index],
-                                                  genres_by_index))
+    test_histories = [sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered
+    slices = migration_slices(js_migration_scores(test_histories, [()] + dataset.items["genres"].tolist()))
     popularity = np.broadcast_to(popularity_scores(counts), (len(test.target), vocab.size))
     metrics = {
         "model": spec_metrics(score_catalog(model, test), test, slices),
@@ -288,10 +286,9 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         if config.top_k >= 10:
             from tfrec_lm.evaluation.export_eval import evaluate_export
 
-            users = test.user_index
             metrics["export"] = evaluate_export(
-                result.export_path, [sequences.items[u][:-1] for u in users],
-                [sequences.timestamps[u][:-1] for u in users], test.target, vocab.ids, slices)
+                result.export_path, test_histories, [sequences.timestamps[u][:-1] for u in test.user_index],
+                test.target, vocab.ids, slices)
     summary = {
         "config": config.to_dict(),
         "test": metrics,
