@@ -88,6 +88,9 @@ class TrainConfig:
     item_text: bool = _opt(True, "use the item text encoder (--no-item-text gives the ID-only ablation)")
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
+    sequence_pooling: str = _opt(
+        "newest", "item-sequence output: `newest` (the latest item's position after recency-aware attention) "
+                  "or `mean` (an order-free bag of items, the ablation without history order)", ("newest", "mean"))
     dropout: float = _opt(0.2, "dropout rate")
     temperature: float = _opt(0.05, "softmax temperature of the retrieval loss (embeddings are L2-normalised)")
     negatives: str = _opt(

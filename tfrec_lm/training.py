@@ -87,7 +87,8 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
-                                           dropout=config.dropout, name="user_tower")
+                                           dropout=config.dropout, pooling=config.sequence_pooling,
+                                           name="user_tower")
     else:
         history_bert, _ = encoder_factory()
         history_encoder = BertTextEncoder(history_bert, finetune=config.finetune,

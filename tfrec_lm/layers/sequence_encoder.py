@@ -18,6 +18,9 @@ class SequenceEncoder(tf.keras.layers.Layer):
         num_blocks: int. transformer blocks.
         num_heads: int. attention heads.
         dropout: float. dropout rate inside the blocks.
+        pooling: str. `newest`: the output is the newest position after recency-aware
+            attention (the default); `mean`: no position embedding and a masked mean,
+            an order-free bag of items (the ablation without history order).
 
     Call args:
         vectors: tf.Tensor float32. [B, N<=max_length, D] item vectors, newest first.
@@ -27,8 +30,12 @@ class SequenceEncoder(tf.keras.layers.Layer):
         tf.Tensor float32. [B, D].
     """
 
-    def __init__(self, max_length: int, num_blocks: int = 1, num_heads: int = 2, dropout: float = 0.1, **kwargs):
+    def __init__(self, max_length: int, num_blocks: int = 1, num_heads: int = 2, dropout: float = 0.1,
+                 pooling: str = "newest", **kwargs):
         super().__init__(**kwargs)
+        if pooling not in ("newest", "mean"):
+            raise ValueError(f"pooling must be `newest` or `mean`, got {pooling!r}")
+        self.pooling = pooling
         self.max_length = int(max_length)
         self.num_blocks = int(num_blocks)
         self.num_heads = int(num_heads)
@@ -63,7 +70,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
 
     def call(self, vectors, mask, training=False):
         length = tf.shape(vectors)[1]
-        x = vectors + self.positions[None, :length, :]
+        x = vectors + self.positions[None, :length, :] if self.pooling == "newest" else vectors
         x = self.input_dropout(self.input_norm(x), training=training)
         mask = tf.cast(mask, tf.bool)
         attention_mask = tf.logical_and(mask[:, :, None], mask[:, None, :])
@@ -72,7 +79,10 @@ class SequenceEncoder(tf.keras.layers.Layer):
             x = block["norm1"](x + block["drop"](attended, training=training))
             hidden = block["ffn2"](block["ffn1"](x))
             x = block["norm2"](x + block["drop"](hidden, training=training))
-        x = x * tf.cast(mask[:, :, None], x.dtype)
+        weights = tf.cast(mask[:, :, None], x.dtype)
+        x = x * weights
+        if self.pooling == "mean":
+            return tf.reduce_sum(x, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
         return x[:, 0, :]
 
     def get_config(self):
@@ -83,6 +93,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 "num_blocks": self.num_blocks,
                 "num_heads": self.num_heads,
                 "dropout": self.dropout,
+                "pooling": self.pooling,
             }
         )
         return config

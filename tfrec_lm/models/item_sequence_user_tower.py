@@ -46,6 +46,7 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
         num_heads: int. attention heads.
         dropout: float. dropout rate.
         normalize: bool. L2-normalise the output.
+        pooling: str. `newest` (recency-aware) or `mean` (order-free bag of items).
 
     Call args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
@@ -58,13 +59,13 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
     """
 
     def __init__(self, item_tower, max_history: int = 50, num_blocks: int = 1, num_heads: int = 2,
-                 dropout: float = 0.1, normalize: bool = True, **kwargs):
+                 dropout: float = 0.1, normalize: bool = True, pooling: str = "newest", **kwargs):
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.max_history = int(max_history)
         self.normalize = bool(normalize)
         self.sequence_encoder = SequenceEncoder(max_history, num_blocks=num_blocks, num_heads=num_heads,
-                                                dropout=dropout, name="sequence_encoder")
+                                                dropout=dropout, pooling=pooling, name="sequence_encoder")
         self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection")
 
     def call(self, history, training=False, item_table=None):
@@ -84,5 +85,6 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
             "num_heads": self.sequence_encoder.num_heads,
             "dropout": self.sequence_encoder.dropout,
             "normalize": self.normalize,
+            "pooling": self.sequence_encoder.pooling,
         })
         return config

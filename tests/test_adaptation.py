@@ -1,0 +1,53 @@
+"""Ground truth: after a known interest switch, the recommendations must follow."""
+
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_config
+
+from tfrec_lm.bert import tiny_bert, tiny_tokenizer
+from tfrec_lm.data.split import build_sequences
+from tfrec_lm.data.synthetic import synthetic_migration
+from tfrec_lm.evaluation.adaptation import adaptation_lags
+from tfrec_lm.training import train
+
+
+def test_adaptation_lags_known_answer():
+    # Two categories on two axes; the "model" embeds a user as their newest item.
+    item_category = np.array(["", "a", "a", "a", "b", "b", "b"], dtype=object)
+    vectors = np.array([[0, 0], [1, 0], [1, 0.1], [1, 0.2], [0, 1], [0.1, 1], [0.2, 1]], dtype=np.float32)
+
+    def newest(history):
+        last = [row[row > 0][-1] for row in history]
+        return vectors[last]
+
+    lags = adaptation_lags(newest, vectors, [np.array([1, 2, 4, 5]), np.array([4, 5])], [2, 2],
+                           ["b", "a"], item_category, k=2, share=1.0)
+    # User 0's list is all "b" after one "b" item; user 1 has no interaction after the switch.
+    assert lags[0] == 1 and np.isinf(lags[1])
+
+
+@pytest.fixture(scope="module")
+def switching_users():
+    dataset, switches = synthetic_migration(num_users=100, items_per_category=40, length=32,
+                                            switch_fraction=0.625, seed=3)
+    return dataset, switches
+
+
+def test_recency_aware_tower_follows_a_switch_within_three_interactions(switching_users, tmp_path):
+    dataset, switches = switching_users
+    words = re.findall(r"[a-z0-9]+", " ".join(dataset.items["text"]).lower())
+    tokenizer = tiny_tokenizer(words, tmp_path / "tokenizer")
+    config = tiny_config(tmp_path, epochs=8, patience=8, dropout=0.0, max_history=50)
+    result = train(config, dataset=dataset, encoder_factory=lambda: (tiny_bert(tokenizer.vocab_size), tokenizer))
+    sequences = build_sequences(dataset, result.vocab)
+    position = {user: i for i, user in enumerate(sequences.user_ids)}
+    histories = [sequences.items[position[user]] for user in switches["user_id"]]
+    category = np.array([""] + [genres[0] for genres in dataset.items["genres"]], dtype=object)
+    embeddings = result.model.item_tower(tf.range(result.vocab.size), training=False).numpy()
+    lags = adaptation_lags(lambda h: result.model.embed_users(tf.constant(h)).numpy(), embeddings, histories,
+                           switches["switch_index"], switches["after"], category)
+    assert np.isfinite(lags).all(), f"{int(np.isinf(lags).sum())} users never adapted"
+    assert lags.mean() <= 3, lags
