@@ -11,6 +11,7 @@ from tfrec_lm.bert import tiny_bert, tiny_tokenizer
 from tfrec_lm.data.split import build_sequences
 from tfrec_lm.data.synthetic import synthetic_migration
 from tfrec_lm.evaluation.adaptation import adaptation_lags
+from tfrec_lm.export import ServingModule
 from tfrec_lm.training import train
 
 
@@ -36,12 +37,19 @@ def switching_users():
     return dataset, switches
 
 
-def test_recency_aware_tower_follows_a_switch_within_three_interactions(switching_users, tmp_path):
-    dataset, switches = switching_users
+@pytest.fixture(scope="module")
+def trained(switching_users, tmp_path_factory):
+    dataset, _ = switching_users
+    directory = tmp_path_factory.mktemp("adaptation")
     words = re.findall(r"[a-z0-9]+", " ".join(dataset.items["text"]).lower())
-    tokenizer = tiny_tokenizer(words, tmp_path / "tokenizer")
-    config = tiny_config(tmp_path, epochs=8, patience=8, dropout=0.0, max_history=50)
-    result = train(config, dataset=dataset, encoder_factory=lambda: (tiny_bert(tokenizer.vocab_size), tokenizer))
+    tokenizer = tiny_tokenizer(words, directory / "tokenizer")
+    config = tiny_config(directory, epochs=8, patience=8, dropout=0.0, max_history=50)
+    return train(config, dataset=dataset, encoder_factory=lambda: (tiny_bert(tokenizer.vocab_size), tokenizer))
+
+
+def test_recency_aware_tower_follows_a_switch_within_three_interactions(switching_users, trained):
+    dataset, switches = switching_users
+    result = trained
     sequences = build_sequences(dataset, result.vocab)
     position = {user: i for i, user in enumerate(sequences.user_ids)}
     histories = [sequences.items[position[user]] for user in switches["user_id"]]
@@ -51,3 +59,21 @@ def test_recency_aware_tower_follows_a_switch_within_three_interactions(switchin
                            switches["switch_index"], switches["after"], category)
     assert np.isfinite(lags).all(), f"{int(np.isinf(lags).sum())} users never adapted"
     assert lags.mean() <= 3, lags
+
+
+def test_explanation_of_a_new_category_recommendation_is_a_recent_item(switching_users, trained):
+    dataset, switches = switching_users
+    module = ServingModule(trained.model, trained.vocab.ids, trained.counts, top_k=10, index="brute-force")
+    sequences = build_sequences(dataset, trained.vocab)
+    position = {user: i for i, user in enumerate(sequences.user_ids)}
+    category = dict(zip(dataset.items["item_id"], (genres[0] for genres in dataset.items["genres"])))
+    checked = 0
+    for user, start, after in zip(switches["user_id"], switches["switch_index"], switches["after"]):
+        items = trained.vocab.ids[sequences.items[position[user]][: start + 3]].astype(str)
+        answer = module.explain(tf.constant([items]), tf.zeros([1, len(items)], tf.int64))
+        recent = set(items[start:])
+        for item, because in zip(answer["item_ids"].numpy()[0], answer["because_item_ids"].numpy()[0]):
+            if category[item.decode()] == after:
+                assert because.decode() in recent, (user, item, because)
+                checked += 1
+    assert checked >= len(switches)  # at least one new-category recommendation per user on average
