@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     }
     path = write_result("tuning_ml100k", payload)
     print(f"best validation NDCG@10 {best_val:.4f} vs untuned default {default_val:.4f} "
-          f"({args.max_trials} trials, budget {args.budget_minutes} min, {wall / 60:.1f} min) -> {path}")
+          f"({len(rows)} trials of at most {args.max_trials}, budget {args.budget_minutes} min, "
+          f"{wall / 60:.1f} min) -> {path}")
     return 0
 
 
