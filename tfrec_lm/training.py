@@ -16,7 +16,7 @@ from tfrec_lm.config import ConfigError, TrainConfig
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import (ItemVocab, LeaveOneOutSplit, build_sequences, build_vocab, leave_one_out,
                                  train_interaction_counts)
-from tfrec_lm.evaluation.metrics import full_catalog_ranks, sliced_metrics
+from tfrec_lm.evaluation.metrics import full_catalog_ranks, ranking_metrics, sliced_metrics
 from tfrec_lm.evaluation.migration import js_migration_scores, migration_slices
 from tfrec_lm.evaluation.popularity import popularity_scores
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
@@ -169,7 +169,7 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         scores = score_catalog(self.model, self.examples)
         ranks = full_catalog_ranks(scores, self.examples.target, self.examples.exclude)
-        ndcg = float(np.mean(np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)))
+        ndcg = float(ranking_metrics(ranks, ks=(10,))["NDCG@10"])
         self.history.append(ndcg)
         if logs is not None:
             logs["val_ndcg_at_10"] = ndcg
