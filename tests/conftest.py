@@ -73,7 +73,9 @@ def run_training(config: TrainConfig, dataset, encoder_factory) -> TrainedRun:
         model = original(config, vocab, item_texts, factory, item_probability=item_probability)
         history = np.zeros([2, config.max_history], np.int32)
         history[:, :2] = [[1, 2], [3, 4]]
-        users, items = model({"history": history, "target": np.array([5, 6], np.int32)}, training=False)
+        times = np.where(history > 0, 1_600_000_000, 0).astype(np.int64)
+        users, items = model({"history": history, "history_timestamps": times, "target": np.array([5, 6], np.int32)},
+                             training=False)
         model.predict_rating(users, items)
         initial.extend((v, v.numpy().copy()) for v in model.variables)
         return model

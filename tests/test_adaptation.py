@@ -55,8 +55,10 @@ def test_recency_aware_tower_follows_a_switch_within_three_interactions(switchin
     histories = [sequences.items[position[user]] for user in switches["user_id"]]
     category = np.array([""] + [genres[0] for genres in dataset.items["genres"]], dtype=object)
     embeddings = result.model.item_tower(tf.range(result.vocab.size), training=False).numpy()
-    lags = adaptation_lags(lambda h: result.model.embed_users(tf.constant(h)).numpy(), embeddings, histories,
-                           switches["switch_index"], switches["after"], category)
+    times = [sequences.timestamps[position[user]] for user in switches["user_id"]]
+    lags = adaptation_lags(lambda h, t: result.model.embed_users(tf.constant(h), tf.constant(t)).numpy(),
+                           embeddings, histories, switches["switch_index"], switches["after"], category,
+                           timestamps=times)
     assert np.isfinite(lags).all(), f"{int(np.isinf(lags).sum())} users never adapted"
     assert lags.mean() <= 3, lags
 

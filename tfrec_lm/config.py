@@ -89,8 +89,16 @@ class TrainConfig:
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     sequence_pooling: str = _opt(
-        "newest", "item-sequence output: `newest` (the latest item's position after recency-aware attention) "
-                  "or `mean` (an order-free bag of items, the ablation without history order)", ("newest", "mean"))
+        "newest", "item-sequence output: `newest` (the latest item's position after recency-aware attention), "
+                  "`mean` (the same transformer with no position or time: an order-free set) or `bag` (the "
+                  "mean of the item vectors, no attention: a bag of items)", ("newest", "mean", "bag"))
+    time_features: bool = _opt(
+        False, "item-sequence: add a learned embedding of each history item's age (seconds before the newest "
+               "history item, in log-spaced buckets from one second to a year)")
+    long_short: bool = _opt(
+        False, "item-sequence: gate a short-term view (the transformer over the --short-window newest items) "
+               "and a long-term view (the mean of all --max-history items) per dimension")
+    short_window: int = _opt(10, "items in the short-term view of --long-short")
     dropout: float = _opt(0.2, "dropout rate")
     temperature: float = _opt(0.05, "softmax temperature of the retrieval loss (embeddings are L2-normalised)")
     negatives: str = _opt(
@@ -140,6 +148,12 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise ConfigError("temperature and learning_rate must be > 0")
+        if (self.time_features or self.long_short) and (
+                self.user_tower != "item-sequence" or self.sequence_pooling != "newest"):
+            raise ConfigError("--time-features and --long-short need --user-tower item-sequence with "
+                              "--sequence-pooling newest (they read the order and times of the history)")
+        if self.long_short and not 1 <= self.short_window <= self.max_history:
+            raise ConfigError(f"short_window must be in [1, max_history={self.max_history}], got {self.short_window}")
         if not (self.item_text or self.item_ids):
             raise ConfigError("--no-item-text needs --item-ids: an item tower needs text, IDs or both")
         if self.data == "files" and not self.interactions:

@@ -95,9 +95,7 @@ class ServingModule(tf.Module):
             self.item_representations = tf.Variable(
                 model.item_tower.representation(everything, training=False).numpy(), trainable=False,
                 name="item_representations")
-            self.sequence_encoder = tower.sequence_encoder
-            self.user_projection = tower.output_projection
-            self._sequence_settings = (tower.max_history, tower.normalize)
+            self.composer = tower.composer
             self.user_tower = None
         else:
             self.item_representations = None
@@ -106,23 +104,22 @@ class ServingModule(tf.Module):
         self.index = make_index(index, embeddings, self.top_k)
         self.index_kind = index
 
-    def _users(self, history):
+    def _users(self, history, timestamps):
         if self.user_tower is None:
-            max_history, normalize = self._sequence_settings
-            return compose_history(history, lambda items: tf.gather(self.item_representations, items),
-                                   self.sequence_encoder, self.user_projection, max_history, normalize)
-        return self.user_tower(history, training=False)
+            return compose_history(history, timestamps, lambda items: tf.gather(self.item_representations, items),
+                                   self.composer)
+        return self.user_tower(history, timestamps, training=False)
 
     def _lookup(self, item_ids):
         return self.lookup.lookup(tf.strings.strip(item_ids))
 
-    def _recommend(self, history):
+    def _recommend(self, history, timestamps):
         """Top-K item indices and scores; no history item, popular items without history."""
         batch = tf.shape(history)[0]
         has_history = tf.reduce_any(history > 0, axis=1)
         known = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
         fetch = tf.minimum(self.top_k + tf.reduce_max(tf.concat([known, [0]], 0)), self.num_items - 1)
-        users = self._users(history)
+        users = self._users(history, timestamps)
         _, found = self.index(users, k=fetch)
         found = tf.cast(found, tf.int32)
         found = tf.where(has_history[:, None], found, tf.zeros_like(found))
@@ -148,7 +145,7 @@ class ServingModule(tf.Module):
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
     def retrieve(self, history_item_ids, history_timestamps):
         """Top-K items per user, none from the history; popular items without history."""
-        items, scores = self._recommend(self._lookup(history_item_ids))
+        items, scores = self._recommend(self._lookup(history_item_ids), history_timestamps)
         return {"item_ids": tf.ensure_shape(tf.gather(self.item_ids, items), [None, self.top_k]),
                 "scores": tf.ensure_shape(scores, [None, self.top_k])}
 
@@ -162,7 +159,7 @@ class ServingModule(tf.Module):
         [B, K] their cosine similarity; "" and 0 where the history has no known item.
         """
         history = self._lookup(history_item_ids)
-        items, scores = self._recommend(history)
+        items, scores = self._recommend(history, history_timestamps)
         recommended = tf.math.l2_normalize(tf.gather(self.item_embeddings, items), axis=-1)
         watched = tf.math.l2_normalize(tf.gather(self.item_embeddings, history), axis=-1)
         similarity = tf.einsum("bkd,bnd->bkn", recommended, watched)
@@ -183,7 +180,7 @@ class ServingModule(tf.Module):
         history = self._lookup(history_item_ids)
         has_history = tf.reduce_any(history > 0, axis=1)
         candidates = self._lookup(candidate_item_ids)
-        users = self._users(history)
+        users = self._users(history, history_timestamps)
         vectors = tf.gather(self.item_embeddings, candidates)
         affinity = tf.einsum("bd,bmd->bm", users, vectors)
         scores = tf.where(has_history[:, None], affinity, tf.gather(self.popularity_share, candidates))

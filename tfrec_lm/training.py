@@ -88,7 +88,8 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
                                            dropout=config.dropout, pooling=config.sequence_pooling,
-                                           name="user_tower")
+                                           time_features=config.time_features, long_short=config.long_short,
+                                           short_window=config.short_window, name="user_tower")
     else:
         history_bert, _ = encoder_factory()
         history_encoder = BertTextEncoder(history_bert, finetune=config.finetune,
@@ -128,21 +129,25 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
 def examples_to_features(examples) -> dict:
     return {
         "history": examples.history.astype(np.int32),
+        "history_timestamps": examples.history_timestamps.astype(np.int64),
         "target": examples.target.astype(np.int32),
         "rating": examples.rating.astype(np.float32),
     }
 
 
-def user_embeddings(model: TwoTowerModel, history: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Runs the user tower over histories. [n, H] -> [n, D]."""
-    return np.concatenate([model.embed_users(tf.constant(history[i:i + batch_size], tf.int32)).numpy()
-                           for i in range(0, len(history), batch_size)], axis=0)
+def user_embeddings(model: TwoTowerModel, history: np.ndarray, timestamps: np.ndarray,
+                    batch_size: int = 256) -> np.ndarray:
+    """Runs the user tower over histories. [n, H], [n, H] -> [n, D]."""
+    return np.concatenate([
+        model.embed_users(tf.constant(history[i:i + batch_size], tf.int32),
+                          tf.constant(timestamps[i:i + batch_size], tf.int64)).numpy()
+        for i in range(0, len(history), batch_size)], axis=0)
 
 
 def score_catalog(model: TwoTowerModel, examples) -> np.ndarray:
     """Full-catalog scores of evaluation examples. [n, C+1], column 0 = -inf."""
     items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
-    scores = user_embeddings(model, examples.history) @ items.T
+    scores = user_embeddings(model, examples.history, examples.history_timestamps) @ items.T
     scores[:, 0] = -np.inf
     return scores
 

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def adaptation_lags(embed_users, item_embeddings, sequences, switch_index, new_category, item_category,
-                    k: int = 10, share: float = 0.5) -> np.ndarray:
+                    k: int = 10, share: float = 0.5, timestamps=None) -> np.ndarray:
     """Per user, interactions after the switch until `share` of the top-k is in the new category.
 
     For n = 0, 1, ... the user's history is everything up to the switch plus the first n
@@ -14,7 +14,8 @@ def adaptation_lags(embed_users, item_embeddings, sequences, switch_index, new_c
     checked for the new category. The lag is the first such n.
 
     Args:
-        embed_users: callable. [B, N] int32 histories (oldest first, 0-padded) -> [B, D].
+        embed_users: callable. [B, N] int32 histories (oldest first, 0-padded) -> [B, D];
+            with `timestamps`, ([B, N] histories, [B, N] int64 timestamps) -> [B, D].
         item_embeddings: np.ndarray. [C+1, D] item embeddings (row 0 padding).
         sequences: list of np.ndarray int. per user, item indices in time order.
         switch_index: sequence of int. per user, position of the first post-switch item.
@@ -22,6 +23,7 @@ def adaptation_lags(embed_users, item_embeddings, sequences, switch_index, new_c
         item_category: np.ndarray of str. [C+1] category of each item index.
         k: int. list length.
         share: float. fraction of the top-k that must be in the new category.
+        timestamps: list of np.ndarray int64. optional, per user, the time of each item.
 
     Returns:
         np.ndarray float [U]: the lag, or `inf` where the user never adapted within their
@@ -35,9 +37,16 @@ def adaptation_lags(embed_users, item_embeddings, sequences, switch_index, new_c
             steps.append(n)
     width = max(len(q) for q in queries)
     history = np.zeros((len(queries), width), dtype=np.int32)
+    times = np.zeros((len(queries), width), dtype=np.int64)
     for row, query in enumerate(queries):
         history[row, : len(query)] = query
-    users = np.concatenate([np.asarray(embed_users(history[i:i + 512])) for i in range(0, len(history), 512)])
+        if timestamps is not None:
+            times[row, : len(query)] = np.asarray(timestamps[owners[row]])[: len(query)]
+    if timestamps is None:
+        embed = lambda start: embed_users(history[start:start + 512])  # noqa: E731
+    else:
+        embed = lambda start: embed_users(history[start:start + 512], times[start:start + 512])  # noqa: E731
+    users = np.concatenate([np.asarray(embed(i)) for i in range(0, len(history), 512)])
     scores = users @ np.asarray(item_embeddings).T
     scores[:, 0] = -np.inf
     rows = np.repeat(np.arange(len(queries)), [len(q) for q in queries])

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
+
+# Upper edges (seconds) of the age buckets: same second, a minute, ten minutes, an hour,
+# six hours, a day, three days, a week, a month, three months, six months, a year, older.
+AGE_BUCKET_EDGES = (1, 60, 600, 3_600, 21_600, 86_400, 259_200, 604_800, 2_592_000, 7_776_000,
+                    15_552_000, 31_536_000)
+
+
+def age_buckets(ages: tf.Tensor) -> tf.Tensor:
+    """Log-spaced age buckets. int [B, N] seconds -> int32 [B, N] in [0, len(AGE_BUCKET_EDGES)]."""
+    edges = tf.constant(np.asarray(AGE_BUCKET_EDGES, np.int64))
+    ages = tf.cast(ages, tf.int64)[..., None]
+    return tf.reduce_sum(tf.cast(ages >= edges, tf.int32), axis=-1)
 
 
 class SequenceEncoder(tf.keras.layers.Layer):
@@ -20,22 +33,29 @@ class SequenceEncoder(tf.keras.layers.Layer):
         dropout: float. dropout rate inside the blocks.
         pooling: str. `newest`: the output is the newest position after recency-aware
             attention (the default); `mean`: no position embedding and a masked mean,
-            an order-free bag of items (the ablation without history order).
+            an order-free set of items (the ablation without history order).
+        time_features: bool. add a learned embedding of each item's age (seconds before
+            the newest item, in log-spaced buckets, `AGE_BUCKET_EDGES`); `newest` only.
 
     Call args:
         vectors: tf.Tensor float32. [B, N<=max_length, D] item vectors, newest first.
         mask: tf.Tensor bool. [B, N] True for real items.
+        ages: tf.Tensor int64. [B, N] seconds before the newest item; needed with
+            `time_features`.
 
     Returns:
         tf.Tensor float32. [B, D].
     """
 
     def __init__(self, max_length: int, num_blocks: int = 1, num_heads: int = 2, dropout: float = 0.1,
-                 pooling: str = "newest", **kwargs):
+                 pooling: str = "newest", time_features: bool = False, **kwargs):
         super().__init__(**kwargs)
         if pooling not in ("newest", "mean"):
             raise ValueError(f"pooling must be `newest` or `mean`, got {pooling!r}")
+        if time_features and pooling != "newest":
+            raise ValueError("time_features needs pooling='newest'")
         self.pooling = pooling
+        self.time_features = bool(time_features)
         self.max_length = int(max_length)
         self.num_blocks = int(num_blocks)
         self.num_heads = int(num_heads)
@@ -50,6 +70,12 @@ class SequenceEncoder(tf.keras.layers.Layer):
             shape=[self.max_length, width],
             initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
         )
+        if self.time_features:
+            self.age_embedding = self.add_weight(
+                name="age_embedding",
+                shape=[len(AGE_BUCKET_EDGES) + 1, width],
+                initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+            )
         self.input_norm = tf.keras.layers.LayerNormalization(epsilon=1e-6, name="input_norm")
         self.input_dropout = tf.keras.layers.Dropout(self.dropout)
         self.blocks = []
@@ -68,9 +94,13 @@ class SequenceEncoder(tf.keras.layers.Layer):
             )
         super().build(input_shape)
 
-    def call(self, vectors, mask, training=False):
+    def call(self, vectors, mask, ages=None, training=False):
         length = tf.shape(vectors)[1]
         x = vectors + self.positions[None, :length, :] if self.pooling == "newest" else vectors
+        if self.time_features:
+            if ages is None:
+                raise ValueError("this SequenceEncoder has time_features and needs `ages`")
+            x = x + tf.gather(self.age_embedding, age_buckets(ages))
         x = self.input_dropout(self.input_norm(x), training=training)
         mask = tf.cast(mask, tf.bool)
         attention_mask = tf.logical_and(mask[:, :, None], mask[:, None, :])
@@ -94,6 +124,7 @@ class SequenceEncoder(tf.keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "dropout": self.dropout,
                 "pooling": self.pooling,
+                "time_features": self.time_features,
             }
         )
         return config

@@ -17,6 +17,8 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
 
     Call args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
+        timestamps: tf.Tensor int64. optional [B, N]; accepted for a common tower
+            signature and not used (the text carries order, not time).
 
     Returns:
         tf.Tensor float32. [B, embedding_dim].
@@ -33,7 +35,7 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         self.dropout = tf.keras.layers.Dropout(self.dropout_rate)
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="history_projection")
 
-    def call(self, history, training=False):
+    def call(self, history, timestamps=None, training=False):
         ids, mask = self.composer(history)
         width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
         pooled = self.encoder(ids[:, :width], mask[:, :width], training=training)

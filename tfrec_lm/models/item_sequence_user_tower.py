@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tfrec_lm.layers.history_ops import compact_newest_first
-from tfrec_lm.layers.sequence_encoder import SequenceEncoder
+from tfrec_lm.layers.history_ops import compact_with_ages
+from tfrec_lm.layers.interest_composer import InterestComposer
 
 
-def compose_history(history, item_vectors_fn, sequence_encoder, projection, max_history: int,
-                    normalize: bool = True, training=False):
+def compose_history(history, timestamps, item_vectors_fn, composer: InterestComposer, training=False):
     """The item-sequence user embedding, given a way to represent items.
 
     Shared by the tower (which represents items through the live item tower) and the
@@ -18,22 +17,23 @@ def compose_history(history, item_vectors_fn, sequence_encoder, projection, max_
 
     Args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding.
+        timestamps: tf.Tensor int64 or None. [B, N] Unix seconds; needed when the
+            composer has time features, ignored otherwise.
         item_vectors_fn: callable. [B, H] indices -> [B, H, D] vectors.
-        sequence_encoder: SequenceEncoder. composes the vectors.
-        projection: tf.keras.layers.Dense. output projection.
-        max_history: int. most recent known items used.
-        normalize: bool. L2-normalise the output.
+        composer: InterestComposer. composes the vectors into a user.
 
     Returns:
-        tf.Tensor float32. [B, D].
+        tf.Tensor float32. [B, embedding_dim].
     """
-    items = compact_newest_first(history, max_history)
-    user = projection(sequence_encoder(item_vectors_fn(items), items > 0, training=training))
-    return tf.math.l2_normalize(user, axis=-1) if normalize else user
+    if composer.time_features and timestamps is None:
+        raise ValueError("this user tower has time features and needs the history's timestamps")
+    items, ages = compact_with_ages(history, timestamps if composer.time_features else None,
+                                    composer.max_history)
+    return composer(item_vectors_fn(items), items > 0, ages=ages, training=training)
 
 
 class ItemSequenceUserTower(tf.keras.layers.Layer):
-    """Encodes a history through the item tower's BERT vectors and a small transformer.
+    """Encodes a history through the item tower's BERT vectors and an interest composer.
 
     Each history item is represented exactly as the item tower represents it
     (its BERT text vector, projected, plus its ID embedding when hybrid), so a
@@ -46,10 +46,16 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
         num_heads: int. attention heads.
         dropout: float. dropout rate.
         normalize: bool. L2-normalise the output.
-        pooling: str. `newest` (recency-aware) or `mean` (order-free bag of items).
+        pooling: str. `newest` (recency-aware), `mean` (order-free set) or `bag`
+            (mean of item vectors); see `InterestComposer`.
+        time_features: bool. learned embeddings of each item's age.
+        long_short: bool. gate a short-term and a long-term view.
+        short_window: int. items in the short-term view.
 
     Call args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
+        timestamps: tf.Tensor int64. optional [B, N] Unix seconds of the history items;
+            needed with `time_features`.
         item_table: tf.Tensor float32. optional [C+1, D] item representations already
             computed this step (the catalog softmax computes them anyway); gathered
             instead of re-running the item tower on every history position.
@@ -59,32 +65,30 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
     """
 
     def __init__(self, item_tower, max_history: int = 50, num_blocks: int = 1, num_heads: int = 2,
-                 dropout: float = 0.1, normalize: bool = True, pooling: str = "newest", **kwargs):
+                 dropout: float = 0.1, normalize: bool = True, pooling: str = "newest",
+                 time_features: bool = False, long_short: bool = False, short_window: int = 10, **kwargs):
         super().__init__(**kwargs)
         self.item_tower = item_tower
-        self.max_history = int(max_history)
-        self.normalize = bool(normalize)
-        self.sequence_encoder = SequenceEncoder(max_history, num_blocks=num_blocks, num_heads=num_heads,
-                                                dropout=dropout, pooling=pooling, name="sequence_encoder")
-        self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection")
+        self.composer = InterestComposer(
+            item_tower.embedding_dim, max_history=max_history, num_blocks=num_blocks, num_heads=num_heads,
+            dropout=dropout, pooling=pooling, time_features=time_features, long_short=long_short,
+            short_window=short_window, normalize=normalize, name="composer")
 
-    def call(self, history, training=False, item_table=None):
+    @property
+    def max_history(self) -> int:
+        return self.composer.max_history
+
+    def call(self, history, timestamps=None, training=False, item_table=None):
         if item_table is not None:
             represent = lambda items: tf.gather(item_table, items)  # noqa: E731
         else:
             represent = lambda items: self.item_tower.representation(items, training=training)  # noqa: E731
-        return compose_history(
-            history, represent,
-            self.sequence_encoder, self.output_projection, self.max_history, self.normalize, training=training)
+        return compose_history(history, timestamps, represent, self.composer, training=training)
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "max_history": self.max_history,
-            "num_blocks": self.sequence_encoder.num_blocks,
-            "num_heads": self.sequence_encoder.num_heads,
-            "dropout": self.sequence_encoder.dropout,
-            "normalize": self.normalize,
-            "pooling": self.sequence_encoder.pooling,
-        })
+        composer = self.composer.get_config()
+        config.update({key: composer[key] for key in (
+            "max_history", "num_blocks", "num_heads", "dropout", "normalize", "pooling", "time_features",
+            "long_short", "short_window")})
         return config

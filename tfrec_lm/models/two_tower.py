@@ -27,7 +27,8 @@ class TwoTowerModel(tfrs.Model):
         metrics_k: tuple of int. k values of the FactorizedTopK metrics.
 
     Features (dict):
-        history: int32 [B, N]; target: int32 [B]; rating: float32 [B] (NaN if unknown).
+        history: int32 [B, N]; history_timestamps: int64 [B, N] (optional; needed by a
+        user tower with time features); target: int32 [B]; rating: float32 [B] (NaN if unknown).
     """
 
     def __init__(self, user_tower, item_tower, negatives: str = "catalog", temperature: float = 0.05,
@@ -64,13 +65,13 @@ class TwoTowerModel(tfrs.Model):
 
     def call(self, features, training=False):
         """Returns (user embeddings [B, D], target item embeddings [B, D])."""
-        return (self.user_tower(features["history"], training=training),
+        return (self.user_tower(features["history"], features.get("history_timestamps"), training=training),
                 self.item_tower(features["target"], training=training))
 
     @tf.function(reduce_retracing=True)
-    def embed_users(self, history):
-        """User tower in inference mode, traced once per model. [B, N] -> [B, D]."""
-        return self.user_tower(history, training=False)
+    def embed_users(self, history, timestamps=None):
+        """User tower in inference mode, traced once per model. [B, N], [B, N] -> [B, D]."""
+        return self.user_tower(history, timestamps, training=False)
 
     def predict_rating(self, users, items):
         """Rating head over both towers. [B, D], [B, D] -> [B]."""
@@ -82,10 +83,11 @@ class TwoTowerModel(tfrs.Model):
             # One item-tower pass over the catalog per step serves the softmax, the
             # positives and (item-sequence) the history positions.
             table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training)
+            timestamps = features.get("history_timestamps")
             if isinstance(self.user_tower, ItemSequenceUserTower):
-                users = self.user_tower(features["history"], training=training, item_table=table)
+                users = self.user_tower(features["history"], timestamps, training=training, item_table=table)
             else:
-                users = self.user_tower(features["history"], training=training)
+                users = self.user_tower(features["history"], timestamps, training=training)
             embeddings = self.item_tower.finalize(table)
             positives = tf.gather(embeddings, target)
             catalog_ids = tf.range(1, self.item_tower.num_items, dtype=tf.int32)
