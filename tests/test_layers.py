@@ -339,3 +339,23 @@ def test_item_tower_without_frozen_encoder_has_no_cache():
     with pytest.raises(ValueError):
         tower.refresh_cache()
     assert tower.text_vectors(tf.constant([1, 0])).shape == (2, 32)
+
+
+def test_text_vectors_persist_between_runs_keyed_by_tokens_and_weights(small_item_tower, tmp_path):
+    rows = small_item_tower.token_rows
+
+    def tower(seed):
+        return ItemTower(BertTextEncoder(tiny_bert(VOCAB, seed=seed), finetune="frozen"), rows, embedding_dim=8)
+
+    first = tower(2)
+    assert first.refresh_cache(cache_dir=tmp_path) is False
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    again = tower(2)
+    assert again.refresh_cache(cache_dir=tmp_path) is True
+    np.testing.assert_array_equal(again.text_cache.numpy(), first.text_cache.numpy())
+    # Other encoder weights (or other tokens) are another key: encoded afresh, never served stale.
+    other = tower(5)
+    assert other.refresh_cache(cache_dir=tmp_path) is False
+    assert not np.allclose(other.text_cache.numpy()[1:], first.text_cache.numpy()[1:])
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    assert not list(tmp_path.glob("*.tmp"))

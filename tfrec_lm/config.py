@@ -75,6 +75,9 @@ class TrainConfig:
     trainable_layers: int = _opt(2, "k for --finetune top-k")
     max_item_tokens: int = _opt(32, "word pieces kept per item text")
     history_tokens: int = _opt(128, "token budget of the history text (history-text tower)")
+    cache_text_vectors: bool = _opt(
+        True, "keep a frozen encoder's item text vectors on disk ($TFREC_LM_CACHE/text_vectors, keyed by the "
+              "item tokens and the encoder weights), so later runs over the same catalog skip encoding it")
 
     # Model
     user_tower: str = _opt(

@@ -102,7 +102,12 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
     if item_tower.text_cache is not None:
-        item_tower.refresh_cache()
+        cache_dir = None
+        if config.cache_text_vectors:
+            from tfrec_lm.assets import cache_dir as asset_cache_dir
+
+            cache_dir = asset_cache_dir() / "text_vectors"
+        item_tower.refresh_cache(cache_dir=cache_dir)
     return model
 
 

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+
+def text_cache_key(token_rows: np.ndarray, encoder) -> str:
+    """A digest of everything the cached vectors depend on: the token rows and the encoder's weights."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(token_rows, dtype=np.int32).tobytes())
+    digest.update(str(token_rows.shape).encode())
+    for weight in encoder.bert.weights:  # in creation order; names carry per-instance prefixes
+        value = weight.numpy()
+        digest.update(str(value.shape).encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()[:32]
 
 
 class ItemTower(tf.keras.layers.Layer):
@@ -56,14 +77,41 @@ class ItemTower(tf.keras.layers.Layer):
         ) if encoder.is_frozen and use_text else None
         self._cache_ready = False
 
-    def refresh_cache(self, batch_size: int = 64) -> None:
-        """Encodes every item text with the (frozen) encoder into the cache."""
+    def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None) -> bool:
+        """Encodes every item text with the (frozen) encoder into the cache.
+
+        Args:
+            batch_size: int. items per encoder forward pass.
+            cache_dir: path or None. where encoded catalogs are kept between runs, one
+                `.npy` per (token rows, encoder weights) digest; a later run of the same
+                catalog and encoder (a refresh, a tuning trial) loads instead of encoding.
+
+        Returns:
+            bool. True when the vectors came from `cache_dir`.
+        """
         if self.text_cache is None:
             raise ValueError("refresh_cache needs a frozen encoder and use_text=True")
+        path = None
+        if cache_dir is not None:
+            path = Path(cache_dir) / f"{text_cache_key(self.token_rows, self.encoder)}.npy"
+            if path.is_file():
+                table = np.load(path)
+                if table.shape == tuple(self.text_cache.shape):
+                    self.text_cache.assign(table)
+                    self._cache_ready = True
+                    logger.info("item text vectors loaded from %s", path)
+                    return True
+                logger.warning("ignoring %s: shape %s, expected %s", path, table.shape, tuple(self.text_cache.shape))
         table = self.encoder.encode_table(self.token_rows, batch_size=batch_size)
         table[0] = 0.0
         self.text_cache.assign(table)
         self._cache_ready = True
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as handle:
+                np.save(handle, table)
+            os.replace(handle.name, path)  # readers never see half a file
+        return False
 
     def text_vectors(self, items, training=False):
         """Pooled encoder vectors of items. [..., hidden_size]."""
