@@ -222,7 +222,7 @@ def test_search_space_respects_train_config_constraints():
     hypermodel.build(hp)
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=1)
     oracle.hyperparameters = hp.copy()
-    seen = set()
+    seen, recency = set(), set()
     for _ in range(300):
         sample = hp.copy()
         sample.values = oracle._random_values()
@@ -231,9 +231,15 @@ def test_search_space_respects_train_config_constraints():
         if config.user_tower == "item-sequence":
             assert config.embedding_dim % config.num_heads == 0
         seen.add((config.finetune, config.negatives, config.user_tower))
+        recency.add((config.user_tower, config.time_features, config.long_short, config.short_window))
     assert {("frozen", "catalog", "item-sequence"), ("frozen", "in-batch", "history-text"),
             ("top-k", "in-batch", "item-sequence"), ("full", "in-batch", "history-text")} <= seen
     assert not {s for s in seen if s[0] != "frozen" and s[1] == "catalog"}
+    # Recency knobs: both settings of each on the item-sequence tower, never on history-text.
+    sequence = {r for r in recency if r[0] == "item-sequence"}
+    assert {r[1] for r in sequence} == {r[2] for r in sequence} == {True, False}
+    assert {r[3] for r in sequence if r[2]} == {5, 10, 20}
+    assert all(not r[1] and not r[2] for r in recency if r[0] == "history-text")
 
     # The tiny search's pins and narrowed ranges hold.
     tiny = tiny_hypermodel(Path("/tmp"))
@@ -242,8 +248,6 @@ def test_search_space_respects_train_config_constraints():
     assert "item_ids" not in RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True)).space
     with pytest.raises(ConfigError, match="catalog"):
         RecommenderHyperModel(TrainConfig(), fixed={"negatives": "catalog"})
-    with pytest.raises(ConfigError, match="recency"):
-        RecommenderHyperModel(TrainConfig(), tune=["recency_features"])
     with pytest.raises(ConfigError, match="not a tunable knob"):
         RecommenderHyperModel(TrainConfig(), space={"batch_size": [1, 2]})
     with pytest.raises(ConfigError, match="num_heads"):

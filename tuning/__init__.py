@@ -11,13 +11,13 @@
 
 import tfrec_lm  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
-from tuning.hypermodel import DEFAULT_SPACE, KNOBS, RECENCY_FEATURES_KNOB, Range, RecommenderHyperModel
+from tuning.hypermodel import DEFAULT_SPACE, KNOBS, Range, RecommenderHyperModel
 from tuning.results import best_config, best_trial, format_trials_table, trial_rows, write_config
 from tuning.tuner import (OBJECTIVE, OBJECTIVE_NAME, STRATEGIES, BayesianOptimizationTuner, HyperbandTuner,
                           RandomSearchTuner, make_tuner)
 
 __all__ = [
-    "DEFAULT_SPACE", "KNOBS", "RECENCY_FEATURES_KNOB", "Range", "RecommenderHyperModel",
+    "DEFAULT_SPACE", "KNOBS", "Range", "RecommenderHyperModel",
     "best_config", "best_trial", "format_trials_table", "trial_rows", "write_config",
     "OBJECTIVE", "OBJECTIVE_NAME", "STRATEGIES", "BayesianOptimizationTuner", "HyperbandTuner",
     "RandomSearchTuner", "make_tuner",

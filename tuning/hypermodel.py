@@ -19,6 +19,7 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -86,13 +87,11 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "retrieval_weight": [1.0],
     "ranking_weight": [0.0, 0.01, 0.1, 0.3, 1.0],
     "item_ids": [True, False],                  # only when the base config keeps item_text
+    # Recency: item-age embeddings and the long/short-term gate (item-sequence only).
+    "time_features": [True, False],
+    "long_short": [True, False],
+    "short_window": [5, 10, 20],                # only with long_short
 }
-
-# Hook for a knob that tfrec_lm does not have yet. Recency features on/off (e.g. time-gap
-# embeddings of the history) are not an option of TrainConfig; when they become one, add
-# the field's name here and `[True, False]` to DEFAULT_SPACE (see
-# `RecommenderHyperModel.recency_features`). Until then asking to tune it is an error.
-RECENCY_FEATURES_KNOB = "recency_features"
 
 KNOBS: tuple[str, ...] = tuple(DEFAULT_SPACE)
 
@@ -103,9 +102,12 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "num_blocks": ("user_tower", ("item-sequence",)),
     "num_heads": ("user_tower", ("item-sequence",)),
     "history_tokens": ("user_tower", ("history-text",)),
+    "time_features": ("user_tower", ("item-sequence",)),
+    "long_short": ("user_tower", ("item-sequence",)),
+    "short_window": ("long_short", (True,)),
 }
 # Value of a conditional knob where its condition does not hold (None: the base config's).
-INACTIVE_VALUE: dict[str, Any] = {"negatives": "in-batch"}
+INACTIVE_VALUE: dict[str, Any] = {"negatives": "in-batch", "time_features": False, "long_short": False}
 
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 
@@ -140,7 +142,7 @@ class RecommenderHyperModel(kt.HyperModel):
             `DEFAULT_SPACE` not pinned by `fixed`); the others keep the base config's value.
 
     Raises:
-        ConfigError: unknown keys, a knob that does not exist yet, or a space whose every
+        ConfigError: unknown keys, or a space whose every
             point would break `TrainConfig.validate`.
     """
 
@@ -152,10 +154,6 @@ class RecommenderHyperModel(kt.HyperModel):
         space = dict(space or {})
         tune = list(KNOBS if tune is None else tune)
         for key in [*space, *tune]:
-            if key == RECENCY_FEATURES_KNOB and key not in DEFAULT_SPACE:
-                raise ConfigError(
-                    f"{key}: recency features on/off are not an option of tfrec_lm yet; see "
-                    "tuning.hypermodel.RECENCY_FEATURES_KNOB for the hook to fill in when they are")
             if key not in DEFAULT_SPACE:
                 raise ConfigError(f"{key!r} is not a tunable knob; knobs: {', '.join(KNOBS)}")
         self.base = TrainConfig.from_dict(fixed, base=base or TrainConfig())
@@ -227,11 +225,18 @@ class RecommenderHyperModel(kt.HyperModel):
         active = chosen[parent] in parent_values
         if not self.tuned(name):
             return getattr(self.base, name) if active else inactive
-        if self.tuned(parent):
-            with hp.conditional_scope(parent, list(parent_values)):
-                value = self._declare(hp, name)
-            return value if active else inactive
-        return self._declare(hp, name) if active else inactive
+        # Nest the scopes of every tuned ancestor, outermost first (KerasTuner needs a
+        # conditional parent declared in the scope it was declared in).
+        chain, child = [], name
+        while child in CONDITIONS:
+            child, values = CONDITIONS[child]
+            if self.tuned(child):
+                chain.append((child, list(values)))
+        with contextlib.ExitStack() as scopes:
+            for ancestor, values in reversed(chain):
+                scopes.enter_context(hp.conditional_scope(ancestor, values))
+            value = self._declare(hp, name)
+        return value if active else inactive
 
     def build(self, hp: kt.HyperParameters) -> TrainConfig:
         """The trial's `TrainConfig`: the base config with this trial's knob values.
@@ -246,22 +251,12 @@ class RecommenderHyperModel(kt.HyperModel):
         order = ["learning_rate", "weight_decay", "temperature", "embedding_dim", "dropout",
                  "finetune", "trainable_layers", "negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
+                 "time_features", "long_short", "short_window",
                  "retrieval_weight", "ranking_weight", "item_ids"]
         assert set(order) == set(KNOBS), "every knob has a place in build()"
         for name in order:
             chosen[name] = self._value(hp, name, chosen)
-        chosen.update(self.recency_features(hp))
         return TrainConfig.from_dict(chosen, base=self.base)
-
-    def recency_features(self, hp: kt.HyperParameters) -> dict:
-        """Hook for the recency-features knob, which tfrec_lm does not have yet.
-
-        When `TrainConfig` gains the option (say `recency_features: bool`), set
-        `RECENCY_FEATURES_KNOB` to its name, add it to `DEFAULT_SPACE` as `[True, False]`
-        and to the `order` of `build`; this hook then goes away. Today it declares
-        nothing and returns no values: no trial pretends to turn recency features on or off.
-        """
-        return {}
 
     def describe(self) -> dict:
         """The search's settings as plain data: the base config and each tuned knob's space."""
