@@ -37,30 +37,51 @@ def switching_users():
     return dataset, switches
 
 
-@pytest.fixture(scope="module")
-def trained(switching_users, tmp_path_factory):
-    dataset, _ = switching_users
-    directory = tmp_path_factory.mktemp("adaptation")
+def _train(dataset, directory, **changes):
     words = re.findall(r"[a-z0-9]+", " ".join(dataset.items["text"]).lower())
     tokenizer = tiny_tokenizer(words, directory / "tokenizer")
-    config = tiny_config(directory, epochs=8, patience=8, dropout=0.0, max_history=50)
+    config = tiny_config(directory, epochs=8, patience=8, dropout=0.0, max_history=50, **changes)
     return train(config, dataset=dataset, encoder_factory=lambda: (tiny_bert(tokenizer.vocab_size), tokenizer))
 
 
-def test_recency_aware_tower_follows_a_switch_within_three_interactions(switching_users, trained):
+@pytest.fixture(scope="module")
+def trained(switching_users, tmp_path_factory):
+    """The recency-aware tower: position and item-age embeddings, long/short-term gate."""
+    return _train(switching_users[0], tmp_path_factory.mktemp("adaptation"), time_features=True,
+                  long_short=True, short_window=10)
+
+
+@pytest.fixture(scope="module")
+def bag_of_items(switching_users, tmp_path_factory):
+    """The same model reading the history as a bag of items (mean of item vectors, no order)."""
+    return _train(switching_users[0], tmp_path_factory.mktemp("bag"), sequence_pooling="bag")
+
+
+def _lags(switching_users, result):
     dataset, switches = switching_users
-    result = trained
     sequences = build_sequences(dataset, result.vocab)
     position = {user: i for i, user in enumerate(sequences.user_ids)}
     histories = [sequences.items[position[user]] for user in switches["user_id"]]
     category = np.array([""] + [genres[0] for genres in dataset.items["genres"]], dtype=object)
     embeddings = result.model.item_tower(tf.range(result.vocab.size), training=False).numpy()
     times = [sequences.timestamps[position[user]] for user in switches["user_id"]]
-    lags = adaptation_lags(lambda h, t: result.model.embed_users(tf.constant(h), tf.constant(t)).numpy(),
+    return adaptation_lags(lambda h, t: result.model.embed_users(tf.constant(h), tf.constant(t)).numpy(),
                            embeddings, histories, switches["switch_index"], switches["after"], category,
                            timestamps=times)
+
+
+def test_recency_aware_tower_follows_a_switch_within_three_interactions(switching_users, trained):
+    lags = _lags(switching_users, trained)
     assert np.isfinite(lags).all(), f"{int(np.isinf(lags).sum())} users never adapted"
     assert lags.mean() <= 3, lags
+
+
+def test_bag_of_items_does_not_follow_within_ten(switching_users, trained, bag_of_items):
+    # 20 interactions before the switch, 12 after: a mean over the history stays with the
+    # old category until the new one outweighs it.
+    lags = _lags(switching_users, bag_of_items)
+    assert np.mean(lags <= 10) < 0.5 and np.median(lags) > 10, lags
+    assert np.median(lags) > np.median(_lags(switching_users, trained)) + 7
 
 
 def test_explanation_of_a_new_category_recommendation_is_a_recent_item(switching_users, trained):
