@@ -9,6 +9,13 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Where `write_result` writes (the suite runner's --quick points it at results/quick/);
+# RESULTS stays the committed results, which some benchmarks read.
+RESULTS_ENV = "TFREC_LM_BENCH_RESULTS"
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get(RESULTS_ENV) or RESULTS)
 
 
 def environment() -> dict:
@@ -29,8 +36,9 @@ def environment() -> dict:
 
 
 def write_result(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    directory = results_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps({"benchmark": name, "environment": environment(), **payload}, indent=2,
                                default=float))
     return path

@@ -30,6 +30,30 @@ def _in_sorted(sorted_rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
     return tf.logical_and(positions < width, tf.equal(found, values))
 
 
+MIN_POINTS_SEARCHED = 20_000
+
+
+def scann_settings(count: int, k: int) -> dict:
+    """The ScaNN index settings of a catalog of `count` items (keyword arguments of the layer).
+
+    int(sqrt(count)) leaves, of which a tenth are searched, but never fewer leaves than
+    hold `MIN_POINTS_SEARCHED` items on average: up to 20,000 items every leaf is searched
+    (the settings export used before), at 100k 64 of 316 leaves, at 1M 100 of 1,000.
+    Chosen on clustered synthetic catalogs, 64 wide (benchmarks/retrieval_scale.py,
+    BUILD_NOTES.md). Reordering keeps min(count, max(1000, 4k)) candidates, which also
+    bounds how many neighbours a query can get.
+
+    Args:
+        count: int. number of catalog items.
+        k: int. default k of the layer.
+    """
+    num_leaves = max(1, int(np.sqrt(count)))
+    floor = int(np.ceil(MIN_POINTS_SEARCHED * num_leaves / max(count, 1)))
+    num_leaves_to_search = min(num_leaves, max(1, int(np.ceil(num_leaves / 10)), floor))
+    return {"num_leaves": num_leaves, "num_leaves_to_search": num_leaves_to_search,
+            "num_reordering_candidates": min(count, max(1000, 4 * k))}
+
+
 def make_index(kind: str, embeddings: np.ndarray, k: int):
     """Builds the top-k layer over catalog embeddings (rows 1..C).
 
@@ -42,15 +66,7 @@ def make_index(kind: str, embeddings: np.ndarray, k: int):
     identifiers = tf.range(1, embeddings.shape[0], dtype=tf.int32)
     if kind == "brute-force":
         return tfrs.layers.factorized_top_k.BruteForce(k=k, name="top_k").index(candidates, identifiers)
-    count = int(candidates.shape[0])
-    num_leaves = max(1, min(2000, int(np.sqrt(count))))
-    layer = tfrs.layers.factorized_top_k.ScaNN(
-        k=k,
-        num_leaves=num_leaves,
-        num_leaves_to_search=max(1, min(num_leaves, num_leaves // 4 + 1)) if count > 20_000 else num_leaves,
-        num_reordering_candidates=min(count, max(1000, 4 * k)),
-        name="top_k",
-    )
+    layer = tfrs.layers.factorized_top_k.ScaNN(k=k, name="top_k", **scann_settings(int(candidates.shape[0]), k))
     return layer.index(candidates, identifiers)
 
 
