@@ -40,6 +40,9 @@ BENCHMARKS = {
                         "quick": ["--output", "serving_latency_smoke", "--requests", "20", "--warmup", "5",
                                   "--concurrency", "0"],
                         "results": ["serving_latency_smoke"]},
+    "recency_ablation": {"args": [], "quick": None, "results": ["recency_ablation"]},
+    "refresh": {"args": [], "quick": ["--set", "epochs=1", "max_train_examples=2000", "max_history=10"],
+                "results": ["refresh"]},
     "tuning_ml100k": {"args": [], "quick": None, "results": ["tuning_ml100k"]},
     "user_towers": {"args": [], "quick": ["--steps", "2", "--repeats", "3"], "results": ["user_towers"]},
 }
