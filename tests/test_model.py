@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_config
+
+from tfrec_lm.config import ConfigError
 from tfrec_lm.evaluation.metrics import full_catalog_ranks
 from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
 from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
@@ -204,3 +207,16 @@ def test_history_text_tower_from_config_round_trip(history_text_run):
     clone = type(tower).from_config(tower.get_config())
     assert clone.embedding_dim == tower.embedding_dim
     assert clone.composer.max_tokens == tower.composer.max_tokens
+
+
+def test_steps_per_epoch_validates_every_n_steps(synthetic, encoder_factory, tmp_path):
+    from tfrec_lm.training import train
+
+    config = tiny_config(tmp_path, epochs=3, patience=3, steps_per_epoch=2, batch_size=16)
+    result = train(config, dataset=synthetic, encoder_factory=encoder_factory)
+    assert len(result.validation_ndcg) == len(result.validation_seconds) == 3
+    # The best epoch's weights (and optimizer step) come back: 2 steps per epoch.
+    assert int(result.model.optimizer.iterations.numpy()) == 2 * (int(np.argmax(result.validation_ndcg)) + 1)
+    assert np.all(np.diff(result.validation_seconds) > 0)
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        tiny_config(tmp_path, steps_per_epoch=0)

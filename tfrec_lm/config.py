@@ -116,6 +116,9 @@ class TrainConfig:
     # Training
     epochs: int = _opt(10, "maximum epochs (early stopping on validation NDCG@10 may end sooner)")
     batch_size: int = _opt(256, "examples per step")
+    steps_per_epoch: Optional[int] = _opt(
+        None, "validate, checkpoint and check the time budget every this many steps instead of once per "
+              "pass over the data (for long epochs: large data, a BERT user tower on CPU)")
     learning_rate: float = _opt(1e-3, "AdamW learning rate")
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
     patience: int = _opt(2, "epochs without validation NDCG@10 gain before stopping")
@@ -147,6 +150,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:

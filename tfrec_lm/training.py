@@ -42,6 +42,8 @@ class TrainResult:
         split: LeaveOneOutSplit. the data split used.
         metrics: dict. `{"model": {slice: {metric: value}}, "most_popular": ...}` on test.
         validation_ndcg: list of float. validation NDCG@10 after each epoch.
+        validation_seconds: list of float. seconds since `fit` started at each of those
+            evaluations (the time-to-quality curve).
         train_seconds: float. wall time of `fit`.
         export_path: Path or None. the SavedModel version directory.
         counts: np.ndarray. [C+1] training interaction counts (popularity).
@@ -52,6 +54,7 @@ class TrainResult:
     split: LeaveOneOutSplit
     metrics: dict
     validation_ndcg: list
+    validation_seconds: list
     train_seconds: float
     export_path: Optional[Path]
     counts: np.ndarray
@@ -170,6 +173,7 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
         super().__init__()
         self.examples = examples
         self.history: list[float] = []
+        self.seconds: list[float] = []
         self.budget_seconds = budget_seconds
         self._start = None
 
@@ -181,6 +185,7 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
         ranks = full_catalog_ranks(scores, self.examples.target, self.examples.exclude)
         ndcg = float(ranking_metrics(ranks, ks=(10,))["NDCG@10"])
         self.history.append(ndcg)
+        self.seconds.append(time.monotonic() - self._start)
         if logs is not None:
             logs["val_ndcg_at_10"] = ndcg
         logger.info("epoch %d: validation NDCG@10 %.4f", epoch + 1, ndcg)
@@ -259,8 +264,10 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     output_dir.mkdir(parents=True, exist_ok=True)
     features = examples_to_features(train_examples)
     train_ds = (tf.data.Dataset.from_tensor_slices(features)
-                .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True)
-                .batch(config.batch_size).prefetch(tf.data.AUTOTUNE))
+                .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True))
+    if config.steps_per_epoch is not None:
+        train_ds = train_ds.repeat()  # an "epoch" is then steps_per_epoch steps between validations
+    train_ds = train_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
     validation = ValidationNDCG(split.validation,
                                 None if config.time_budget_minutes is None else 60 * config.time_budget_minutes)
     callbacks = [
@@ -273,7 +280,8 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         tf.keras.callbacks.TensorBoard(log_dir=str(output_dir / "tensorboard"), update_freq="epoch"),
     ]
     start = time.monotonic()
-    model.fit(train_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
+    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
+              verbose=verbose)
     train_seconds = time.monotonic() - start
     if validation.history and len(validation.history) - 1 != int(np.argmax(validation.history)):
         # EarlyStopping restores the best weights only when it stops early; make it unconditional.
@@ -288,7 +296,8 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         "most_popular": spec_metrics(np.array(popularity), test, slices),
     }
     result = TrainResult(model=model, vocab=vocab, split=split, metrics=metrics,
-                         validation_ndcg=validation.history, train_seconds=train_seconds, export_path=None,
+                         validation_ndcg=validation.history, validation_seconds=validation.seconds,
+                         train_seconds=train_seconds, export_path=None,
                          counts=counts, dataset=dataset, slices=slices)
     if config.export:
         from tfrec_lm.export import export_model
@@ -304,6 +313,7 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         "config": config.to_dict(),
         "test": metrics,
         "validation_ndcg_at_10": validation.history,
+        "validation_seconds": validation.seconds,
         "train_seconds": train_seconds,
         "train_examples": len(train_examples),
         "export_path": str(result.export_path) if result.export_path else None,
