@@ -43,6 +43,7 @@ BENCHMARKS = {
     "recency_ablation": {"args": [], "quick": None, "results": ["recency_ablation"]},
     "refresh": {"args": [], "quick": ["--set", "epochs=1", "max_train_examples=2000", "max_history=10"],
                 "results": ["refresh"]},
+    "training_throughput": {"args": [], "quick": ["--quick"], "results": ["training_throughput"]},
     "tuning_ml100k": {"args": [], "quick": None, "results": ["tuning_ml100k"]},
     "user_towers": {"args": [], "quick": ["--steps", "2", "--repeats", "3"], "results": ["user_towers"]},
 }
