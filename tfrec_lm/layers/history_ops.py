@@ -29,5 +29,10 @@ def compact_newest_first(history: tf.Tensor, max_length: int) -> tf.Tensor:
     Returns:
         tf.Tensor int32. [B, max_length].
     """
-    items = newest_first(history)[:, :max_length]
-    return items.to_tensor(default_value=0, shape=[None, max_length])
+    # Dense ops only (no ragged tensors), so that XLA (`--jit-compile`) can compile it:
+    # item i goes to slot (number of known items newer than or equal to it) - 1.
+    reversed_history = tf.reverse(tf.cast(history, tf.int32), axis=[1])
+    known = reversed_history > 0
+    slot = tf.where(known, tf.cumsum(tf.cast(known, tf.int32), axis=1) - 1, -1)
+    placed = tf.one_hot(slot, max_length, dtype=tf.int32)  # all zeros for -1 and slots >= max_length
+    return tf.reduce_sum(reversed_history[:, :, None] * placed, axis=1)

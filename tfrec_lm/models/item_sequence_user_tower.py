@@ -66,7 +66,8 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
         self.normalize = bool(normalize)
         self.sequence_encoder = SequenceEncoder(max_history, num_blocks=num_blocks, num_heads=num_heads,
                                                 dropout=dropout, pooling=pooling, name="sequence_encoder")
-        self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection")
+        self.output_projection = tf.keras.layers.Dense(item_tower.embedding_dim, name="user_projection",
+                                                       dtype="float32")  # float32 under mixed precision
 
     def call(self, history, training=False, item_table=None):
         if item_table is not None:
