@@ -125,6 +125,23 @@ class TrainConfig:
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
     time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
     seed: int = _opt(42, "random seed")
+
+    # Performance and scale
+    strategy: str = _opt(
+        "default",
+        "tf.distribute strategy: `default` (one device), `mirrored` (every local GPU, or CPU), `multi-worker` "
+        "(MultiWorkerMirroredStrategy over the cluster in the TF_CONFIG environment variable); "
+        "--batch-size is the global batch, split across the replicas",
+        ("default", "mirrored", "multi-worker"),
+    )
+    mixed_precision: str = _opt(
+        "float32",
+        "Keras dtype policy: `float32`, `mixed_bfloat16` (bfloat16 compute; Ampere or newer GPUs, TPUs) or "
+        "`mixed_float16` (float16 compute with loss scaling; older GPUs). Logits, losses and the output "
+        "projections stay float32",
+        ("float32", "mixed_float16", "mixed_bfloat16"),
+    )
+    jit_compile: bool = _opt(False, "XLA-compile the training step (model.compile(jit_compile=True))")
     warm_start: Optional[str] = _opt(
         None, "start from a training checkpoint: a run's --output-dir, or a checkpoint prefix "
               "(<output-dir>/checkpoints/best.weights); the model options must match that run")
@@ -171,6 +188,14 @@ class TrainConfig:
                 "--negatives catalog re-encodes the whole catalog each step and needs --finetune frozen; "
                 "use --negatives in-batch for full or top-k fine-tuning"
             )
+        if self.jit_compile and self.user_tower == "history-text":
+            raise ConfigError(
+                "--jit-compile needs --user-tower item-sequence: the history-text tower composes ragged "
+                "token sequences (RaggedRange), which XLA cannot compile")
+        if self.strategy == "multi-worker":
+            from tfrec_lm.distribute import read_tf_config
+
+            read_tf_config()
         return self
 
     def replace(self, **changes) -> "TrainConfig":
@@ -195,8 +220,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Frozen encoder, cached item texts, exact catalog softmax: trains in minutes on 2 cores.
     "cpu": {},
     # A GPU fine-tunes the encoder; in-batch negatives keep each step to the batch's items.
+    # bfloat16 compute (Ampere or newer: tensor cores, float32's range, no loss scaling);
+    # older GPUs want --mixed-precision mixed_float16. XLA stays off: unmeasured on a GPU.
     "gpu": {"finetune": "full", "negatives": "in-batch", "batch_size": 128, "learning_rate": 5e-5,
-            "epochs": 10},
+            "epochs": 10, "mixed_precision": "mixed_bfloat16"},
     # Best of the budgeted KerasTuner search on MovieLens-100K validation NDCG@10
     # (benchmarks/results/tuning_ml100k.json: 0.1156 against the default's 0.1131).
     "ml100k-tuned": {"embedding_dim": 128, "temperature": 0.05, "dropout": 0.2, "learning_rate": 1e-3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,6 +17,7 @@ from tfrec_lm.config import ConfigError, TrainConfig
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import (ItemVocab, LeaveOneOutSplit, build_sequences, build_vocab, leave_one_out,
                                  train_interaction_counts)
+from tfrec_lm.distribute import WorkerOutputs, make_strategy
 from tfrec_lm.evaluation.metrics import full_catalog_ranks, ranking_metrics, sliced_metrics
 from tfrec_lm.evaluation.migration import js_migration_scores, migration_slices
 from tfrec_lm.evaluation.popularity import popularity_scores
@@ -47,6 +49,8 @@ class TrainResult:
         train_seconds: float. wall time of `fit`.
         export_path: Path or None. the SavedModel version directory.
         counts: np.ndarray. [C+1] training interaction counts (popularity).
+        history: dict. Keras `fit` logs per epoch (`loss`: the global batch's mean loss
+            of each epoch's last step).
     """
 
     model: TwoTowerModel
@@ -60,6 +64,7 @@ class TrainResult:
     counts: np.ndarray
     dataset: Dataset
     slices: dict
+    history: dict = dataclasses.field(default_factory=dict)
 
 
 def load_training_data(config: TrainConfig) -> Dataset:
@@ -104,6 +109,7 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
+    item_tower.trim_padding = not config.jit_compile  # XLA compiles static shapes only
     if item_tower.text_cache is not None:
         cache_dir = None
         if config.cache_text_vectors:
@@ -115,17 +121,21 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
 
 
 def pretrained_encoder_factory(spec: str) -> EncoderFactory:
-    """Loads the pretrained encoder once; each call returns an independent copy."""
+    """Loads the pretrained encoder on the first call; each call returns an independent copy.
+
+    Loading waits for the first call so that the encoder's variables are created where
+    the model is built (inside the distribution strategy's scope).
+    """
     from tfrec_lm.bert import load_bert
 
-    bert, tokenizer = load_bert(spec)
-    weights = bert.get_weights()
-    first = [True]
+    loaded = []
 
     def factory():
-        if first[0]:
-            first[0] = False
+        if not loaded:
+            bert, tokenizer = load_bert(spec)
+            loaded.append((bert, tokenizer, bert.get_weights()))
             return bert, tokenizer
+        bert, tokenizer, weights = loaded[0]
         copy = type(bert)(bert.config)
         copy(copy.dummy_inputs)
         copy.set_weights(weights)
@@ -210,6 +220,9 @@ def checkpoint_prefix(path: str) -> str:
 def make_optimizer(config: TrainConfig):
     optimizer = tf.keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm", "norm", "embedding"])
+    if config.mixed_precision == "mixed_float16":
+        # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
+        optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return optimizer
 
 
@@ -228,8 +241,30 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         TrainResult.
     """
     config.validate()
+    # First: a multi-worker strategy configures TensorFlow's collective ops at startup.
+    strategy = make_strategy(config.strategy)
     if config.warm_start:
         checkpoint_prefix(config.warm_start)  # fail before any work on a bad path
+    outputs = WorkerOutputs(strategy, config.output_dir, config.export_base)
+    try:
+        return _train(config, strategy, outputs, dataset, encoder_factory, verbose)
+    finally:
+        outputs.cleanup()
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Sets the Keras global dtype policy (e.g. `mixed_bfloat16`) inside, restores it after."""
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(config: TrainConfig, strategy, outputs: WorkerOutputs, dataset: Optional[Dataset],
+           encoder_factory: Optional[EncoderFactory], verbose: int) -> TrainResult:
     tf.keras.utils.set_random_seed(config.seed)
     dataset = dataset if dataset is not None else load_training_data(config)
     vocab = build_vocab(dataset.items)
@@ -246,46 +281,49 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         train_examples = train_examples.take(np.sort(keep))
     encoder_factory = encoder_factory or pretrained_encoder_factory(config.encoder)
     target_counts = np.bincount(split.train.target, minlength=vocab.size).astype(np.float64)
-    model = build_model(config, vocab, dataset.items["text"].tolist(), encoder_factory,
-                        item_probability=target_counts / max(target_counts.sum(), 1.0))
-    if config.warm_start:
-        # Create every model variable eagerly, then restore them all at once.
-        probe = {name: value[:2] for name, value in examples_to_features(train_examples).items()}
-        users, items = model(probe, training=False)
-        model.predict_rating(users, items)
-        # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
-        towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower,
-                                     ranking_head=model.ranking_head)
-        towers.read(checkpoint_prefix(config.warm_start)).expect_partial().assert_existing_objects_matched()
-        logger.info("warm start from %s", config.warm_start)
-    model.compile(optimizer=make_optimizer(config))
+    # Variables (mirrored under a strategy), optimizer and metrics in the strategy's scope.
+    # Layers take the global dtype policy when they are created, so every layer is created
+    # (and built) under `--mixed-precision`'s; the loss layers that TFRS creates inside
+    # its tasks while tracing the training step are then float32, as the logits.
+    with strategy.scope():
+        with dtype_policy(config.mixed_precision):
+            model = build_model(config, vocab, dataset.items["text"].tolist(), encoder_factory,
+                                item_probability=target_counts / max(target_counts.sum(), 1.0))
+            _create_variables(model, train_examples)
+        _warm_start_and_compile(model, config, train_examples)
 
-    output_dir = Path(config.output_dir)
+    output_dir = outputs.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     features = examples_to_features(train_examples)
+    options = tf.data.Options()
+    # Workers split each global batch (from_tensor_slices has no files to shard by).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     train_ds = (tf.data.Dataset.from_tensor_slices(features)
                 .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True))
     if config.steps_per_epoch is not None:
         train_ds = train_ds.repeat()  # an "epoch" is then steps_per_epoch steps between validations
-    train_ds = train_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+    train_ds = train_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
     validation = ValidationNDCG(split.validation,
                                 None if config.time_budget_minutes is None else 60 * config.time_budget_minutes)
+    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
+                                                      restore_best_weights=True)
     callbacks = [
         validation,
-        tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
-                                         restore_best_weights=True),
+        early_stopping,
+        # Under a multi-worker strategy both callbacks write on the chief only (Keras).
         tf.keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights"),
                                            monitor="val_ndcg_at_10", mode="max", save_best_only=True,
                                            save_weights_only=True),
         tf.keras.callbacks.TensorBoard(log_dir=str(output_dir / "tensorboard"), update_freq="epoch"),
     ]
     start = time.monotonic()
-    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
-              verbose=verbose)
+    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
+                        callbacks=callbacks, verbose=verbose)
     train_seconds = time.monotonic() - start
     if validation.history and len(validation.history) - 1 != int(np.argmax(validation.history)):
-        # EarlyStopping restores the best weights only when it stops early; make it unconditional.
-        model.load_weights(str(output_dir / "checkpoints" / "best.weights"))
+        # EarlyStopping restores the best weights only when it stops early; make it
+        # unconditional (from memory: a non-chief worker has no checkpoint file).
+        model.set_weights(early_stopping.best_weights)
 
     test = split.test
     test_histories = [sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered
@@ -298,11 +336,11 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     result = TrainResult(model=model, vocab=vocab, split=split, metrics=metrics,
                          validation_ndcg=validation.history, validation_seconds=validation.seconds,
                          train_seconds=train_seconds, export_path=None,
-                         counts=counts, dataset=dataset, slices=slices)
+                         counts=counts, dataset=dataset, slices=slices, history=dict(history.history))
     if config.export:
         from tfrec_lm.export import export_model
 
-        result.export_path = export_model(result, config)
+        result.export_path = export_model(result, config.replace(export_base=str(outputs.export_base)))
         if config.top_k >= 10:
             from tfrec_lm.evaluation.export_eval import evaluate_export
 
@@ -317,6 +355,31 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         "train_seconds": train_seconds,
         "train_examples": len(train_examples),
         "export_path": str(result.export_path) if result.export_path else None,
+        "train_loss": history.history.get("loss", []),
+        "replicas": strategy.num_replicas_in_sync,
     }
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    if not outputs.chief:
+        result.export_path = None  # written to this worker's temporary directory, removed on return
     return result
+
+
+def _create_variables(model: TwoTowerModel, train_examples) -> None:
+    """Creates every model variable now, eagerly.
+
+    Built lazily inside a replica's first step, the random initialisers would draw
+    differently under each strategy; and a warm start restores all variables at once.
+    """
+    probe = {name: value[:2] for name, value in examples_to_features(train_examples).items()}
+    users, items = model(probe, training=False)
+    model.predict_rating(users, items)
+
+
+def _warm_start_and_compile(model: TwoTowerModel, config: TrainConfig, train_examples) -> None:
+    if config.warm_start:
+        # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
+        towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower,
+                                     ranking_head=model.ranking_head)
+        towers.read(checkpoint_prefix(config.warm_start)).expect_partial().assert_existing_objects_matched()
+        logger.info("warm start from %s", config.warm_start)
+    model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)

@@ -29,8 +29,20 @@ def compact_newest_first(history: tf.Tensor, max_length: int) -> tf.Tensor:
     Returns:
         tf.Tensor int32. [B, max_length].
     """
-    items = newest_first(history)[:, :max_length]
-    return items.to_tensor(default_value=0, shape=[None, max_length])
+    reversed_history, placed = _placement(history, max_length)
+    return tf.reduce_sum(reversed_history[:, :, None] * placed, axis=1)
+
+
+def _placement(history: tf.Tensor, max_length: int):
+    """Reversed history and its one-hot compaction map [B, N, max_length].
+
+    Dense ops only (no ragged tensors), so that XLA (`--jit-compile`) can compile it:
+    item i goes to slot (number of known items newer than or equal to it) - 1.
+    """
+    reversed_history = tf.reverse(tf.cast(history, tf.int32), axis=[1])
+    known = reversed_history > 0
+    slot = tf.where(known, tf.cumsum(tf.cast(known, tf.int32), axis=1) - 1, -1)
+    return reversed_history, tf.one_hot(slot, max_length, dtype=tf.int32)  # zeros for -1 and slots >= max_length
 
 
 def compact_with_ages(history: tf.Tensor, timestamps, max_length: int):
@@ -51,11 +63,9 @@ def compact_with_ages(history: tf.Tensor, timestamps, max_length: int):
     """
     if timestamps is None:
         return compact_newest_first(history, max_length), None
-    history = tf.cast(history, tf.int32)
-    known = tf.reverse(history, axis=[1]) > 0
-    items = tf.ragged.boolean_mask(tf.reverse(history, axis=[1]), known)[:, :max_length]
-    times = tf.ragged.boolean_mask(tf.reverse(tf.cast(timestamps, tf.int64), axis=[1]), known)[:, :max_length]
-    items = items.to_tensor(default_value=0, shape=[None, max_length])
-    times = times.to_tensor(default_value=0, shape=[None, max_length])
+    reversed_history, placed = _placement(history, max_length)
+    items = tf.reduce_sum(reversed_history[:, :, None] * placed, axis=1)
+    reversed_times = tf.reverse(tf.cast(timestamps, tf.int64), axis=[1])
+    times = tf.reduce_sum(reversed_times[:, :, None] * tf.cast(placed, tf.int64), axis=1)
     ages = tf.maximum(times[:, :1] - times, 0)
     return items, tf.where(items > 0, ages, tf.zeros_like(ages))

@@ -73,10 +73,13 @@ class InterestComposer(tf.keras.layers.Layer):
             self.sequence_encoder = SequenceEncoder(self.window, num_blocks=num_blocks, num_heads=num_heads,
                                                     dropout=dropout, pooling=pooling,
                                                     time_features=self.time_features, name="sequence_encoder")
-        self.output_projection = tf.keras.layers.Dense(self.embedding_dim, name="user_projection")
+        # The user embedding is float32 under mixed precision: these three layers compute in float32.
+        self.output_projection = tf.keras.layers.Dense(self.embedding_dim, name="user_projection", dtype="float32")
         if self.long_short:
-            self.long_projection = tf.keras.layers.Dense(self.embedding_dim, name="long_term_projection")
-            self.gate = tf.keras.layers.Dense(self.embedding_dim, activation="sigmoid", name="interest_gate")
+            self.long_projection = tf.keras.layers.Dense(self.embedding_dim, name="long_term_projection",
+                                                         dtype="float32")
+            self.gate = tf.keras.layers.Dense(self.embedding_dim, activation="sigmoid", name="interest_gate",
+                                              dtype="float32")
 
     @staticmethod
     def _mean(vectors, mask):

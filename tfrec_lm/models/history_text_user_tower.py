@@ -33,7 +33,8 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         self.dropout_rate = float(dropout)
         self.normalize = bool(normalize)
         self.dropout = tf.keras.layers.Dropout(self.dropout_rate)
-        self.projection = tf.keras.layers.Dense(self.embedding_dim, name="history_projection")
+        self.projection = tf.keras.layers.Dense(self.embedding_dim, name="history_projection",
+                                                dtype="float32")  # float32 under mixed precision
 
     def call(self, history, timestamps=None, training=False):
         ids, mask = self.composer(history)

@@ -64,11 +64,13 @@ class ItemTower(tf.keras.layers.Layer):
         self.use_text = bool(use_text)
         if not (self.use_text or self.use_item_ids):
             raise ValueError("an item tower needs text, item IDs or both")
-        self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection")
+        # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
+        self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
         self.id_embedding = (
             tf.keras.layers.Embedding(self.num_items, self.embedding_dim, name="item_id_embedding",
-                                      embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02))
+                                      embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+                                      dtype="float32")
             if self.use_item_ids else None
         )
         self.text_cache = self.add_weight(
@@ -76,6 +78,8 @@ class ItemTower(tf.keras.layers.Layer):
             initializer="zeros",
         ) if encoder.is_frozen and use_text else None
         self._cache_ready = False
+        # Cut each batch's token rows to its longest text (dynamic shape); off under XLA.
+        self.trim_padding = True
 
     def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None) -> bool:
         """Encodes every item text with the (frozen) encoder into the cache.
@@ -121,8 +125,10 @@ class ItemTower(tf.keras.layers.Layer):
         flat = tf.reshape(items, [-1])
         ids = tf.gather(tf.constant(self.token_rows), flat)
         mask = tf.cast(ids != 0, tf.int32)
-        width = tf.reduce_max(tf.reduce_sum(mask, axis=1))
-        pooled = self.encoder(ids[:, :width], mask[:, :width], training=training)
+        if self.trim_padding:
+            width = tf.reduce_max(tf.reduce_sum(mask, axis=1))
+            ids, mask = ids[:, :width], mask[:, :width]
+        pooled = self.encoder(ids, mask, training=training)
         return tf.reshape(pooled, tf.concat([tf.shape(items), [self.encoder.hidden_size]], axis=0))
 
     def representation(self, items, training=False):

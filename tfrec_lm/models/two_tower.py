@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
@@ -41,27 +43,67 @@ class TwoTowerModel(tfrs.Model):
         self.negatives = negatives
         self.retrieval_weight = float(retrieval_weight)
         self.ranking_weight = float(ranking_weight)
-        self.retrieval_task = tfrs.tasks.Retrieval(
-            loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True),
-            temperature=temperature,
-            remove_accidental_hits=negatives == "in-batch",
-            metrics=tfrs.metrics.FactorizedTopK(CatalogTopK(item_tower, k=max(ks)), ks=ks),
-        )
+        # Per-example losses: `compute_loss` averages them over the *global* batch itself,
+        # so a step's gradient is the same on one replica or many (Keras' mean reductions
+        # would average over each replica's share, and refuse to run under a strategy).
+        none = tf.keras.losses.Reduction.NONE
+        with _float32_policy():  # logits, losses and metrics in float32 under mixed precision
+            self.retrieval_task = tfrs.tasks.Retrieval(
+                loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=none),
+                temperature=temperature,
+                remove_accidental_hits=negatives == "in-batch",
+                metrics=tfrs.metrics.FactorizedTopK(CatalogTopK(item_tower, k=max(ks)), ks=ks),
+            )
+            self.ranking_task = tfrs.tasks.Ranking(
+                loss=tf.keras.losses.MeanSquaredError(reduction=none),
+                metrics=[tf.keras.metrics.RootMeanSquaredError("rmse")],
+            )
         self.ranking_head = tf.keras.Sequential(
-            [tf.keras.layers.Dense(64, activation="relu"), tf.keras.layers.Dense(1)], name="ranking_head"
-        )
-        self.ranking_task = tfrs.tasks.Ranking(
-            loss=tf.keras.losses.MeanSquaredError(), metrics=[tf.keras.metrics.RootMeanSquaredError("rmse")]
+            [tf.keras.layers.Dense(64, activation="relu"), tf.keras.layers.Dense(1, dtype="float32")],
+            name="ranking_head",
         )
         if item_probability is None:
             item_probability = np.ones(item_tower.num_items, dtype=np.float32) / item_tower.num_items
         self.item_probability = tf.constant(np.maximum(np.asarray(item_probability, np.float32), 1e-8))
+        # Every value train_step returns is already the same on all replicas.
+        self.distribute_reduction_method = "first"
+
+    def _loss_and_gradients(self, features):
+        """This replica's share of the loss and its gradients (loss-scaled under mixed_float16).
+
+        Summed over replicas (what the optimizer's all-reduce does), the gradients are those
+        of the global batch's mean loss.
+
+        Returns:
+            (loss, regularization_loss, gradients): the loss share, the regularization
+            share and one gradient (or None) per trainable variable.
+        """
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(features, training=True)
+            regularization = (tf.nn.scale_regularization_loss(tf.add_n([tf.reduce_sum(x) for x in self.losses]))
+                              if self.losses else tf.constant(0.0))
+            total = loss + regularization
+            if isinstance(self.optimizer, tf.keras.mixed_precision.LossScaleOptimizer):
+                total = self.optimizer.get_scaled_loss(total)
+        return loss, regularization, tape.gradient(total, self.trainable_variables)
 
     def train_step(self, data):
+        loss, regularization, gradients = self._loss_and_gradients(data)
+        # apply_gradients sums the replicas' gradients (and removes the loss scale).
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+        return self._logs(loss, regularization, training=True)
+
+    def test_step(self, data):
+        return self._logs(self.compute_loss(data, training=False), tf.constant(0.0), training=False)
+
+    def _logs(self, loss, regularization, training):
+        loss, regularization = _sum_over_replicas(loss), _sum_over_replicas(regularization)
         # The FactorizedTopK metrics are computed on evaluation only; hide their stale
         # zeros from the training logs.
-        logs = super().train_step(data)
-        return {name: value for name, value in logs.items() if not name.startswith("factorized_top_k")}
+        logs = {metric.name: metric.result() for metric in self.metrics
+                if not (training and metric.name.startswith("factorized_top_k"))}
+        logs.update(loss=loss, regularization_loss=regularization, total_loss=loss + regularization)
+        return logs
 
     def call(self, features, training=False):
         """Returns (user embeddings [B, D], target item embeddings [B, D])."""
@@ -78,10 +120,18 @@ class TwoTowerModel(tfrs.Model):
         return tf.squeeze(self.ranking_head(tf.concat([users, items], axis=-1)), axis=-1)
 
     def compute_loss(self, features, training=False):
+        """This replica's share of the global batch's mean loss.
+
+        Per example: `retrieval_weight * softmax cross-entropy + ranking_weight * squared
+        rating error` (0 where the rating is unknown); the sum over this replica's
+        examples is divided by the number of examples of the global batch (all replicas),
+        so the shares add up to the single-replica loss of the same batch.
+        """
         target = tf.cast(features["target"], tf.int32)
         if self.negatives == "catalog":
             # One item-tower pass over the catalog per step serves the softmax, the
-            # positives and (item-sequence) the history positions.
+            # positives and (item-sequence) the history positions. Each query's candidates
+            # are its own positive and the catalog: nothing to share across replicas.
             table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training)
             timestamps = features.get("history_timestamps")
             if isinstance(self.user_tower, ItemSequenceUserTower):
@@ -102,9 +152,11 @@ class TwoTowerModel(tfrs.Model):
             )
         else:
             users, positives = self(features, training=training)
+            # Each query scores the positives of the whole global batch, as on one replica.
+            candidates, candidate_ids = gather_across_replicas(positives, target)
             retrieval_loss = self.retrieval_task(
-                users, positives, candidate_ids=target,
-                candidate_sampling_probability=tf.gather(self.item_probability, target),
+                users, candidates, candidate_ids=candidate_ids,
+                candidate_sampling_probability=tf.gather(self.item_probability, candidate_ids),
                 compute_metrics=False, compute_batch_metrics=False,
             )
         if not training:
@@ -117,4 +169,58 @@ class TwoTowerModel(tfrs.Model):
             predictions=self.predict_rating(users, positives)[:, None],
             sample_weight=tf.cast(known, tf.float32),
         )
-        return self.retrieval_weight * retrieval_loss + self.ranking_weight * ranking_loss
+        per_example = self.retrieval_weight * retrieval_loss + self.ranking_weight * ranking_loss
+        global_batch = _sum_over_replicas(tf.cast(tf.shape(target)[0], tf.float32))
+        return tf.math.divide_no_nan(tf.reduce_sum(per_example), global_batch)
+
+
+@contextlib.contextmanager
+def _float32_policy():
+    """Layers created inside take the float32 policy (tfrs tasks have no `dtype` argument)."""
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def _replica_context():
+    """The replica context when several replicas train in sync, else None."""
+    context = tf.distribute.get_replica_context()
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
+
+
+def _sum_over_replicas(value):
+    context = _replica_context()
+    return value if context is None else context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(value))
+
+
+def gather_across_replicas(embeddings, ids):
+    """The in-batch candidates of the global batch, this replica's rows first.
+
+    Under a strategy with several replicas in sync, every replica's positives (and their
+    ids, for log-Q and accidental-hit masking) are all-gathered, then rotated so this
+    replica's own rows come first: the TFRS Retrieval task takes candidate i as query
+    i's positive. The other rows are extra negatives; their order does not change the
+    softmax. The gradient of `all_gather` returns each replica the summed gradient of
+    its own rows, so the summed update equals the single-replica one.
+
+    Args:
+        embeddings: tf.Tensor float32. [b, D] this replica's positive item embeddings.
+        ids: tf.Tensor int32. [b] their item indices.
+
+    Returns:
+        (tf.Tensor [B, D], tf.Tensor int32 [B]) with B the global batch (b without replicas).
+    """
+    context = _replica_context()
+    if context is None:
+        return embeddings, ids
+    # tf.identity places each value on this replica's device: a collective takes its
+    # destination from the value's device, and input tensors (the ids) have none under
+    # a multi-worker strategy ("destinations can not be empty").
+    sizes = context.all_gather(tf.identity(tf.shape(ids)[:1]), axis=0)
+    offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+    gathered = context.all_gather(tf.identity(embeddings), axis=0)
+    gathered_ids = context.all_gather(tf.identity(ids), axis=0)
+    return tf.roll(gathered, -offset, axis=0), tf.roll(gathered_ids, -offset, axis=0)

@@ -1,0 +1,143 @@
+"""`tf.distribute` strategies of `--strategy`, TF_CONFIG checks and chief-only writing.
+
+`--strategy default` trains on one device (TensorFlow's default strategy), `mirrored`
+on every local GPU (or CPU device) with `tf.distribute.MirroredStrategy`, and
+`multi-worker` on the cluster that the `TF_CONFIG` environment variable describes, with
+`tf.distribute.MultiWorkerMirroredStrategy`. `batch_size` is always the global batch.
+
+TensorFlow is imported lazily: `read_tf_config` runs during config validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from tfrec_lm.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_ADDRESS = re.compile(r"^\S+:\d{1,5}$")
+_TASK_TYPES = ("chief", "worker")
+_STRATEGIES: dict = {}  # ("mirrored",) or ("multi-worker", TF_CONFIG) -> the process's strategy
+
+
+def read_tf_config(environ: Optional[dict] = None) -> dict:
+    """Parses and checks `TF_CONFIG` for `--strategy multi-worker`.
+
+    Args:
+        environ: dict. the environment (os.environ when None).
+
+    Returns:
+        dict. the parsed TF_CONFIG: `{"cluster": {...}, "task": {"type": ..., "index": ...}}`.
+
+    Raises:
+        ConfigError: TF_CONFIG is missing or does not describe this task in a cluster
+            of `chief`/`worker` tasks with `host:port` addresses.
+    """
+    environ = os.environ if environ is None else environ
+    text = environ.get("TF_CONFIG")
+    if not text:
+        raise ConfigError(
+            "--strategy multi-worker needs the TF_CONFIG environment variable, e.g. "
+            '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {error}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("cluster"), dict) \
+            or not isinstance(value.get("task"), dict):
+        raise ConfigError("TF_CONFIG must be a JSON object with a `cluster` object and a `task` object")
+    cluster = value["cluster"]
+    unknown = sorted(set(cluster) - set(_TASK_TYPES))
+    if unknown:
+        raise ConfigError(f"TF_CONFIG cluster has task types {unknown}; MultiWorkerMirroredStrategy takes "
+                          f"only {', '.join(_TASK_TYPES)}")
+    for kind, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses:
+            raise ConfigError(f"TF_CONFIG cluster[{kind!r}] must be a non-empty list of host:port addresses")
+        for address in addresses:
+            if not isinstance(address, str) or not _ADDRESS.match(address):
+                raise ConfigError(f"TF_CONFIG cluster[{kind!r}] has {address!r}, not a host:port address")
+    if len(cluster.get("chief", [])) > 1:
+        raise ConfigError("TF_CONFIG cluster may have at most one chief")
+    task = value["task"]
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster:
+        raise ConfigError(f"TF_CONFIG task type {kind!r} is not a task type of the cluster ({', '.join(cluster)})")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[kind]):
+        raise ConfigError(f"TF_CONFIG task index {index!r} is not in [0, {len(cluster[kind])}) for {kind!r}")
+    return value
+
+
+def make_strategy(name: str):
+    """The `tf.distribute.Strategy` of `--strategy NAME`, one per process and kind.
+
+    Later runs in the same process (tuner trials, tests) reuse it: a multi-worker strategy
+    configures TensorFlow's collective ops once, at program start, and a second strategy
+    over the same devices would reuse the first one's collective instance keys ("Collective
+    instance 100 expected type 0 ... but got type 2").
+    """
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "multi-worker":
+        read_tf_config()
+        key = (name, os.environ["TF_CONFIG"])
+    elif name == "mirrored":
+        key = (name,)
+    else:
+        raise ConfigError(f"unknown strategy {name!r}")
+    if key not in _STRATEGIES:
+        if name == "mirrored":
+            _STRATEGIES[key] = tf.distribute.MirroredStrategy()
+        else:
+            if any(k[0] == name for k in _STRATEGIES):
+                raise ConfigError("a process runs one multi-worker cluster; TF_CONFIG changed since the first run")
+            try:
+                _STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy()
+            except (RuntimeError, ValueError) as error:
+                raise ConfigError(
+                    f"cannot start the multi-worker strategy ({error}); it must be created before TensorFlow "
+                    "runs anything else in the process") from None
+    strategy = _STRATEGIES[key]
+    logger.info("strategy %s: %d replicas in sync", name, strategy.num_replicas_in_sync)
+    return strategy
+
+
+def is_chief(strategy) -> bool:
+    """Whether this process writes the run's outputs (always, except non-chief workers)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    kind, index = resolver.task_type, resolver.task_id
+    if kind == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return kind in (None, "worker") and index == 0 and not has_chief
+
+
+class WorkerOutputs:
+    """Where this process writes: the configured directories on the chief, temp dirs elsewhere.
+
+    Non-chief workers of a multi-worker run go through every step the chief does
+    (Keras's multi-worker pattern: saving may need every worker), but into a temporary
+    directory removed by `cleanup`, so only the chief's files remain.
+    """
+
+    def __init__(self, strategy, output_dir: str, export_base: str):
+        self.chief = is_chief(strategy)
+        self._temp = None if self.chief else Path(tempfile.mkdtemp(prefix="tfrec_lm_worker_"))
+        self.output_dir = Path(output_dir) if self.chief else self._temp / "run"
+        self.export_base = Path(export_base) if self.chief else self._temp / "exports"
+
+    def cleanup(self) -> None:
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
