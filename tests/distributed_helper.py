@@ -118,10 +118,10 @@ def run_case(directory: Path, strategy: str, negatives: str, export: bool = Fals
         test = result.split.test.take(np.arange(4))
         ids = np.asarray(result.vocab.ids, dtype=object)[test.history].astype(str)
         out = loaded.signatures["serving_default"](
-            history_item_ids=tf.constant(ids), history_timestamps=tf.zeros(ids.shape, tf.int64))
+            history_item_ids=tf.constant(ids), history_timestamps=tf.constant(test.history_timestamps))
         record["export_top_score"] = out["scores"].numpy()[:, 0]
         items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
-        scores = user_embeddings(model, test.history) @ items.T
+        scores = user_embeddings(model, test.history, test.history_timestamps) @ items.T
         scores[:, 0] = -np.inf
         for row, history in enumerate(test.history):
             scores[row, history[history > 0]] = -np.inf

@@ -217,7 +217,7 @@ def test_mixed_bfloat16_trains_with_float32_outputs(synthetic, encoder_factory, 
     assert np.isfinite(result.history["loss"]).all() and len(result.history["loss"]) == 1
     assert tf.keras.mixed_precision.global_policy().name == "float32"  # restored after the run
     # The towers computed in bfloat16 (the BERT and the sequence transformer) ...
-    assert model.user_tower.sequence_encoder.compute_dtype == "bfloat16"
+    assert model.user_tower.composer.sequence_encoder.compute_dtype == "bfloat16"
     assert model.item_tower.encoder.bert.compute_dtype == "bfloat16"
     # ... and their outputs, the rating head and the logits are float32.
     users, items = model({"history": np.array([[1, 2, 0]], np.int32), "target": np.array([3], np.int32)})
