@@ -93,7 +93,8 @@ def test_explanation_of_a_new_category_recommendation_is_a_recent_item(switching
     checked = 0
     for user, start, after in zip(switches["user_id"], switches["switch_index"], switches["after"]):
         items = trained.vocab.ids[sequences.items[position[user]][: start + 3]].astype(str)
-        answer = module.explain(tf.constant([items]), tf.zeros([1, len(items)], tf.int64))
+        times = sequences.timestamps[position[user]][: start + 3]
+        answer = module.explain(tf.constant([items]), tf.constant([times], tf.int64))
         recent = set(items[start:])
         for item, because in zip(answer["item_ids"].numpy()[0], answer["because_item_ids"].numpy()[0]):
             if category[item.decode()] == after:

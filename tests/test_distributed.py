@@ -220,7 +220,8 @@ def test_mixed_bfloat16_trains_with_float32_outputs(synthetic, encoder_factory, 
     assert model.user_tower.composer.sequence_encoder.compute_dtype == "bfloat16"
     assert model.item_tower.encoder.bert.compute_dtype == "bfloat16"
     # ... and their outputs, the rating head and the logits are float32.
-    users, items = model({"history": np.array([[1, 2, 0]], np.int32), "target": np.array([3], np.int32)})
+    users, items = model({"history": np.array([[1, 2, 0]], np.int32), "target": np.array([3], np.int32),
+                          "history_timestamps": np.array([[10, 20, 0]], np.int64)})
     assert users.dtype == tf.float32 and items.dtype == tf.float32
     assert model.predict_rating(users, items).dtype == tf.float32
     assert np.isfinite(result.validation_ndcg).all()

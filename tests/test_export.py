@@ -113,10 +113,20 @@ def build_requests(run):
     long_rows = [catalog[:30], [vocab.ids[i] for i in [*split.test.history[0], *split.test.history[1]] if i]]
     candidates = [[catalog[0], "no-such-item", catalog[7], "", catalog[20], users[0][-1]]] * 3
     rank_rows = users[:2] + [[]]
+    # Unknown ids are dropped with their timestamps: the known items keep the times they
+    # have in "users", the unknown ones get times of their own (even out of order).
+    plain = request(users, width=12)["history_timestamps"]
+    width = max(len(r) for r in with_unknown)
+    with_unknown_request = {
+        "history_item_ids": pad_rows(with_unknown, width),
+        "history_timestamps": [[1_700_000_000] + t[:min(4, len(u))] + [5, 1_650_000_000] + t[4:len(u)]
+                               + [0] * (width - len(r))
+                               for u, r, t in zip(users, with_unknown, plain)],
+    }
     requests = {
         "retrieve": {
             "users": request(users, width=12),
-            "with_unknown": request(with_unknown),
+            "with_unknown": with_unknown_request,
             "no_known": request([["no-such-item", "", ""], ["", "", ""], ["  ", "x", "y"]]),
             "long": request(long_rows),
             "mixed": request([users[0], [], ["unknown"]], width=11),
@@ -131,20 +141,20 @@ def build_requests(run):
 # ---------------------------------------------------------------- the numpy reference
 
 
-def tower_scores(run, rows):
+def tower_scores(run, rows, stamps):
     """Full-catalog scores from the model's towers. [B, C+1], column 0 = -inf."""
     model, vocab = run.model, run.result.vocab
     history = vocab.index(np.array(rows, dtype=object))
-    users = model.user_tower(tf.constant(history, tf.int32), training=False).numpy()
+    users = model.user_tower(tf.constant(history, tf.int32), tf.constant(stamps, tf.int64), training=False).numpy()
     items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
     scores = users @ items.T
     scores[:, 0] = -np.inf
     return history, scores
 
 
-def expected_retrieve(run, rows, k=K):
+def expected_retrieve(run, rows, stamps, k=K):
     """(item ids [B, K], scores [B, K]) by numpy: top-K excluding history, popular without history."""
-    history, scores = tower_scores(run, rows)
+    history, scores = tower_scores(run, rows, stamps)
     counts = run.result.counts
     share = counts / counts[1:].sum()
     ids, values = [], []
@@ -163,8 +173,8 @@ def expected_retrieve(run, rows, k=K):
     return ids, np.array(values, np.float32)
 
 
-def expected_rank(run, rows, candidates):
-    history, scores = tower_scores(run, rows)
+def expected_rank(run, rows, stamps, candidates):
+    history, scores = tower_scores(run, rows, stamps)
     counts = run.result.counts
     share = counts / counts[1:].sum()
     candidate_index = run.result.vocab.index(np.array(candidates, dtype=object))
@@ -284,7 +294,7 @@ def test_reloaded_equals_in_memory_module(served, export_name):
 def test_retrieve_equals_numpy_over_the_towers(served, export_name):
     run = served["runs"][export_name]
     for case, req in served["requests"]["retrieve"].items():
-        ids, scores = expected_retrieve(run, req["history_item_ids"])
+        ids, scores = expected_retrieve(run, req["history_item_ids"], req["history_timestamps"])
         answer = served["answers"][export_name]["retrieve"][case]
         assert answer["item_ids"] == ids, case
         np.testing.assert_allclose(answer["scores"], scores, rtol=1e-4, atol=1e-5, err_msg=case)
@@ -294,7 +304,7 @@ def test_rank_equals_numpy_and_unknown_candidates_are_lowest(served, export_name
     run = served["runs"][export_name]
     req = served["requests"]["rank"]["rank"]
     scores = np.array(served["answers"][export_name]["rank"]["rank"]["scores"], np.float64)
-    expected = expected_rank(run, req["history_item_ids"], req["candidate_item_ids"])
+    expected = expected_rank(run, req["history_item_ids"], req["history_timestamps"], req["candidate_item_ids"])
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
     unknown = np.array([[c.strip() not in set(run.result.vocab.ids[1:]) for c in row]
                         for row in req["candidate_item_ids"]])
@@ -490,8 +500,11 @@ def test_export_metrics_match_the_model_on_the_test_split(served, item_sequence_
     test = result.split.test
     repeat = np.array([t in set(e.tolist()) for t, e in zip(test.target, test.exclude)])
     slices = {"all": np.ones(len(test), bool), "new_target": ~repeat, "repeat_target": repeat}
+    from tfrec_lm.data.split import build_sequences
+
+    sequences = build_sequences(result.dataset, result.vocab)
     exported = evaluate_export(served["paths"]["item_sequence_bf"], test.exclude,
-                               [np.full(len(e), 1_600_000_000, np.int64) for e in test.exclude],
+                               [sequences.timestamps[u][:-1] for u in test.user_index],
                                test.target, result.vocab.ids, slices)
     ranks = full_catalog_ranks(score_catalog(result.model, test), test.target, test.exclude)
     model = sliced_metrics(ranks, slices, ks=(10,))

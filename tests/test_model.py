@@ -70,7 +70,8 @@ def test_configured_towers_were_built(run):
     for encoder, _ in bert_variables(run):
         assert encoder.finetune == config.finetune
     assert (model.item_tower.text_cache is not None) == (config.finetune == "frozen")
-    users, items = model({"history": np.array([[1, 2, 0]], np.int32), "target": np.array([3], np.int32)})
+    users, items = model({"history": np.array([[1, 2, 0]], np.int32), "target": np.array([3], np.int32),
+                          "history_timestamps": np.array([[10, 20, 0]], np.int64)})
     assert users.shape == (1, config.embedding_dim) == items.shape
 
 
@@ -133,7 +134,7 @@ def test_reported_metrics_match_the_towers(item_sequence_run):
     """result.metrics['model'] is the SPEC protocol computed from the trained towers."""
     result = item_sequence_run.result
     model, test = result.model, result.split.test
-    users = model.user_tower(tf.constant(test.history), training=False).numpy()
+    users = model.user_tower(tf.constant(test.history), tf.constant(test.history_timestamps), training=False).numpy()
     items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
     scores = users @ items.T
     scores[:, 0] = -np.inf

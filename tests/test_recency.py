@@ -82,13 +82,21 @@ def test_composer_config_round_trip():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"time_features": True, "sequence_pooling": "mean"}, "need --user-tower item-sequence"),
-    ({"long_short": True, "user_tower": "history-text"}, "need --user-tower item-sequence"),
+    ({"long_short": True, "sequence_pooling": "mean"}, "needs --user-tower item-sequence"),
+    ({"long_short": True, "user_tower": "history-text"}, "needs --user-tower item-sequence"),
     ({"long_short": True, "short_window": 80}, "short_window"),
 ])
 def test_config_rejects_recency_options_that_cannot_apply(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(tmp_path, **changes)
+
+
+def test_item_ages_are_read_only_where_the_tower_reads_order(tmp_path):
+    # Item ages are on by default and apply to the order-aware item-sequence tower only.
+    assert tiny_config(tmp_path).reads_item_ages
+    for changes in ({"sequence_pooling": "mean"}, {"sequence_pooling": "bag"}, {"user_tower": "history-text"},
+                    {"time_features": False}):
+        assert not tiny_config(tmp_path, **changes).reads_item_ages, changes
 
 
 @pytest.fixture(scope="module")

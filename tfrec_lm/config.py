@@ -96,8 +96,9 @@ class TrainConfig:
                   "`mean` (the same transformer with no position or time: an order-free set) or `bag` (the "
                   "mean of the item vectors, no attention: a bag of items)", ("newest", "mean", "bag"))
     time_features: bool = _opt(
-        False, "item-sequence: add a learned embedding of each history item's age (seconds before the newest "
-               "history item, in log-spaced buckets from one second to a year)")
+        True, "item-sequence: add a learned embedding of each history item's age (seconds before the newest "
+              "history item, in log-spaced buckets from one second to a year); read by the item-sequence tower with "
+              "--sequence-pooling newest, ignored by the order-free poolings and the history-text tower")
     long_short: bool = _opt(
         False, "item-sequence: gate a short-term view (the transformer over the --short-window newest items) "
                "and a long-term view (the mean of all --max-history items) per dimension")
@@ -173,10 +174,9 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise ConfigError("temperature and learning_rate must be > 0")
-        if (self.time_features or self.long_short) and (
-                self.user_tower != "item-sequence" or self.sequence_pooling != "newest"):
-            raise ConfigError("--time-features and --long-short need --user-tower item-sequence with "
-                              "--sequence-pooling newest (they read the order and times of the history)")
+        if self.long_short and (self.user_tower != "item-sequence" or self.sequence_pooling != "newest"):
+            raise ConfigError("--long-short needs --user-tower item-sequence with --sequence-pooling newest "
+                              "(its short-term view reads the order of the history)")
         if self.long_short and not 1 <= self.short_window <= self.max_history:
             raise ConfigError(f"short_window must be in [1, max_history={self.max_history}], got {self.short_window}")
         if not (self.item_text or self.item_ids):
@@ -197,6 +197,11 @@ class TrainConfig:
 
             read_tf_config()
         return self
+
+    @property
+    def reads_item_ages(self) -> bool:
+        """Whether the user tower this config builds reads the history's timestamps."""
+        return self.time_features and self.user_tower == "item-sequence" and self.sequence_pooling == "newest"
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes).validate()

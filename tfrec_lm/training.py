@@ -96,7 +96,7 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
                                            dropout=config.dropout, pooling=config.sequence_pooling,
-                                           time_features=config.time_features, long_short=config.long_short,
+                                           time_features=config.reads_item_ages, long_short=config.long_short,
                                            short_window=config.short_window, name="user_tower")
     else:
         history_bert, _ = encoder_factory()
