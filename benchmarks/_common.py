@@ -42,3 +42,16 @@ def write_result(name: str, payload: dict) -> Path:
     path.write_text(json.dumps({"benchmark": name, "environment": environment(), **payload}, indent=2,
                                default=float))
     return path
+
+
+def parse_sets(values) -> dict:
+    """`--set KEY=VALUE ...` into config changes (values parsed as YAML: 1e-3, true, 64)."""
+    import yaml
+
+    changes = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+        changes[key.replace("-", "_")] = yaml.safe_load(value)
+    return changes

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from _common import write_result  # noqa: E402
+from _common import parse_sets, write_result  # noqa: E402
 
 
 def before(dataset, cutoff: float):
@@ -54,16 +54,6 @@ def evaluate_on_e(result, evaluation) -> dict:
     scores[empty] = popularity_scores(result.counts)
     ranks = full_catalog_ranks(scores, evaluation.target, evaluation.exclude)
     return sliced_metrics(ranks, {"all": np.ones(len(ranks), bool), "with_history": ~empty, "empty_history": empty})
-
-
-def parse_sets(values) -> dict:
-    import yaml
-
-    changes = {}
-    for item in values or []:
-        key, _, value = item.partition("=")
-        changes[key.replace("-", "_")] = yaml.safe_load(value)
-    return changes
 
 
 def main(argv=None) -> int:

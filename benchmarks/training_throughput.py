@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from _common import write_result  # noqa: E402
+from _common import parse_sets, write_result  # noqa: E402
 
 CONFIGS = {
     "item-sequence/frozen/catalog": {"negatives": "catalog"},
@@ -47,16 +47,6 @@ CONFIGS = {
 PEAK_TFLOPS = {"H100": {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.4, "float16": 989.4},
                "H200": {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.4, "float16": 989.4},
                "A100": {"float32": 19.5, "tf32": 156.0, "bfloat16": 312.0, "float16": 312.0}}
-
-
-def parse_sets(values) -> dict:
-    import yaml
-
-    changes = {}
-    for item in values or []:
-        key, _, value = item.partition("=")
-        changes[key.replace("-", "_")] = yaml.safe_load(value)
-    return changes
 
 
 def encoder_train_flops(bert_config, tokens: float, trained_layers: int) -> float:
