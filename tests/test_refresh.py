@@ -56,3 +56,20 @@ def test_since_after_every_interaction_is_an_error(synthetic, encoder_factory, t
     late = int(synthetic.interactions["timestamp"].max()) + 1
     with pytest.raises(ConfigError, match="no training interaction"):
         train(tiny_config(tmp_path, since=late), dataset=synthetic, encoder_factory=encoder_factory)
+
+
+def test_a_refresh_validates_on_recent_targets_only(synthetic):
+    from tfrec_lm.data.split import build_sequences, build_vocab, leave_one_out
+    from tfrec_lm.training import refresh_validation
+
+    vocab = build_vocab(synthetic.items)
+    validation = leave_one_out(build_sequences(synthetic, vocab), 10).validation
+    since = int(np.median(validation.target_timestamp))
+    recent = refresh_validation(validation, since)
+    assert 0 < len(recent) < len(validation)
+    assert (recent.target_timestamp >= since).all()
+    assert len(recent.exclude) == len(recent.target)
+    assert np.sum(validation.target_timestamp >= since) == len(recent)
+    assert refresh_validation(validation, None) is validation
+    late = int(validation.target_timestamp.max()) + 1
+    assert refresh_validation(validation, late) is validation  # nothing that recent: all users

@@ -204,6 +204,24 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def refresh_validation(examples, since: Optional[int]):
+    """The validation targets that early stopping watches.
+
+    A refresh (`--since`) trains on recent interactions to follow recent interests, so it
+    is validated on the users whose validation target is itself recent (at or after
+    `since`); most users' validation targets predate a refresh window and say nothing
+    about it. Without `--since`, or when no validation target is that recent, all of them.
+    """
+    if since is None:
+        return examples
+    recent = np.flatnonzero(examples.target_timestamp >= since)
+    if not len(recent):
+        logger.info("no validation target at or after --since %d: validating on all users", since)
+        return examples
+    logger.info("refresh: validating on the %d users whose validation target is at or after --since", len(recent))
+    return examples.take(recent)
+
+
 def checkpoint_prefix(path: str) -> str:
     """Resolves `--warm-start` (a run directory or a checkpoint prefix) to a prefix."""
     candidate = Path(path)
@@ -303,7 +321,7 @@ def _train(config: TrainConfig, strategy, outputs: WorkerOutputs, dataset: Optio
     if config.steps_per_epoch is not None:
         train_ds = train_ds.repeat()  # an "epoch" is then steps_per_epoch steps between validations
     train_ds = train_ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
-    validation = ValidationNDCG(split.validation,
+    validation = ValidationNDCG(refresh_validation(split.validation, config.since),
                                 None if config.time_budget_minutes is None else 60 * config.time_budget_minutes)
     early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
                                                       restore_best_weights=True)
