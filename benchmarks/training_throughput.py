@@ -102,7 +102,7 @@ def throughput(args, base, split, vocab, dataset, factory) -> dict:
     for name in args.configs:
         config = base.replace(**CONFIGS[name])
         model = build_model(config, vocab, dataset.items["text"].tolist(), factory)
-        model.compile(optimizer=make_optimizer(config), jit_compile=getattr(config, "jit_compile", False) or None)
+        model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
         iterator = iter(data)
         step = model.make_train_function()
         step(iterator)  # trace
@@ -119,7 +119,7 @@ def throughput(args, base, split, vocab, dataset, factory) -> dict:
                 steps += 1
             float(logs["loss"])  # wait for the device
             runner["rates"].append(steps * args.batch_size / (time.perf_counter() - start))
-    policy = getattr(base, "mixed_precision", "float32")
+    policy = base.mixed_precision
     device, peak = gpu_peak(args, policy)
     out = {}
     for name, runner in runners.items():
