@@ -91,6 +91,10 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
         "validation_ndcg_at_10": result.validation_ndcg,
         "test": result.metrics,
         "test_by_target_frequency": {"rare_max_train_count": RARE_TARGET_MAX_COUNT, **by_target},
+        # Per test user (SPEC order): the target's 0-based full-catalog rank, and the slices'
+        # members, so runs can be compared user by user (paired) after the fact.
+        "test_ranks": ranks.astype(int).tolist(),
+        "test_slices": {name: np.flatnonzero(mask).tolist() for name, mask in result.slices.items()},
         "export_latency": export_latency(result.export_path, {
             "one_user_50_items": (one[0].astype(str), one[1]),
             "batch_64_users_up_to_50_items": (batch[0].astype(str), batch[1])}),

@@ -10,6 +10,10 @@ that file and not run again are kept (`--fresh` starts a new file).
 
     python benchmarks/recency_ablation.py                       # every variant
     python benchmarks/recency_ablation.py --variant no-recency time-long-short
+    python benchmarks/recency_ablation.py --variant no-recency positions time --seeds 42 1 2
+
+With several seeds the `paired` section compares variants user by user (mean over seeds,
+bootstrap interval over test users), since single runs differ by about 0.01 NDCG@10.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -38,13 +44,27 @@ VARIANTS = {
     "bag": {"sequence_pooling": "bag", "time_features": False, "long_short": False},
 }
 SLICES = ("all", "migrating", "stable")
+DEFAULT_SEED = 42  # the preset's seed; runs with it keep the plain variant name as their key
+# Paired comparisons written to the JSON: the chosen model against the recency-free tower
+# and against the issue-2 model (positions only).
+COMPARISONS = ("time:no-recency", "time:positions", "positions:no-recency")
+
+
+def run_key(name: str, seed: int) -> str:
+    return name if seed == DEFAULT_SEED else f"{name}@seed{seed}"
+
+
+def per_user_ndcg(run: dict) -> np.ndarray:
+    """[users] NDCG@10 of each test user (one leave-one-out target each) from the model's ranks."""
+    ranks = np.asarray(run["test_ranks"])
+    return np.where(ranks < 10, 1.0 / np.log2(np.minimum(ranks, 10) + 2.0), 0.0)
 
 
 def summarise(runs: dict) -> dict:
-    """NDCG@10 per slice of each variant and its ratio to the reference (in-memory and export)."""
+    """NDCG@10 per slice of each run and its ratio to the reference's run with the same seed."""
     table = {}
-    reference = runs.get(REFERENCE)
-    for name, run in runs.items():
+    for key, run in runs.items():
+        reference = runs.get(run_key(REFERENCE, run["config"]["seed"]))
         row = {}
         for source in ("model", "export"):
             for slice_name in SLICES:
@@ -54,29 +74,80 @@ def summarise(runs: dict) -> dict:
                     row[f"{source}_{slice_name}_vs_{REFERENCE}"] = value / reference["test"][source][slice_name]["NDCG@10"]
         row["best_validation_ndcg_at_10"] = max(run["validation_ndcg_at_10"])
         row["wall_seconds"] = run["wall_seconds"]
-        table[name] = row
+        table[key] = row
     return table
+
+
+def paired(runs: dict, variant: str, baseline: str, samples: int = 2000) -> dict:
+    """`variant` against `baseline` over the seeds both ran, user by user.
+
+    Per slice: the mean NDCG@10 over seeds of each, their ratio, and a 95% bootstrap
+    interval of the ratio that resamples test users (each user's NDCG averaged over the
+    seeds first, so seed noise and user sampling noise are both in it). Runs written
+    before per-user ranks were recorded are skipped.
+    """
+    seeds = sorted({run["config"]["seed"] for key, run in runs.items() if run["variant"] == variant and "test_ranks" in run}
+                   & {run["config"]["seed"] for key, run in runs.items() if run["variant"] == baseline and "test_ranks" in run})
+    if not seeds:
+        return {}
+    a = np.mean([per_user_ndcg(runs[run_key(variant, s)]) for s in seeds], axis=0)
+    b = np.mean([per_user_ndcg(runs[run_key(baseline, s)]) for s in seeds], axis=0)
+    members = runs[run_key(variant, seeds[0])]["test_slices"]
+    rng = np.random.default_rng(0)
+    out = {"seeds": seeds}
+    for slice_name in SLICES:
+        idx = np.asarray(members[slice_name])
+        draws = rng.integers(0, len(idx), size=(samples, len(idx)))
+        ratios = a[idx][draws].mean(axis=1) / np.maximum(b[idx][draws].mean(axis=1), 1e-12)
+        per_seed = [float(per_user_ndcg(runs[run_key(variant, s)])[idx].mean()
+                          / per_user_ndcg(runs[run_key(baseline, s)])[idx].mean()) for s in seeds]
+        out[slice_name] = {
+            f"{variant}_ndcg_at_10": float(a[idx].mean()),
+            f"{baseline}_ndcg_at_10": float(b[idx].mean()),
+            "ratio": float(a[idx].mean() / b[idx].mean()),
+            "ratio_per_seed": per_seed,
+            "ratio_95ci": [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))],
+            "users": int(len(idx)),
+        }
+    return out
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[DEFAULT_SEED],
+                        help="run every variant with each seed (the comparisons pair runs by seed)")
+    parser.add_argument("--compare", nargs="*", default=list(COMPARISONS), metavar="VARIANT:BASELINE",
+                        help="paired comparisons to write (variant:baseline)")
     parser.add_argument("--workdir", default=None, help="where runs and exports go (default: a temp dir)")
-    parser.add_argument("--fresh", action="store_true", help="drop the variants of an earlier results file")
+    parser.add_argument("--fresh", action="store_true", help="drop the runs of an earlier results file")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_recency_"))
+    todo = [(name, seed) for seed in args.seeds for name in args.variant]
     runs = {}
     previous = results_dir() / "recency_ablation.json"
     if previous.is_file() and not args.fresh:
-        runs = {name: run for name, run in json.loads(previous.read_text())["runs"].items()
-                if name in VARIANTS and name not in args.variant}
-    for name in args.variant:
-        runs[name] = run_variant(name, VARIANTS[name], workdir)
+        redo = {run_key(name, seed) for name, seed in todo}
+        runs = {key: run for key, run in json.loads(previous.read_text())["runs"].items()
+                if run.get("variant") in VARIANTS and key not in redo}
+    for name, seed in todo:
+        key = run_key(name, seed)
+        runs[key] = run_variant(key.replace("@", "_"), {**VARIANTS[name], "seed": seed}, workdir)
+        runs[key]["variant"] = name
+        comparisons = {}
+        for spec in args.compare:
+            variant, _, baseline = spec.partition(":")
+            result = paired(runs, variant, baseline)
+            if result:
+                comparisons[spec] = result
         path = write_result("recency_ablation", {"reference": REFERENCE, "variants": VARIANTS,
-                                                 "summary": summarise(runs), "runs": runs})
-        test = runs[name]["test"]["export"]
-        print(f"{name}: export NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
-              f"stable {test['stable']['NDCG@10']:.4f}; wall {runs[name]['wall_seconds']:.0f} s -> {path}", flush=True)
+                                                 "summary": summarise(runs), "paired": comparisons, "runs": runs})
+        test = runs[key]["test"]["export"]
+        print(f"{key}: export NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
+              f"stable {test['stable']['NDCG@10']:.4f}; wall {runs[key]['wall_seconds']:.0f} s -> {path}", flush=True)
+        for spec, result in comparisons.items():
+            print(f"  {spec}: migrating x{result['migrating']['ratio']:.3f} {result['migrating']['ratio_95ci']}, "
+                  f"stable x{result['stable']['ratio']:.3f} over seeds {result['seeds']}", flush=True)
     return 0
 
 
