@@ -40,6 +40,10 @@ def test_since_keeps_only_later_targets(synthetic, encoder_factory, tmp_path):
     kept = json.loads((tmp_path / "run" / "metrics.json").read_text())["train_examples"]
     expected = int(np.sum(result.split.train.target_timestamp >= since))
     assert 0 < kept == expected < len(result.split.train)
+    replayed = train(config.replace(output_dir=str(tmp_path / "replay"), replay=1.0, epochs=1),
+                     dataset=synthetic, encoder_factory=encoder_factory)
+    assert json.loads((tmp_path / "replay" / "metrics.json").read_text())["train_examples"] == 2 * expected
+    assert len(replayed.split.train) == len(result.split.train)
 
 
 def test_warm_start_errors_are_clear(tmp_path):
@@ -73,3 +77,30 @@ def test_a_refresh_validates_on_recent_targets_only(synthetic):
     assert refresh_validation(validation, None) is validation
     late = int(validation.target_timestamp.max()) + 1
     assert refresh_validation(validation, late) is validation  # nothing that recent: all users
+
+
+def test_replay_mixes_a_share_of_older_interactions_into_a_refresh():
+    from tfrec_lm.config import TrainConfig
+    from tfrec_lm.training import refresh_examples
+
+    stamps = np.arange(100)
+    only_recent = refresh_examples(stamps, TrainConfig(since=80))
+    np.testing.assert_array_equal(only_recent, np.arange(80, 100))
+    rows = refresh_examples(stamps, TrainConfig(since=80, replay=1.5, seed=3))
+    assert np.all(np.diff(rows) > 0)  # original order, no duplicates
+    assert set(range(80, 100)) <= set(rows.tolist())
+    older = rows[rows < 80]
+    assert len(older) == 30  # 1.5 per new interaction
+    np.testing.assert_array_equal(rows, refresh_examples(stamps, TrainConfig(since=80, replay=1.5, seed=3)))
+    assert not np.array_equal(rows, refresh_examples(stamps, TrainConfig(since=80, replay=1.5, seed=4)))
+    # More replay than there are older rows takes all of them.
+    np.testing.assert_array_equal(refresh_examples(stamps, TrainConfig(since=95, replay=100.0)), np.arange(100))
+
+
+def test_replay_settings_are_checked():
+    from tfrec_lm.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="needs --since"):
+        TrainConfig(replay=1.0).validate()
+    with pytest.raises(ConfigError, match="replay must be >= 0"):
+        TrainConfig(since=1, replay=-1.0).validate()

@@ -148,6 +148,9 @@ class TrainConfig:
               "(<output-dir>/checkpoints/best.weights); the model options must match that run")
     since: Optional[int] = _opt(None, "train only on interactions at or after this Unix time (a refresh; "
                                       "histories still include everything before)")
+    replay: float = _opt(0.0, "with --since: also train on this many older training interactions per new one, "
+                              "drawn at random without replacement (experience replay, so a refresh does not "
+                              "forget what the older interactions taught)")
 
     # Output
     output_dir: str = _opt("runs/tfrec_lm", "checkpoints, TensorBoard logs and metrics.json")
@@ -179,6 +182,10 @@ class TrainConfig:
                               "(its short-term view reads the order of the history)")
         if self.long_short and not 1 <= self.short_window <= self.max_history:
             raise ConfigError(f"short_window must be in [1, max_history={self.max_history}], got {self.short_window}")
+        if self.replay < 0:
+            raise ConfigError(f"replay must be >= 0, got {self.replay}")
+        if self.replay and self.since is None:
+            raise ConfigError("--replay mixes older interactions into a refresh and needs --since")
         if not (self.item_text or self.item_ids):
             raise ConfigError("--no-item-text needs --item-ids: an item tower needs text, IDs or both")
         if self.data == "files" and not self.interactions:

@@ -222,6 +222,24 @@ def refresh_validation(examples, since: Optional[int]):
     return examples.take(recent)
 
 
+def refresh_examples(target_timestamp: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """Rows a refresh (`--since`) trains on, in their original order.
+
+    target_timestamp: np.ndarray int [n]. Each training example's target time.
+    config: TrainConfig. Reads `since`, `replay` and `seed`.
+    Returns np.ndarray int. Every row at or after `since`, and `replay` times as many older
+        rows (at most all of them) drawn uniformly without replacement with `seed`.
+    """
+    recent = np.flatnonzero(target_timestamp >= config.since)
+    if not len(recent):
+        raise ConfigError(f"--since {config.since}: no training interaction at or after that time")
+    older = np.flatnonzero(target_timestamp < config.since)
+    count = min(len(older), int(round(config.replay * len(recent))))
+    replayed = np.random.default_rng(config.seed).choice(older, size=count, replace=False) if count else []
+    logger.info("refresh: %d interactions since %d, %d older replayed", len(recent), config.since, count)
+    return np.sort(np.concatenate([recent, np.asarray(replayed, dtype=recent.dtype)]))
+
+
 def checkpoint_prefix(path: str) -> str:
     """Resolves `--warm-start` (a run directory or a checkpoint prefix) to a prefix."""
     candidate = Path(path)
@@ -291,9 +309,7 @@ def _train(config: TrainConfig, strategy, outputs: WorkerOutputs, dataset: Optio
     counts = train_interaction_counts(split)
     train_examples = split.train
     if config.since is not None:
-        train_examples = train_examples.take(np.flatnonzero(train_examples.target_timestamp >= config.since))
-        if not len(train_examples):
-            raise ConfigError(f"--since {config.since}: no training interaction at or after that time")
+        train_examples = train_examples.take(refresh_examples(train_examples.target_timestamp, config))
     if config.max_train_examples is not None and len(train_examples) > config.max_train_examples:
         keep = np.argsort(-train_examples.target_timestamp, kind="stable")[: config.max_train_examples]
         train_examples = train_examples.take(np.sort(keep))
