@@ -39,6 +39,9 @@ CONFIGS = {
     "item-sequence/frozen/in-batch": {},
     "item-sequence/top-k/in-batch": {"finetune": "top-k"},
     "item-sequence/full/in-batch": {"finetune": "full"},
+    # Reference for encoding each distinct item of a batch once: the encoder over every
+    # history position (ItemTower.unique_items off, as before that change).
+    "item-sequence/top-k/in-batch/every-position": {"finetune": "top-k"},
     "history-text/frozen/in-batch": {"user_tower": "history-text"},
     "history-text/top-k/in-batch": {"user_tower": "history-text", "finetune": "top-k"},
     "history-text/full/in-batch": {"user_tower": "history-text", "finetune": "full"},
@@ -102,6 +105,8 @@ def throughput(args, base, split, vocab, dataset, factory) -> dict:
     for name in args.configs:
         config = base.replace(**CONFIGS[name])
         model = build_model(config, vocab, dataset.items["text"].tolist(), factory)
+        if name.endswith("/every-position"):
+            model.item_tower.unique_items = False
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
         iterator = iter(data)
         step = model.make_train_function()
@@ -158,7 +163,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds-per-round", type=float, default=4.0)
-    parser.add_argument("--quality", nargs="*", choices=list(CONFIGS),
+    parser.add_argument("--quality", nargs="*", choices=[name for name in CONFIGS if "every-position" not in name],
                         default=["item-sequence/frozen/catalog", "history-text/frozen/in-batch"])
     parser.add_argument("--target", type=float, default=0.05, help="validation NDCG@10 to reach")
     parser.add_argument("--steps-per-epoch", type=int, default=50)
@@ -190,6 +195,9 @@ def main(argv=None) -> int:
         a, b = f"item-sequence/{strategy}/in-batch", f"history-text/{strategy}/in-batch"
         if a in rates and b in rates:
             ratios[f"item_sequence_over_history_text_{strategy}"] = rates[a] / rates[b]
+    if "item-sequence/top-k/in-batch/every-position" in rates and "item-sequence/top-k/in-batch" in rates:
+        ratios["unique_items_over_every_position_top_k"] = (rates["item-sequence/top-k/in-batch"]
+                                                            / rates["item-sequence/top-k/in-batch/every-position"])
     quality = time_to_quality(args, base, dataset, factory, Path(tempfile.mkdtemp(prefix="tfrec_lm_ttq_")))
     payload = {"settings": {"batch_size": args.batch_size, "rounds": args.rounds,
                             "seconds_per_round": args.seconds_per_round, "target": args.target,

@@ -116,3 +116,29 @@ def test_summary_table_lists_status_and_paths():
     assert lines[0].split() == ["benchmark", "status", "seconds", "result"]
     assert "benchmarks/results/quick/retrieval_scale.json" in lines[1] and " 12 " in lines[1]
     assert lines[2].startswith("ml100k") and "skipped" in lines[2]
+
+
+def test_recency_ablation_pairs_runs_by_seed_and_user():
+    import recency_ablation
+
+    members = {"all": list(range(6)), "migrating": [0, 1, 2], "stable": [3, 4, 5]}
+
+    def run(variant, seed, ranks):
+        return {"variant": variant, "config": {"seed": seed}, "test_ranks": ranks, "test_slices": members}
+
+    runs = {
+        recency_ablation.run_key("time", 42): run("time", 42, [0, 0, 0, 0, 50, 50]),
+        recency_ablation.run_key("time", 1): run("time", 1, [0, 0, 0, 0, 50, 50]),
+        recency_ablation.run_key("positions", 42): run("positions", 42, [0, 50, 50, 0, 50, 50]),
+        recency_ablation.run_key("positions", 1): run("positions", 1, [0, 0, 50, 0, 50, 50]),
+    }
+    assert recency_ablation.run_key("time", 1) == "time@seed1" and recency_ablation.run_key("time", 42) == "time"
+    result = recency_ablation.paired(runs, "time", "positions")
+    assert result["seeds"] == [1, 42]
+    # Migrating: time hits all 3 in both seeds; positions 1 of 3 and 2 of 3 (mean 1.5 of 3).
+    assert result["migrating"]["ratio"] == pytest.approx(2.0)
+    assert result["migrating"]["ratio_per_seed"] == pytest.approx([1.5, 3.0])
+    low, high = result["migrating"]["ratio_95ci"]
+    assert 1.0 <= low <= 2.0 <= high
+    assert result["stable"]["ratio"] == pytest.approx(1.0)
+    assert recency_ablation.paired(runs, "time", "no-recency") == {}  # nothing to pair with

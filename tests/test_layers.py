@@ -341,6 +341,35 @@ def test_item_tower_without_frozen_encoder_has_no_cache():
     assert tower.text_vectors(tf.constant([1, 0])).shape == (2, 32)
 
 
+def test_a_trainable_encoder_runs_once_per_distinct_item_with_the_same_values_and_gradients():
+    rows = np.array([[0, 0, 0, 0], [CLS, 10, SEP, 0], [CLS, 11, 12, SEP], [CLS, 13, SEP, 0]], np.int32)
+    tower = ItemTower(BertTextEncoder(tiny_bert(VOCAB), finetune="full"), rows, embedding_dim=4, dropout=0.0)
+    items = tf.constant([[1, 2, 1, 0], [2, 2, 3, 0]])  # repeats and padding, as in a batch of histories
+    calls = []
+    original = tower.encoder.call
+
+    def counting(ids, mask, training=False):
+        calls.append(int(ids.shape[0]))
+        return original(ids, mask, training=training)
+
+    tower.encoder.call = counting
+
+    def run(unique_items):
+        tower.unique_items = unique_items
+        with tf.GradientTape() as tape:
+            out = tower(items, training=False)  # no BERT dropout: both paths are deterministic
+            loss = tf.reduce_sum(out * tf.range(1.0, 5.0))
+        return out.numpy(), tape.gradient(loss, tower.trainable_variables)
+
+    unique_out, unique_grads = run(True)
+    per_position_out, per_position_grads = run(False)
+    assert calls == [4, 8]  # {0, 1, 2, 3} once each, against all 8 positions
+    np.testing.assert_allclose(unique_out, per_position_out, atol=1e-5)
+    for a, b in zip(unique_grads, per_position_grads):
+        if a is not None:
+            np.testing.assert_allclose(tf.convert_to_tensor(a).numpy(), tf.convert_to_tensor(b).numpy(), atol=1e-4)
+
+
 def test_text_vectors_persist_between_runs_keyed_by_tokens_and_weights(small_item_tower, tmp_path):
     rows = small_item_tower.token_rows
 

@@ -109,7 +109,7 @@ def build_model(config: TrainConfig, vocab: ItemVocab, item_texts, encoder_facto
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
-    item_tower.trim_padding = not config.jit_compile  # XLA compiles static shapes only
+    item_tower.trim_padding = item_tower.unique_items = not config.jit_compile  # XLA: static shapes only
     if item_tower.text_cache is not None:
         cache_dir = None
         if config.cache_text_vectors:

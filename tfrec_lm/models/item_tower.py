@@ -78,7 +78,10 @@ class ItemTower(tf.keras.layers.Layer):
             initializer="zeros",
         ) if encoder.is_frozen and use_text else None
         self._cache_ready = False
-        # Cut each batch's token rows to its longest text (dynamic shape); off under XLA.
+        # A trainable encoder runs once per distinct item of a call (a batch of histories
+        # repeats popular items and padding), on token rows cut to the longest of those
+        # texts. Both give dynamic shapes; the model turns them off under XLA.
+        self.unique_items = True
         self.trim_padding = True
 
     def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None) -> bool:
@@ -123,12 +126,16 @@ class ItemTower(tf.keras.layers.Layer):
         if self.text_cache is not None:
             return tf.gather(self.text_cache, items)
         flat = tf.reshape(items, [-1])
+        if self.unique_items:
+            flat, position = tf.unique(flat)
         ids = tf.gather(tf.constant(self.token_rows), flat)
         mask = tf.cast(ids != 0, tf.int32)
         if self.trim_padding:
             width = tf.reduce_max(tf.reduce_sum(mask, axis=1))
             ids, mask = ids[:, :width], mask[:, :width]
         pooled = self.encoder(ids, mask, training=training)
+        if self.unique_items:
+            pooled = tf.gather(pooled, position)
         return tf.reshape(pooled, tf.concat([tf.shape(items), [self.encoder.hidden_size]], axis=0))
 
     def representation(self, items, training=False):
