@@ -136,6 +136,16 @@ def test_refresh_split_by_time():
     assert train_interaction_counts(split).tolist() == [0, 1, 1, 1, 1, 1, 0, 0]
 
 
+def test_refresh_split_explicit_cutoffs_match_the_percentiles_they_equal():
+    by_percentile = refresh_split(refresh_sequences(), max_history=2, q1=50, q2=75)
+    explicit = refresh_split(refresh_sequences(), max_history=2, cutoffs=(4.0, 5.5))
+    assert (explicit.t1, explicit.t2) == (4.0, 5.5)
+    assert explicit.refresh_train.target.tolist() == by_percentile.refresh_train.target.tolist()
+    assert explicit.evaluation.target.tolist() == by_percentile.evaluation.target.tolist()
+    with pytest.raises(ValueError, match="t1 < t2"):
+        refresh_split(refresh_sequences(), max_history=2, cutoffs=(5.5, 4.0))
+
+
 def test_refresh_split_default_percentiles_and_full_history():
     seq = refresh_sequences()
     split = refresh_split(seq, max_history=1)

@@ -10,6 +10,7 @@ interaction for popularity.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -290,20 +291,28 @@ class RefreshSplit:
     vocab_size: int
 
 
-def refresh_split(sequences: UserSequences, max_history: int, q1: float = 70, q2: float = 85) -> RefreshSplit:
+def refresh_split(sequences: UserSequences, max_history: int, q1: float = 70, q2: float = 85,
+                  cutoffs: Optional[tuple[float, float]] = None) -> RefreshSplit:
     """Time-based split for the periodic re-fine-tuning benchmark.
 
     sequences: UserSequences. Time-ordered sequences.
     max_history: int. H.
     q1: float. Percentile of all timestamps giving t1.
     q2: float. Percentile of all timestamps giving t2.
+    cutoffs: (float, float) or None. Explicit (t1, t2) in Unix seconds instead of the
+        percentiles (a backtest on an earlier window of the same data).
     Returns RefreshSplit.
     """
     users, positions, _ = _positions(sequences)
     items, timestamps, _, _ = sequences.flat()
     if len(timestamps) == 0:
         raise ValueError("refresh_split needs at least one interaction")
-    t1, t2 = (float(v) for v in np.percentile(timestamps, [q1, q2]))
+    if cutoffs is not None:
+        t1, t2 = (float(v) for v in cutoffs)
+        if not t1 < t2:
+            raise ValueError(f"refresh_split cutoffs must satisfy t1 < t2, got {cutoffs}")
+    else:
+        t1, t2 = (float(v) for v in np.percentile(timestamps, [q1, q2]))
     stale = timestamps < t1
     refresh = (timestamps >= t1) & (timestamps < t2)
     retrain = timestamps < t2
