@@ -40,9 +40,10 @@ import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow 
 from _common import parse_sets, write_result  # noqa: E402
 
 
-# Refresh settings tried on the stale model; the benchmark ships the one with the best
-# validation NDCG@10. A warm-started model is already near a good solution, so smaller
-# learning rates are candidates; replay mixes older interactions back in (`--replay`).
+# Refresh settings tried on the stale model; the benchmark ships the one chosen by
+# `--select` (the backtest by default). A warm-started model is already near a good
+# solution, so smaller learning rates are candidates; replay mixes older interactions
+# back in (`--replay`).
 REFRESH_CANDIDATES = {
     "lr1e-3": {"learning_rate": 1e-3},
     "lr3e-4": {"learning_rate": 3e-4},
