@@ -56,8 +56,9 @@ def run_key(name: str, seed: int) -> str:
 
 def per_user_ndcg(run: dict) -> np.ndarray:
     """[users] NDCG@10 of each test user (one leave-one-out target each) from the model's ranks."""
-    ranks = np.asarray(run["test_ranks"])
-    return np.where(ranks < 10, 1.0 / np.log2(np.minimum(ranks, 10) + 2.0), 0.0)
+    from tfrec_lm.evaluation.metrics import ndcg_per_row
+
+    return ndcg_per_row(run["test_ranks"], 10)
 
 
 def summarise(runs: dict) -> dict:
@@ -90,8 +91,9 @@ def paired(runs: dict, variant: str, baseline: str, samples: int = 2000) -> dict
                    & {run["config"]["seed"] for key, run in runs.items() if run["variant"] == baseline and "test_ranks" in run})
     if not seeds:
         return {}
-    a = np.mean([per_user_ndcg(runs[run_key(variant, s)]) for s in seeds], axis=0)
-    b = np.mean([per_user_ndcg(runs[run_key(baseline, s)]) for s in seeds], axis=0)
+    per_seed_a = [per_user_ndcg(runs[run_key(variant, s)]) for s in seeds]
+    per_seed_b = [per_user_ndcg(runs[run_key(baseline, s)]) for s in seeds]
+    a, b = np.mean(per_seed_a, axis=0), np.mean(per_seed_b, axis=0)
     members = runs[run_key(variant, seeds[0])]["test_slices"]
     rng = np.random.default_rng(0)
     out = {"seeds": seeds}
@@ -99,8 +101,7 @@ def paired(runs: dict, variant: str, baseline: str, samples: int = 2000) -> dict
         idx = np.asarray(members[slice_name])
         draws = rng.integers(0, len(idx), size=(samples, len(idx)))
         ratios = a[idx][draws].mean(axis=1) / np.maximum(b[idx][draws].mean(axis=1), 1e-12)
-        per_seed = [float(per_user_ndcg(runs[run_key(variant, s)])[idx].mean()
-                          / per_user_ndcg(runs[run_key(baseline, s)])[idx].mean()) for s in seeds]
+        per_seed = [float(x[idx].mean() / y[idx].mean()) for x, y in zip(per_seed_a, per_seed_b)]
         out[slice_name] = {
             f"{variant}_ndcg_at_10": float(a[idx].mean()),
             f"{baseline}_ndcg_at_10": float(b[idx].mean()),

@@ -92,6 +92,18 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(hits.any(axis=1), hits.argmax(axis=1), MISSING_RANK).astype(np.int64)
 
 
+def ndcg_per_row(ranks: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each row with one target: 1 / log2(rank + 2) inside the top k, else 0.
+
+    ranks: np.ndarray int [n]. 0-based ranks.
+    k: int. Cut-off.
+    Returns np.ndarray float64 [n].
+    """
+    ranks = np.asarray(ranks, dtype=np.int64)
+    hit = ranks < k
+    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0).astype(np.float64) + 2.0), 0.0)
+
+
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
     """HR@k, NDCG@k and MRR@k averaged over all rows (one target per row).
 
@@ -108,7 +120,7 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[s
         hit = ranks < k
         safe = np.where(hit, ranks, 0).astype(np.float64)
         out[f"HR@{k}"] = float(hit.mean())
-        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(safe + 2.0), 0.0).mean())
+        out[f"NDCG@{k}"] = float(ndcg_per_row(ranks, k).mean())
         out[f"MRR@{k}"] = float(np.where(hit, 1.0 / (safe + 1.0), 0.0).mean())
     return out
 
