@@ -9,15 +9,47 @@ session fixture shared by every test that needs it.
 import tfrec_lm  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
 import dataclasses
+import os
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf  # noqa: F401  (after tfrec_lm)
 
+from tfrec_lm import assets
 from tfrec_lm.bert import tiny_bert, tiny_tokenizer
 from tfrec_lm.config import PRESETS, TrainConfig
 from tfrec_lm.data.synthetic import synthetic_migration
+
+_TEST_CACHE = "_tfrec_lm_test_cache"
+
+
+def pytest_configure(config):
+    """Gives the test run a cache folder of its own, so no test writes into the user's cache.
+
+    `$TFREC_LM_CACHE` points at a fresh temporary folder for the whole run (subprocesses
+    inherit it). Assets that are already complete in the user's cache are linked in and
+    only read (a complete asset is never rewritten); missing ones are fetched into the
+    temporary folder. Everything else a test caches (text vectors) stays there and is
+    removed with it.
+    """
+    user_cache = assets.cache_dir()
+    test_cache = Path(tempfile.mkdtemp(prefix="tfrec_lm-test-cache-"))
+    for name in assets.ASSETS:
+        if assets.asset_state(name, user_cache) == "ready":
+            (test_cache / name).symlink_to(user_cache / name, target_is_directory=True)
+    os.environ["TFREC_LM_CACHE"] = str(test_cache)
+    setattr(config, _TEST_CACHE, test_cache)
+
+
+def pytest_unconfigure(config):
+    test_cache = getattr(config, _TEST_CACHE, None)
+    if test_cache is not None:
+        shutil.rmtree(test_cache, ignore_errors=True)  # removes the links, never what they point to
+
 
 # 60 users x 16 interactions over 48 items in 4 categories; the users switch category
 # halfway, so a model that follows recent interests beats popularity by a wide margin.

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -280,3 +281,10 @@ def test_fetch_from_predownloaded_wheel(tmp_path, monkeypatch):
     folder = assets.fetch("ml-100k", cache=tmp_path, progress=False,
                           wheel="/tmp/assets/recbole-1.2.1-py3-none-any.whl")
     assert _files(folder) == {"ml-100k.inter", "ml-100k.item", "ml-100k.user", assets.MARKER_NAME}
+
+
+def test_the_test_run_never_uses_the_users_cache():
+    # conftest points $TFREC_LM_CACHE at a temporary folder of the run's own.
+    cache = assets.cache_dir()
+    assert cache != Path.home() / ".cache" / "tfrec_lm"
+    assert Path(tempfile.gettempdir()) in cache.parents

@@ -388,3 +388,28 @@ def test_text_vectors_persist_between_runs_keyed_by_tokens_and_weights(small_ite
     assert not np.allclose(other.text_cache.numpy()[1:], first.text_cache.numpy()[1:])
     assert len(list(tmp_path.glob("*.npy"))) == 2
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_text_vectors_cached_under_one_precision_are_never_served_to_another(small_item_tower, tmp_path):
+    from tfrec_lm.training import dtype_policy
+
+    rows = small_item_tower.token_rows
+
+    def tower():  # the same seed, so the same weights; only the compute precision differs
+        return ItemTower(BertTextEncoder(tiny_bert(VOCAB, seed=2), finetune="frozen"), rows, embedding_dim=8)
+
+    with dtype_policy("mixed_bfloat16"):
+        bfloat16 = tower()
+    assert bfloat16.encoder.bert.compute_dtype == "bfloat16"
+    assert bfloat16.refresh_cache(cache_dir=tmp_path) is False
+    float32 = tower()
+    assert float32.refresh_cache(cache_dir=tmp_path) is False  # not loaded: encoded afresh in float32
+    fresh = float32.encoder.encode_table(rows)
+    fresh[0] = 0.0
+    np.testing.assert_allclose(float32.text_cache.numpy(), fresh, atol=1e-6)
+    assert not np.allclose(float32.text_cache.numpy()[1:], bfloat16.text_cache.numpy()[1:], atol=1e-5)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    # Each precision finds its own vectors again.
+    with dtype_policy("mixed_bfloat16"):
+        assert tower().refresh_cache(cache_dir=tmp_path) is True
+    assert tower().refresh_cache(cache_dir=tmp_path) is True

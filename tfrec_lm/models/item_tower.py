@@ -15,9 +15,27 @@ import tensorflow as tf
 logger = logging.getLogger(__name__)
 
 
+# Bump when the way the vectors are computed changes without changing any input below.
+TEXT_CACHE_FORMAT = 2
+
+
 def text_cache_key(token_rows: np.ndarray, encoder) -> str:
-    """A digest of everything the cached vectors depend on: the token rows and the encoder's weights."""
+    """A digest of everything the cached vectors depend on.
+
+    That is the token rows, the encoder's weights and the precision it computes in: the
+    same weights under a `mixed_bfloat16` policy give vectors rounded to bfloat16, which a
+    float32 run must never be served (and the other way round).
+
+    Args:
+        token_rows: np.ndarray int. [N, L] token ids of the items, row 0 padding.
+        encoder: tfrec_lm.layers.BertTextEncoder. the (frozen) encoder.
+
+    Returns:
+        str. 32 hex digits.
+    """
     digest = hashlib.sha256()
+    digest.update(f"format {TEXT_CACHE_FORMAT}\n".encode())
+    digest.update(f"compute dtypes {encoder_compute_dtypes(encoder)}\n".encode())
     digest.update(np.ascontiguousarray(token_rows, dtype=np.int32).tobytes())
     digest.update(str(token_rows.shape).encode())
     for weight in encoder.bert.weights:  # in creation order; names carry per-instance prefixes
@@ -25,6 +43,20 @@ def text_cache_key(token_rows: np.ndarray, encoder) -> str:
         digest.update(str(value.shape).encode())
         digest.update(np.ascontiguousarray(value).tobytes())
     return digest.hexdigest()[:32]
+
+
+def encoder_compute_dtypes(encoder) -> list:
+    """The compute dtypes the encoder runs in: its own and every sublayer's (a dtype policy
+    is fixed per layer when it is created, so one encoder could in principle mix them).
+
+    Args:
+        encoder: tf.keras.layers.Layer. the text encoder.
+
+    Returns:
+        list of str. sorted distinct compute dtypes, e.g. ``["float32"]``.
+    """
+    layers = [encoder, *encoder.submodules]
+    return sorted({layer.compute_dtype for layer in layers if isinstance(layer, tf.keras.layers.Layer)})
 
 
 class ItemTower(tf.keras.layers.Layer):
