@@ -302,3 +302,114 @@ def test_modules_do_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1]
     )
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- damaged files (issue 11, section 3)
+
+
+def interaction_lines(count, first=0):
+    """count: int. Returns list[str] of good CSV interaction rows u<k>,i<k>,<1000+k>."""
+    return [f"u{k % 3},i{k},{1000 + k}" for k in range(first, first + count)]
+
+
+def test_unclosed_quote_is_one_bad_row_and_the_lines_after_it_load(tmp_path):
+    rows = interaction_lines(17)
+    rows[1] = 'u1,"i1,1001'  # line 3: the quote is never closed and swallows lines 4-18
+    path = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    ds = load_interactions_file(path)
+    (report,) = ds.reports
+    assert report.rows_read == 17 and [b.line for b in report.bad_rows] == [3]
+    reason = report.bad_rows[0].reason
+    assert "line 3 to line 18" in reason and "read again" in reason
+    assert ds.interactions["item_id"].tolist() == ["i0"] + [f"i{k}" for k in range(2, 17)]
+
+
+def test_quote_closed_lines_later_does_not_swallow_rows(tmp_path):
+    # The quote opened on line 3 closes on line 6, giving a record with the right number of
+    # fields whose item_id holds line breaks: still a bad row, and lines 4-6 are read again.
+    rows = interaction_lines(8)
+    rows[1] = 'u1,"i1,1001'
+    rows[4] = 'u1,i4",1004'
+    path = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    ds = load_interactions_file(path)
+    (report,) = ds.reports
+    assert [b.line for b in report.bad_rows] == [3]
+    assert "line break inside the 'item_id' field" in report.bad_rows[0].reason
+    assert "line 3 to line 6" in report.bad_rows[0].reason
+    assert ds.interactions["item_id"].tolist() == ["i0", "i2", "i3", 'i4"', "i5", "i6", "i7"]
+    assert report.rows_read == 8
+
+
+def test_quoted_line_break_in_item_text_is_legal(tmp_path):
+    items = write(tmp_path / "items.csv", 'item_id,title\na,"Toy\nStory"\nb,Heat\n')
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\n")
+    ds = load_interactions_file(inter, items)
+    assert [r.n_bad for r in ds.reports] == [0, 0]
+    assert ds.items["title"].tolist() == ["Toy\nStory", "Heat"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_non_utf8_byte_names_the_line_and_byte(tmp_path, suffix):
+    # Far beyond the text reader's first decoding block, whose offset the old message gave.
+    if suffix == "csv":
+        head = "user_id,item_id,timestamp\n" + "\n".join(interaction_lines(3000)) + "\n"
+        bad = b"u1,caf\xe9,5\n"
+    else:
+        head = "".join(json.dumps({"user_id": "u", "item_id": f"i{k}", "timestamp": k}) + "\n" for k in range(3001))
+        bad = b'{"user_id": "u1", "item_id": "caf\xe9", "timestamp": 5}\n'
+    path = tmp_path / f"inter.{suffix}"
+    path.write_bytes(head.encode() + bad)
+    with pytest.raises(DataError) as err:
+        load_interactions_file(path)
+    message = str(err.value)
+    column = bad.index(b"\xe9") + 1
+    assert f"line 3002, byte {column}: not UTF-8" in message and "0xe9" in message
+
+
+def test_nul_in_a_field_is_a_bad_row(tmp_path):
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,a\x00,2\nu\x002,b,3\nu1,b,4\n")
+    ds = load_interactions_file(inter)
+    (report,) = ds.reports
+    assert [(b.line, b.reason) for b in report.bad_rows] == [
+        (3, "item_id 'a\\x00' contains a NUL character"),
+        (4, "user_id 'u\\x002' contains a NUL character"),
+    ]
+    assert ds.interactions["item_id"].tolist() == ["a", "b"]
+    assert ds.items["item_id"].tolist() == ["a", "b"]
+    # JSON Lines ("\u0000" is valid JSON) and items files alike
+    lines = [json.dumps({"user_id": "u1", "item_id": i, "timestamp": 1}) for i in ("a", "a\x00")]
+    ds = load_interactions_file(write(tmp_path / "inter.jsonl", "\n".join(lines) + "\n"))
+    assert [b.line for b in ds.reports[0].bad_rows] == [2]
+    items = write(tmp_path / "items.csv", "item_id,title\na,Heat\nb\x00,Up\nc,Up\x00\n")
+    ds = load_interactions_file(write(tmp_path / "inter2.csv", "user_id,item_id,timestamp\nu1,a,1\n"), items)
+    assert [(b.line, b.reason.split(" ")[0]) for b in ds.reports[0].bad_rows] == [(3, "item_id"), (4, "title")]
+    assert ds.items["item_id"].tolist() == ["a"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_file_without_usable_rows_is_a_data_error(tmp_path, fmt):
+    if fmt == "csv":
+        empty = write(tmp_path / "empty.csv", "user_id,item_id,timestamp\n\n")
+        all_bad = write(tmp_path / "bad.csv", "user_id,item_id,timestamp\nu1,a,x\nu1,b\n")
+    else:
+        empty = None
+        all_bad = write(tmp_path / "bad.jsonl", '{"user_id": "u1", "item_id": "a", "timestamp": "x"}\n{oops\n')
+    if empty is not None:
+        with pytest.raises(DataError, match="no interactions to use: the file has no data rows"):
+            load_interactions_file(empty)
+    with pytest.raises(DataError) as err:
+        load_interactions_file(all_bad)
+    first = 2 if fmt == "csv" else 1  # JSON Lines has no header line
+    assert f"no interactions to use: all 2 rows break the schema (the first, line {first}: timestamp 'x'" in str(err.value)
+    good = write(tmp_path / "good.csv", "user_id,item_id,timestamp\nu1,a,1\n")
+    items = write(tmp_path / "items.csv", "item_id,title\n,Heat\n")
+    with pytest.raises(DataError, match="items.csv: no items to use: all 1 rows break the schema"):
+        load_interactions_file(good, items)
+
+
+def test_tokenize_items_rejects_an_empty_catalog(tokenizer):
+    from tfrec_lm.text import tokenize_items
+
+    with pytest.raises(ValueError, match="no item texts to tokenize: the catalog is empty"):
+        tokenize_items([], tokenizer, 8)
+    assert tokenize_items(["alpha"], tokenizer, 8).token_ids.shape == (2, 8)

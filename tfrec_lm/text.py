@@ -56,11 +56,17 @@ def tokenize_items(texts, tokenizer, max_item_tokens: int = 32) -> ItemTokens:
 
     Returns:
         ItemTokens.
+
+    Raises:
+        ValueError: `max_item_tokens` < 1, or no texts (an empty catalog).
     """
     if max_item_tokens < 1:
         raise ValueError(f"max_item_tokens must be >= 1, got {max_item_tokens}")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("no item texts to tokenize: the catalog is empty")
     encoded = tokenizer(
-        list(texts),
+        texts,
         add_special_tokens=False,
         truncation=True,
         max_length=max_item_tokens,

@@ -10,6 +10,7 @@ stripping whitespace and lower-casing. Extra columns are ignored.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 from dataclasses import dataclass, field
@@ -25,12 +26,14 @@ from tfrec_lm.data.schema import (
     check_reports,
     items_from_interactions,
     normalize_genres,
+    require_rows,
     validate_interactions,
     validate_items,
 )
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 INTERACTION_REQUIRED = ("user_id", "item_id", "timestamp")
+ITEM_TEXT_COLUMNS = ("title", "text")  # free text: a quoted value may hold line breaks
 
 
 @dataclass
@@ -54,42 +57,124 @@ def _open_text(path: Path):
     return open(path, newline="", encoding="utf-8-sig")
 
 
-def read_delimited(path: str | Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL) -> RawTable:
+def not_utf8_error(path: str | Path, error: UnicodeDecodeError) -> DataError:
+    """The DataError for a file that is not UTF-8, naming the first undecodable line and byte.
+
+    A text reader decodes in blocks, so the decoder's position is an offset into a block,
+    not into the file; the file is scanned again as bytes to find the line.
+
+    path: str | Path. The file.
+    error: UnicodeDecodeError. What the text reader raised.
+    Returns DataError. "<path>, line N, byte B: not UTF-8 text (byte 0x.., <reason>)";
+        byte B counts from 1 at the start of the line.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):  # a UTF-8 sequence never contains b"\n"
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as found:
+                return DataError(f"{path}, line {number}, byte {found.start + 1}: not UTF-8 text "
+                                 f"(byte 0x{raw[found.start]:02x}: {found.reason}); save the file as UTF-8")
+    return DataError(f"{path}: not UTF-8 text ({error})")
+
+
+class _LineSource:
+    """The lines of a text file for csv.reader, with lines that can be handed out again.
+
+    Lines are handed out in file order, so they are numbered by a counter.
+    number: int. 1-based number of the last line handed out (0 before the first).
+    consumed: list[str]. Lines handed out since the caller last emptied it: the
+        physical lines of the record being read, the last one numbered `number`.
+    """
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._pending: collections.deque = collections.deque()
+        self.number = 0
+        self.consumed: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._pending.popleft() if self._pending else next(self._handle)
+        self.number += 1
+        self.consumed.append(line)
+        return line
+
+    def read_again(self, lines: list[str]) -> None:
+        """lines: list[str]. The last lines handed out; they are handed out again next, in order."""
+        self._pending.extendleft(reversed(lines))
+        self.number -= len(lines)
+
+
+def read_delimited(path: str | Path, delimiter: str, quoting: int = csv.QUOTE_MINIMAL,
+                   multiline: tuple[str, ...] = ()) -> RawTable:
     """Read a delimited text file whose first line is the header.
+
+    A quoted field may hold line breaks, so a record can span lines. A record that spans
+    lines and is broken (wrong number of fields, a line break in a column not named in
+    multiline, or malformed text) is most likely an unclosed quote that swallowed the
+    lines after it: it is one bad row, reported at its first line with its last, and
+    the lines after its first are read again as rows.
 
     path: str | Path. The file.
     delimiter: str. Field separator ("," or "\\t").
     quoting: int. csv module quoting mode (csv.QUOTE_NONE for RecBole atomic files).
+    multiline: tuple[str, ...]. Lower-case column names whose values may hold line
+        breaks (free text); in any other column a line break makes the record bad.
     Returns RawTable. All values as str; rows with the wrong number of fields are
         bad rows; blank lines are skipped (line numbers still count them).
     """
     path = Path(path)
+    kind = "tab" if delimiter == "\t" else repr(delimiter)
     rows: list[list[str]] = []
     lines: list[int] = []
     bad: list[BadRow] = []
     with _open_text(path) as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
+        source = _LineSource(handle)
+        reader = csv.reader(source, delimiter=delimiter, quoting=quoting)
         try:
-            header = next(reader, None)
+            try:
+                header = next(reader, None)
+            except csv.Error as err:
+                raise DataError(f"{path}, line 1: malformed {kind}-separated header: {err}") from err
             if header is None:
                 raise DataError(f"{path}: the file is empty (a header line was expected)")
             header = [name.strip() for name in header]
             if len(set(header)) != len(header):
                 raise DataError(f"{path}: repeated column names in the header: {header}")
-            previous = reader.line_num
-            for record in reader:
-                start, previous = previous + 1, reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue  # blank line
-                if len(record) != len(header):
-                    bad.append(BadRow(start, f"expected {len(header)} fields, found {len(record)}"))
-                    continue
-                rows.append(record)
-                lines.append(start)
-        except csv.Error as err:
-            raise DataError(f"{path}, line {reader.line_num}: malformed {delimiter!r}-separated text: {err}") from err
+            single_line = [i for i, name in enumerate(header) if name.lower() not in multiline]
+            while True:
+                source.consumed = []
+                try:
+                    record = next(reader)
+                    reason = ""
+                except StopIteration:
+                    break
+                except csv.Error as err:  # the reader starts afresh on the next call
+                    record, reason = None, f"malformed {kind}-separated text ({err})"
+                start, end = source.number - len(source.consumed) + 1, source.number
+                if record is not None:
+                    if not record or (len(record) == 1 and not record[0].strip()):
+                        continue  # blank line
+                    if len(record) != len(header):
+                        reason = f"expected {len(header)} fields, found {len(record)}"
+                    elif end > start:
+                        broken = [header[i] for i in single_line if "\n" in record[i] or "\r" in record[i]]
+                        if broken:
+                            reason = f"a line break inside the {broken[0]!r} field"
+                if not reason:
+                    rows.append(record)
+                    lines.append(start)
+                elif end == start:
+                    bad.append(BadRow(start, reason))
+                else:
+                    bad.append(BadRow(start, f"{reason}: the record runs from line {start} to line {end} "
+                                             f"(an unclosed quote?); lines {start + 1}-{end} are read again as rows"))
+                    source.read_again(source.consumed[1:])
         except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not UTF-8 text ({err})") from err
+            raise not_utf8_error(path, err) from err
     frame = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
     return RawTable(frame, np.asarray(lines, dtype=np.int64), bad)
 
@@ -123,7 +208,7 @@ def read_jsonl(path: str | Path) -> RawTable:
                 records.append(record)
                 lines.append(number)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from err
+        raise not_utf8_error(path, err) from err
     frame = pd.DataFrame.from_records(records) if records else pd.DataFrame()
     frame.columns = [str(c).strip() for c in frame.columns]
     return RawTable(frame.astype(object), np.asarray(lines, dtype=np.int64), bad)
@@ -146,10 +231,12 @@ def read_parquet(path: str | Path) -> RawTable:
     return RawTable(frame.reset_index(drop=True), np.arange(1, len(frame) + 1, dtype=np.int64), [])
 
 
-def read_table(path: str | Path) -> RawTable:
+def read_table(path: str | Path, multiline: tuple[str, ...] = ()) -> RawTable:
     """Read a file in the format named by its extension, with column names lower-cased.
 
     path: str | Path. A .csv, .tsv, .parquet, .jsonl or .json (JSON Lines) file.
+    multiline: tuple[str, ...]. CSV/TSV: lower-case columns whose quoted values may
+        hold line breaks (see read_delimited).
     Returns RawTable.
     """
     path = Path(path)
@@ -158,9 +245,9 @@ def read_table(path: str | Path) -> RawTable:
         supported = ", ".join(sorted(FORMATS))
         raise DataError(f"{path}: unsupported file extension {path.suffix!r} (supported: {supported})")
     if kind == "csv":
-        table = read_delimited(path, ",")
+        table = read_delimited(path, ",", multiline=multiline)
     elif kind == "tsv":
-        table = read_delimited(path, "\t")
+        table = read_delimited(path, "\t", multiline=multiline)
     elif kind == "parquet":
         table = read_parquet(path)
     else:
@@ -197,7 +284,7 @@ def load_items_file(path: str | Path):
     path: str | Path. File with item_id and text, or title [+ year] [+ genres].
     Returns tuple (items: pd.DataFrame, report: LoadReport).
     """
-    table = read_table(path)
+    table = read_table(path, multiline=ITEM_TEXT_COLUMNS)
     require_columns(table, ("item_id",), path)
     if "text" not in table.frame.columns and "title" not in table.frame.columns:
         raise DataError(f"{path}: an items file needs a 'text' or a 'title' column (found: {', '.join(table.frame.columns)})")
@@ -229,6 +316,9 @@ def load_interactions_file(path: str | Path, items_path: str | Path | None = Non
     interactions, report = validate_interactions(table.frame[columns], table.lines, str(path), known, table.bad_rows)
     reports.append(report)
     check_reports(reports, strict)
+    if items is not None:
+        require_rows(reports[0], len(items), "items")
+    require_rows(report, len(interactions), "interactions")
     if items is None:
         items = items_from_interactions(interactions)
     return Dataset(name=Path(path).stem, interactions=interactions, items=items, reports=reports)

@@ -229,6 +229,24 @@ def _join_reasons(*columns: np.ndarray) -> np.ndarray:
     return out
 
 
+def _nul_reasons(strings: np.ndarray, name: str) -> np.ndarray:
+    """A NUL character in a value: the mark of a binary or damaged file, and a different id than without it.
+
+    strings: np.ndarray object [n]. Parsed values (str).
+    name: str. Column name used in the reasons.
+    Returns np.ndarray object [n]; "" for a good value, else the reason.
+    """
+    reasons = np.full(len(strings), "", dtype=object)
+    has_nul = np.zeros(len(strings), dtype=bool)
+    block = 1 << 20
+    for start in range(0, len(strings), block):  # one search per block, then per value where one was found
+        values = strings[start:start + block]
+        if "\x00" in "".join(values):
+            has_nul[start:start + len(values)] = ["\x00" in v for v in values]
+    reasons[has_nul] = [f"{name} {strings[i]!r} contains a NUL character" for i in np.flatnonzero(has_nul)]
+    return reasons
+
+
 def _bad_rows(reasons: np.ndarray, lines: np.ndarray) -> list[BadRow]:
     """reasons: np.ndarray object [n]. lines: np.ndarray int [n]. Returns list[BadRow] for non-empty reasons."""
     return [BadRow(int(lines[i]), str(reasons[i])) for i in np.flatnonzero(reasons != "")]
@@ -261,12 +279,12 @@ def validate_interactions(
         ratings, rating_reasons = parse_float_column(raw["rating"], "rating")
     else:
         ratings, rating_reasons = np.full(len(raw), np.nan), np.full(len(raw), "", dtype=object)
-    id_reasons = np.full(len(raw), "", dtype=object)
+    id_reasons = _nul_reasons(users, "user_id")
     id_reasons[user_missing] = "missing user_id"
-    item_reasons = np.full(len(raw), "", dtype=object)
+    item_reasons = _nul_reasons(items, "item_id")
     item_reasons[item_missing] = "missing item_id"
     if known_items is not None:
-        unknown = ~item_missing & ~pd.Index(items).isin(known_items)
+        unknown = (item_reasons == "") & ~pd.Index(items).isin(known_items)
         item_reasons[unknown] = [f"item_id {items[i]!r} is not in the items table" for i in np.flatnonzero(unknown)]
     reasons = _join_reasons(id_reasons, item_reasons, ts_reasons, rating_reasons)
     good = reasons == ""
@@ -302,15 +320,14 @@ def validate_items(
     lines = np.asarray(lines, dtype=np.int64)
     n = len(raw)
     ids, missing = parse_string_column(raw["item_id"])
-    reasons = np.full(n, "", dtype=object)
+    reasons = _nul_reasons(ids, "item_id")
     reasons[missing] = "missing item_id"
-    dup = pd.Series(ids).duplicated().to_numpy() & ~missing
+    dup = pd.Series(ids).duplicated().to_numpy() & ~missing & (reasons == "")
     if dup.any():
         first_line = {}
-        for i in np.flatnonzero(~missing & ~dup):
+        for i in np.flatnonzero(~missing & ~dup & (reasons == "")):
             first_line[ids[i]] = int(lines[i])
         reasons[dup] = [f"duplicate item_id {ids[i]!r} (first on line {first_line[ids[i]]})" for i in np.flatnonzero(dup)]
-    good = reasons == ""
 
     def text_col(name: str) -> np.ndarray:
         if name not in raw.columns:
@@ -319,6 +336,8 @@ def validate_items(
 
     titles = text_col("title")
     years = text_col("year")
+    reasons = _join_reasons(reasons, *(_nul_reasons(text_col(name), name) for name in ("title", "year", "text")))
+    good = reasons == ""
     genres = [normalize_genres(x) for x in raw["genres"]] if "genres" in raw.columns else [()] * n
     if "text" in raw.columns:
         texts = text_col("text")
@@ -357,6 +376,22 @@ def items_from_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
             "text": pd.Series(ids, dtype=object),
         }
     )
+
+
+def require_rows(report: LoadReport, kept: int, what: str) -> None:
+    """Raise DataError when a file gave no usable row (the run has nothing to work on).
+
+    report: LoadReport. The file's report.
+    kept: int. Rows that passed validation.
+    what: str. What the rows are, e.g. "interactions".
+    """
+    if kept:
+        return
+    if not report.rows_read:
+        raise DataError(f"{report.source}: no {what} to use: the file has no data rows, only a header")
+    first = report.bad_rows[0]
+    raise DataError(f"{report.source}: no {what} to use: all {report.rows_read} rows break the schema "
+                    f"(the first, line {first.line}: {first.reason})")
 
 
 def check_reports(reports: list[LoadReport], strict: bool, max_rows: int = 5) -> None:
