@@ -250,3 +250,39 @@ def test_cli_missing_interactions_file_exits_2_before_loading_the_encoder(tmp_pa
     last = assert_clean_error(completed, "missing.csv")
     assert "not found" in last
     assert not (tmp_path / "out").exists() and not (tmp_path / "exports").exists()
+
+
+# ---------------------------------------------------------------- data that cannot train (issue 11, section 3)
+
+
+def run_main_on(tmp_path, capsys, text):
+    """Runs the CLI in-process on an interactions file; the encoder does not exist, so an
+    error raised after the data stage would be about the encoder, not the data."""
+    from tfrec_lm.train import main
+
+    path = write(tmp_path / "inter.csv", text)
+    code = main(["--data", "files", "--interactions", str(path), "--encoder", str(tmp_path / "no-encoder"),
+                 "--output-dir", str(tmp_path / "out"), "--export-base", str(tmp_path / "exports")])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last.count(". ") == 0, err[-2000:]
+    assert not (tmp_path / "exports").exists()
+    return last
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("user_id,item_id,timestamp\n", "no interactions to use: the file has no data rows"),
+    ("user_id,item_id,timestamp\nu1,a,x\nu1,,5\n", "no interactions to use: all 2 rows break the schema"),
+])
+def test_cli_data_without_usable_rows_exits_2(tmp_path, capsys, text, needle):
+    assert needle in run_main_on(tmp_path, capsys, text)
+
+
+def test_cli_too_few_interactions_for_a_training_example_exits_2(tmp_path, capsys):
+    # Three interactions per user: leave-one-out leaves each user one training item, which
+    # is no (history, target) example.
+    rows = [f"u{u},i{k},{10 * u + k}" for u in range(4) for k in range(3)]
+    last = run_main_on(tmp_path, capsys, "user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    assert "no training examples" in last and "at least 4 interactions" in last and "4 users" in last

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_lm.config import ConfigError, TrainConfig
-from tfrec_lm.data.schema import Dataset
+from tfrec_lm.data.schema import DataError, Dataset
 from tfrec_lm.data.split import (ItemVocab, LeaveOneOutSplit, build_sequences, build_vocab, leave_one_out,
                                  train_interaction_counts)
 from tfrec_lm.distribute import WorkerOutputs, make_strategy
@@ -222,6 +222,20 @@ def refresh_validation(examples, since: Optional[int]):
     return examples.take(recent)
 
 
+def require_training_examples(split: LeaveOneOutSplit, sequences) -> None:
+    """Raises DataError when the split has no training example (before any model is built).
+
+    split: LeaveOneOutSplit. The leave-one-out split.
+    sequences: UserSequences. The users' time-ordered interactions (for the message).
+    """
+    if len(split.train):
+        return
+    longest = max((len(items) for items in sequences.items), default=0)
+    raise DataError(f"no training examples: leave-one-out keeps each user's last two interactions for validation "
+                    f"and test and a training example needs an earlier one as its history, so some user needs "
+                    f"at least 4 interactions ({len(sequences)} users, the most active has {longest})")
+
+
 def refresh_examples(target_timestamp: np.ndarray, config: TrainConfig) -> np.ndarray:
     """Rows a refresh (`--since`) trains on, in their original order.
 
@@ -306,6 +320,7 @@ def _train(config: TrainConfig, strategy, outputs: WorkerOutputs, dataset: Optio
     vocab = build_vocab(dataset.items)
     sequences = build_sequences(dataset, vocab)
     split = leave_one_out(sequences, config.max_history)
+    require_training_examples(split, sequences)
     counts = train_interaction_counts(split)
     train_examples = split.train
     if config.since is not None:
