@@ -224,6 +224,59 @@ def test_grpc_deadline_is_a_timeout():
         server.stop(0)
 
 
+# ---------------------------------------------------------------- wrong port, bad options (issue 11, section 4)
+
+
+def test_rest_client_on_a_grpc_port_says_so(flaky_grpc, capsys):
+    _, target = flaky_grpc(failures=0)  # a real gRPC server: it answers HTTP/1.1 with HTTP/2 frames
+    with RestClient(target, retries=1, backoff_factor=0.01) as client:
+        with pytest.raises(client_module.ServingError) as raised:
+            client.predict(ONE_USER)
+    message = str(raised.value)
+    assert f"the server at {target} answered with HTTP/2 frames" in message and "is this the gRPC port?" in message
+    assert "8501" in message and "\\x00" not in message and "\x00" not in message
+    assert client_module.main(["recommend", "--user-history", "a", "--server", target, "--retries", "0"]) == 2
+    assert "is this the gRPC port?" in capsys.readouterr().err
+
+
+def test_rest_client_on_a_port_that_does_not_speak_http():
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with RestClient(address, retries=0) as client:
+            with pytest.raises(client_module.ServingError) as raised:
+                client.model_status()
+    finally:
+        thread.join(5)
+        listener.close()
+    assert f"the server at {address} did not answer HTTP (its answer began 'SSH-2.0-" in str(raised.value)
+
+
+@pytest.mark.parametrize("option,value,needle", [
+    ("--timeout", "0", "argument --timeout: must be a number of seconds above 0, got '0'"),
+    ("--timeout", "-1", "argument --timeout: must be a number of seconds above 0, got '-1'"),
+    ("--timeout", "nan", "argument --timeout: must be a number of seconds above 0"),
+    ("--batch-size", "0", "argument --batch-size: must be at least 1, got '0'"),
+    ("--retries", "-1", "argument --retries: must be at least 0, got '-1'"),
+    ("--retries", "two", "argument --retries: expected an integer, got 'two'"),
+])
+def test_cli_rejects_bad_numbers_as_usage_errors(capsys, option, value, needle):
+    argv = ["recommend", "--user-history", "a", "--server", f"127.0.0.1:{_closed_port()}", option, value]
+    with pytest.raises(SystemExit) as exited:
+        client_module.main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and needle in err and "Traceback" not in err
+
+
 # ---------------------------------------------------------------- against the local server
 
 

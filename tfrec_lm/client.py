@@ -12,7 +12,8 @@ Two protocols, one interface (`predict(inputs, signature_name) -> {output: np.nd
 Failures raise `ServingError`: `ServingRequestError` when the server rejected the request
 (HTTP 4xx / INVALID_ARGUMENT, NOT_FOUND, ...) with the server's own message,
 `ServingUnavailable` when it could not answer after the retries, `ServingTimeout` when it
-did not answer in time.
+did not answer in time, and `ServingError` itself when the server did not speak the
+protocol (e.g. the REST client pointed at a gRPC port).
 
 `recommend()` / `rank()` send many users in requests of `batch_size` users each and
 return the answers in the users' order. Every request row starts with one padding
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import http.client
 import json
+import math
 import sys
 from typing import Mapping, Sequence
 
@@ -117,6 +120,39 @@ def _host_port(server: str) -> str:
     return server.rstrip("/")
 
 
+def _non_http_answer(error: BaseException) -> str | None:
+    """The start of an answer that was not HTTP, found in an exception's chain.
+
+    error: BaseException. What `requests` raised (urllib3's errors nest in `reason`,
+        `args` and the exception chain).
+    Returns str or None. The answer's first line as `http.client` read it (bytes as
+        Latin-1 characters), or None when the server answered HTTP or not at all.
+    """
+    stack, seen = [error], set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        # RemoteDisconnected is a BadStatusLine too, but means "closed without an answer".
+        if isinstance(current, http.client.BadStatusLine) and not isinstance(current, http.client.RemoteDisconnected):
+            return str(current.args[0]) if current.args else ""
+        linked = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
+        stack.extend(e for e in linked if isinstance(e, BaseException))
+    return None
+
+
+def _not_http_message(address: str, answer: str) -> str:
+    """What to tell a user whose REST request got a non-HTTP answer from `address` (host:port)."""
+    # An HTTP/2 frame header: 3 bytes of length, then the type (4 SETTINGS, 7 GOAWAY).
+    if len(answer) >= 9 and answer[:1] == "\x00" and answer[3] in "\x04\x07":
+        return (f"the server at {address} answered with HTTP/2 frames, not HTTP/1.1 (a gRPC server): is this the "
+                f"gRPC port? Use the REST port (TF Serving's --rest_api_port, {DEFAULT_SERVERS['rest'].split(':')[1]} "
+                f"by default; gRPC is on --port, {DEFAULT_SERVERS['grpc'].split(':')[1]}) or the gRPC protocol")
+    return (f"the server at {address} did not answer HTTP (its answer began {answer[:16]!r}): is it the REST port "
+            f"of a TF Serving server?")
+
+
 # ---------------------------------------------------------------- REST
 
 
@@ -149,7 +185,8 @@ class RestClient:
         if version is not None and label:
             raise ValueError("give a version or a label, not both")
         scheme = "https" if server.strip().startswith("https://") else "http"
-        self.base_url = f"{scheme}://{_host_port(server)}/v1/models/{model_name}"
+        self.address = _host_port(server)
+        self.base_url = f"{scheme}://{self.address}/v1/models/{model_name}"
         if version is not None:
             self.base_url += f"/versions/{int(version)}"
         elif label:
@@ -183,6 +220,9 @@ class RestClient:
         except requests.Timeout as error:
             raise ServingTimeout(f"{method} {url}: no answer within {self.timeout:g} s ({error})") from None
         except requests.ConnectionError as error:
+            answer = _non_http_answer(error)
+            if answer is not None:
+                raise ServingError(f"{method} {url}: {_not_http_message(self.address, answer)}") from None
             reason = getattr(error.args[0], "reason", None) if error.args else None
             # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError in urllib3 2.
             if isinstance(reason, (ReadTimeoutError, ConnectTimeoutError)) and not isinstance(reason, NewConnectionError):
@@ -520,6 +560,32 @@ def _id_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _positive_seconds(text: str) -> float:
+    """argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _count(minimum: int):
+    """argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(v) for v in _id_list(text)]
@@ -535,8 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--protocol", choices=("rest", "grpc"), default="rest")
     common.add_argument("--model-name", default=DEFAULT_MODEL)
     common.add_argument("--version", type=int, help="a specific model version (default: the newest served)")
-    common.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
-    common.add_argument("--retries", type=int, default=3, help="retries on transient errors (default 3)")
+    common.add_argument("--timeout", type=_positive_seconds, default=10.0, help="seconds per request (default 10)")
+    common.add_argument("--retries", type=_count(0), default=3,
+                        help="retries on transient errors (default 3; gRPC: at most 4)")
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     users = argparse.ArgumentParser(add_help=False)
     users.add_argument("--user-history", action="append", type=_id_list, default=[],
@@ -544,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--timestamps", action="append", type=_int_list,
                        help="comma-separated Unix times matching a --user-history (repeat in the same order)")
     users.add_argument("--users-file", help="a file with one user a line: comma-separated item ids, oldest first")
-    users.add_argument("--batch-size", type=int, default=64, help="users per request (default 64)")
+    users.add_argument("--batch-size", type=_count(1), default=64, help="users per request (default 64)")
     users.add_argument("--format", choices=("columnar", "row"), default="columnar",
                        help="REST body: columnar `inputs` (default) or row `instances`")
     commands = parser.add_subparsers(dest="command", required=True)
