@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tfrec_lm import assets
-from tfrec_lm.assets import Asset, AssetError
+from tfrec_lm.assets import Asset
+from tfrec_lm.errors import AssetError
 
 PREFIX = "fakepkg/data/"
 MEMBERS = ("a.txt", "sub/b.bin")

@@ -14,7 +14,8 @@ from safetensors.numpy import load_file, save_file
 from transformers import BertTokenizerFast, TFBertModel
 from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_weight_name_to_pt_weight_name
 
-from tfrec_lm.assets import AssetError, encoder_dir
+from tfrec_lm.assets import encoder_dir
+from tfrec_lm.errors import AssetError
 from tfrec_lm.bert import SPECIAL_TOKENS, load_bert, tiny_bert, tiny_tokenizer, write_vocab
 
 WORDS = ["a", "man", "is", "eating", "food", "riding", "horse", "Bread"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tfrec_lm.config import PRESETS, ConfigError, TrainConfig, load_config_file
+from tfrec_lm.config import PRESETS, TrainConfig, load_config_file
+from tfrec_lm.errors import ConfigError
 from tfrec_lm.train import build_parser, config_from_args
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from tfrec_lm.data.movielens import (
     tfds_available,
     tfds_to_dataset,
 )
-from tfrec_lm.data.schema import BadRow, DataError, LoadReport, item_text
+from tfrec_lm.data.schema import BadRow, LoadReport, item_text
+from tfrec_lm.errors import DataError
 
 GOOD_ROWS = [
     ("u1", "a", 100, 4.0),

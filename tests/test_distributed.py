@@ -24,9 +24,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from tfrec_lm.config import PRESETS, ConfigError, TrainConfig
-from tfrec_lm.distribute import read_tf_config
-from tfrec_lm.train import build_parser, config_from_args
+from tfrec_lm.config import PRESETS, TrainConfig
+from tfrec_lm.distribute import make_strategy, read_tf_config
+from tfrec_lm.errors import ConfigError
+from tfrec_lm.train import build_parser, config_from_args, main
 from tfrec_lm.training import make_optimizer, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,15 +169,20 @@ def test_jit_compile_must_be_a_boolean():
     (json.dumps({"cluster": {"worker": ["localhost"]}, "task": {"type": "worker", "index": 0}}), "host:port"),
     (json.dumps({"cluster": {"ps": ["h:1"], "worker": ["h:2"]}, "task": {"type": "worker", "index": 0}}), "ps"),
 ])
-def test_multi_worker_needs_a_valid_tf_config(monkeypatch, tf_config, match):
+def test_multi_worker_needs_a_valid_tf_config(monkeypatch, capsys, tf_config, match):
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
         monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ConfigError, match=match):
-        TrainConfig().replace(strategy="multi-worker")
+        read_tf_config()
+    # Validating a config never reads the environment; the strategy is where TF_CONFIG is read.
+    config = config_from_args(build_parser().parse_args(["--strategy", "multi-worker"]))
     with pytest.raises(ConfigError, match=match):
-        config_from_args(build_parser().parse_args(["--strategy", "multi-worker"]))
+        make_strategy(config.strategy)
+    # The CLI stops with one line and exit code 2 before it reads any data.
+    assert main(["--strategy", "multi-worker", "--data", "files", "--interactions", "/nonexistent.csv"]) == 2
+    assert match in capsys.readouterr().err
 
 
 def test_valid_tf_config_passes(monkeypatch):

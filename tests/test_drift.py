@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec_lm.data.schema import DataError
+from tfrec_lm.errors import DataError
 from tfrec_lm.data.split import build_sequences, build_vocab
 from tfrec_lm.data.synthetic import synthetic_migration
 from tfrec_lm.drift import (

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import tiny_config
 
-from tfrec_lm.config import ConfigError
+from tfrec_lm.errors import ConfigError
 from tfrec_lm.evaluation.metrics import full_catalog_ranks
 from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
 from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from conftest import run_training, tiny_config
 
-from tfrec_lm.config import ConfigError
+from tfrec_lm.errors import ConfigError
 from tfrec_lm.export import ServingModule, save_serving_module
 from tfrec_lm.layers.history_ops import compact_with_ages
 from tfrec_lm.layers.interest_composer import InterestComposer

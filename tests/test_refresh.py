@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from conftest import tiny_config
 
-from tfrec_lm.config import ConfigError
+from tfrec_lm.errors import ConfigError
 from tfrec_lm.training import train
 
 

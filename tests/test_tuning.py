@@ -18,7 +18,8 @@ import yaml  # noqa: E402
 
 from tfrec_lm import training  # noqa: E402
 from tfrec_lm.bert import tiny_bert, tiny_tokenizer  # noqa: E402
-from tfrec_lm.config import PRESETS, ConfigError, TrainConfig, load_config_file  # noqa: E402
+from tfrec_lm.config import PRESETS, TrainConfig, load_config_file  # noqa: E402
+from tfrec_lm.errors import ConfigError  # noqa: E402
 from tfrec_lm.data.synthetic import synthetic_migration  # noqa: E402
 
 from tuning import (OBJECTIVE_NAME, Range, RecommenderHyperModel, best_config, best_trial,  # noqa: E402

@@ -27,6 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tfrec_lm.errors import AssetError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -44,10 +46,6 @@ __all__ = [
 
 MARKER_NAME = ".tfrec_lm_asset.json"
 _CHUNK = 1 << 20
-
-
-class AssetError(RuntimeError):
-    """An asset could not be found, downloaded, verified or unpacked."""
 
 
 @dataclass(frozen=True)

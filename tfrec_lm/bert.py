@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 from transformers import BertConfig, BertTokenizerFast, TFBertModel
 
-from tfrec_lm.assets import AssetError, encoder_dir
+from tfrec_lm.assets import encoder_dir
+from tfrec_lm.errors import AssetError
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,7 @@ from typing import Any, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or file is invalid."""
+from tfrec_lm.errors import ConfigError
 
 
 def _check_type(name: str, value, hint):
@@ -199,10 +197,6 @@ class TrainConfig:
             raise ConfigError(
                 "--jit-compile needs --user-tower item-sequence: the history-text tower composes ragged "
                 "token sequences (RaggedRange), which XLA cannot compile")
-        if self.strategy == "multi-worker":
-            from tfrec_lm.distribute import read_tf_config
-
-            read_tf_config()
         return self
 
     @property
@@ -264,3 +258,28 @@ def load_config_file(path: str | Path) -> dict:
     if bad:
         raise ConfigError(f"config file {path} has non-text keys: {', '.join(map(repr, bad))}")
     return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def resolve_config(preset: str = "cpu", config_file: Optional[str | Path] = None,
+                   overrides: Optional[dict] = None) -> TrainConfig:
+    """The one merge of option sources for every CLI: defaults < preset < config file < overrides.
+
+    Args:
+        preset: str. a key of `PRESETS`.
+        config_file: str | Path | None. a YAML or JSON file of options.
+        overrides: dict | None. option values that win over everything (command-line flags).
+
+    Returns:
+        TrainConfig. validated.
+
+    Raises:
+        ConfigError: an unknown preset or key, a value of the wrong type, or an invalid
+            combination.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+    values = dict(PRESETS[preset])
+    if config_file:
+        values.update(load_config_file(config_file))
+    values.update(overrides or {})
+    return TrainConfig.from_dict(values)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from tfrec_lm.config import ConfigError
+from tfrec_lm.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ import logging
 import sys
 import typing
 
-from tfrec_lm.config import PRESETS, ConfigError, TrainConfig, load_config_file
+from tfrec_lm.config import PRESETS, TrainConfig, resolve_config
+from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 
 def _field_type(field: dataclasses.Field):
@@ -44,20 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = dict(PRESETS[args.preset])
-    if args.config:
-        values.update(load_config_file(args.config))
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    values.update(flags)
-    return TrainConfig.from_dict(values)
+    return resolve_config(args.preset, args.config, flags)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from tfrec_lm.assets import AssetError
-    from tfrec_lm.data.schema import DataError
 
     try:
         config = config_from_args(args)

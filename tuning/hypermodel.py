@@ -27,7 +27,8 @@ import tfrec_lm  # noqa: F401  (TF_USE_LEGACY_KERAS before keras_tuner imports T
 
 import keras_tuner as kt
 
-from tfrec_lm.config import ConfigError, TrainConfig
+from tfrec_lm.config import TrainConfig
+from tfrec_lm.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

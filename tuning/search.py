@@ -20,11 +20,12 @@ import logging
 import sys
 from pathlib import Path
 
-from tfrec_lm.config import PRESETS, ConfigError, TrainConfig, load_config_file
+from tfrec_lm.config import PRESETS, TrainConfig, resolve_config
+from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 from tuning.hypermodel import DEFAULT_SPACE, Range
+from tuning.tuner import STRATEGIES
 
-STRATEGY_CHOICES = ("random", "bayesian", "hyperband")
 
 
 def parse_value(text: str):
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"Knobs and default space: {_describe_space()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--strategy", choices=STRATEGY_CHOICES, default="bayesian",
+    parser.add_argument("--strategy", choices=STRATEGIES, default="bayesian",
                         help="KerasTuner search (default %(default)s)")
     parser.add_argument("--max-trials", type=int, default=20,
                         help="trials in the whole project (resumed ones count); for hyperband a cap "
@@ -114,10 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def base_config_from_args(args) -> TrainConfig:
-    values = dict(PRESETS[args.preset])
-    if args.config:
-        values.update(load_config_file(args.config))
-    return TrainConfig.from_dict(values)
+    return resolve_config(args.preset, args.config)
 
 
 def hypermodel_from_args(args):
@@ -148,8 +146,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from tfrec_lm.assets import AssetError
-    from tfrec_lm.data.schema import DataError
 
     try:
         if args.strategy != "hyperband" and args.max_trials < 1:

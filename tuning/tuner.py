@@ -44,7 +44,8 @@ import keras_tuner as kt
 import tensorflow as tf
 import yaml
 
-from tfrec_lm.config import ConfigError, TrainConfig
+from tfrec_lm.config import TrainConfig
+from tfrec_lm.errors import ConfigError
 
 from tuning.hypermodel import RecommenderHyperModel
 

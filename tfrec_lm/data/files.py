@@ -21,7 +21,6 @@ import pandas as pd
 
 from tfrec_lm.data.schema import (
     BadRow,
-    DataError,
     Dataset,
     check_reports,
     items_from_interactions,
@@ -30,6 +29,7 @@ from tfrec_lm.data.schema import (
     validate_interactions,
     validate_items,
 )
+from tfrec_lm.errors import DataError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".jsonl": "jsonl", ".json": "jsonl"}
 INTERACTION_REQUIRED = ("user_id", "item_id", "timestamp")

@@ -20,7 +20,6 @@ import pandas as pd
 
 from tfrec_lm.data.files import RawTable, read_delimited
 from tfrec_lm.data.schema import (
-    DataError,
     Dataset,
     LoadReport,
     check_reports,
@@ -28,6 +27,7 @@ from tfrec_lm.data.schema import (
     validate_interactions,
     validate_items,
 )
+from tfrec_lm.errors import DataError
 
 logger = logging.getLogger(__name__)
 

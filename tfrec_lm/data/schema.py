@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from tfrec_lm.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "rating")
 ITEM_COLUMNS = ("item_id", "title", "year", "genres", "text")
-
-
-class DataError(ValueError):
-    """Input data that cannot be used: a missing file, a malformed file, or bad rows in strict mode."""
 
 
 @dataclass

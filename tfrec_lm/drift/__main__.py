@@ -14,8 +14,8 @@ import argparse
 import logging
 import sys
 
-from tfrec_lm.assets import AssetError
-from tfrec_lm.data.schema import DataError, Dataset
+from tfrec_lm.data.schema import Dataset
+from tfrec_lm.errors import AssetError, DataError
 from tfrec_lm.drift.scores import NULL_QUANTILE, RECENT_ITEMS, WINDOW
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"

@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from tfrec_lm.data.schema import DataError, Dataset
+from tfrec_lm.data.schema import Dataset
+from tfrec_lm.errors import DataError
 from tfrec_lm.data.split import ItemVocab, UserSequences, build_sequences, build_vocab
 from tfrec_lm.drift.scores import (
     NULL_QUANTILE,

@@ -93,7 +93,7 @@ def pick_users(analysis: DriftAnalysis, users: int | Sequence[str] = 4) -> list[
     Returns list[int]. Indices into analysis.sequences.
     raises: DataError. An explicit user id that is not in the data.
     """
-    from tfrec_lm.data.schema import DataError
+    from tfrec_lm.errors import DataError
 
     ids = list(analysis.sequences.user_ids)
     if not isinstance(users, int):

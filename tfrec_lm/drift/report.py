@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from tfrec_lm.data.schema import DataError, Dataset
+from tfrec_lm.data.schema import Dataset
+from tfrec_lm.errors import DataError
 from tfrec_lm.drift import plots
 from tfrec_lm.drift.analysis import DriftAnalysis, analyze
 from tfrec_lm.drift.scores import RECENT_ITEMS, WINDOW
