@@ -8,10 +8,11 @@ import pytest
 import tensorflow as tf
 
 from tfrec_lm.bert import tiny_bert
-from tfrec_lm.layers.bert_text_encoder import BertTextEncoder, mean_pool
+from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
 from tfrec_lm.layers.catalog_top_k import CatalogTopK
 from tfrec_lm.layers.history_ops import compact_newest_first, newest_first
 from tfrec_lm.layers.history_text_composer import HistoryTextComposer
+from tfrec_lm.layers.pooling import masked_mean
 from tfrec_lm.layers.sequence_encoder import SequenceEncoder
 from tfrec_lm.models.item_tower import ItemTower
 
@@ -200,10 +201,10 @@ def test_frozen_encoder_ignores_training_flag():
                                encoder(ids, mask, training=False).numpy(), rtol=0, atol=0)
 
 
-def test_mean_pool_ignores_masked_tokens():
+def test_masked_mean_ignores_masked_positions():
     hidden = tf.constant([[[1.0, 2.0], [3.0, 4.0], [100.0, -100.0]], [[5.0, 5.0], [7.0, 7.0], [9.0, 9.0]]])
     mask = tf.constant([[1, 1, 0], [0, 0, 0]])
-    np.testing.assert_allclose(mean_pool(hidden, mask).numpy(), [[2.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_allclose(masked_mean(hidden, mask).numpy(), [[2.0, 3.0], [0.0, 0.0]])
 
 
 def test_encoder_output_unchanged_when_padding_is_appended():
@@ -391,7 +392,7 @@ def test_text_vectors_persist_between_runs_keyed_by_tokens_and_weights(small_ite
 
 
 def test_text_vectors_cached_under_one_precision_are_never_served_to_another(small_item_tower, tmp_path):
-    from tfrec_lm.training import dtype_policy
+    from tfrec_lm.models.precision import dtype_policy
 
     rows = small_item_tower.token_rows
 

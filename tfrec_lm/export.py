@@ -13,8 +13,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower, compose_history
-
 logger = logging.getLogger(__name__)
 
 LOWEST_SCORE = float(np.finfo(np.float32).min)
@@ -104,26 +102,14 @@ class ServingModule(tf.Module):
         self.popular = tf.constant(order.astype(np.int32))
         share = np.maximum(counts, 0.0) / max(counts[1:].sum(), 1.0)
         self.popularity_share = tf.constant(share.astype(np.float32))
-        tower = model.user_tower
-        if isinstance(tower, ItemSequenceUserTower):
-            # Compose, don't re-encode: history item vectors are a table computed now, and
-            # the SavedModel holds no BERT at all.
-            self.item_representations = tf.Variable(
-                model.item_tower.representation(everything, training=False).numpy(), trainable=False,
-                name="item_representations")
-            self.composer = tower.composer
-            self.user_tower = None
-        else:
-            self.item_representations = None
-            self.user_tower = tower
+        # The item-sequence tower composes a table of item representations computed now (the
+        # SavedModel holds no BERT at all); the history-text tower is exported as it is.
+        self.user_tower = model.user_tower.for_export()
         self.ranking_head = model.ranking_head
         self.index = make_index(index, embeddings, self.top_k)
         self.index_kind = index
 
     def _users(self, history, timestamps):
-        if self.user_tower is None:
-            return compose_history(history, timestamps, lambda items: tf.gather(self.item_representations, items),
-                                   self.composer)
         return self.user_tower(history, timestamps, training=False)
 
     def _lookup(self, item_ids):

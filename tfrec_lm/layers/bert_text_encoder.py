@@ -5,25 +5,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrec_lm.layers.pooling import masked_mean
+
 FINETUNE_STRATEGIES = ("full", "top-k", "frozen")
 
 
-def mean_pool(hidden: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Averages token vectors over the real tokens.
-
-    Args:
-        hidden: tf.Tensor float. [B, L, D] token vectors.
-        mask: tf.Tensor int or bool. [B, L] 1 where the token is real.
-
-    Returns:
-        tf.Tensor float. [B, D]; all-zero rows where the mask is empty.
-    """
-    weights = tf.cast(mask, hidden.dtype)[:, :, None]
-    total = tf.reduce_sum(hidden * weights, axis=1)
-    count = tf.reduce_sum(weights, axis=1)
-    return total / tf.maximum(count, 1.0)
-
-
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class BertTextEncoder(tf.keras.layers.Layer):
     """Encodes token ids with a HuggingFace `TFBertModel` and mean pooling.
 
@@ -84,7 +71,7 @@ class BertTextEncoder(tf.keras.layers.Layer):
             attention_mask=attention_mask,
             training=training and not self.is_frozen,
         )
-        return mean_pool(outputs.last_hidden_state, attention_mask)
+        return masked_mean(outputs.last_hidden_state, attention_mask)
 
     def encode_table(self, token_rows: np.ndarray, pad_id: int = 0, batch_size: int = 64) -> np.ndarray:
         """Encodes many rows of token ids once, for a cache.
@@ -123,5 +110,6 @@ class BertTextEncoder(tf.keras.layers.Layer):
         from transformers import BertConfig, TFBertModel
 
         config = dict(config)
-        bert = TFBertModel(BertConfig.from_dict(config.pop("bert_config")))
+        # A copy: `BertConfig.from_dict` adds keys to the dict it is given (the caller's config).
+        bert = TFBertModel(BertConfig.from_dict(dict(config.pop("bert_config"))))
         return cls(bert=bert, **config)

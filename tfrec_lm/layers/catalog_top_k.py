@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class CatalogTopK(tfrs.layers.factorized_top_k.TopK):
     """Exact top-k over every catalog item, embedded by the current item tower.
 
@@ -47,5 +48,13 @@ class CatalogTopK(tfrs.layers.factorized_top_k.TopK):
 
     def get_config(self):
         config = super().get_config()
-        config["k"] = self._k
+        config.update(k=self._k, item_tower=tf.keras.layers.serialize(self.item_tower))
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        from tfrec_lm.models.item_tower import ItemTower
+
+        config = dict(config)
+        config["item_tower"] = ItemTower.from_config(config["item_tower"]["config"])
+        return cls(**config)

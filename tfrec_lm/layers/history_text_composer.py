@@ -8,6 +8,7 @@ import tensorflow as tf
 from tfrec_lm.layers.history_ops import newest_first
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class HistoryTextComposer(tf.keras.layers.Layer):
     """Builds `[CLS] newest [SEP] older [SEP] ...` token ids from item indices.
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfrec_lm.layers.pooling import masked_mean
 from tfrec_lm.layers.sequence_encoder import SequenceEncoder
 
 POOLINGS = ("newest", "mean", "bag")
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class InterestComposer(tf.keras.layers.Layer):
     """Composes a user's interest from their history, newest first.
 
@@ -81,22 +83,17 @@ class InterestComposer(tf.keras.layers.Layer):
             self.gate = tf.keras.layers.Dense(self.embedding_dim, activation="sigmoid", name="interest_gate",
                                               dtype="float32")
 
-    @staticmethod
-    def _mean(vectors, mask):
-        weights = tf.cast(mask, vectors.dtype)[:, :, None]
-        return tf.reduce_sum(vectors * weights, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
-
     def call(self, vectors, mask, ages=None, training=False):
         mask = tf.cast(mask, tf.bool)
         if self.pooling == "bag":
-            user = self.output_projection(self._mean(vectors, mask))
+            user = self.output_projection(masked_mean(vectors, mask))
         else:
             window = self.window
             short_ages = None if ages is None else ages[:, :window]
             short = self.output_projection(
                 self.sequence_encoder(vectors[:, :window], mask[:, :window], ages=short_ages, training=training))
             if self.long_short:
-                long = self.long_projection(self._mean(vectors, mask))
+                long = self.long_projection(masked_mean(vectors, mask))
                 gate = self.gate(tf.concat([short, long], axis=-1))
                 user = gate * short + (1.0 - gate) * long
             else:

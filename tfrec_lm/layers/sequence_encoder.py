@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrec_lm.layers.pooling import masked_mean
+
 # Upper edges (seconds) of the age buckets: same second, a minute, ten minutes, an hour,
 # six hours, a day, three days, a week, a month, three months, six months, a year, older.
 AGE_BUCKET_EDGES = (1, 60, 600, 3_600, 21_600, 86_400, 259_200, 604_800, 2_592_000, 7_776_000,
@@ -18,6 +20,7 @@ def age_buckets(ages: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.cast(ages >= edges, tf.int32), axis=-1)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class SequenceEncoder(tf.keras.layers.Layer):
     """Composes a user's interest from the vectors of their recent items.
 
@@ -109,10 +112,9 @@ class SequenceEncoder(tf.keras.layers.Layer):
             x = block["norm1"](x + block["drop"](attended, training=training))
             hidden = block["ffn2"](block["ffn1"](x))
             x = block["norm2"](x + block["drop"](hidden, training=training))
-        weights = tf.cast(mask[:, :, None], x.dtype)
-        x = x * weights
+        x = x * tf.cast(mask[:, :, None], x.dtype)  # padding positions (and an empty history) give zeros
         if self.pooling == "mean":
-            return tf.reduce_sum(x, axis=1) / tf.maximum(tf.reduce_sum(weights, axis=1), 1.0)
+            return masked_mean(x, mask)
         return x[:, 0, :]
 
     def get_config(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class HistoryTextUserTower(tf.keras.layers.Layer):
     """Encodes `[CLS] newest [SEP] older [SEP] ...` with its own BERT encoder.
 
@@ -19,6 +20,8 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
         timestamps: tf.Tensor int64. optional [B, N]; accepted for a common tower
             signature and not used (the text carries order, not time).
+        item_table: tf.Tensor float32. optional [C+1, D]; accepted for the common tower
+            signature and not used (this tower reads item text, not item representations).
 
     Returns:
         tf.Tensor float32. [B, embedding_dim].
@@ -36,7 +39,7 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="history_projection",
                                                 dtype="float32")  # float32 under mixed precision
 
-    def call(self, history, timestamps=None, training=False):
+    def call(self, history, timestamps=None, training=False, item_table=None):
         ids, mask = self.composer(history)
         width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
         pooled = self.encoder(ids[:, :width], mask[:, :width], training=training)
@@ -63,3 +66,8 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         config["encoder"] = BertTextEncoder.from_config(config["encoder"]["config"])
         config["composer"] = HistoryTextComposer.from_config(config["composer"]["config"])
         return cls(**config)
+
+    def for_export(self) -> "HistoryTextUserTower":
+        """What a SavedModel holds in place of this tower: the tower itself (its composer
+        builds the history text in-graph)."""
+        return self

@@ -32,6 +32,7 @@ def compose_history(history, timestamps, item_vectors_fn, composer: InterestComp
     return composer(item_vectors_fn(items), items > 0, ages=ages, training=training)
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class ItemSequenceUserTower(tf.keras.layers.Layer):
     """Encodes a history through the item tower's BERT vectors and an interest composer.
 
@@ -58,7 +59,8 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
             needed with `time_features`.
         item_table: tf.Tensor float32. optional [C+1, D] item representations already
             computed this step (the catalog softmax computes them anyway); gathered
-            instead of re-running the item tower on every history position.
+            instead of re-running the item tower on every history position. Both user
+            towers take it (the history-text tower ignores it).
 
     Returns:
         tf.Tensor float32. [B, embedding_dim].
@@ -91,4 +93,52 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
         config.update({key: composer[key] for key in (
             "max_history", "num_blocks", "num_heads", "dropout", "normalize", "pooling", "time_features",
             "long_short", "short_window")})
+        config["item_tower"] = tf.keras.layers.serialize(self.item_tower)
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        from tfrec_lm.models.item_tower import ItemTower
+
+        config = dict(config)
+        item_tower = ItemTower.from_config(config.pop("item_tower")["config"])
+        return cls(item_tower, **config)
+
+    def for_export(self) -> "ItemTableUserTower":
+        """What a SavedModel holds in place of this tower: the composer over a table of the
+        item tower's representations, computed now, so the export holds no item encoder.
+
+        Returns:
+            ItemTableUserTower. `(history [B, N], timestamps [B, N]) -> [B, D]`, this tower's values.
+        """
+        everything = tf.range(self.item_tower.num_items, dtype=tf.int32)
+        return ItemTableUserTower(self.composer,
+                                  self.item_tower.representation(everything, training=False).numpy())
+
+
+class ItemTableUserTower(tf.Module):
+    """The item-sequence user tower with its item representations frozen into a table (export).
+
+    Args:
+        composer: InterestComposer. the trained composer.
+        item_representations: np.ndarray float32. [C+1, D] `ItemTower.representation` of every item.
+
+    Call args:
+        history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
+        timestamps: tf.Tensor int64. optional [B, N] Unix seconds (needed with time features).
+        training: bool. passed to the composer (False at serving).
+        item_table: ignored (the table is this module's own); the user towers' common signature.
+
+    Returns:
+        tf.Tensor float32. [B, embedding_dim].
+    """
+
+    def __init__(self, composer: InterestComposer, item_representations):
+        super().__init__(name="item_table_user_tower")
+        self.item_representations = tf.Variable(item_representations, trainable=False,
+                                                name="item_representations")
+        self.composer = composer
+
+    def __call__(self, history, timestamps=None, training=False, item_table=None):
+        return compose_history(history, timestamps, lambda items: tf.gather(self.item_representations, items),
+                               self.composer, training=training)

@@ -59,6 +59,7 @@ def encoder_compute_dtypes(encoder) -> list:
     return sorted({layer.compute_dtype for layer in layers if isinstance(layer, tf.keras.layers.Layer)})
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class ItemTower(tf.keras.layers.Layer):
     """Embeds catalog items by index.
 
@@ -75,6 +76,13 @@ class ItemTower(tf.keras.layers.Layer):
         use_text: bool. use the text encoder (False gives an ID-only ablation).
         dropout: float. dropout on the text vector.
         normalize: bool. L2-normalise the output of `call`.
+        unique_items: bool. a trainable encoder runs once per distinct item of a call
+            (`tf.unique`, then a gather back); False under XLA (dynamic shape).
+        trim_padding: bool. a trainable encoder reads token rows cut to the longest text
+            of the call; False under XLA (dynamic shape).
+
+    The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
+    the table is constructor data, and `from_config` needs it to rebuild the layer.
 
     Call args:
         items: tf.Tensor int32. [...] item indices.
@@ -84,7 +92,8 @@ class ItemTower(tf.keras.layers.Layer):
     """
 
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
-                 dropout: float = 0.1, normalize: bool = True, use_text: bool = True, **kwargs):
+                 dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
+                 trim_padding: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.token_rows = np.asarray(token_rows, dtype=np.int32)
@@ -112,9 +121,9 @@ class ItemTower(tf.keras.layers.Layer):
         self._cache_ready = False
         # A trainable encoder runs once per distinct item of a call (a batch of histories
         # repeats popular items and padding), on token rows cut to the longest of those
-        # texts. Both give dynamic shapes; the model turns them off under XLA.
-        self.unique_items = True
-        self.trim_padding = True
+        # texts. Both give dynamic shapes; the model factory turns them off under XLA.
+        self.unique_items = bool(unique_items)
+        self.trim_padding = bool(trim_padding)
 
     def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None) -> bool:
         """Encodes every item text with the (frozen) encoder into the cache.
@@ -198,6 +207,8 @@ class ItemTower(tf.keras.layers.Layer):
             "dropout": self.dropout,
             "normalize": self.normalize,
             "use_text": self.use_text,
+            "unique_items": self.unique_items,
+            "trim_padding": self.trim_padding,
         })
         return config
 

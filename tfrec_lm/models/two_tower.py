@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec_lm.layers.catalog_top_k import CatalogTopK
-from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+from tfrec_lm.models.precision import dtype_policy
 
 
 class TwoTowerModel(tfrs.Model):
     """Towers plus tasks.
 
     Args:
-        user_tower: tf.keras.layers.Layer. [B, N] history indices -> [B, D].
+        user_tower: ItemSequenceUserTower or HistoryTextUserTower. `(history [B, N], timestamps
+            [B, N], training, item_table [C+1, D])` -> [B, D]; `for_export()` gives what a SavedModel holds.
         item_tower: tfrec_lm.models.ItemTower. [B] item indices -> [B, D].
         negatives: str. `catalog`: exact softmax over every item (positives
             concatenated before the catalog, each row's own catalog copy masked
@@ -47,7 +46,7 @@ class TwoTowerModel(tfrs.Model):
         # so a step's gradient is the same on one replica or many (Keras' mean reductions
         # would average over each replica's share, and refuse to run under a strategy).
         none = tf.keras.losses.Reduction.NONE
-        with _float32_policy():  # logits, losses and metrics in float32 under mixed precision
+        with dtype_policy("float32"):  # logits, losses and metrics in float32 under mixed precision
             self.retrieval_task = tfrs.tasks.Retrieval(
                 loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True, reduction=none),
                 temperature=temperature,
@@ -133,11 +132,8 @@ class TwoTowerModel(tfrs.Model):
             # positives and (item-sequence) the history positions. Each query's candidates
             # are its own positive and the catalog: nothing to share across replicas.
             table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training)
-            timestamps = features.get("history_timestamps")
-            if isinstance(self.user_tower, ItemSequenceUserTower):
-                users = self.user_tower(features["history"], timestamps, training=training, item_table=table)
-            else:
-                users = self.user_tower(features["history"], timestamps, training=training)
+            users = self.user_tower(features["history"], features.get("history_timestamps"), training=training,
+                                    item_table=table)
             embeddings = self.item_tower.finalize(table)
             positives = tf.gather(embeddings, target)
             catalog_ids = tf.range(1, self.item_tower.num_items, dtype=tf.int32)
@@ -172,17 +168,6 @@ class TwoTowerModel(tfrs.Model):
         per_example = self.retrieval_weight * retrieval_loss + self.ranking_weight * ranking_loss
         global_batch = _sum_over_replicas(tf.cast(tf.shape(target)[0], tf.float32))
         return tf.math.divide_no_nan(tf.reduce_sum(per_example), global_batch)
-
-
-@contextlib.contextmanager
-def _float32_policy():
-    """Layers created inside take the float32 policy (tfrs tasks have no `dtype` argument)."""
-    previous = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        tf.keras.mixed_precision.set_global_policy(previous)
 
 
 def _replica_context():
