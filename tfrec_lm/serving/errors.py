@@ -3,9 +3,15 @@
 TF Serving reports every failure as a `tensorflow::Status`; its REST layer maps the code
 to an HTTP status (`http_server.cc`, `ToHTTPStatusCode`) and writes `{"error": message}`,
 its gRPC layer returns the code itself. `ServingError` carries such a code.
+
+What a client reads never holds the server's internals: unexpected failures answer a
+fixed INTERNAL message (the details go to the server log), and messages that come from
+TensorFlow have absolute paths replaced by `<path>` (`scrub`).
 """
 
 from __future__ import annotations
+
+import re
 
 import grpc
 
@@ -58,8 +64,41 @@ def not_found(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.NOT_FOUND, message)
 
 
+def deadline_exceeded(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+
+INTERNAL_MESSAGE = "Internal: the server failed to answer this request; the details are in its log"
+
+
+def internal_error() -> ServingError:
+    """The answer to an unexpected exception: no class name, message or path (log those)."""
+    return ServingError(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
+# An absolute POSIX or Windows path, not preceded by a word character (so "a/b" and
+# "1/2" stay), up to whitespace, a quote or a closing bracket.
+_PATH = re.compile(r"(?<![\w.~])(?:[A-Za-z]:)?[/\\](?:[^\s'\"`,;)\]}]+)")
+_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
+
+
+def scrub(text: str, limit: int = 500) -> str:
+    """A message fit for a client: absolute paths replaced by `<path>`, one line, at most `limit` chars."""
+    text = _PATH.sub("<path>", str(text)).strip()
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tf_error_code(error) -> grpc.StatusCode:
+    """The gRPC status code of a `tf.errors.OpError` (UNKNOWN for anything else)."""
+    return _BY_NUMBER.get(getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN)
+
+
 def from_tf_error(error) -> ServingError:
-    """A `tf.errors.OpError` raised while running a signature, as a ServingError."""
-    code = _BY_NUMBER.get(getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN)
+    """A `tf.errors.OpError` raised while running a signature, as a ServingError.
+
+    The message keeps TensorFlow's text without paths or the `[Op:__inference_...]`
+    suffix (which names generated graph functions, not anything in the request).
+    """
     message = getattr(error, "message", None) or str(error)
-    return ServingError(code, message)
+    return ServingError(tf_error_code(error), scrub(_OP_SUFFIX.sub("", message)) or "model run failed")

@@ -20,9 +20,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfrec_lm.serving.errors import ServingError, invalid_argument
+from tfrec_lm.serving.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
 from tfrec_lm.serving.manager import ModelManager
-from tfrec_lm.serving.tensors import Limits, array_to_tensor_proto, check_batch, check_names, tensor_proto_to_array
+from tfrec_lm.serving.tensors import Limits, array_to_tensor_proto, check_names, tensor_protos_to_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +35,15 @@ def _spec(model_spec):
     return model_spec.name, version, label
 
 
-def _call(context, method, request):
+def _call(context, method, request, *extra):
     try:
-        return method(request)
+        return method(request, *extra)
     except ServingError as error:
         code, message = error.code, error.message
-    except Exception as error:
+    except Exception:  # a bug: the details go to the log, not to the client
         logger.exception("gRPC call failed")
-        code, message = grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"
+        error = internal_error()
+        code, message = error.code, error.message
     context.abort(code, message)
 
 
@@ -52,19 +53,20 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.limits = limits
 
     def Predict(self, request, context):
-        return _call(context, self._predict, request)
+        return _call(context, self._predict, request, context)
 
     def GetModelMetadata(self, request, context):
         return _call(context, self._metadata, request)
 
-    def _predict(self, request):
+    def _predict(self, request, context=None):
         name, version, label = _spec(request.model_spec)
         servable = self.manager.get(name, version, label)
         signature = servable.signature(request.model_spec.signature_name)
         check_names(request.inputs.keys(), signature.inputs)
-        arrays = {key: tensor_proto_to_array(proto, signature.inputs[key], key, self.limits)
-                  for key, proto in request.inputs.items()}
-        check_batch(arrays)
+        arrays = tensor_protos_to_arrays(request.inputs, signature.inputs, self.limits)
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None and remaining <= 0:
+            raise deadline_exceeded("Deadline exceeded before the model ran")
         outputs = servable.run(signature, arrays, tuple(request.output_filter))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
@@ -111,8 +113,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def make_grpc_server(manager: ModelManager, limits: Limits, host: str, port: int, max_threads: int = 8,
-                     max_message_bytes: int = 256 << 20):
-    """A started-ready (not started) grpc.Server and the port it bound (0 in `port` picks one)."""
+                     max_message_bytes: int = 16 << 20):
+    """A ready (not started) grpc.Server and the port it bound (0 in `port` picks one).
+
+    A message over `max_message_bytes` (`--grpc_max_message_bytes`) is refused by gRPC
+    itself (RESOURCE_EXHAUSTED) before it is parsed.
+    """
     server = grpc.server(
         concurrent.futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="tfrec-lm-grpc"),
         options=[("grpc.max_receive_message_length", max_message_bytes),

@@ -2,8 +2,11 @@
 
 Everything a client sends is checked here before any TensorFlow op runs: the names
 against the signature, dtypes, rank, rectangular (not ragged) nesting, the batch size and
-the history / candidate lengths. A failure is a `ServingError(INVALID_ARGUMENT)` (HTTP
-400), never an exception that reaches the server loop.
+the history / candidate lengths, and that the inputs agree with each other (one batch
+size; every `history_*` input of the same shape). The limits are checked on the shapes a
+request declares, before any array of that size is allocated. A failure is a
+`ServingError(INVALID_ARGUMENT)` (HTTP 400), never an exception that reaches the server
+loop.
 
 JSON follows TF Serving's REST API (https://www.tensorflow.org/tfx/serving/api_rest):
 strings are JSON strings (UTF-8) or `{"b64": "..."}`; string outputs are JSON strings,
@@ -15,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,20 +26,32 @@ import numpy as np
 from tfrec_lm.serving.errors import invalid_argument
 
 
+HISTORY_PREFIX = "history_"
+
+# Defaults of the edge limits (the `python -m tfrec_lm.serve` flags of the same names).
+# They bound one request's memory: the model's largest tensors are [rows, candidates, 2 x
+# embedding] floats in `rank` (about 65 MB at these limits and the default width of 64),
+# and TF Serving's own batching config caps a batch at 128 users (serving/batching_parameters.txt).
+DEFAULT_MAX_BATCH_SIZE = 128
+DEFAULT_MAX_HISTORY_LENGTH = 512
+DEFAULT_MAX_CANDIDATES = 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """Edge limits of one request.
+    """Edge limits of one request, checked on declared shapes before any allocation.
 
     Attributes:
-        max_batch_size: int. most rows (users) per request.
-        max_history_length: int. longest second dimension of a `history_*` input.
-        max_candidates: int. longest second dimension of any other input
-            (e.g. `candidate_item_ids` of `rank`).
+        max_batch_size: int. most rows (users) per request (`--max_batch_size`).
+        max_history_length: int. longest second dimension of a `history_*` input
+            (`--max_history_length`).
+        max_candidates: int. longest second dimension of any other input, e.g.
+            `candidate_item_ids` of `rank` (`--max_candidates`).
     """
 
-    max_batch_size: int = 1024
-    max_history_length: int = 2048
-    max_candidates: int = 4096
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_history_length: int = DEFAULT_MAX_HISTORY_LENGTH
+    max_candidates: int = DEFAULT_MAX_CANDIDATES
 
     def check(self, name: str, shape) -> None:
         """Raises INVALID_ARGUMENT if an input of this shape breaks a limit."""
@@ -47,7 +63,7 @@ class Limits:
                     f"input '{name}' has batch size {shape[0]}, more than --max_batch_size={self.max_batch_size}; "
                     "split the users over several requests")
         if len(shape) >= 2:
-            if name.startswith("history"):
+            if name.startswith(HISTORY_PREFIX):
                 if shape[1] > self.max_history_length:
                     raise invalid_argument(
                         f"input '{name}' has history length {shape[1]}, more than "
@@ -83,7 +99,8 @@ def check_names(given, specs: Mapping[str, Any]) -> None:
         if missing:
             parts.append(f"missing: {missing}")
         if extra:
-            parts.append(f"not in the signature: {extra}")
+            more = f" and {len(extra) - 10} more" if len(extra) > 10 else ""
+            parts.append(f"not in the signature: {[_short(n) if len(n) > 40 else n for n in extra[:10]]}{more}")
         raise invalid_argument(f"inputs do not match the signature ({sorted(wanted)}): " + "; ".join(parts))
 
 
@@ -93,6 +110,36 @@ def check_batch(arrays: Mapping[str, np.ndarray]) -> int:
     if len(distinct) > 1:
         raise invalid_argument(f"inputs have different batch sizes: {sizes}")
     return distinct.pop() if distinct else 0
+
+
+def check_shapes(shapes: Mapping[str, list], specs: Mapping[str, Any], limits: Limits | None) -> None:
+    """Every input's declared shape, before any of them is decoded.
+
+    Checks, in order: the limits (so nothing over them is ever allocated), each input's
+    rank against the signature, one batch size for all inputs, and one full shape for all
+    `history_*` inputs (`history_timestamps` has one timestamp per `history_item_ids`
+    entry). Raises INVALID_ARGUMENT naming the inputs that disagree.
+
+    Args:
+        shapes: {input name: list of int}. the shapes the request declares.
+        specs: {input name: tf.TensorSpec}. the signature's inputs.
+        limits: Limits or None.
+    """
+    for name, shape in shapes.items():
+        if limits is not None:
+            limits.check(name, shape)
+        check_shape(name, shape, specs[name])
+    batch = {name: shape[0] for name, shape in shapes.items() if len(shape) >= 1}
+    if len(set(batch.values())) > 1:
+        raise invalid_argument(f"inputs have different batch sizes: {batch}; every input needs one row per user")
+    history = sorted(name for name in shapes if name.startswith(HISTORY_PREFIX))
+    for name in history[1:]:
+        if list(shapes[name]) != list(shapes[history[0]]):
+            first = history[0]
+            raise invalid_argument(
+                f"inputs '{first}' (shape {list(shapes[first])}) and '{name}' (shape {list(shapes[name])}) must "
+                f"have the same shape: one {name[len(HISTORY_PREFIX):]} entry per {first[len(HISTORY_PREFIX):]} entry, "
+                "padded alike")
 
 
 # ---------------------------------------------------------------- JSON -> numpy
@@ -153,13 +200,23 @@ def _integer_bounds(dtype: np.dtype):
     return int(info.min), int(info.max)
 
 
+def _utf8(value: str, name: str, index: int, shape) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate, e.g. the JSON escape "\ud800"
+        where = _position(index, shape)
+        bad = value[error.start:error.end].encode("unicode_escape").decode("ascii")
+        raise invalid_argument(f"input '{name}' at {name}{where}: not a valid Unicode string (unpaired surrogate "
+                               f"{bad}); send UTF-8 text, or bytes as {{\"b64\": \"...\"}}") from None
+
+
 def _leaves_to_array(flat: list, shape, dtype, name: str) -> np.ndarray:
     kind = dtype_name(dtype)
     if kind == "string":
         out = []
         for i, v in enumerate(flat):
             if type(v) is str:
-                out.append(v.encode("utf-8"))
+                out.append(_utf8(v, name, i, shape))
             elif isinstance(v, dict):
                 out.append(_b64(v, name, _position(i, shape)))
             else:
@@ -204,7 +261,7 @@ def _short(value, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def json_to_array(value, spec, name: str, limits: Limits | None) -> np.ndarray:
+def json_to_array(value, spec, name: str, limits: Limits | None, shape=None) -> np.ndarray:
     """A JSON tensor value (nested lists) as a numpy array of the spec's dtype.
 
     Args:
@@ -212,11 +269,14 @@ def json_to_array(value, spec, name: str, limits: Limits | None) -> np.ndarray:
         spec: tf.TensorSpec. the signature's input.
         name: str. the input's name (for messages and the limits).
         limits: Limits or None.
+        shape: list of int or None. `nominal_shape(value)`, already checked by the caller
+            (`check_shapes`); None: computed and checked here.
     """
-    shape = nominal_shape(value)
-    if limits is not None:
-        limits.check(name, shape)
-    check_shape(name, shape, spec)
+    if shape is None:
+        shape = nominal_shape(value)
+        if limits is not None:
+            limits.check(name, shape)
+        check_shape(name, shape, spec)
     flat: list = []
     try:
         _flatten(value, shape, 0, flat)
@@ -247,6 +307,9 @@ def decode_json_request(body: bytes | str, signatures: Mapping[str, Any], limits
 
     try:
         request = json.loads(body)
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: the body is nested too deeply (request tensors have rank 2)") \
+            from None
     except (UnicodeDecodeError, ValueError) as error:
         raise invalid_argument(f"JSON Parse error: {error}") from None
     if not isinstance(request, dict):
@@ -288,9 +351,7 @@ def _decode_instances(instances, specs, limits: Limits | None) -> dict:
                 raise invalid_argument(f"instances[{i}]: {error}") from None
         for name in names:
             columns[name].append(instance[name])
-    arrays = {name: json_to_array(columns[name], specs[name], name, limits) for name in names}
-    check_batch(arrays)
-    return arrays
+    return _decode_columns(columns, specs, limits)
 
 
 def _decode_inputs(inputs, specs, limits: Limits | None) -> dict:
@@ -300,9 +361,14 @@ def _decode_inputs(inputs, specs, limits: Limits | None) -> dict:
             return {names[0]: json_to_array(inputs, specs[names[0]], names[0], limits)}
         raise invalid_argument(f"'inputs' must be an object of named inputs {names}, got {_json_type(inputs)}")
     check_names(inputs, specs)
-    arrays = {name: json_to_array(inputs[name], specs[name], name, limits) for name in names}
-    check_batch(arrays)
-    return arrays
+    return _decode_columns(inputs, specs, limits)
+
+
+def _decode_columns(columns: Mapping[str, Any], specs, limits: Limits | None) -> dict:
+    """All inputs' shapes checked together first (limits, ranks, agreement), then each decoded."""
+    shapes = {name: nominal_shape(columns[name]) for name in specs}
+    check_shapes(shapes, specs, limits)
+    return {name: json_to_array(columns[name], specs[name], name, limits, shapes[name]) for name in specs}
 
 
 # ---------------------------------------------------------------- numpy -> JSON
@@ -343,8 +409,13 @@ def encode_json_response(outputs: Mapping[str, np.ndarray], form: str) -> dict:
 # ---------------------------------------------------------------- TensorProto <-> numpy
 
 
-def tensor_proto_to_array(proto, spec, name: str, limits: Limits | None) -> np.ndarray:
-    """A request TensorProto as numpy, checked against the signature before decoding."""
+_VALUE_FIELDS = ("half_val", "float_val", "double_val", "int_val", "string_val", "scomplex_val", "int64_val",
+                 "bool_val", "dcomplex_val", "resource_handle_val", "variant_val", "uint32_val", "uint64_val",
+                 "float8_val")
+
+
+def tensor_proto_shape(proto, spec, name: str) -> list[int]:
+    """The shape a request TensorProto declares, after checking its dtype (nothing decoded)."""
     import tensorflow as tf
 
     try:
@@ -359,9 +430,59 @@ def tensor_proto_to_array(proto, spec, name: str, limits: Limits | None) -> np.n
     shape = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in shape):
         raise invalid_argument(f"input '{name}' has a negative dimension: {shape}")
-    if limits is not None:
-        limits.check(name, shape)
-    check_shape(name, shape, spec)
+    return shape
+
+
+def _check_proto_content(proto, shape, name: str) -> None:
+    """The values a TensorProto carries fit its shape (TF pads fewer values, never more)."""
+    import tensorflow as tf
+
+    elements = math.prod(shape)
+    if proto.tensor_content:
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size
+        if proto.dtype == tf.string.as_datatype_enum or len(proto.tensor_content) != elements * itemsize:
+            raise invalid_argument(f"input '{name}': malformed TensorProto for shape {shape}: tensor_content has "
+                                   f"{len(proto.tensor_content)} bytes, expected {elements} x {itemsize}")
+        return
+    for field in _VALUE_FIELDS:
+        count = len(getattr(proto, field, ()))
+        if count > elements:
+            raise invalid_argument(f"input '{name}': malformed TensorProto for shape {shape}: {count} values in "
+                                   f"{field} for {elements} elements")
+
+
+def tensor_protos_to_arrays(protos: Mapping[str, Any], specs: Mapping[str, Any], limits: Limits | None) -> dict:
+    """A request's TensorProtos as numpy: every declared shape checked (`check_shapes`) before any is decoded.
+
+    Args:
+        protos: {input name: TensorProto}. names already checked against `specs`.
+        specs: {input name: tf.TensorSpec}.
+        limits: Limits or None.
+    """
+    shapes = {name: tensor_proto_shape(proto, specs[name], name) for name, proto in protos.items()}
+    check_shapes(shapes, {name: specs[name] for name in protos}, limits)
+    return {name: tensor_proto_to_array(proto, specs[name], name, None, shapes[name]) for name, proto in protos.items()}
+
+
+def tensor_proto_to_array(proto, spec, name: str, limits: Limits | None, shape=None) -> np.ndarray:
+    """A request TensorProto as numpy, checked against the signature before decoding.
+
+    Args:
+        proto: TensorProto.
+        spec: tf.TensorSpec.
+        name: str. the input's name.
+        limits: Limits or None.
+        shape: list of int or None. the declared shape, already checked by the caller
+            (`tensor_protos_to_arrays`); None: checked here.
+    """
+    import tensorflow as tf
+
+    if shape is None:
+        shape = tensor_proto_shape(proto, spec, name)
+        if limits is not None:
+            limits.check(name, shape)
+        check_shape(name, shape, spec)
+    _check_proto_content(proto, shape, name)
     try:
         array = tf.make_ndarray(proto)
     except Exception as error:  # malformed content: wrong byte count, etc.
