@@ -7,15 +7,27 @@ which of them should be served. A version to serve is loaded *completely* (and w
 from `assets.extra/tf_serving_warmup_requests` if present) before it is published; the
 table of served versions is then replaced by one reference assignment, so a request
 always runs on one consistent `Servable` and in-flight requests on the old version
-finish on it. A version that is no longer wanted is dropped only once some wanted
-version is available (TF Serving's availability-preserving policy). A version that
-fails to load is retried on later polls, `max_num_load_retries` times, and the versions
-already served keep serving.
+finish on it.
+
+Unloading follows TF Serving's `AvailabilityPreservingPolicy`: a version that is no longer
+wanted is dropped once some wanted version is available, or when no version is wanted at
+all (every version directory was deleted: the model is unloaded and requests get NOT_FOUND,
+as in TF Serving; a base path that cannot be listed at all is an error that changes
+nothing).
+
+Retries follow TF Serving's `--max_num_load_retries` / `--load_retry_interval_micros`: a
+version that fails to load is tried again every `load_retry_interval_s` (at the first poll
+after that), up to `max_num_load_retries` more times, while the versions already served keep
+serving. If its files are still changing (a slow copy into the base path), the count starts
+again, so a version that is still arriving is retried until it loads or is removed; a
+version whose files stay the same gives up after the last retry (status END with the
+error), and is tried afresh once its files change or it is removed and comes back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -25,7 +37,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from tfrec_lm.serving.errors import from_tf_error, invalid_argument, not_found
+from tfrec_lm.serving.errors import from_tf_error, invalid_argument, not_found, scrub, tf_error_code
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +146,47 @@ def read_model_config_file(path) -> list[ModelConfig]:
 
 
 def versions_on_disk(base_path) -> list[int]:
-    """Integer-named subdirectories of `base_path` (`.tmp-*` staging directories are not versions)."""
+    """Integer-named subdirectories of `base_path` (`.tmp-*` staging directories are not versions).
+
+    Raises OSError if the base path cannot be listed (missing, not a directory, no access).
+    """
+    with os.scandir(base_path) as entries:
+        return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+
+
+def tree_fingerprint(path) -> str:
+    """A digest of every file's relative path, size and mtime under `path` ("" if it is gone).
+
+    Changes whenever a file arrives or grows anywhere below `path`, unlike the directory's
+    own mtime, which only sees its direct children.
+    """
+    digest = hashlib.sha256()
     try:
-        entries = list(os.scandir(base_path))
-    except FileNotFoundError:
-        return []
-    return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                try:
+                    stat = os.stat(full)
+                except OSError:
+                    continue
+                digest.update(f"{os.path.relpath(full, path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def describe_load_error(name: str, version: int, error: BaseException) -> tuple[str, str]:
+    """(status code name, message) of a failed load, for clients: no paths, no exception class.
+
+    TF Serving's wording (`Loading servable: {name: ... version: ...} failed: ...`);
+    TensorFlow's own text is kept with paths replaced by `<path>`.
+    """
+    code = tf_error_code(error)
+    detail = scrub(getattr(error, "message", None) or str(error), 300)
+    if isinstance(error, (FileNotFoundError, NotADirectoryError)) or not detail:
+        detail = "the SavedModel's files are missing or incomplete"
+    return code.name, f"Loading servable: {{name: {name} version: {version}}} failed: {detail}"
 
 
 # ---------------------------------------------------------------- one loaded version
@@ -239,6 +286,15 @@ class VersionStatus:
     error_message: str = ""
 
 
+@dataclasses.dataclass
+class _Attempts:
+    """Failed loads of one version: how many since its files last changed, and when to try next."""
+
+    failures: int
+    next_attempt: float
+    fingerprint: str
+
+
 # ---------------------------------------------------------------- the manager
 
 
@@ -248,25 +304,32 @@ class ModelManager:
     Args:
         models: list of ModelConfig.
         poll_wait_seconds: float. seconds between polls of the base paths; 0 or less:
-            only the poll at start.
-        max_num_load_retries: int. retries of a version that fails to load.
+            only the poll at start (then a failed load is not retried).
+        max_num_load_retries: int. retries of a version that fails to load, after the
+            first attempt (TF Serving's `--max_num_load_retries`, default 5); the count
+            restarts while the version's files keep changing.
+        load_retry_interval_s: float. seconds between a failed load and its retry (TF
+            Serving's `--load_retry_interval_micros`, default 60 s); retries happen at
+            the first poll after that.
         loader: callable(name, version, path) -> Servable.
         warm_up: callable(Servable) -> None, run before a version is published.
     """
 
     def __init__(self, models, poll_wait_seconds: float = 1.0, max_num_load_retries: int = 5,
-                 loader=Servable, warm_up=None):
+                 loader=Servable, warm_up=None, load_retry_interval_s: float = 60.0):
         self.models = {m.name: m for m in models}
         if len(self.models) != len(models):
             raise ValueError("model names must be distinct")
         self.poll_wait_seconds = poll_wait_seconds
-        self.max_num_load_retries = max_num_load_retries
+        self.max_num_load_retries = max(0, int(max_num_load_retries))
+        self.load_retry_interval_s = max(0.0, float(load_retry_interval_s))
         self._loader = loader
         self._warm_up = warm_up
         # {name: {version: Servable}}; replaced, never mutated, so readers need no lock.
         self._served: dict = {name: {} for name in self.models}
         self._status: dict = {name: {} for name in self.models}
-        self._failures: dict = {}
+        self._failures: dict = {}  # {(name, version): _Attempts}
+        self._unlisted: set = set()  # models whose base path could not be listed at the last poll
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
@@ -309,51 +372,83 @@ class ModelManager:
 
     def _sync(self, config: ModelConfig) -> None:
         name = config.name
-        on_disk = versions_on_disk(config.base_path)
-        if not on_disk and not self._served[name]:
-            if not self._status[name]:
-                logger.warning("no versions of model %r found under %s yet", name, config.base_path)
+        try:
+            on_disk = versions_on_disk(config.base_path)
+        except OSError as error:
+            # TF Serving: a base path that cannot be listed fails the poll; nothing changes.
+            if name not in self._unlisted:
+                logger.error("cannot list the base path of model %r (%s); keeping what is served", name, error)
+                self._unlisted.add(name)
+            return
+        self._unlisted.discard(name)
+        if not on_disk and not self._status[name]:
+            logger.warning("no versions of model %r found under %s yet", name, config.base_path)
+        for key in [k for k in self._failures if k[0] == name and k[1] not in on_disk]:
+            del self._failures[key]  # removed: a version that comes back starts afresh
+            status = self._status[name].get(key[1])
+            if status is not None and status.state != "END" and key[1] not in self._served[name]:
+                self._set_status(name, key[1], "END", status.error_code, status.error_message)
         aspired = config.aspired(on_disk)
         for version in sorted(aspired - set(self._served[name]), reverse=True):
             self._load(config, version)
+        self._unload_unaspired(name, aspired)
+
+    def _unload_unaspired(self, name: str, aspired: set) -> None:
+        """TF Serving's AvailabilityPreservingPolicy for unloading.
+
+        A served version that is no longer aspired is unloaded if no version is aspired at
+        all, or some aspired version is served; otherwise only the newest unaspired one
+        stays, so the model keeps serving while its replacement cannot load.
+        """
         served = self._served[name]
-        if any(v in served for v in aspired):
-            unwanted = [v for v in served if v not in aspired]
-            if unwanted:
-                for version in unwanted:
-                    self._set_status(name, version, "UNLOADING")
-                self._publish(name, {v: s for v, s in served.items() if v in aspired})
-                for version in unwanted:
-                    self._set_status(name, version, "END")
-                    logger.info("unloaded %s version %d", name, version)
+        unaspired = sorted(v for v in served if v not in aspired)
+        if not unaspired:
+            return
+        if aspired and not any(v in served for v in aspired):
+            unaspired = unaspired[:-1]
+            if not unaspired:
+                return
+        for version in unaspired:
+            self._set_status(name, version, "UNLOADING")
+        self._publish(name, {v: s for v, s in served.items() if v not in unaspired})
+        for version in unaspired:
+            self._set_status(name, version, "END")
+            logger.info("unloaded %s version %d%s", name, version,
+                        "" if aspired else " (no version left under the base path)")
 
     def _load(self, config: ModelConfig, version: int) -> None:
         name = config.name
         path = os.path.join(config.base_path, str(version))
         key = (name, version)
-        try:
-            stamp = os.stat(path).st_mtime_ns
-        except FileNotFoundError:
-            return
-        failures, failed_stamp = self._failures.get(key, (0, None))
-        if failed_stamp == stamp and failures > self.max_num_load_retries:
-            return  # gave up on this directory; a new one (new mtime) is tried again
-        if failed_stamp != stamp:
-            failures = 0
+        attempts = self._failures.get(key)
+        if attempts is not None:
+            fingerprint = tree_fingerprint(path)
+            if fingerprint != attempts.fingerprint:
+                # Its files changed since the last attempt (a copy still arriving, or a fix):
+                # the failures so far say nothing about what is there now.
+                attempts.failures, attempts.fingerprint = 0, fingerprint
+                if attempts.next_attempt == float("inf"):
+                    attempts.next_attempt = 0.0
+            if time.monotonic() < attempts.next_attempt:
+                return
         self._set_status(name, version, "LOADING")
         start = time.perf_counter()
+        fingerprint = tree_fingerprint(path)
         try:
             servable = self._loader(name, version, path)
             if self._warm_up is not None:
                 self._warm_up(servable)
         except Exception as error:
-            failures += 1
-            self._failures[key] = (failures, stamp)
+            failures = (attempts.failures if attempts is not None else 0) + 1
             final = failures > self.max_num_load_retries
-            message = f"{type(error).__name__}: {error}"
-            logger.error("loading %s version %d from %s failed (attempt %d%s): %s", name, version, path, failures,
-                         ", giving up" if final else ", will retry", message)
-            self._set_status(name, version, "END" if final else "LOADING", "UNKNOWN", message[:2000])
+            self._failures[key] = _Attempts(
+                failures, float("inf") if final else time.monotonic() + self.load_retry_interval_s, fingerprint)
+            code, message = describe_load_error(name, version, error)
+            logger.error("loading %s version %d from %s failed (attempt %d of %d%s)", name, version, path, failures,
+                         self.max_num_load_retries + 1,
+                         ", giving up until its files change" if final else
+                         f", retrying in {self.load_retry_interval_s:g} s", exc_info=error)
+            self._set_status(name, version, "END" if final else "LOADING", code, message)
             return
         self._failures.pop(key, None)
         self._publish(name, {**self._served[name], version: servable})
