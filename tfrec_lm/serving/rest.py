@@ -7,8 +7,17 @@ Paths (as in TF Serving's `http_rest_api_handler.cc`):
     GET  /v1/models/<name>[/versions/<v> | /labels/<l>]/metadata   signature defs
 
 Every failure answers `{"error": "<message>"}` with TF Serving's HTTP status for the
-error code. Parsing, validation and the model run happen on a thread pool
-(`--rest_api_num_threads`), never on the event loop.
+error code. Parsing, validation and the model run happen on worker threads, never on the
+event loop: `--rest_api_num_threads` requests run at once.
+
+Per-request bounds: a body over `--rest_api_max_body_bytes` is refused from its
+Content-Length header, before it is read (or, without one, as soon as the bytes received
+pass the limit); the decoded tensors are bounded by `Limits`, checked on the declared
+shapes before any array is built. A request that passes `--rest_api_timeout_in_ms`
+answers 504 at once *and gives its worker slot to the next request*: Python cannot stop
+the run, so it finishes on a spare thread (at most `--rest_api_num_threads` such runs at a
+time, beyond which a timed-out run keeps its slot until it ends), and its answer is
+dropped. A request still parsing when its deadline passes does not start the model.
 """
 
 from __future__ import annotations
@@ -19,11 +28,12 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.parse
 
 import grpc
 
-from tfrec_lm.serving.errors import ServingError, invalid_argument
+from tfrec_lm.serving.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
 from tfrec_lm.serving.manager import ModelManager
 from tfrec_lm.serving.tensors import Limits, decode_json_request, encode_json_response
 
@@ -58,17 +68,29 @@ class RestApi:
         self.manager = manager
         self.limits = limits
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, bytes]:
+        """One request's answer.
+
+        Args:
+            method: str. GET or POST.
+            path: str. the URL path.
+            body: bytes.
+            deadline: float or None. `time.monotonic()` after which the model is not run.
+
+        Returns:
+            (HTTP status, JSON body bytes).
+        """
         try:
-            status, payload = 200, self._route(method, urllib.parse.unquote(path), body)
+            status, payload = 200, self._route(method, urllib.parse.unquote(path), body, deadline)
         except ServingError as error:
             status, payload = error.http_status, {"error": error.message}
-        except Exception as error:  # a bug, not the client's fault; the server keeps running
+        except Exception:  # a bug, not the client's fault; the server keeps running, the log has the details
             logger.exception("REST %s %s failed", method, path)
-            status, payload = 500, {"error": f"Internal: {type(error).__name__}: {error}"}
+            error = internal_error()
+            status, payload = error.http_status, {"error": error.message}
         return status, json.dumps(payload, separators=(",", ":")).encode("utf-8")
 
-    def _route(self, method: str, path: str, body: bytes) -> dict:
+    def _route(self, method: str, path: str, body: bytes, deadline: float | None = None) -> dict:
         if method == "POST":
             match = PREDICT_PATH.fullmatch(path)
             if match:
@@ -76,7 +98,7 @@ class RestApi:
                 if verb.lower() != "predict":
                     raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                        f"{verb} is not served here: tfrec_lm signatures are predict signatures")
-                return self._predict(name, _version(version), label, body)
+                return self._predict(name, _version(version), label, body, deadline)
         elif method == "GET":
             match = STATUS_PATH.fullmatch(path)
             if match:
@@ -86,9 +108,11 @@ class RestApi:
                 return version_status_json(self.manager.status(name, _version(version), label))
         raise invalid_argument(f"Malformed request: {method} {path}")
 
-    def _predict(self, name, version, label, body: bytes) -> dict:
+    def _predict(self, name, version, label, body: bytes, deadline: float | None = None) -> dict:
         servable = self.manager.get(name, version, label)  # this request runs on this version throughout
         signature_name, arrays, form = decode_json_request(body, servable.input_specs, self.limits)
+        if deadline is not None and time.monotonic() > deadline:
+            raise deadline_exceeded("Deadline exceeded before the model ran (--rest_api_timeout_in_ms)")
         outputs = servable.run(servable.signature(signature_name), arrays)
         return encode_json_response(outputs, form)
 
@@ -97,24 +121,93 @@ def _version(text):
     return int(text) if text else None
 
 
+class DeadlineWorkers:
+    """Runs blocking calls on threads under a deadline, without letting timed-out calls starve later ones.
+
+    At most `num_threads` calls hold a slot at once; a call waits for a slot within its
+    deadline. When a call's deadline passes it is answered at once and, while fewer than
+    `max_abandoned` timed-out calls are still running, its slot goes to the next call (its
+    thread finishes in the background; Python cannot interrupt it). Past that bound a
+    timed-out call keeps its slot until it ends, so threads stay bounded at
+    `num_threads + max_abandoned`. Use from one event loop.
+
+    Args:
+        num_threads: int. calls running at once.
+        max_abandoned: int or None. timed-out calls allowed to run on without a slot
+            (default `num_threads`).
+    """
+
+    def __init__(self, num_threads: int, max_abandoned: int | None = None):
+        self.num_threads = max(1, int(num_threads))
+        self.max_abandoned = self.num_threads if max_abandoned is None else max(0, int(max_abandoned))
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=self.num_threads + self.max_abandoned,
+                                                              thread_name_prefix="tfrec-lm-rest")
+        self.abandoned = 0
+        self._slots = None
+
+    async def run(self, timeout_s: float, function, *args):
+        """`function(*args)` on a worker thread; raises asyncio.TimeoutError after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.num_threads)
+        deadline = loop.time() + timeout_s
+        await asyncio.wait_for(self._slots.acquire(), timeout_s)
+        try:
+            future = self.executor.submit(function, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        try:
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                            max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            if self.abandoned < self.max_abandoned:
+                self.abandoned += 1
+                self._slots.release()
+                release = self._abandoned_done
+            else:
+                release = self._slots.release
+            future.add_done_callback(lambda _: _call_soon(loop, release))
+            raise
+        except BaseException:  # cancelled, or the call raised: the slot is free once the thread is
+            future.add_done_callback(lambda _: _call_soon(loop, self._slots.release))
+            raise
+        self._slots.release()
+        return result
+
+    def _abandoned_done(self) -> None:
+        self.abandoned -= 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=True)
+
+
+def _call_soon(loop, callback) -> None:
+    try:
+        loop.call_soon_threadsafe(callback)
+    except RuntimeError:  # the loop is closed: the server stopped
+        pass
+
+
 class RestServer:
     """Serves a RestApi with tornado on its own event-loop thread.
 
     Args:
-        api: RestApi.
+        api: RestApi. anything with `handle(method, path, body, deadline)`.
         host: str. address to bind (127.0.0.1 by default everywhere in this project).
         port: int. 0 picks a free port (see `port` after `start`).
-        num_threads: int. worker threads for parsing and model runs.
-        timeout_s: float. per-request deadline; a slower request answers 504.
-        max_body_bytes: int. largest accepted request body.
+        num_threads: int. requests parsed and run at once (`--rest_api_num_threads`).
+        timeout_s: float. per-request deadline; a slower request answers 504
+            (`--rest_api_timeout_in_ms`) and frees its slot (see `DeadlineWorkers`).
+        max_body_bytes: int. largest accepted request body (`--rest_api_max_body_bytes`);
+            a larger one answers 400 before it is read.
     """
 
     def __init__(self, api: RestApi, host: str = "127.0.0.1", port: int = 8501, num_threads: int = 4,
-                 timeout_s: float = 30.0, max_body_bytes: int = 256 << 20):
+                 timeout_s: float = 30.0, max_body_bytes: int = 16 << 20):
         self.api, self.host, self.port = api, host, port
-        self.timeout_s, self.max_body_bytes = timeout_s, max_body_bytes
-        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=num_threads,
-                                                              thread_name_prefix="tfrec-lm-rest")
+        self.timeout_s, self.max_body_bytes = timeout_s, int(max_body_bytes)
+        self.workers = DeadlineWorkers(num_threads)
         self._loop = None
         self._thread = None
         self._http = None
@@ -135,7 +228,9 @@ class RestServer:
                 app = tornado.web.Application([(r"/.*", _Handler, {"server": self})])
                 sockets = tornado.netutil.bind_sockets(self.port, address=self.host)
                 self.port = sockets[0].getsockname()[1]
-                self._http = tornado.httpserver.HTTPServer(app, max_body_size=self.max_body_bytes,
+                # The handler enforces max_body_bytes with a JSON answer; tornado's own limit
+                # (a bare 400 and a closed connection) is only the backstop for chunked bodies.
+                self._http = tornado.httpserver.HTTPServer(app, max_body_size=2 * self.max_body_bytes + (1 << 20),
                                                            idle_connection_timeout=60)
                 self._http.add_sockets(sockets)
             except Exception as error:
@@ -154,7 +249,7 @@ class RestServer:
 
     def stop(self) -> None:
         if self._loop is None or not self._loop.is_running():
-            self.executor.shutdown(wait=False)
+            self.workers.shutdown(wait=False)
             return
 
         async def close():
@@ -167,7 +262,12 @@ class RestServer:
             logger.warning("REST server did not close its connections cleanly", exc_info=True)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.workers.shutdown(wait=True)
+
+
+def body_too_large(size_text: str, limit: int) -> bytes:
+    return json.dumps({"error": f"the request body has {size_text} bytes, more than --rest_api_max_body_bytes="
+                                f"{limit}; send fewer users per request"}).encode()
 
 
 try:
@@ -177,25 +277,60 @@ except ImportError:  # pragma: no cover - tornado is a dependency of the server
 
 
 if _web is not None:
+    @_web.stream_request_body
     class _Handler(_web.RequestHandler):
         def initialize(self, server: RestServer):
             self.server = server
+            self._chunks = []
+            self._received = 0
 
         def set_default_headers(self):
             self.set_header("Content-Type", "application/json")
 
+        def _refuse(self, body: bytes) -> None:
+            # The rest of the body is never read: tornado closes the connection after this answer.
+            self.set_status(400)
+            self.set_header("Connection", "close")
+            self.finish(body)
+
+        def prepare(self):
+            limit = self.server.max_body_bytes
+            declared = self.request.headers.get("Content-Length")
+            if declared is not None:
+                try:
+                    size = int(declared.split(",")[0].strip())
+                except ValueError:
+                    return  # tornado answers a malformed Content-Length itself
+                if size > limit:
+                    # Keep tornado from raising its own (bare) error while it discards the body.
+                    self.request.connection.set_max_body_size(size)
+                    self._refuse(body_too_large(str(size), limit))
+
+        def data_received(self, chunk: bytes):
+            if self._finished:
+                return
+            self._received += len(chunk)
+            if self._received > self.server.max_body_bytes:
+                self._chunks = []
+                self._refuse(body_too_large(f"over {self.server.max_body_bytes}", self.server.max_body_bytes))
+                return
+            self._chunks.append(chunk)
+
         async def _dispatch(self, method: str):
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self.server.executor, self.server.api.handle, method,
-                                          self.request.path, self.request.body)
+            if self._finished:
+                return
+            body, self._chunks = b"".join(self._chunks), []
+            timeout = self.server.timeout_s
+            deadline = time.monotonic() + timeout
             try:
-                status, body = await asyncio.wait_for(future, self.server.timeout_s)
+                status, answer = await self.server.workers.run(timeout, self.server.api.handle, method,
+                                                               self.request.path, body, deadline)
             except asyncio.TimeoutError:
                 status = 504
-                body = json.dumps({"error": f"Deadline exceeded: no answer within {self.server.timeout_s:g} s "
-                                            "(--rest_api_timeout_in_ms)"}).encode()
+                answer = json.dumps({"error": f"Deadline exceeded: no answer within {timeout:g} s "
+                                              "(--rest_api_timeout_in_ms)"}).encode()
             self.set_status(status, REASONS.get(status))
-            self.finish(body)
+            self.finish(answer)
 
         async def get(self):
             await self._dispatch("GET")
