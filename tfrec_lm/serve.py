@@ -38,6 +38,9 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tfrec_lm.serving.server import DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_REST_API_MAX_BODY_BYTES
+    from tfrec_lm.serving.tensors import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_HISTORY_LENGTH
+
     p = argparse.ArgumentParser(
         prog="python -m tfrec_lm.serve",
         description="Local TF-Serving-compatible server (development stand-in; production: TF Serving).")
@@ -47,8 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "as in TF Serving)")
     p.add_argument("--rest_api_host", default="127.0.0.1", help="REST bind address (default 127.0.0.1)")
     p.add_argument("--rest_api_num_threads", type=int, default=4, help="REST worker threads (default 4)")
-    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request deadline (default 30000)")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=30_000,
+                   help="REST request deadline (default 30000); a request past it answers 504 and frees its "
+                        "worker for the requests behind it")
+    p.add_argument("--rest_api_max_body_bytes", type=int, default=DEFAULT_REST_API_MAX_BODY_BYTES,
+                   help=f"largest REST request body, checked against Content-Length before the body is read "
+                        f"(default {DEFAULT_REST_API_MAX_BODY_BYTES})")
     p.add_argument("--grpc_max_threads", type=int, default=8, help="gRPC worker threads (default 8)")
+    p.add_argument("--grpc_max_message_bytes", type=int, default=DEFAULT_GRPC_MAX_MESSAGE_BYTES,
+                   help=f"largest gRPC message (default {DEFAULT_GRPC_MAX_MESSAGE_BYTES}); larger ones get "
+                        "gRPC's RESOURCE_EXHAUSTED")
     p.add_argument("--model_name", default="tfrec_lm", help="model name in URLs and ModelSpec (default tfrec_lm)")
     p.add_argument("--model_base_path", help="directory of integer version directories")
     p.add_argument("--model_config_file", help="TF Serving ModelServerConfig text proto (model_config_list); "
@@ -56,12 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                    help="seconds between polls for new versions (default 1 here; TF Serving's is 1 too); "
                         "0 or less: only the poll at start")
-    p.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a version that fails to load")
-    p.add_argument("--max_batch_size", type=int, default=1024, help="most users per request (default 1024)")
-    p.add_argument("--max_history_length", type=int, default=2048,
-                   help="longest history per user (default 2048)")
-    p.add_argument("--max_candidates", type=int, default=4096,
-                   help="longest candidate list per user for `rank` (default 4096)")
+    p.add_argument("--max_num_load_retries", type=int, default=5,
+                   help="retries of a version that fails to load, after the first attempt (default 5, as TF "
+                        "Serving); the count restarts while the version's files keep changing")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="microseconds between a failed load and its retry (default 60000000, as TF Serving); "
+                        "retries happen at the next poll after it")
+    p.add_argument("--max_batch_size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                   help=f"most users (rows) per request (default {DEFAULT_MAX_BATCH_SIZE})")
+    p.add_argument("--max_history_length", type=int, default=DEFAULT_MAX_HISTORY_LENGTH,
+                   help=f"longest history per user (default {DEFAULT_MAX_HISTORY_LENGTH})")
+    p.add_argument("--max_candidates", type=int, default=DEFAULT_MAX_CANDIDATES,
+                   help=f"longest candidate list per user for `rank` (default {DEFAULT_MAX_CANDIDATES})")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, help="0: TensorFlow's default")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="0: TensorFlow's default")
     p.add_argument("--load_scann_ops", type=_bool, default=True,
@@ -83,7 +100,10 @@ def options_from_args(args):
         grpc_max_threads=args.grpc_max_threads,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_micros=args.load_retry_interval_micros,
         limits=Limits(args.max_batch_size, args.max_history_length, args.max_candidates),
+        rest_api_max_body_bytes=args.rest_api_max_body_bytes,
+        grpc_max_message_bytes=args.grpc_max_message_bytes,
         load_scann_ops=args.load_scann_ops,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
@@ -106,7 +126,8 @@ def models_from_args(args, parser):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for limit in ("max_batch_size", "max_history_length", "max_candidates"):
+    for limit in ("max_batch_size", "max_history_length", "max_candidates", "rest_api_max_body_bytes",
+                  "grpc_max_message_bytes", "rest_api_num_threads", "grpc_max_threads", "rest_api_timeout_in_ms"):
         if getattr(args, limit) < 1:
             parser.error(f"--{limit} must be at least 1")
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),

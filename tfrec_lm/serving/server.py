@@ -10,13 +10,23 @@ from tfrec_lm.serving.tensors import Limits, tensor_proto_to_array
 
 logger = logging.getLogger(__name__)
 
+# A request body / gRPC message this large already decodes to more values than the
+# default Limits allow (128 users x (2 x 512 history + 1000 candidates) is ~5 MB of JSON
+# with 10-digit ids); the JSON parser holds ~9x the body in Python objects before the
+# shapes can be checked (150 MB for 16 MiB of short ids, measured), so the body limit is
+# what bounds that stage.
+DEFAULT_REST_API_MAX_BODY_BYTES = 16 << 20
+DEFAULT_GRPC_MAX_MESSAGE_BYTES = 16 << 20
+
 
 @dataclasses.dataclass
 class ServerOptions:
     """Options of `LocalServer` (the `python -m tfrec_lm.serve` flags).
 
     Ports: an int binds it (0 picks a free one, see `LocalServer.grpc_port` /
-    `rest_port`); None turns the protocol off.
+    `rest_port`); None turns the protocol off. The per-request limits are `limits`
+    (rows, history length, candidates), `rest_api_max_body_bytes` and
+    `grpc_max_message_bytes`; their defaults are the CLI's (serving/README.md lists them).
     """
 
     grpc_port: int | None = 8500
@@ -28,7 +38,10 @@ class ServerOptions:
     grpc_max_threads: int = 8
     file_system_poll_wait_seconds: float = 1.0
     max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
     limits: Limits = dataclasses.field(default_factory=Limits)
+    rest_api_max_body_bytes: int = DEFAULT_REST_API_MAX_BODY_BYTES
+    grpc_max_message_bytes: int = DEFAULT_GRPC_MAX_MESSAGE_BYTES
     load_scann_ops: bool = True
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
@@ -50,6 +63,7 @@ class LocalServer:
         self.models = list(models)
         self.manager = ModelManager(self.models, poll_wait_seconds=self.options.file_system_poll_wait_seconds,
                                     max_num_load_retries=self.options.max_num_load_retries,
+                                    load_retry_interval_s=max(0, self.options.load_retry_interval_micros) / 1e6,
                                     loader=Servable, warm_up=self._warm_up)
         self.grpc_port = None
         self.rest_port = None
@@ -72,7 +86,8 @@ class LocalServer:
                 from tfrec_lm.serving.grpc_service import make_grpc_server
 
                 self._grpc, self.grpc_port = make_grpc_server(self.manager, options.limits, options.grpc_host,
-                                                              options.grpc_port, options.grpc_max_threads)
+                                                              options.grpc_port, options.grpc_max_threads,
+                                                              options.grpc_max_message_bytes)
                 self._grpc.start()
                 logger.info("gRPC at %s:%d", options.grpc_host, self.grpc_port)
             if options.rest_api_port is not None:
@@ -80,7 +95,7 @@ class LocalServer:
 
                 self._rest = RestServer(RestApi(self.manager, options.limits), options.rest_api_host,
                                         options.rest_api_port, options.rest_api_num_threads,
-                                        options.rest_api_timeout_in_ms / 1000.0)
+                                        options.rest_api_timeout_in_ms / 1000.0, options.rest_api_max_body_bytes)
                 self._rest.start()
                 self.rest_port = self._rest.port
                 logger.info("REST at http://%s:%d", options.rest_api_host, self.rest_port)
