@@ -392,7 +392,8 @@ def test_new_version_is_swapped_in_without_failed_requests(exports, tmp_path):
     write_warmup_requests(v2_source, [("serving_default", {k: np.array(v, dtype=object if k.endswith("ids")
                                                                            else np.int64)
                                                            for k, v in request.items()})])
-    options = ServerOptions(grpc_port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2, max_num_load_retries=1)
+    options = ServerOptions(grpc_port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2, max_num_load_retries=1,
+                            load_retry_interval_micros=100_000)
     seen = {"rest": [], "grpc": []}
     failures = []
     stop = threading.Event()
