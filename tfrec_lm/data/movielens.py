@@ -41,12 +41,26 @@ _TITLE_YEAR = re.compile(r"^(.*?)\s*\((\d{4})\)\s*$")
 
 
 def _clean_genres(genres: Iterable[str]) -> tuple[str, ...]:
-    """genres: Iterable[str]. Returns tuple[str, ...] without the no-genre placeholders."""
+    """Drops the no-genre placeholders.
+
+    Args:
+        genres: Iterable[str].
+
+    Returns:
+        tuple[str, ...]. the genres without the no-genre placeholders.
+    """
     return tuple(g for g in genres if g.lower() not in _NO_GENRE)
 
 
 def _clean_year(year: str) -> str:
-    """year: str. Returns str. The year if it is all digits, else ''."""
+    """Keeps a year only if it is a number.
+
+    Args:
+        year: str.
+
+    Returns:
+        str. the year if it is all digits, else ''.
+    """
     year = year.strip()
     return year if year.isdigit() else ""
 
@@ -54,9 +68,12 @@ def _clean_year(year: str) -> str:
 def _read_atomic(path: Path, required: tuple[str, ...]) -> RawTable:
     """Read a RecBole atomic file (tab-separated, header fields 'name:type').
 
-    path: Path. The file.
-    required: tuple[str, ...]. Field names (without ':type') that must be present.
-    Returns RawTable. Columns renamed to the project's names.
+    Args:
+        path: Path. the file.
+        required: tuple[str, ...]. field names (without ':type') that must be present.
+
+    Returns:
+        RawTable. columns renamed to the project's names.
     """
     table = read_delimited(path, "\t", csv.QUOTE_NONE)
     names = [name.split(":", 1)[0].strip() for name in table.frame.columns]
@@ -73,9 +90,12 @@ def _read_atomic(path: Path, required: tuple[str, ...]) -> RawTable:
 def load_movielens_100k(directory: str | Path, strict: bool = False) -> Dataset:
     """Load MovieLens-100K from RecBole atomic files ml-100k.inter and ml-100k.item.
 
-    directory: str | Path. Folder holding the two files.
-    strict: bool. Raise DataError when any row breaks the schema.
-    Returns Dataset. Interactions in file order (the order of u.data); items in file order.
+    Args:
+        directory: str | Path. folder holding the two files.
+        strict: bool. raise DataError when any row breaks the schema.
+
+    Returns:
+        Dataset. interactions in file order (the order of u.data); items in file order.
     """
     directory = Path(directory)
     inter_path, item_path = directory / INTER_FILE, directory / ITEM_FILE
@@ -108,15 +128,22 @@ def load_movielens_100k(directory: str | Path, strict: bool = False) -> Dataset:
 
 
 def _default_tfds_dir() -> Path:
-    """Returns Path. TFDS's default data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    """TFDS's default data directory.
+
+    Returns:
+        Path. $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    """
     return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
 def tfds_available(data_dir: str | Path | None = None) -> bool:
     """Whether both TFDS MovieLens-100K datasets are already prepared locally; never downloads.
 
-    data_dir: str | Path | None. TFDS data directory (default: TFDS's own default).
-    Returns bool. False when tensorflow_datasets is missing or either dataset is not prepared.
+    Args:
+        data_dir: str | Path | None. TFDS data directory (default: TFDS's own default).
+
+    Returns:
+        bool. False when tensorflow_datasets is missing or either dataset is not prepared.
     """
     local = _default_tfds_dir() if data_dir is None else data_dir
     if "://" not in str(local):
@@ -137,7 +164,14 @@ def tfds_available(data_dir: str | Path | None = None) -> bool:
 
 
 def _text(value: object) -> str:
-    """value: object. bytes or str. Returns str."""
+    """Text of a TFDS value.
+
+    Args:
+        value: object. bytes or str.
+
+    Returns:
+        str.
+    """
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -149,13 +183,16 @@ def tfds_to_dataset(
 ) -> Dataset:
     """Build the Dataset from TFDS records (already converted to numpy).
 
-    rating_batches: Iterable[dict[str, np.ndarray]]. Batches with user_id, movie_id
-        (bytes [b]), user_rating (float [b]) and timestamp (int [b]).
-    movie_examples: Iterable[dict[str, object]]. One per movie: movie_id (bytes),
-        movie_title (bytes, "Toy Story (1995)"), movie_genres (int class ids [g]).
-    genre_names: list[str]. Class label names of movie_genres.
-    strict: bool. Raise DataError when any record breaks the schema.
-    Returns Dataset. Interactions in TFDS record order (record k is "line" k); items
+    Args:
+        rating_batches: Iterable[dict[str, np.ndarray]]. batches with user_id, movie_id
+            (bytes [b]), user_rating (float [b]) and timestamp (int [b]).
+        movie_examples: Iterable[dict[str, object]]. one per movie: movie_id (bytes),
+            movie_title (bytes, "Toy Story (1995)"), movie_genres (int class ids [g]).
+        genre_names: list[str]. class label names of movie_genres.
+        strict: bool. raise DataError when any record breaks the schema.
+
+    Returns:
+        Dataset. interactions in TFDS record order (record k is "line" k); items
         sorted by numeric movie_id.
     """
     ids, titles, years, genres = [], [], [], []
@@ -195,10 +232,13 @@ def tfds_to_dataset(
 def load_movielens_100k_tfds(data_dir: str | Path | None = None, download: bool = True, strict: bool = False) -> Dataset:
     """Load MovieLens-100K through tensorflow_datasets (movielens/100k-ratings and -movies).
 
-    data_dir: str | Path | None. TFDS data directory (default: TFDS's own default).
-    download: bool. Let TFDS download and prepare the data when it is not there.
-    strict: bool. Raise DataError when any record breaks the schema.
-    Returns Dataset. Interactions in TFDS record order, which need not be u.data's order.
+    Args:
+        data_dir: str | Path | None. TFDS data directory (default: TFDS's own default).
+        download: bool. let TFDS download and prepare the data when it is not there.
+        strict: bool. raise DataError when any record breaks the schema.
+
+    Returns:
+        Dataset. interactions in TFDS record order, which need not be u.data's order.
     """
     try:
         import tensorflow_datasets as tfds

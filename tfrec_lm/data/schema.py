@@ -1,10 +1,10 @@
 """The one interaction/item schema every data source is read into (SPEC section 1).
 
 Loaders turn their source into raw columns plus the source line number of every
-row, then call :func:`validate_items` and :func:`validate_interactions`. A row that
-breaks the schema becomes a :class:`BadRow` in a :class:`LoadReport` and is left out
-of the data; :func:`check_reports` logs the reports and, in strict mode, raises
-:class:`DataError`. Nothing is dropped without appearing in a report.
+row, then call `validate_items` and `validate_interactions`. A row that
+breaks the schema becomes a `BadRow` in a `LoadReport` and is left out
+of the data; `check_reports` logs the reports and, in strict mode, raises
+`DataError`. Nothing is dropped without appearing in a report.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ ITEM_COLUMNS = ("item_id", "title", "year", "genres", "text")
 class BadRow:
     """One rejected row.
 
-    line: int. 1-based line number in the source file (CSV/TSV: header is line 1;
-        JSONL: first line is line 1; Parquet: row number + 1).
-    reason: str. What was wrong with the row.
+    Attributes:
+        line: int. 1-based line number in the source file (CSV/TSV: header is line 1;
+            JSONL: first line is line 1; Parquet: row number + 1).
+        reason: str. what was wrong with the row.
     """
 
     line: int
@@ -40,9 +41,10 @@ class BadRow:
 class LoadReport:
     """What happened when one source file was read.
 
-    source: str. The file (or dataset) that was read.
-    rows_read: int. Data rows seen in the source, good and bad.
-    bad_rows: list[BadRow]. Rows left out of the data, with their line numbers.
+    Attributes:
+        source: str. the file (or dataset) that was read.
+        rows_read: int. data rows seen in the source, good and bad.
+        bad_rows: list[BadRow]. rows left out of the data, with their line numbers.
     """
 
     source: str
@@ -51,14 +53,21 @@ class LoadReport:
 
     @property
     def n_bad(self) -> int:
-        """int. Number of rejected rows."""
+        """Number of rejected rows.
+
+        Returns:
+            int.
+        """
         return len(self.bad_rows)
 
     def summary(self, max_rows: int = 5) -> str:
         """Human summary of the report.
 
-        max_rows: int. At most this many bad rows are listed.
-        Returns str. One line for the totals, then one line per listed bad row.
+        Args:
+            max_rows: int. at most this many bad rows are listed.
+
+        Returns:
+            str. one line for the totals, then one line per listed bad row.
         """
         head = f"{self.source}: {self.rows_read} rows read, {self.n_bad} bad rows left out"
         lines = [head]
@@ -73,12 +82,13 @@ class LoadReport:
 class Dataset:
     """Interactions and item catalog in the project's schema.
 
-    name: str. Where the data came from (e.g. "ml-100k").
-    interactions: pd.DataFrame. Columns user_id (str), item_id (str), timestamp
-        (int64, Unix seconds), rating (float64, NaN when absent); file order, index reset.
-    items: pd.DataFrame. Columns item_id (str, unique), title (str), year (str, ''
-        if unknown), genres (tuple of str), text (str); catalog order, index reset.
-    reports: list[LoadReport]. One per file read.
+    Attributes:
+        name: str. where the data came from (e.g. "ml-100k").
+        interactions: pd.DataFrame. columns user_id (str), item_id (str), timestamp
+            (int64, Unix seconds), rating (float64, NaN when absent); file order, index reset.
+        items: pd.DataFrame. columns item_id (str, unique), title (str), year (str, ''
+            if unknown), genres (tuple of str), text (str); catalog order, index reset.
+        reports: list[LoadReport]. one per file read.
     """
 
     name: str
@@ -90,10 +100,13 @@ class Dataset:
 def item_text(title: str, year: str = "", genres: tuple[str, ...] | list[str] = ()) -> str:
     """The text that describes an item, e.g. "Toy Story (1995). Genres: Animation, Comedy".
 
-    title: str. Item title.
-    year: str. Release year; the "(year)" part is omitted when empty.
-    genres: tuple[str, ...]. Genre names; the "Genres: ..." part is omitted when empty.
-    Returns str. The item text.
+    Args:
+        title: str. item title.
+        year: str. release year; the "(year)" part is omitted when empty.
+        genres: tuple[str, ...]. genre names; the "Genres: ..." part is omitted when empty.
+
+    Returns:
+        str. the item text.
     """
     title = (title or "").strip()
     year = (year or "").strip()
@@ -109,16 +122,26 @@ def item_text(title: str, year: str = "", genres: tuple[str, ...] | list[str] = 
 
 
 def _missing(values: pd.Series) -> np.ndarray:
-    """values: pd.Series. Raw column. Returns np.ndarray bool [n]. True where None/NaN."""
+    """Where a raw column is missing.
+
+    Args:
+        values: pd.Series. raw column.
+
+    Returns:
+        np.ndarray bool. [n] True where None/NaN.
+    """
     return values.isna().to_numpy()
 
 
 def parse_string_column(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Turn a raw id/text column into stripped strings.
 
-    values: pd.Series. Raw values (str, int, integral float, None/NaN).
-    Returns tuple (strings: np.ndarray object [n], missing: np.ndarray bool [n]).
-        Integral floats become "5", not "5.0"; missing values become "".
+    Args:
+        values: pd.Series. raw values (str, int, integral float, None/NaN).
+
+    Returns:
+        tuple (strings: np.ndarray object [n], missing: np.ndarray bool [n]). integral
+        floats become "5", not "5.0"; missing values become "".
     """
     values = values.reset_index(drop=True)
     missing = _missing(values)
@@ -137,10 +160,13 @@ def parse_string_column(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def parse_int_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse a non-negative integer column (timestamps).
 
-    values: pd.Series. Raw values (int, integral float, digit strings).
-    name: str. Column name used in the reasons.
-    Returns tuple (ints: np.ndarray int64 [n], reasons: np.ndarray object [n]);
-        reasons[i] is "" for a good value, else why the value was rejected.
+    Args:
+        values: pd.Series. raw values (int, integral float, digit strings).
+        name: str. column name used in the reasons.
+
+    Returns:
+        tuple (ints: np.ndarray int64 [n], reasons: np.ndarray object [n]). reasons[i]
+        is "" for a good value, else why the value was rejected.
     """
     values = values.reset_index(drop=True)
     n = len(values)
@@ -174,9 +200,12 @@ def parse_int_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarr
 def parse_float_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse an optional numeric column (ratings); missing values become NaN.
 
-    values: pd.Series. Raw values.
-    name: str. Column name used in the reasons.
-    Returns tuple (floats: np.ndarray float64 [n], reasons: np.ndarray object [n]).
+    Args:
+        values: pd.Series. raw values.
+        name: str. column name used in the reasons.
+
+    Returns:
+        tuple (floats: np.ndarray float64 [n], reasons: np.ndarray object [n]).
     """
     values = values.reset_index(drop=True)
     n = len(values)
@@ -200,10 +229,13 @@ def parse_float_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.nda
 def normalize_genres(value: object, sep: str = "|") -> tuple[str, ...]:
     """Genres of one item as a tuple of names.
 
-    value: object. None/NaN (no genres), a string of names separated by sep, or a
-        list/tuple/array of names.
-    sep: str. Separator used when value is a string.
-    Returns tuple[str, ...]. Stripped, non-empty names in their given order.
+    Args:
+        value: object. None/NaN (no genres), a string of names separated by sep, or a
+            list/tuple/array of names.
+        sep: str. separator used when value is a string.
+
+    Returns:
+        tuple[str, ...]. stripped, non-empty names in their given order.
     """
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ()
@@ -216,7 +248,14 @@ def normalize_genres(value: object, sep: str = "|") -> tuple[str, ...]:
 
 
 def _join_reasons(*columns: np.ndarray) -> np.ndarray:
-    """columns: np.ndarray object [n] each. Returns np.ndarray object [n]; non-empty reasons joined by "; "."""
+    """Joins the reasons of several columns, row by row.
+
+    Args:
+        columns: np.ndarray object. [n] each.
+
+    Returns:
+        np.ndarray object. [n] non-empty reasons joined by "; ".
+    """
     out = np.full(len(columns[0]), "", dtype=object)
     for col in columns:
         has = col != ""
@@ -230,9 +269,12 @@ def _join_reasons(*columns: np.ndarray) -> np.ndarray:
 def _nul_reasons(strings: np.ndarray, name: str) -> np.ndarray:
     """A NUL character in a value: the mark of a binary or damaged file, and a different id than without it.
 
-    strings: np.ndarray object [n]. Parsed values (str).
-    name: str. Column name used in the reasons.
-    Returns np.ndarray object [n]; "" for a good value, else the reason.
+    Args:
+        strings: np.ndarray object. [n] parsed values (str).
+        name: str. column name used in the reasons.
+
+    Returns:
+        np.ndarray object. [n] "" for a good value, else the reason.
     """
     reasons = np.full(len(strings), "", dtype=object)
     has_nul = np.zeros(len(strings), dtype=bool)
@@ -246,7 +288,15 @@ def _nul_reasons(strings: np.ndarray, name: str) -> np.ndarray:
 
 
 def _bad_rows(reasons: np.ndarray, lines: np.ndarray) -> list[BadRow]:
-    """reasons: np.ndarray object [n]. lines: np.ndarray int [n]. Returns list[BadRow] for non-empty reasons."""
+    """The bad rows of a reasons column.
+
+    Args:
+        reasons: np.ndarray object. [n].
+        lines: np.ndarray int. [n].
+
+    Returns:
+        list[BadRow]. for non-empty reasons.
+    """
     return [BadRow(int(lines[i]), str(reasons[i])) for i in np.flatnonzero(reasons != "")]
 
 
@@ -262,12 +312,15 @@ def validate_interactions(
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Check raw interaction rows against the schema.
 
-    raw: pd.DataFrame. Columns user_id, item_id, timestamp and optionally rating, raw values.
-    lines: np.ndarray int [n]. Source line number of each row of raw.
-    source: str. File name for the report.
-    known_items: pd.Index | None. Catalog item ids; rows with other items are bad.
-    pre_bad: list[BadRow] | None. Rows the reader already rejected (e.g. wrong field count).
-    Returns tuple (interactions: pd.DataFrame in the schema, report: LoadReport).
+    Args:
+        raw: pd.DataFrame. columns user_id, item_id, timestamp and optionally rating, raw values.
+        lines: np.ndarray int. [n] source line number of each row of raw.
+        source: str. file name for the report.
+        known_items: pd.Index | None. catalog item ids; rows with other items are bad.
+        pre_bad: list[BadRow] | None. rows the reader already rejected (e.g. wrong field count).
+
+    Returns:
+        tuple (interactions: pd.DataFrame in the schema, report: LoadReport).
     """
     lines = np.asarray(lines, dtype=np.int64)
     users, user_missing = parse_string_column(raw["user_id"])
@@ -307,12 +360,15 @@ def validate_items(
 ) -> tuple[pd.DataFrame, LoadReport]:
     """Check raw item rows and build the items table.
 
-    raw: pd.DataFrame. Column item_id, and text, or title with optional year and genres
-        (genres: tuple/list of str per row).
-    lines: np.ndarray int [n]. Source line number of each row of raw.
-    source: str. File name for the report.
-    pre_bad: list[BadRow] | None. Rows the reader already rejected.
-    Returns tuple (items: pd.DataFrame in the schema, report: LoadReport). A repeated
+    Args:
+        raw: pd.DataFrame. column item_id, and text, or title with optional year and genres
+            (genres: tuple/list of str per row).
+        lines: np.ndarray int. [n] source line number of each row of raw.
+        source: str. file name for the report.
+        pre_bad: list[BadRow] | None. rows the reader already rejected.
+
+    Returns:
+        tuple (items: pd.DataFrame in the schema, report: LoadReport). a repeated
         item_id is a bad row (the first occurrence is kept).
     """
     lines = np.asarray(lines, dtype=np.int64)
@@ -360,8 +416,11 @@ def validate_items(
 def items_from_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
     """Catalog derived from interactions when no items file is given.
 
-    interactions: pd.DataFrame. Schema interactions.
-    Returns pd.DataFrame. One item per distinct item_id in order of first appearance,
+    Args:
+        interactions: pd.DataFrame. schema interactions.
+
+    Returns:
+        pd.DataFrame. one item per distinct item_id in order of first appearance,
         title = text = item_id, year '', genres ().
     """
     ids = pd.unique(interactions["item_id"].to_numpy(dtype=object))
@@ -379,9 +438,13 @@ def items_from_interactions(interactions: pd.DataFrame) -> pd.DataFrame:
 def require_rows(report: LoadReport, kept: int, what: str) -> None:
     """Raise DataError when a file gave no usable row (the run has nothing to work on).
 
-    report: LoadReport. The file's report.
-    kept: int. Rows that passed validation.
-    what: str. What the rows are, e.g. "interactions".
+    Args:
+        report: LoadReport. the file's report.
+        kept: int. rows that passed validation.
+        what: str. what the rows are, e.g. "interactions".
+
+    Raises:
+        DataError: no row of the file passed validation.
     """
     if kept:
         return
@@ -395,9 +458,13 @@ def require_rows(report: LoadReport, kept: int, what: str) -> None:
 def check_reports(reports: list[LoadReport], strict: bool, max_rows: int = 5) -> None:
     """Log a warning for every report with bad rows; in strict mode raise instead.
 
-    reports: list[LoadReport]. Reports of the files just read.
-    strict: bool. Raise DataError when any row was rejected.
-    max_rows: int. Bad rows listed per report.
+    Args:
+        reports: list[LoadReport]. reports of the files just read.
+        strict: bool. raise DataError when any row was rejected.
+        max_rows: int. bad rows listed per report.
+
+    Raises:
+        DataError: in strict mode, when any row was rejected.
     """
     flawed = [r for r in reports if r.n_bad]
     if not flawed:

@@ -1,10 +1,10 @@
 """Diagnose interest migration: per-user scores, migration points, population statistics, a report.
 
-- :mod:`tfrec_lm.drift.scores`: the genre score of SPEC section 2 (reused from
-  :mod:`tfrec_lm.evaluation.migration`), the domain-free embedding score, migration points
+- ``tfrec_lm.drift.scores``: the genre score of SPEC section 2 (reused from
+  ``tfrec_lm.evaluation.migration``), the domain-free embedding score, migration points
   and population statistics, on plain arrays.
-- :mod:`tfrec_lm.drift.analysis`: all of them for one :class:`~tfrec_lm.data.schema.Dataset`.
-- :mod:`tfrec_lm.drift.report`: ``report.md`` / ``report.html`` with PNG plots.
+- ``tfrec_lm.drift.analysis``: all of them for one ``tfrec_lm.data.schema.Dataset``.
+- ``tfrec_lm.drift.report``: ``report.md`` / ``report.html`` with PNG plots.
 - ``python -m tfrec_lm.drift report|scores``: the command line.
 """
 

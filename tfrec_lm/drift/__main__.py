@@ -29,7 +29,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Returns argparse.ArgumentParser. Subcommands ``report`` and ``scores``."""
+    """The command-line parser.
+
+    Returns:
+        argparse.ArgumentParser. subcommands ``report`` and ``scores``.
+    """
     parser = _Parser(prog="python -m tfrec_lm.drift",
                      description="Diagnose users' interest migration: scores, migration points, a report.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -69,9 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
 def load_dataset(args: argparse.Namespace) -> Dataset:
     """The data the options name, read as ``python -m tfrec_lm.train`` reads it.
 
-    args: argparse.Namespace. Parsed options (data, data_source, interactions, items, strict).
-    Returns Dataset.
-    raises: DataError, AssetError.
+    Args:
+        args: argparse.Namespace. parsed options (data, data_source, interactions, items, strict).
+
+    Returns:
+        Dataset.
+
+    Raises:
+        DataError: the options or the data are unusable.
+        AssetError: the MovieLens-100K files cannot be fetched.
     """
     if args.data == "files":
         if not args.interactions:
@@ -106,8 +116,11 @@ def _summary(stats: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line.
 
-    argv: list[str] | None. Arguments without the program name; None means sys.argv[1:].
-    Returns int. 0 on success, 2 on an error.
+    Args:
+        argv: list[str] | None. arguments without the program name; None means sys.argv[1:].
+
+    Returns:
+        int. 0 on success, 2 on an error.
     """
     try:
         args = build_parser().parse_args(argv)

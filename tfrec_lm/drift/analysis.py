@@ -37,20 +37,21 @@ class DriftAnalysis:
     Scores follow SPEC section 2 (per user, the history before the test target, i.e. all
     but the last interaction); migration points are searched over every interaction.
 
-    dataset: Dataset. The data.
-    vocab: ItemVocab. Vocabulary over dataset.items.
-    sequences: UserSequences. Every user's interactions, time-ordered.
-    item_genres: list[tuple[str, ...]]. Genres per vocab index (index 0: ()).
-    item_vectors: np.ndarray float32 [C+1, D] | None. Encoder vectors per vocab index.
-    scores: dict[str, np.ndarray]. "genre" and/or "embedding" -> float64 [U].
-    points: dict[str, np.ndarray]. Same keys -> int64 [U]; position of the migration
-        point in each user's sequence, -1 when none.
-    thresholds: dict[str, float]. Same keys -> the calibrated migration threshold.
-    slices: dict[str, np.ndarray]. bool [U] masks "all", "migrating", "stable" from the
-        genre score (the SPEC slices), or from the embedding score without genres.
-    window: int. Trailing window of the migration points.
-    recent: int. Recent items of the scores.
-    quantile: float. Calibration quantile of the thresholds (:func:`null_threshold`).
+    Attributes:
+        dataset: Dataset. the data.
+        vocab: ItemVocab. vocabulary over dataset.items.
+        sequences: UserSequences. every user's interactions, time-ordered.
+        item_genres: list[tuple[str, ...]]. genres per vocab index (index 0: ()).
+        item_vectors: np.ndarray float32 | None. [C+1, D] encoder vectors per vocab index.
+        scores: dict[str, np.ndarray]. "genre" and/or "embedding" -> float64 [U].
+        points: dict[str, np.ndarray]. same keys -> int64 [U]; position of the migration
+            point in each user's sequence, -1 when none.
+        thresholds: dict[str, float]. same keys -> the calibrated migration threshold.
+        slices: dict[str, np.ndarray]. bool [U] masks "all", "migrating", "stable" from the
+            genre score (the SPEC slices), or from the embedding score without genres.
+        window: int. trailing window of the migration points.
+        recent: int. recent items of the scores.
+        quantile: float. calibration quantile of the thresholds (`null_threshold`).
     """
 
     dataset: Dataset
@@ -68,21 +69,40 @@ class DriftAnalysis:
 
     @property
     def kinds(self) -> list[str]:
-        """list[str]. The scores present, "genre" first."""
+        """The scores present, "genre" first.
+
+        Returns:
+            list[str].
+        """
         return [k for k in KINDS if k in self.scores]
 
     @property
     def slice_kind(self) -> str:
-        """str. The score the slices come from."""
+        """The score the slices come from.
+
+        Returns:
+            str.
+        """
         return self.kinds[0]
 
     def profiles(self, kind: str) -> tuple[np.ndarray, str]:
-        """kind: str. "genre" or "embedding". Returns tuple (profiles [V, D], distance name)."""
+        """Per-item profiles of one score.
+
+        Args:
+            kind: str. "genre" or "embedding".
+
+        Returns:
+            tuple (profiles [V, D], distance name).
+        """
         return item_profiles(kind, self.item_genres, self.item_vectors)
 
     def stats(self) -> dict:
-        """Returns dict. :func:`population_stats` of the scores, plus per kind the share of
-        users with a migration point ("with_point") and the threshold."""
+        """Population statistics of the scores.
+
+        Returns:
+            dict. `population_stats` of the scores, plus per kind the share of
+            users with a migration point ("with_point") and the threshold.
+        """
         out = population_stats(self.scores)
         for kind in self.kinds:
             out[kind]["with_point"] = float((self.points[kind] >= 0).mean()) if len(self.points[kind]) else 0.0
@@ -90,9 +110,13 @@ class DriftAnalysis:
         return out
 
     def frame(self) -> pd.DataFrame:
-        """One row per user: user_id, interactions, first_time, last_time, slice, then per
-        kind `<kind>_score`, `<kind>_point` (position, -1 if none) and `<kind>_point_time`
-        (Unix seconds of that interaction, -1 if none)."""
+        """One row per user.
+
+        Returns:
+            pd.DataFrame. columns user_id, interactions, first_time, last_time, slice, then
+            per kind `<kind>_score`, `<kind>_point` (position, -1 if none) and
+            `<kind>_point_time` (Unix seconds of that interaction, -1 if none).
+        """
         seq = self.sequences
         slice_name = np.where(self.slices["migrating"], "migrating", np.where(self.slices["stable"], "stable", "middle"))
         data = {
@@ -111,7 +135,14 @@ class DriftAnalysis:
 
 
 def has_genres(dataset: Dataset) -> bool:
-    """dataset: Dataset. Returns bool. Whether any catalog item has a genre."""
+    """Whether any catalog item has a genre.
+
+    Args:
+        dataset: Dataset.
+
+    Returns:
+        bool.
+    """
     return any(len(g) for g in dataset.items["genres"])
 
 
@@ -119,17 +150,22 @@ def analyze(dataset: Dataset, encoder=None, window: int = WINDOW, recent: int = 
             quantile: float = NULL_QUANTILE, seed: int = 0, max_item_tokens: int = 32) -> DriftAnalysis:
     """Scores, slices and migration points of every user.
 
-    dataset: Dataset. Interactions and catalog (SPEC section 1 schema).
-    encoder: None | str | tuple | np.ndarray. None: no embedding score; an encoder spec
-        or a ``(TFBertModel, tokenizer)`` pair: item vectors from the item texts
-        (:func:`item_text_vectors`); an array float [C+1, D]: the item vectors themselves.
-    window: int. Trailing window of the migration points.
-    recent: int. Recent items of the scores (SPEC: 10).
-    quantile: float. Calibration quantile of the migration thresholds (:func:`null_threshold`).
-    seed: int. Seed of the calibration shuffles.
-    max_item_tokens: int. Word pieces per item text when encoding.
-    Returns DriftAnalysis.
-    raises: DataError. No interactions, or neither genres nor an encoder to measure with.
+    Args:
+        dataset: Dataset. interactions and catalog (SPEC section 1 schema).
+        encoder: None | str | tuple | np.ndarray. None: no embedding score; an encoder spec
+            or a ``(TFBertModel, tokenizer)`` pair: item vectors from the item texts
+            (`item_text_vectors`); an array float [C+1, D]: the item vectors themselves.
+        window: int. trailing window of the migration points.
+        recent: int. recent items of the scores (SPEC: 10).
+        quantile: float. calibration quantile of the migration thresholds (`null_threshold`).
+        seed: int. seed of the calibration shuffles.
+        max_item_tokens: int. word pieces per item text when encoding.
+
+    Returns:
+        DriftAnalysis.
+
+    Raises:
+        DataError: no interactions, or neither genres nor an encoder to measure with.
     """
     if len(dataset.interactions) == 0:
         raise DataError(f"{dataset.name}: no interactions to analyse")

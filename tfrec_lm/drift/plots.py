@@ -24,7 +24,11 @@ MODEL_NAMES = {"model": "model", "most_popular": "most popular", "export": "expo
 
 
 def _figure(width: float, height: float, **kwargs):
-    """Returns matplotlib.figure.Figure with an Agg canvas attached."""
+    """A figure with an Agg canvas attached.
+
+    Returns:
+        matplotlib.figure.Figure.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,9 +48,12 @@ def score_distribution(analysis: DriftAnalysis, path: Path) -> Path:
     """Histogram of each migration score (with its median and its stable/migrating
     thirds) and, with both scores, a scatter of one against the other.
 
-    analysis: DriftAnalysis. Scores to plot.
-    path: Path. PNG to write.
-    Returns Path. The PNG.
+    Args:
+        analysis: DriftAnalysis. scores to plot.
+        path: Path. PNG to write.
+
+    Returns:
+        Path. the PNG.
     """
     kinds = analysis.kinds
     panels = len(kinds) + (1 if len(kinds) == 2 else 0)
@@ -85,13 +92,18 @@ def score_distribution(analysis: DriftAnalysis, path: Path) -> Path:
 def pick_users(analysis: DriftAnalysis, users: int | Sequence[str] = 4) -> list[int]:
     """Users worth showing as trajectories.
 
-    analysis: DriftAnalysis.
-    users: int | Sequence[str]. A number n: the n - 1 highest-scoring users (by the
-        slice score) with a migration point and at least 5 windows of history, then the
-        lowest-scoring such user without one, for contrast (fewer when fewer qualify);
-        or explicit user ids.
-    Returns list[int]. Indices into analysis.sequences.
-    raises: DataError. An explicit user id that is not in the data.
+    Args:
+        analysis: DriftAnalysis.
+        users: int | Sequence[str]. a number n: the n - 1 highest-scoring users (by the
+            slice score) with a migration point and at least 5 windows of history, then the
+            lowest-scoring such user without one, for contrast (fewer when fewer qualify);
+            or explicit user ids.
+
+    Returns:
+        list[int]. indices into analysis.sequences.
+
+    Raises:
+        DataError: an explicit user id is not in the data.
     """
     from tfrec_lm.errors import DataError
 
@@ -122,7 +134,8 @@ def pick_users(analysis: DriftAnalysis, users: int | Sequence[str] = 4) -> list[
 def _genre_shares(history: np.ndarray, weights: np.ndarray, window: int) -> np.ndarray:
     """Genre shares over the trailing window ending at each item (fewer items at the start).
 
-    Returns np.ndarray float64 [n, G]; rows sum to 1 (0 where the window has no genre).
+    Returns:
+        np.ndarray float64. [n, G] rows sum to 1 (0 where the window has no genre).
     """
     sums = np.concatenate([np.zeros((1, weights.shape[1])), np.cumsum(weights[history], axis=0)])
     ends = np.arange(1, len(history) + 1)
@@ -143,10 +156,13 @@ def trajectories(analysis: DriftAnalysis, users: Sequence[int], path: Path) -> P
     the long-term profile, divided by the migration threshold (the alarm fires above 1),
     with the detected migration points marked.
 
-    analysis: DriftAnalysis.
-    users: Sequence[int]. Indices into analysis.sequences (see :func:`pick_users`).
-    path: Path. PNG to write.
-    Returns Path. The PNG.
+    Args:
+        analysis: DriftAnalysis.
+        users: Sequence[int]. indices into analysis.sequences (see ``pick_users``).
+        path: Path. PNG to write.
+
+    Returns:
+        Path. the PNG.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
@@ -230,11 +246,14 @@ def trajectories(analysis: DriftAnalysis, users: Sequence[int], path: Path) -> P
 def slice_metrics(metrics: dict, path: Path, names: Sequence[str] = ("NDCG@10", "HR@10")) -> Path:
     """Grouped bars of the test metrics per slice, one panel per metric.
 
-    metrics: dict. Model name -> slice -> metric -> value (``metrics.json``'s "test");
-        "model" and "most_popular" are shown (every model when neither is there).
-    path: Path. PNG to write.
-    names: Sequence[str]. Metrics to show.
-    Returns Path. The PNG.
+    Args:
+        metrics: dict. model name -> slice -> metric -> value (``metrics.json``'s "test");
+            "model" and "most_popular" are shown (every model when neither is there).
+        path: Path. PNG to write.
+        names: Sequence[str]. metrics to show.
+
+    Returns:
+        Path. the PNG.
     """
     models = [m for m in ("model", "most_popular") if m in metrics] or list(metrics)
     slices = [s for s in ("all", "migrating", "stable") if any(s in metrics[m] for m in models)]

@@ -27,14 +27,15 @@ TABLE_METRICS = ("HR@10", "NDCG@10", "MRR@10", "HR@20", "NDCG@20")
 
 @dataclasses.dataclass
 class DriftReport:
-    """What :func:`report` wrote.
+    """What ``report`` wrote.
 
-    markdown: Path. report.md.
-    html: Path. report.html.
-    images: list[Path]. The PNGs, in page order.
-    scores_csv: Path. scores.csv, one row per user (:meth:`DriftAnalysis.frame`).
-    stats: dict. :meth:`DriftAnalysis.stats`.
-    analysis: DriftAnalysis. Everything the page was made from.
+    Attributes:
+        markdown: Path. report.md.
+        html: Path. report.html.
+        images: list[Path]. the PNGs, in page order.
+        scores_csv: Path. scores.csv, one row per user (``DriftAnalysis.frame``).
+        stats: dict. ``DriftAnalysis.stats``.
+        analysis: DriftAnalysis. everything the page was made from.
     """
 
     markdown: Path
@@ -48,10 +49,15 @@ class DriftReport:
 def load_metrics(path: str | Path) -> dict:
     """Test metrics per model and slice from a ``metrics.json`` of ``python -m tfrec_lm.train``.
 
-    path: str | Path. The file.
-    Returns dict. Model name ("model", "most_popular", ...) -> slice -> metric -> value;
+    Args:
+        path: str | Path. the file.
+
+    Returns:
+        dict. model name ("model", "most_popular", ...) -> slice -> metric -> value;
         only models with at least one of the slices all/migrating/stable.
-    raises: DataError. Missing, unreadable or not shaped like a metrics.json.
+
+    Raises:
+        DataError: the file is missing, unreadable or not shaped like a metrics.json.
     """
     path = Path(path)
     try:
@@ -80,7 +86,14 @@ def _fmt(value) -> str:
 
 
 def _duration(days: float) -> str:
-    """days: float. Returns str. e.g. "3.2 days", "5.1 hours", "49 minutes"."""
+    """A duration in words.
+
+    Args:
+        days: float.
+
+    Returns:
+        str. e.g. "3.2 days", "5.1 hours", "49 minutes".
+    """
     if days >= 1:
         return f"{days:.1f} days"
     if days * 24 >= 1:
@@ -265,20 +278,25 @@ def report(dataset: Dataset, out_dir: str | Path, encoder=None, metrics_json: st
            analysis: DriftAnalysis | None = None) -> DriftReport:
     """Writes the drift report of a dataset.
 
-    dataset: Dataset. Interactions and catalog.
-    out_dir: str | Path. Folder for report.md, report.html, scores.csv and the PNGs
-        (score_distribution.png, trajectories.png and, with metrics_json,
-        slice_metrics.png), referenced relatively from the pages.
-    encoder: None | str | tuple | np.ndarray. As :func:`analyze`; None: genre scores only.
-    metrics_json: str | Path | None. A metrics.json of ``python -m tfrec_lm.train``: adds
-        the per-slice bar chart of NDCG@10/HR@10 (model vs most popular).
-    users: int | Sequence[str]. Trajectories to draw (see :func:`plots.pick_users`).
-    window: int. Trailing window of the migration points and trajectories.
-    recent: int. Recent items of the scores.
-    analysis: DriftAnalysis | None. Reuse a ready analysis of `dataset` (encoder, window
-        and recent are then ignored).
-    Returns DriftReport.
-    raises: DataError. Unusable data or metrics file.
+    Args:
+        dataset: Dataset. interactions and catalog.
+        out_dir: str | Path. folder for report.md, report.html, scores.csv and the PNGs
+            (score_distribution.png, trajectories.png and, with metrics_json,
+            slice_metrics.png), referenced relatively from the pages.
+        encoder: None | str | tuple | np.ndarray. as ``analyze``; None: genre scores only.
+        metrics_json: str | Path | None. a metrics.json of ``python -m tfrec_lm.train``: adds
+            the per-slice bar chart of NDCG@10/HR@10 (model vs most popular).
+        users: int | Sequence[str]. trajectories to draw (see ``plots.pick_users``).
+        window: int. trailing window of the migration points and trajectories.
+        recent: int. recent items of the scores.
+        analysis: DriftAnalysis | None. reuse a ready analysis of `dataset` (encoder, window
+            and recent are then ignored).
+
+    Returns:
+        DriftReport.
+
+    Raises:
+        DataError: unusable data or metrics file.
     """
     metrics = load_metrics(metrics_json) if metrics_json is not None else None
     if analysis is None:

@@ -4,17 +4,17 @@ Two scores, both comparing a user's *early* items (the first half of the history
 the *recent* ones (the last 10), as in SPEC section 2:
 
 - the genre score, the Jensen-Shannon divergence (base 2, in [0, 1]) between the early
-  and recent genre distributions, is :func:`tfrec_lm.evaluation.migration.js_migration_scores`
-  itself (re-exported here as :func:`genre_migration_scores`), so it and the
+  and recent genre distributions, is `tfrec_lm.evaluation.migration.js_migration_scores`
+  itself (re-exported here as `genre_migration_scores`), so it and the
   migrating/stable slices of every benchmark are the same numbers;
-- the embedding score (:func:`embedding_migration_scores`) needs no categories: the cosine
+- the embedding score (`embedding_migration_scores`) needs no categories: the cosine
   distance (1 - cosine similarity, in [0, 2]) between the means of the L2-normalised item
   vectors of the early and recent items, with item vectors from any text encoder
-  (:func:`item_text_vectors`) or made by hand.
+  (`item_text_vectors`) or made by hand.
 
-A *migration point* (:func:`migration_points`) is where a user's recent window departs
-from the long-term profile before it; :func:`window_distances` gives the curve it is
-read from. :func:`population_stats` summarises scores over users.
+A *migration point* (`migration_points`) is where a user's recent window departs
+from the long-term profile before it; `window_distances` gives the curve it is
+read from. `population_stats` summarises scores over users.
 """
 
 from __future__ import annotations
@@ -41,7 +41,14 @@ genre_migration_scores = js_migration_scores
 
 
 def _clean(history) -> np.ndarray:
-    """history: array-like int [n]. Returns np.ndarray int64 [m]; the non-padding (non-zero) indices."""
+    """The non-padding items of a history.
+
+    Args:
+        history: array-like int. [n].
+
+    Returns:
+        np.ndarray int64. [m] the non-padding (non-zero) indices.
+    """
     h = np.asarray(history, dtype=np.int64).ravel()
     return h[h != 0]
 
@@ -49,8 +56,11 @@ def _clean(history) -> np.ndarray:
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     """L2-normalised rows.
 
-    vectors: np.ndarray float [V, D].
-    Returns np.ndarray float64 [V, D]. Each row divided by its norm; all-zero rows stay zero.
+    Args:
+        vectors: np.ndarray float. [V, D].
+
+    Returns:
+        np.ndarray float64. [V, D] each row divided by its norm; all-zero rows stay zero.
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
@@ -60,9 +70,12 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """1 - cosine similarity, row by row.
 
-    a: np.ndarray float [..., D].
-    b: np.ndarray float [..., D].
-    Returns np.ndarray float64 [...]. In [0, 2]; 0 where either row is all zero.
+    Args:
+        a: np.ndarray float. [..., D].
+        b: np.ndarray float. [..., D].
+
+    Returns:
+        np.ndarray float64. [...] in [0, 2]; 0 where either row is all zero.
     """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -75,12 +88,15 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def profile_distance(a: np.ndarray, b: np.ndarray, distance: str) -> np.ndarray:
     """Distance between two sums of item profiles.
 
-    a: np.ndarray float [..., D]. Summed item profiles (genre weights or unit vectors).
-    b: np.ndarray float [..., D].
-    distance: str. "js" (Jensen-Shannon, base 2, of the normalised sums; for genre
-        weights) or "cosine" (1 - cosine similarity of the sums, i.e. of the means; for
-        L2-normalised item vectors).
-    Returns np.ndarray float64 [...]. 0 where either side is empty.
+    Args:
+        a: np.ndarray float. [..., D] summed item profiles (genre weights or unit vectors).
+        b: np.ndarray float. [..., D].
+        distance: str. "js" (Jensen-Shannon, base 2, of the normalised sums; for genre
+            weights) or "cosine" (1 - cosine similarity of the sums, i.e. of the means; for
+            L2-normalised item vectors).
+
+    Returns:
+        np.ndarray float64. [...] 0 where either side is empty.
     """
     if distance == "js":
         return js_divergence(a, b)
@@ -96,12 +112,15 @@ def embedding_migration_scores(histories: Sequence, item_vectors: np.ndarray, re
     `recent` items, the split of SPEC section 2. Each item vector is L2-normalised; the
     score is the cosine distance between the mean early vector and the mean recent vector.
 
-    histories: Sequence of array-like int. Vocab indices [h_u] per user, oldest first
-        (0 = padding, ignored).
-    item_vectors: np.ndarray float [V, D]. Vector of each vocab index (row 0, padding,
-        is never read), e.g. from :func:`item_text_vectors`.
-    recent: int. Number of most recent items.
-    Returns np.ndarray float64 [U]. In [0, 2]: 0 for identical directions, 1 for
+    Args:
+        histories: Sequence of array-like int. [h_u] vocab indices per user, oldest first
+            (0 = padding, ignored).
+        item_vectors: np.ndarray float. [V, D] vector of each vocab index (row 0, padding,
+            is never read), e.g. from `item_text_vectors`.
+        recent: int. number of most recent items.
+
+    Returns:
+        np.ndarray float64. [U] in [0, 2]: 0 for identical directions, 1 for
         orthogonal ones; 0 when either side is empty (fewer than 2 items).
     """
     if recent < 1:
@@ -122,14 +141,19 @@ def embedding_migration_scores(histories: Sequence, item_vectors: np.ndarray, re
 def item_text_vectors(texts: Sequence[str], encoder, max_item_tokens: int = 32, batch_size: int = 64) -> np.ndarray:
     """Mean-pooled encoder vectors of the item texts, one forward pass per item.
 
-    texts: Sequence[str]. [C] item texts in vocabulary order (item 1 first).
-    encoder: str | os.PathLike | tuple. An encoder spec for :func:`tfrec_lm.bert.load_bert`
-        (alias such as "all-MiniLM-L6-v2", local folder, hub name), or a ready
-        ``(TFBertModel, tokenizer)`` pair.
-    max_item_tokens: int. Word pieces kept per text (as in training).
-    batch_size: int. Texts per forward pass.
-    Returns np.ndarray float32 [C+1, D]. Row 0 (padding) is zero.
-    raises: AssetError. Unresolvable encoder spec.
+    Args:
+        texts: Sequence[str]. [C] item texts in vocabulary order (item 1 first).
+        encoder: str | os.PathLike | tuple. an encoder spec for `tfrec_lm.bert.load_bert`
+            (alias such as "all-MiniLM-L6-v2", local folder, hub name), or a ready
+            ``(TFBertModel, tokenizer)`` pair.
+        max_item_tokens: int. word pieces kept per text (as in training).
+        batch_size: int. texts per forward pass.
+
+    Returns:
+        np.ndarray float32. [C+1, D] row 0 (padding) is zero.
+
+    Raises:
+        AssetError: unresolvable encoder spec.
     """
     from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
     from tfrec_lm.text import tokenize_items
@@ -153,11 +177,14 @@ def item_profiles(kind: str, item_genres: Sequence[tuple[str, ...]] | None = Non
                   item_vectors: np.ndarray | None = None) -> tuple[np.ndarray, str]:
     """Per-item profiles and the distance that compares their sums.
 
-    kind: str. "genre" (genre weights, each item spreading 1/|genres|; distance "js") or
-        "embedding" (L2-normalised item vectors; distance "cosine").
-    item_genres: Sequence[tuple[str, ...]] | None. Genres per vocab index, for "genre".
-    item_vectors: np.ndarray float [V, D] | None. For "embedding".
-    Returns tuple (profiles: np.ndarray float64 [V, D'], distance: str).
+    Args:
+        kind: str. "genre" (genre weights, each item spreading 1/|genres|; distance "js") or
+            "embedding" (L2-normalised item vectors; distance "cosine").
+        item_genres: Sequence[tuple[str, ...]] | None. genres per vocab index, for "genre".
+        item_vectors: np.ndarray float | None. [V, D] for "embedding".
+
+    Returns:
+        tuple (profiles: np.ndarray float64 [V, D'], distance: str).
     """
     if kind == "genre":
         if item_genres is None:
@@ -174,13 +201,16 @@ def window_distances(history, profiles: np.ndarray, window: int = WINDOW, distan
                      min_long_term: int | None = None) -> np.ndarray:
     """Distance between each trailing window and the long-term profile before it.
 
-    history: array-like int [n]. Vocab indices, oldest first (0 = padding, removed first).
-    profiles: np.ndarray float [V, D]. Per-item profile: genre weights (distance "js")
-        or L2-normalised vectors (distance "cosine"); see :func:`item_profiles`.
-    window: int. w, items in the trailing window.
-    distance: str. "js" or "cosine" (see :func:`profile_distance`).
-    min_long_term: int | None. Items the long-term profile needs; None means `window`.
-    Returns np.ndarray float64 [n]. Entry i is the distance between the profile of the
+    Args:
+        history: array-like int. [n] vocab indices, oldest first (0 = padding, removed first).
+        profiles: np.ndarray float. [V, D] per-item profile: genre weights (distance "js")
+            or L2-normalised vectors (distance "cosine"); see `item_profiles`.
+        window: int. w, items in the trailing window.
+        distance: str. "js" or "cosine" (see `profile_distance`).
+        min_long_term: int | None. items the long-term profile needs; None means `window`.
+
+    Returns:
+        np.ndarray float64. [n] entry i is the distance between the profile of the
         window h[i-w+1 : i+1] (the w items ending at item i) and that of every item
         before it, h[: i-w+1]; NaN where fewer than min_long_term items precede the window.
     """
@@ -202,25 +232,28 @@ def window_distances(history, profiles: np.ndarray, window: int = WINDOW, distan
 def null_threshold(histories: Sequence, profiles: np.ndarray, window: int = WINDOW, distance: str = "js",
                    quantile: float = NULL_QUANTILE, min_long_term: int | None = None,
                    permutations: int = 3, seed: int = 0) -> float:
-    """Threshold for :func:`migration_points`, calibrated on time-shuffled histories.
+    """Threshold for `migration_points`, calibrated on time-shuffled histories.
 
     Shuffling a history keeps its items and destroys their order, so a shuffled user has
     no migration. Each history is shuffled `permutations` times and the largest window
-    distance of each shuffle is kept (the alarm of :func:`migration_points` fires when
+    distance of each shuffle is kept (the alarm of `migration_points` fires when
     any window exceeds the threshold, so the maximum is what a false alarm depends on);
     the threshold is the `quantile` of these maxima over the population. With the
     default 0.95, about 5% of users whose interests do not move get a migration point
     (more of the users with long histories, which have more windows, fewer of the short).
 
-    histories: Sequence of array-like int. Vocab indices per user, oldest first.
-    profiles: np.ndarray float [V, D]. See :func:`window_distances`.
-    window: int. w.
-    distance: str. "js" or "cosine".
-    quantile: float. In (0, 1).
-    min_long_term: int | None. See :func:`window_distances`.
-    permutations: int. Shuffles per user.
-    seed: int. Seed of the shuffles.
-    Returns float. The threshold; inf when no history is long enough to have a window.
+    Args:
+        histories: Sequence of array-like int. vocab indices per user, oldest first.
+        profiles: np.ndarray float. [V, D] see `window_distances`.
+        window: int. w.
+        distance: str. "js" or "cosine".
+        quantile: float. in (0, 1).
+        min_long_term: int | None. see `window_distances`.
+        permutations: int. shuffles per user.
+        seed: int. seed of the shuffles.
+
+    Returns:
+        float. the threshold; inf when no history is long enough to have a window.
     """
     if not 0 < quantile < 1:
         raise ValueError(f"quantile must be in (0, 1), got {quantile}")
@@ -241,7 +274,9 @@ def _onset(h: np.ndarray, profiles: np.ndarray, end: int, window: int, distance:
     Every suffix h[p:end] of the window (p from end-w to end-1) is compared with the
     long-term profile h[: end-w]; the onset is the p with the largest
     (end - p) * distance (a suffix that is both long and far), the earliest on ties.
-    Returns int. p.
+
+    Returns:
+        int. p.
     """
     start = end - window
     reference = profiles[h[:start]].sum(axis=0)
@@ -256,7 +291,7 @@ def migration_points(histories: Sequence, profiles: np.ndarray, window: int = WI
                      seed: int = 0) -> np.ndarray:
     """Per user, the position where the recent window departs from the long-term profile.
 
-    The curve of :func:`window_distances` is scanned from the oldest position; the first
+    The curve of `window_distances` is scanned from the oldest position; the first
     window h[t-w : t] whose distance to the long-term profile h[: t-w] exceeds
     `threshold` raises the alarm. The migration point is then the onset of the departure
     inside that window: the start p of the window suffix h[p:t] that maximises
@@ -264,22 +299,25 @@ def migration_points(histories: Sequence, profiles: np.ndarray, window: int = WI
     raises the alarm gets a point no later than that item; a user never raising it, -1.
 
     Threshold: a float (genre JS is in [0, 1], cosine distance in [0, 2]) or None, the
-    default, which calibrates it on the population itself with :func:`null_threshold`:
+    default, which calibrates it on the population itself with `null_threshold`:
     the `quantile` (0.95) over users of the largest window distance of their histories
     shuffled in time, so that about 5% of users without any migration would get a
     point. The calibrated value is logged.
 
-    histories: Sequence of array-like int. Vocab indices [n_u] per user, oldest first
-        (0 = padding, ignored; positions count the non-padding items).
-    profiles: np.ndarray float [V, D]. Per-item profiles (:func:`item_profiles`): a genre
-        matrix with distance "js", or L2-normalised item vectors with distance "cosine".
-    window: int. w, items in the trailing window.
-    threshold: float | None. Distance above which a window departs; None: calibrated.
-    distance: str. "js" or "cosine".
-    min_long_term: int | None. Items the long-term profile needs; None means `window`.
-    quantile: float. Quantile of the calibration when threshold is None.
-    seed: int. Seed of the calibration shuffles.
-    Returns np.ndarray int64 [U]. Index of the migration point in each user's history, or -1.
+    Args:
+        histories: Sequence of array-like int. [n_u] vocab indices per user, oldest first
+            (0 = padding, ignored; positions count the non-padding items).
+        profiles: np.ndarray float. [V, D] per-item profiles (`item_profiles`): a genre
+            matrix with distance "js", or L2-normalised item vectors with distance "cosine".
+        window: int. w, items in the trailing window.
+        threshold: float | None. distance above which a window departs; None: calibrated.
+        distance: str. "js" or "cosine".
+        min_long_term: int | None. items the long-term profile needs; None means `window`.
+        quantile: float. quantile of the calibration when threshold is None.
+        seed: int. seed of the calibration shuffles.
+
+    Returns:
+        np.ndarray int64. [U] index of the migration point in each user's history, or -1.
     """
     profiles = np.asarray(profiles, dtype=np.float64)
     if threshold is None:
@@ -297,7 +335,14 @@ def migration_points(histories: Sequence, profiles: np.ndarray, window: int = WI
 
 
 def _rank(values: np.ndarray) -> np.ndarray:
-    """values: np.ndarray [n]. Returns np.ndarray float64 [n]; average ranks (ties share)."""
+    """Average ranks (ties share).
+
+    Args:
+        values: np.ndarray. [n].
+
+    Returns:
+        np.ndarray float64. [n] average ranks (ties share).
+    """
     import pandas as pd
 
     return pd.Series(values).rank(method="average").to_numpy(dtype=np.float64)
@@ -317,12 +362,15 @@ def population_stats(scores: Mapping[str, np.ndarray] | np.ndarray,
                      thresholds: Sequence[float] | Mapping[str, Sequence[float]] = DEFAULT_THRESHOLDS) -> dict:
     """Summary of migration scores over users.
 
-    scores: Mapping[str, np.ndarray] | np.ndarray. Score name (e.g. "genre",
-        "embedding") -> float [U], the same users in the same order; a bare array is
-        named "score". NaN entries are left out of that score's statistics.
-    thresholds: Sequence[float] | Mapping[str, Sequence[float]]. Thresholds for the
-        "share above" statistics, for every score or per score name.
-    Returns dict. Per score name: {"count", "mean", "std", "min", "q10", "q25",
+    Args:
+        scores: Mapping[str, np.ndarray] | np.ndarray. score name (e.g. "genre",
+            "embedding") -> float [U], the same users in the same order; a bare array is
+            named "score". NaN entries are left out of that score's statistics.
+        thresholds: Sequence[float] | Mapping[str, Sequence[float]]. thresholds for the
+            "share above" statistics, for every score or per score name.
+
+    Returns:
+        dict. per score name: {"count", "mean", "std", "min", "q10", "q25",
         "median", "q75", "q90", "max", "migrating_cut" (the lowest score of the
         migrating top third), "share_above": {str(threshold): share of users strictly
         above}}; and, with two or more scores, "correlation": {"a~b": {"pearson",
