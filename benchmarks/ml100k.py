@@ -63,7 +63,8 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
     from tfrec_lm.config import PRESETS, TrainConfig
     from tfrec_lm.evaluation.export_eval import history_requests
     from tfrec_lm.evaluation.metrics import full_catalog_ranks, sliced_metrics
-    from tfrec_lm.training import score_catalog, train
+    from tfrec_lm.evaluation.scoring import score_catalog
+    from tfrec_lm.training import train
 
     config = TrainConfig.from_dict({**PRESETS["cpu"], **overrides, "output_dir": str(workdir / name / "run"),
                                     "export_base": str(workdir / name / "exports")})

@@ -66,7 +66,7 @@ def evaluate_on_e(result, evaluation) -> dict:
     """SPEC refresh metrics of a trained model on E (popularity for empty histories)."""
     from tfrec_lm.evaluation.metrics import full_catalog_ranks, sliced_metrics
     from tfrec_lm.evaluation.popularity import popularity_scores
-    from tfrec_lm.training import score_catalog
+    from tfrec_lm.evaluation.scoring import score_catalog
 
     scores = score_catalog(result.model, evaluation)
     empty = ~(evaluation.history > 0).any(axis=1)
@@ -77,7 +77,8 @@ def evaluate_on_e(result, evaluation) -> dict:
 
 def run_models(plans: dict, evaluation, base, factory, workdir: Path, label: str) -> dict:
     """Trains each plan `(data, config changes)` in order and scores it on `evaluation`."""
-    from tfrec_lm.training import refresh_examples, train
+    from tfrec_lm.data.split import refresh_examples
+    from tfrec_lm.training import train
 
     models = {}
     for name, (data, changes) in plans.items():
@@ -121,7 +122,8 @@ def main(argv=None) -> int:
 
     from tfrec_lm.config import PRESETS, TrainConfig
     from tfrec_lm.data.split import build_sequences, build_vocab, refresh_split
-    from tfrec_lm.training import load_training_data, pretrained_encoder_factory
+    from tfrec_lm.data.prepare import load_training_data
+    from tfrec_lm.models.factory import pretrained_encoder_factory
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_refresh_"))
     base = TrainConfig.from_dict({**PRESETS["cpu"], **parse_sets(args.set), "export": False})

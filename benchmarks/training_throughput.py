@@ -95,7 +95,9 @@ def gpu_peak(args, policy: str):
 def throughput(args, base, split, vocab, dataset, factory) -> dict:
     import tensorflow as tf
 
-    from tfrec_lm.training import build_model, examples_to_features, make_optimizer
+    from tfrec_lm.data.prepare import examples_to_features
+    from tfrec_lm.fitting import make_optimizer
+    from tfrec_lm.models.factory import build_model
 
     rng = np.random.default_rng(0)
     rows = rng.choice(len(split.train), size=min(len(split.train), 20_000), replace=False)
@@ -104,9 +106,9 @@ def throughput(args, base, split, vocab, dataset, factory) -> dict:
     runners = {}
     for name in args.configs:
         config = base.replace(**CONFIGS[name])
-        model = build_model(config, vocab, dataset.items["text"].tolist(), factory)
+        model = build_model(config, dataset.items["text"].tolist(), factory)
         if name.endswith("/every-position"):
-            model.item_tower.unique_items = False
+            model.item_tower.unique_items = False  # the reference: the encoder runs on every history position
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
         iterator = iter(data)
         step = model.make_train_function()
@@ -180,7 +182,8 @@ def main(argv=None) -> int:
 
     from tfrec_lm.config import PRESETS, TrainConfig
     from tfrec_lm.data.split import build_sequences, build_vocab, leave_one_out
-    from tfrec_lm.training import load_training_data, pretrained_encoder_factory
+    from tfrec_lm.data.prepare import load_training_data
+    from tfrec_lm.models.factory import pretrained_encoder_factory
 
     base = TrainConfig.from_dict({**PRESETS["cpu"], "negatives": "in-batch", "batch_size": args.batch_size,
                                   **parse_sets(args.set)})

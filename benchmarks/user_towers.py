@@ -38,8 +38,9 @@ def main(argv=None) -> int:
     from tfrec_lm.data.split import build_sequences, build_vocab, leave_one_out, train_interaction_counts
     from tfrec_lm.evaluation.export_eval import history_requests
     from tfrec_lm.export import ServingModule, save_serving_module
-    from tfrec_lm.training import (build_model, examples_to_features, load_training_data, make_optimizer,
-                                   pretrained_encoder_factory)
+    from tfrec_lm.data.prepare import examples_to_features, load_training_data
+    from tfrec_lm.fitting import make_optimizer
+    from tfrec_lm.models.factory import build_model, pretrained_encoder_factory
 
     base = TrainConfig(negatives="in-batch", batch_size=args.batch_size)
     dataset = load_training_data(base)
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tfrec_lm_towers_"))
     for tower in ("item-sequence", "history-text"):
         config = base.replace(user_tower=tower)
-        model = build_model(config, vocab, dataset.items["text"].tolist(), factory)
+        model = build_model(config, dataset.items["text"].tolist(), factory)
         model.compile(optimizer=make_optimizer(config))
         model.fit(batches.take(1), epochs=1, verbose=0)  # trace
         start = time.perf_counter()

@@ -91,31 +91,28 @@ class TrainedRun:
 
 
 def run_training(config: TrainConfig, dataset, encoder_factory) -> TrainedRun:
-    """`tfrec_lm.training.train` with a snapshot of the freshly built model's weights.
-
-    `train` builds its model internally; `build_model` is wrapped so the model is run
-    once (which creates every lazily built weight) and copied before `fit` starts.
+    """`tfrec_lm.training.train`, stage by stage, with a snapshot of the model's weights
+    between the model stage (every variable created) and the fit stage.
     """
-    import tfrec_lm.training as training
+    from tfrec_lm.data.prepare import prepare_data
+    from tfrec_lm.distribute import WorkerOutputs, make_strategy
+    from tfrec_lm.evaluation.scoring import evaluate_test
+    from tfrec_lm.fitting import fit
+    from tfrec_lm.models.factory import build_for_training
+    from tfrec_lm.training import export_and_record
 
-    initial = []
-    original = training.build_model
-
-    def build_and_snapshot(config, vocab, item_texts, factory, item_probability=None):
-        model = original(config, vocab, item_texts, factory, item_probability=item_probability)
-        history = np.zeros([2, config.max_history], np.int32)
-        history[:, :2] = [[1, 2], [3, 4]]
-        times = np.where(history > 0, 1_600_000_000, 0).astype(np.int64)
-        users, items = model({"history": history, "history_timestamps": times, "target": np.array([5, 6], np.int32)},
-                             training=False)
-        model.predict_rating(users, items)
-        initial.extend((v, v.numpy().copy()) for v in model.variables)
-        return model
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "build_model", build_and_snapshot)
-        result = training.train(config, dataset=dataset, encoder_factory=encoder_factory)
-    assert initial, "train() did not call build_model"
+    config.validate()
+    strategy = make_strategy(config.strategy)
+    outputs = WorkerOutputs(strategy, config.output_dir, config.export_base)
+    try:
+        tf.keras.utils.set_random_seed(config.seed)
+        data = prepare_data(config, dataset)
+        model = build_for_training(config, data, encoder_factory, strategy)
+        initial = [(v, v.numpy().copy()) for v in model.variables]
+        fitted = fit(config, model, data, strategy, outputs.output_dir)
+        result = export_and_record(config, model, data, fitted, evaluate_test(model, data), strategy, outputs)
+    finally:
+        outputs.cleanup()
     return TrainedRun(result=result, config=config, initial=initial)
 
 

@@ -96,7 +96,9 @@ def run_case(directory: Path, strategy: str, negatives: str, export: bool = Fals
     """
     import tensorflow as tf
 
-    from tfrec_lm.training import examples_to_features, train, user_embeddings
+    from tfrec_lm.data.prepare import examples_to_features
+    from tfrec_lm.evaluation.scoring import user_embeddings
+    from tfrec_lm.training import train
 
     directory.mkdir(parents=True, exist_ok=True)
     dataset, factory = inputs_ or inputs(directory)

@@ -28,7 +28,8 @@ from tfrec_lm.config import PRESETS, TrainConfig
 from tfrec_lm.distribute import make_strategy, read_tf_config
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.train import build_parser, config_from_args, main
-from tfrec_lm.training import make_optimizer, train
+from tfrec_lm.fitting import make_optimizer
+from tfrec_lm.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = Path(__file__).with_name("distributed_helper.py")

@@ -494,7 +494,7 @@ def test_export_metrics_match_the_model_on_the_test_split(served, item_sequence_
     as a candidate; those users are compared separately."""
     from tfrec_lm.evaluation.export_eval import evaluate_export
     from tfrec_lm.evaluation.metrics import full_catalog_ranks, sliced_metrics
-    from tfrec_lm.training import score_catalog
+    from tfrec_lm.evaluation.scoring import score_catalog
 
     result = item_sequence_run.result
     test = result.split.test

@@ -17,7 +17,8 @@ from tfrec_lm.errors import ConfigError
 from tfrec_lm.evaluation.metrics import full_catalog_ranks
 from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
 from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
-from tfrec_lm.training import examples_to_features, score_catalog
+from tfrec_lm.data.prepare import examples_to_features
+from tfrec_lm.evaluation.scoring import score_catalog
 
 RUNS = ["item_sequence_run", "history_text_run", "in_batch_top_k_run", "history_text_full_run"]
 

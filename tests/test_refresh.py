@@ -64,7 +64,7 @@ def test_since_after_every_interaction_is_an_error(synthetic, encoder_factory, t
 
 def test_a_refresh_validates_on_recent_targets_only(synthetic):
     from tfrec_lm.data.split import build_sequences, build_vocab, leave_one_out
-    from tfrec_lm.training import refresh_validation
+    from tfrec_lm.data.split import refresh_validation
 
     vocab = build_vocab(synthetic.items)
     validation = leave_one_out(build_sequences(synthetic, vocab), 10).validation
@@ -81,7 +81,7 @@ def test_a_refresh_validates_on_recent_targets_only(synthetic):
 
 def test_replay_mixes_a_share_of_older_interactions_into_a_refresh():
     from tfrec_lm.config import TrainConfig
-    from tfrec_lm.training import refresh_examples
+    from tfrec_lm.data.split import refresh_examples
 
     stamps = np.arange(100)
     only_recent = refresh_examples(stamps, TrainConfig(since=80))

@@ -17,6 +17,8 @@ import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
 
 from tfrec_lm import training  # noqa: E402
+from tfrec_lm.data import prepare  # noqa: E402
+from tfrec_lm.models import factory as model_factory  # noqa: E402
 from tfrec_lm.bert import tiny_bert, tiny_tokenizer  # noqa: E402
 from tfrec_lm.config import PRESETS, TrainConfig, load_config_file  # noqa: E402
 from tfrec_lm.errors import ConfigError  # noqa: E402
@@ -168,8 +170,8 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
                                                          capsys):
     counting = CountingTrain()
     monkeypatch.setattr(training, "train", counting)
-    monkeypatch.setattr(training, "load_training_data", lambda config: tiny_data)
-    monkeypatch.setattr(training, "pretrained_encoder_factory", lambda spec: tiny_encoder)
+    monkeypatch.setattr(prepare, "load_training_data", lambda config: tiny_data)
+    monkeypatch.setattr(model_factory, "pretrained_encoder_factory", lambda spec: tiny_encoder)
     best_path = tmp_path / "best_config.yaml"
     argv = ["--strategy", "hyperband", "--max-epochs", "1", "--directory", str(tmp_path / "runs"),
             "--project-name", "hb", "--preset", "tiny", "--best-config", str(best_path),

@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             raise ConfigError(f"--max-trials must be >= 1 for {args.strategy}")
         hypermodel = hypermodel_from_args(args)
         tuner = tuner_from_args(args, hypermodel)
-        from tfrec_lm.training import load_training_data
+        from tfrec_lm.data.prepare import load_training_data
 
         dataset = load_training_data(hypermodel.base)
     except (ConfigError, DataError, AssetError, ValueError) as error:

@@ -9,6 +9,7 @@ interaction for popularity.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,6 +17,9 @@ import numpy as np
 import pandas as pd
 
 from tfrec_lm.data.schema import Dataset
+from tfrec_lm.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 PAD = ""
 
@@ -355,3 +359,43 @@ def train_interaction_counts(split: LeaveOneOutSplit | RefreshSplit, part: str |
     counts = np.bincount(items, minlength=split.vocab_size).astype(np.int64)
     counts[0] = 0
     return counts
+
+
+def refresh_examples(target_timestamp: np.ndarray, config) -> np.ndarray:
+    """Rows a refresh (`--since`) trains on, in their original order.
+
+    target_timestamp: np.ndarray int [n]. Each training example's target time.
+    config: TrainConfig. Reads `since`, `replay` and `seed`.
+    Returns np.ndarray int. Every row at or after `since`, and `replay` times as many older
+        rows (at most all of them) drawn uniformly without replacement with `seed`.
+    """
+    recent = np.flatnonzero(target_timestamp >= config.since)
+    if not len(recent):
+        raise ConfigError(f"--since {config.since}: no training interaction at or after that time")
+    older = np.flatnonzero(target_timestamp < config.since)
+    count = min(len(older), int(round(config.replay * len(recent))))
+    replayed = np.random.default_rng(config.seed).choice(older, size=count, replace=False) if count else []
+    logger.info("refresh: %d interactions since %d, %d older replayed", len(recent), config.since, count)
+    return np.sort(np.concatenate([recent, np.asarray(replayed, dtype=recent.dtype)]))
+
+
+def refresh_validation(examples: Examples, since: Optional[int]) -> Examples:
+    """The validation targets that early stopping watches.
+
+    A refresh (`--since`) trains on recent interactions to follow recent interests, so it
+    is validated on the users whose validation target is itself recent (at or after
+    `since`); most users' validation targets predate a refresh window and say nothing
+    about it. Without `--since`, or when no validation target is that recent, all of them.
+
+    examples: Examples. The validation examples.
+    since: int or None. `--since` (Unix seconds).
+    Returns Examples. `examples` itself, or its rows whose target is at or after `since`.
+    """
+    if since is None:
+        return examples
+    recent = np.flatnonzero(examples.target_timestamp >= since)
+    if not len(recent):
+        logger.info("no validation target at or after --since %d: validating on all users", since)
+        return examples
+    logger.info("refresh: validating on the %d users whose validation target is at or after --since", len(recent))
+    return examples.take(recent)

@@ -1,0 +1,133 @@
+"""The data stage of training: read the configured source, split it (SPEC §2), choose the rows to train on."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+from tfrec_lm.config import TrainConfig
+from tfrec_lm.data.schema import DataError, Dataset
+from tfrec_lm.data.split import (Examples, ItemVocab, LeaveOneOutSplit, UserSequences, build_sequences, build_vocab,
+                                 leave_one_out, refresh_examples, train_interaction_counts)
+
+
+def load_dataset(data: str = "ml-100k", data_source: str = "auto", interactions: Optional[str] = None,
+                 items: Optional[str] = None, strict: bool = False, progress: bool = True) -> Dataset:
+    """Reads a data source into the SPEC §1 schema (the one dispatch of `tfrec_lm.train` and `tfrec_lm.drift`).
+
+    Args:
+        data: str. `ml-100k` or `files` (`--data`).
+        data_source: str. where ml-100k comes from: `auto` (TFDS when prepared locally, else
+            the fetched asset), `tfds` or `recbole` (`--data-source`).
+        interactions: str or None. interactions file, with `files`.
+        items: str or None. items file, with `files`.
+        strict: bool. stop on rows that break the schema.
+        progress: bool. show a download progress line when the ml-100k asset is fetched.
+
+    Returns:
+        Dataset.
+
+    Raises:
+        DataError: `files` without `interactions`, or unreadable data; AssetError: the asset fetch failed.
+    """
+    if data == "files":
+        if not interactions:
+            raise DataError("--data files needs --interactions (and usually --items)")
+        from tfrec_lm.data.files import load_interactions_file
+
+        return load_interactions_file(interactions, items, strict=strict)
+    from tfrec_lm.data import movielens
+
+    if data_source == "tfds" or (data_source == "auto" and movielens.tfds_available()):
+        return movielens.load_movielens_100k_tfds(strict=strict)
+    from tfrec_lm.assets import movielens_100k_dir
+
+    return movielens.load_movielens_100k(movielens_100k_dir(progress=progress), strict=strict)
+
+
+def load_training_data(config: TrainConfig) -> Dataset:
+    """Reads the data source `config` names (`data`, `data_source`, `interactions`, `items`, `strict`)."""
+    return load_dataset(config.data, config.data_source, config.interactions, config.items, strict=config.strict)
+
+
+def require_training_examples(split: LeaveOneOutSplit, sequences) -> None:
+    """Raises DataError when the split has no training example (before any model is built).
+
+    split: LeaveOneOutSplit. The leave-one-out split.
+    sequences: UserSequences. The users' time-ordered interactions (for the message).
+    """
+    if len(split.train):
+        return
+    longest = max((len(items) for items in sequences.items), default=0)
+    raise DataError(f"no training examples: leave-one-out keeps each user's last two interactions for validation "
+                    f"and test and a training example needs an earlier one as its history, so some user needs "
+                    f"at least 4 interactions ({len(sequences)} users, the most active has {longest})")
+
+
+def examples_to_features(examples: Examples) -> dict:
+    """The model's input features of examples.
+
+    examples: Examples. n examples with histories of width H.
+    Returns dict. `history` int32 [n, H], `history_timestamps` int64 [n, H], `target` int32 [n],
+        `rating` float32 [n] (NaN where unknown).
+    """
+    return {
+        "history": examples.history.astype(np.int32),
+        "history_timestamps": examples.history_timestamps.astype(np.int64),
+        "target": examples.target.astype(np.int32),
+        "rating": examples.rating.astype(np.float32),
+    }
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """What the data stage hands the later stages.
+
+    Attributes:
+        dataset: Dataset. the data in the SPEC §1 schema.
+        vocab: ItemVocab. item index <-> item id (index 0 padding).
+        sequences: UserSequences. each user's time-ordered items and timestamps.
+        split: LeaveOneOutSplit. SPEC §2 train / validation / test examples.
+        counts: np.ndarray. [C+1] training interaction counts (popularity).
+        train_examples: Examples. the rows `fit` trains on: `split.train`, cut to a refresh
+            window (`since`, `replay`) and to `max_train_examples` (most recent kept).
+    """
+
+    dataset: Dataset
+    vocab: ItemVocab
+    sequences: UserSequences
+    split: LeaveOneOutSplit
+    counts: np.ndarray
+    train_examples: Examples
+
+
+def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None) -> PreparedData:
+    """Reads (unless given), indexes and splits the data, and chooses the training rows.
+
+    Args:
+        config: TrainConfig. reads the data options, `max_history`, `since`, `replay`, `seed`,
+            `max_train_examples`.
+        dataset: Dataset or None. already-loaded data; read from `config` when None.
+
+    Returns:
+        PreparedData.
+
+    Raises:
+        DataError: no training example; ConfigError: no training interaction at or after `since`.
+    """
+    dataset = dataset if dataset is not None else load_training_data(config)
+    vocab = build_vocab(dataset.items)
+    sequences = build_sequences(dataset, vocab)
+    split = leave_one_out(sequences, config.max_history)
+    require_training_examples(split, sequences)
+    counts = train_interaction_counts(split)
+    train_examples = split.train
+    if config.since is not None:
+        train_examples = train_examples.take(refresh_examples(train_examples.target_timestamp, config))
+    if config.max_train_examples is not None and len(train_examples) > config.max_train_examples:
+        keep = np.argsort(-train_examples.target_timestamp, kind="stable")[: config.max_train_examples]
+        train_examples = train_examples.take(np.sort(keep))
+    return PreparedData(dataset=dataset, vocab=vocab, sequences=sequences, split=split, counts=counts,
+                        train_examples=train_examples)

@@ -1,0 +1,133 @@
+"""The evaluation stage: full-catalog scoring of a model and the SPEC §2 metrics, during and after training."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_lm.evaluation.metrics import full_catalog_ranks, ranking_metrics, sliced_metrics
+from tfrec_lm.evaluation.migration import js_migration_scores, migration_slices
+from tfrec_lm.evaluation.popularity import popularity_scores
+
+logger = logging.getLogger(__name__)
+
+
+def user_embeddings(model, history: np.ndarray, timestamps: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Runs the user tower over histories.
+
+    model: TwoTowerModel. the model.
+    history: np.ndarray int. [n, H] item indices, oldest first, 0 = padding.
+    timestamps: np.ndarray int. [n, H] Unix seconds.
+    batch_size: int. histories per call.
+    Returns np.ndarray float32. [n, D].
+    """
+    return np.concatenate([
+        model.embed_users(tf.constant(history[i:i + batch_size], tf.int32),
+                          tf.constant(timestamps[i:i + batch_size], tf.int64)).numpy()
+        for i in range(0, len(history), batch_size)], axis=0)
+
+
+def score_catalog(model, examples) -> np.ndarray:
+    """Full-catalog scores of evaluation examples.
+
+    model: TwoTowerModel. the model.
+    examples: Examples. n examples (their histories and timestamps are read).
+    Returns np.ndarray float32. [n, C+1], column 0 (padding) = -inf.
+    """
+    items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
+    scores = user_embeddings(model, examples.history, examples.history_timestamps) @ items.T
+    scores[:, 0] = -np.inf
+    return scores
+
+
+def spec_metrics(scores: np.ndarray, examples, slices: dict) -> dict:
+    """SPEC §2 metrics per slice from full-catalog scores.
+
+    scores: np.ndarray float. [n, C+1] scores of the examples.
+    examples: Examples. their targets and excluded (history) items.
+    slices: dict. slice name -> bool [n].
+    Returns dict. `{slice: {metric: value}}`.
+    """
+    ranks = full_catalog_ranks(scores, examples.target, examples.exclude)
+    return sliced_metrics(ranks, slices)
+
+
+class ValidationNDCG(tf.keras.callbacks.Callback):
+    """Adds SPEC validation NDCG@10 (full catalog, history excluded) to the epoch logs.
+
+    Args:
+        examples: Examples. the validation examples.
+        budget_seconds: float or None. stop training after the first epoch that ends later
+            than this many seconds after `fit` started.
+
+    Attributes:
+        history: list of float. validation NDCG@10 after each epoch.
+        seconds: list of float. seconds since `fit` started at each of those evaluations.
+    """
+
+    def __init__(self, examples, budget_seconds: Optional[float] = None):
+        super().__init__()
+        self.examples = examples
+        self.history: list[float] = []
+        self.seconds: list[float] = []
+        self.budget_seconds = budget_seconds
+        self._start = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        scores = score_catalog(self.model, self.examples)
+        ranks = full_catalog_ranks(scores, self.examples.target, self.examples.exclude)
+        ndcg = float(ranking_metrics(ranks, ks=(10,))["NDCG@10"])
+        self.history.append(ndcg)
+        self.seconds.append(time.monotonic() - self._start)
+        if logs is not None:
+            logs["val_ndcg_at_10"] = ndcg
+        logger.info("epoch %d: validation NDCG@10 %.4f", epoch + 1, ndcg)
+        if self.budget_seconds is not None and time.monotonic() - self._start > self.budget_seconds:
+            logger.info("time budget reached after epoch %d", epoch + 1)
+            self.model.stop_training = True
+
+
+@dataclasses.dataclass
+class TestEvaluation:
+    """What the evaluation stage measured on the SPEC §2 test targets.
+
+    Attributes:
+        metrics: dict. `{"model": {slice: {metric: value}}, "most_popular": ...}`.
+        slices: dict. slice name (`all`, `migrating`, `stable`) -> bool [n_test].
+        histories: list of np.ndarray. each test user's full time-ordered history (item indices).
+        timestamps: list of np.ndarray. their timestamps.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    metrics: dict
+    slices: dict
+    histories: list
+    timestamps: list
+
+
+def evaluate_test(model, data) -> TestEvaluation:
+    """Scores the model and the most-popular baseline on the test targets, per migration slice.
+
+    model: TwoTowerModel. the trained model.
+    data: tfrec_lm.data.prepare.PreparedData. the prepared data.
+    Returns TestEvaluation.
+    """
+    test = data.split.test
+    histories = [data.sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered
+    slices = migration_slices(js_migration_scores(histories, [()] + data.dataset.items["genres"].tolist()))
+    popularity = np.broadcast_to(popularity_scores(data.counts), (len(test.target), data.vocab.size))
+    metrics = {
+        "model": spec_metrics(score_catalog(model, test), test, slices),
+        "most_popular": spec_metrics(np.array(popularity), test, slices),
+    }
+    return TestEvaluation(metrics=metrics, slices=slices, histories=histories,
+                          timestamps=[data.sequences.timestamps[u][:-1] for u in test.user_index])

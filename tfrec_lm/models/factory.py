@@ -1,0 +1,140 @@
+"""The model stage of training: encoders, towers and the two-tower model a config describes."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+
+from tfrec_lm.config import TrainConfig
+from tfrec_lm.data.prepare import PreparedData, examples_to_features
+from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+from tfrec_lm.layers.history_text_composer import HistoryTextComposer
+from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
+from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+from tfrec_lm.models.item_tower import ItemTower
+from tfrec_lm.models.precision import dtype_policy
+from tfrec_lm.models.two_tower import TwoTowerModel
+from tfrec_lm.text import tokenize_items
+
+EncoderFactory = Callable[[], tuple]  # () -> (TFBertModel, tokenizer)
+
+
+def pretrained_encoder_factory(spec: str) -> EncoderFactory:
+    """Loads the pretrained encoder on the first call; each call returns an independent copy.
+
+    Loading waits for the first call so that the encoder's variables are created where
+    the model is built (inside the distribution strategy's scope).
+
+    spec: str. `--encoder`: an alias, a folder or a hub name (`tfrec_lm.bert.load_bert`).
+    Returns EncoderFactory. `() -> (TFBertModel, tokenizer)`.
+    """
+    from tfrec_lm.bert import load_bert
+
+    loaded = []
+
+    def factory():
+        if not loaded:
+            bert, tokenizer = load_bert(spec)
+            loaded.append((bert, tokenizer, bert.get_weights()))
+            return bert, tokenizer
+        bert, tokenizer, weights = loaded[0]
+        copy = type(bert)(bert.config)
+        copy(copy.dummy_inputs)
+        copy.set_weights(weights)
+        return copy, tokenizer
+
+    return factory
+
+
+def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
+                item_probability: Optional[np.ndarray] = None) -> TwoTowerModel:
+    """Builds towers and tasks for `config` around fresh encoder copies.
+
+    Layers take the Keras global dtype policy when created: call it under
+    `dtype_policy(config.mixed_precision)` (as `build_for_training` does).
+
+    Args:
+        config: TrainConfig. the model options.
+        item_texts: list of str. [C+1] item texts by index (row 0 padding).
+        encoder_factory: EncoderFactory. called once per BERT the towers need.
+        item_probability: np.ndarray or None. [C+1] each item's share of training targets (log-Q).
+
+    Returns:
+        TwoTowerModel. With a frozen encoder the item text vectors are already cached.
+    """
+    bert, tokenizer = encoder_factory()
+    tokens = tokenize_items(item_texts, tokenizer, config.max_item_tokens)
+    item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
+                                   name="item_text_encoder")
+    item_tower = ItemTower(item_encoder, tokens.with_special_tokens(), embedding_dim=config.embedding_dim,
+                           use_item_ids=config.item_ids, dropout=config.dropout, use_text=config.item_text,
+                           unique_items=not config.jit_compile, trim_padding=not config.jit_compile,  # XLA: static shapes
+                           name="item_tower")
+    if config.user_tower == "item-sequence":
+        user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
+                                           num_blocks=config.num_blocks, num_heads=config.num_heads,
+                                           dropout=config.dropout, pooling=config.sequence_pooling,
+                                           time_features=config.reads_item_ages, long_short=config.long_short,
+                                           short_window=config.short_window, name="user_tower")
+    else:
+        history_bert, _ = encoder_factory()
+        history_encoder = BertTextEncoder(history_bert, finetune=config.finetune,
+                                          trainable_layers=config.trainable_layers, name="history_text_encoder")
+        composer = HistoryTextComposer(tokens.token_ids, tokens.lengths, tokens.cls_id, tokens.sep_id,
+                                       max_tokens=config.history_tokens, name="history_text_composer")
+        user_tower = HistoryTextUserTower(history_encoder, composer, embedding_dim=config.embedding_dim,
+                                          dropout=config.dropout, name="user_tower")
+    model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
+                          retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
+                          item_probability=item_probability)
+    if item_tower.text_cache is not None:
+        cache_dir = None
+        if config.cache_text_vectors:
+            from tfrec_lm.assets import cache_dir as asset_cache_dir
+
+            cache_dir = asset_cache_dir() / "text_vectors"
+        item_tower.refresh_cache(cache_dir=cache_dir)
+    return model
+
+
+def create_variables(model: TwoTowerModel, train_examples) -> None:
+    """Creates every model variable now, eagerly, by running the model on two examples.
+
+    Built lazily inside a replica's first step, the random initialisers would draw
+    differently under each strategy; and a warm start restores all variables at once.
+
+    model: TwoTowerModel. a freshly built model.
+    train_examples: Examples. at least one training example.
+    """
+    probe = {name: value[:2] for name, value in examples_to_features(train_examples).items()}
+    users, items = model(probe, training=False)
+    model.predict_rating(users, items)
+
+
+def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory: Optional[EncoderFactory],
+                       strategy) -> TwoTowerModel:
+    """The model stage: the model of `config`, every variable created, under `strategy` and the dtype policy.
+
+    Variables (mirrored under a strategy) are created in the strategy's scope. Layers take
+    the global dtype policy when they are created, so every layer is created (and built)
+    under `--mixed-precision`'s; the loss layers that TFRS creates inside its tasks while
+    tracing the training step are then float32, as the logits.
+
+    Args:
+        config: TrainConfig. the run's options.
+        data: PreparedData. the data stage's result (item texts, training targets and rows).
+        encoder_factory: EncoderFactory or None. the pretrained `config.encoder` when None.
+        strategy: tf.distribute.Strategy. where variables live.
+
+    Returns:
+        TwoTowerModel. built, not compiled.
+    """
+    encoder_factory = encoder_factory or pretrained_encoder_factory(config.encoder)
+    target_counts = np.bincount(data.split.train.target, minlength=data.vocab.size).astype(np.float64)
+    with strategy.scope():
+        with dtype_policy(config.mixed_precision):
+            model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
+                                item_probability=target_counts / max(target_counts.sum(), 1.0))
+            create_variables(model, data.train_examples)
+    return model
