@@ -182,15 +182,16 @@ def main(argv=None) -> dict:
     import tensorflow as tf
 
     from tfrec_lm.client import GrpcClient, RestClient
-    from tfrec_lm.serving.manager import load_scann_ops
+    from tfrec_lm.export import load_scann_ops
 
-    load_scann_ops()
+    load_scann_ops(required=False)
     workdir = Path(tempfile.mkdtemp(prefix="serving_latency_"))
     if args.export_base:
         mode = "exports"
         exports = find_exports(args.export_base, args.model_name)
     else:
-        from tfrec_lm.serving.tiny_export import tiny_exports
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from tiny_export import tiny_exports  # a test fixture (tests/tiny_export.py), not part of the package
 
         mode = "smoke"
         tiny = tiny_exports(workdir / "tiny")

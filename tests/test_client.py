@@ -3,7 +3,7 @@
 Retries and timeouts run against tiny local fakes on 127.0.0.1 (an HTTP server that
 answers 503 before 200, a gRPC PredictionService that answers UNAVAILABLE before OK, a
 server that is too slow). Everything else runs against the local TF-Serving-compatible
-server (`tfrec_lm.serving`) over a real tiny export and is compared with a direct call of
+server (`tfrec_lm.serve`) over a real tiny export and is compared with a direct call of
 the SavedModel.
 """
 
@@ -24,6 +24,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tfrec_lm import client as client_module
+from tfrec_lm.client import __main__ as client_cli
 from tfrec_lm.client import (
     GrpcClient,
     Recommendations,
@@ -35,10 +36,10 @@ from tfrec_lm.client import (
     rank,
     recommend,
 )
-from tfrec_lm.serving.manager import ModelConfig
-from tfrec_lm.serving.server import LocalServer, ServerOptions
-from tfrec_lm.serving.tensors import Limits
-from tfrec_lm.serving.tiny_export import tiny_exports
+from tfrec_lm.serve.manager import ModelConfig
+from tfrec_lm.serve.server import LocalServer, ServerOptions
+from tfrec_lm.serve.tensors import Limits
+from tiny_export import tiny_exports
 
 OK_BODY = {"outputs": {"item_ids": [["a", "b"]], "scores": [[0.5, 0.25]]}}
 
@@ -230,12 +231,12 @@ def test_grpc_deadline_is_a_timeout():
 def test_rest_client_on_a_grpc_port_says_so(flaky_grpc, capsys):
     _, target = flaky_grpc(failures=0)  # a real gRPC server: it answers HTTP/1.1 with HTTP/2 frames
     with RestClient(target, retries=1, backoff_factor=0.01) as client:
-        with pytest.raises(client_module.ServingError) as raised:
+        with pytest.raises(client_module.ClientError) as raised:
             client.predict(ONE_USER)
     message = str(raised.value)
     assert f"the server at {target} answered with HTTP/2 frames" in message and "is this the gRPC port?" in message
     assert "8501" in message and "\\x00" not in message and "\x00" not in message
-    assert client_module.main(["recommend", "--user-history", "a", "--server", target, "--retries", "0"]) == 2
+    assert client_cli.main(["recommend", "--user-history", "a", "--server", target, "--retries", "0"]) == 2
     assert "is this the gRPC port?" in capsys.readouterr().err
 
 
@@ -253,7 +254,7 @@ def test_rest_client_on_a_port_that_does_not_speak_http():
     address = f"127.0.0.1:{listener.getsockname()[1]}"
     try:
         with RestClient(address, retries=0) as client:
-            with pytest.raises(client_module.ServingError) as raised:
+            with pytest.raises(client_module.ClientError) as raised:
                 client.model_status()
     finally:
         thread.join(5)
@@ -272,7 +273,7 @@ def test_rest_client_on_a_port_that_does_not_speak_http():
 def test_cli_rejects_bad_numbers_as_usage_errors(capsys, option, value, needle):
     argv = ["recommend", "--user-history", "a", "--server", f"127.0.0.1:{_closed_port()}", option, value]
     with pytest.raises(SystemExit) as exited:
-        client_module.main(argv)
+        client_cli.main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and needle in err and "Traceback" not in err
 
@@ -439,7 +440,7 @@ def test_cli_recommend(server, direct, exports, protocol):
     history = exports.histories[0][-3:]
     address = server.rest_url if protocol == "rest" else server.grpc_target
     out = io.StringIO()
-    code = client_module.main(["recommend", "--user-history", ",".join(history), "--server", address,
+    code = client_cli.main(["recommend", "--user-history", ",".join(history), "--server", address,
                                "--protocol", protocol, "--model-name", "tfrec_lm", "--signature", "serving_default",
                                "--json"], stream=out)
     assert code == 0
@@ -449,22 +450,22 @@ def test_cli_recommend(server, direct, exports, protocol):
     np.testing.assert_allclose(answer[0]["scores"], scores, rtol=1e-5, atol=1e-6)
 
     table = io.StringIO()
-    assert client_module.main(["recommend", "--user-history", ",".join(history), "--server", address,
+    assert client_cli.main(["recommend", "--user-history", ",".join(history), "--server", address,
                                "--protocol", protocol], stream=table) == 0
     lines = table.getvalue().splitlines()
     assert lines[0].startswith("user 1") and lines[2].split("\t")[1] == ids[0]
 
 
 def test_cli_reports_server_errors(server, capsys):
-    code = client_module.main(["recommend", "--user-history", "a", "--server", server.rest_url, "--model-name", "nope"])
+    code = client_cli.main(["recommend", "--user-history", "a", "--server", server.rest_url, "--model-name", "nope"])
     assert code == 2
     assert "Servable not found for request: Latest(nope)" in capsys.readouterr().err
 
 
 def test_cli_status_and_metadata(server):
     out = io.StringIO()
-    assert client_module.main(["status", "--server", server.grpc_target, "--protocol", "grpc"], stream=out) == 0
+    assert client_cli.main(["status", "--server", server.grpc_target, "--protocol", "grpc"], stream=out) == 0
     assert json.loads(out.getvalue())["model_version_status"][0]["state"] == "AVAILABLE"
     out = io.StringIO()
-    assert client_module.main(["metadata", "--server", server.rest_url], stream=out) == 0
+    assert client_cli.main(["metadata", "--server", server.rest_url], stream=out) == 0
     assert "serving_default" in json.loads(out.getvalue())["metadata"]["signature_def"]["signature_def"]

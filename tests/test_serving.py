@@ -1,6 +1,6 @@
 """Contract tests of the local TF-Serving-compatible server (`tfrec_lm.serve`) and `serving/`.
 
-A tiny model is trained and exported for real (`tfrec_lm.serving.tiny_export`: a
+A tiny model is trained and exported for real (`tests/tiny_export.py`: a
 brute-force and a ScaNN export with K = 5, and a K = 3 brute-force export used as a new
 version). The server runs in-process on free loopback ports (one test starts the CLI as
 a subprocess). Its answers, through the official gRPC stub and plain HTTP JSON, must
@@ -40,10 +40,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfrec_lm.serving.manager import ModelConfig, read_model_config_file, write_warmup_requests
-from tfrec_lm.serving.server import LocalServer, ServerOptions
-from tfrec_lm.serving.tensors import Limits
-from tfrec_lm.serving.tiny_export import tiny_exports
+from tfrec_lm.export_warmup import write_warmup_requests
+from tfrec_lm.serve.manager import ModelConfig, read_model_config_file
+from tfrec_lm.serve.server import LocalServer, ServerOptions
+from tfrec_lm.serve.tensors import Limits
+from tiny_export import tiny_exports
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING = REPO / "serving"

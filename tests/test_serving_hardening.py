@@ -6,7 +6,7 @@ shapes before any tensor is decoded; the REST body limit checked from Content-Le
 before the body is read), a deadline that must not starve the requests behind it, version
 directories that arrive slowly or disappear, and error bodies that must not leak paths or
 exception classes. The servers run in-process on free loopback ports; the model tests use
-the tiny real exports of `tfrec_lm.serving.tiny_export`.
+the tiny real exports of `tests/tiny_export.py`.
 """
 
 import tfrec_lm  # noqa: F401  (before TensorFlow)
@@ -28,12 +28,12 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tfrec_lm.serving.grpc_service import make_grpc_server
-from tfrec_lm.serving.manager import ModelConfig, ModelManager, Servable
-from tfrec_lm.serving.rest import RestApi, RestServer
-from tfrec_lm.serving.server import LocalServer, ServerOptions
-from tfrec_lm.serving.tensors import Limits
-from tfrec_lm.serving.tiny_export import tiny_exports
+from tfrec_lm.serve.grpc_service import make_grpc_server
+from tfrec_lm.serve.manager import ModelConfig, ModelManager, Servable
+from tfrec_lm.serve.rest import RestApi, RestServer
+from tfrec_lm.serve.server import LocalServer, ServerOptions
+from tfrec_lm.serve.tensors import Limits
+from tiny_export import tiny_exports
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_batch_size=8, max_history_length=40, max_candidates=60)
@@ -416,7 +416,7 @@ def test_unexpected_failures_answer_500_without_internals():
 
 
 def test_readme_documents_every_limit_flag_and_its_default():
-    from tfrec_lm.serve import build_parser
+    from tfrec_lm.serve.__main__ import build_parser
 
     readme = (REPO / "serving" / "README.md").read_text()
     defaults = {action.dest: action.default for action in build_parser()._actions}

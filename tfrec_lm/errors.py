@@ -2,7 +2,7 @@
 
 The command-line tools turn each of them into one line on stderr and exit code 2; the
 library raises them and never prints. Serving has its own error type for request
-failures (`tfrec_lm.serving.errors.ServingError`).
+failures (`tfrec_lm.serve.errors.ServingError`).
 """
 
 

@@ -13,6 +13,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_lm.evaluation.popularity import most_popular
+from tfrec_lm.export_warmup import write_export_warmup
+
 logger = logging.getLogger(__name__)
 
 LOWEST_SCORE = float(np.finfo(np.float32).min)
@@ -98,7 +101,7 @@ class ServingModule(tf.Module):
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
         counts = np.asarray(counts, dtype=np.float64).copy()
         counts[0] = -1.0
-        order = np.argsort(-counts[1:], kind="stable") + 1
+        order = most_popular(counts, num_items - 1)
         self.popular = tf.constant(order.astype(np.int32))
         share = np.maximum(counts, 0.0) / max(counts[1:].sum(), 1.0)
         self.popularity_share = tf.constant(share.astype(np.float32))
@@ -217,31 +220,13 @@ def save_serving_module(module: ServingModule, export_base, model_name: str, met
         extra = staging / "assets.extra"
         extra.mkdir(exist_ok=True)
         (extra / "tfrec_lm.json").write_text(json.dumps(metadata, indent=2, default=float))
-        _write_warmup(staging, module, model_name)
+        write_export_warmup(staging, module.item_ids.numpy(), model_name)
         os.rename(staging, final)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s", final)
     return final
-
-
-def _write_warmup(export_dir: Path, module: ServingModule, model_name: str) -> None:
-    """Warm-up requests (TF Serving's `assets.extra/tf_serving_warmup_requests`).
-
-    TF Serving (and `tfrec_lm.serve`) replay them before a version takes traffic, so
-    the first user request does not pay for tracing. One known and one empty history.
-    """
-    from tfrec_lm.serving.manager import write_warmup_requests
-
-    known = module.item_ids.numpy()[1:3].astype(object)
-    history = np.array([["", *known], ["", "", ""]], dtype=object)
-    times = np.zeros(history.shape, dtype=np.int64)
-    write_warmup_requests(export_dir, [
-        ("serving_default", {"history_item_ids": history, "history_timestamps": times}),
-        ("rank", {"history_item_ids": history, "history_timestamps": times,
-                  "candidate_item_ids": np.array([[known[0]], [known[1]]], dtype=object)}),
-    ], model_name=model_name)
 
 
 def export_model(result, config) -> Path:
@@ -257,6 +242,25 @@ def export_model(result, config) -> Path:
     return save_serving_module(module, config.export_base, config.model_name, metadata)
 
 
-def load_scann_ops() -> None:
-    """Registers ScaNN's TensorFlow ops (needed to load a ScaNN export)."""
-    import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the ops)
+def load_scann_ops(required: bool = True) -> bool:
+    """Registers ScaNN's TensorFlow ops (needed to load a `--index scann` export).
+
+    Args:
+        required: bool. raise when the ops cannot be registered; False: log a warning and
+            return False (the dev server, which may serve brute-force exports only).
+
+    Returns:
+        bool. True when the ops are registered.
+
+    Raises:
+        Exception: `required` and ScaNN is missing (ImportError) or its ops library was
+            built for another TensorFlow.
+    """
+    try:
+        import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the ops)
+    except Exception as error:  # ImportError, or a .so built for another TensorFlow
+        if required:
+            raise
+        logger.warning("ScaNN's TensorFlow ops are not available (%s); ScaNN exports will not load", error)
+        return False
+    return True

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from tfrec_lm.evaluation.metrics import ranks_from_topk, sliced_metrics
+from tfrec_lm.protocol import history_batch
 
 
 def history_requests(histories, timestamps, vocab_ids) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads full histories into serving requests.
+    """Right-pads full histories into serving requests (`tfrec_lm.protocol.history_batch`, no lead column).
 
     Args:
         histories: list of np.ndarray int. per user, item indices oldest first.
@@ -18,13 +19,10 @@ def history_requests(histories, timestamps, vocab_ids) -> tuple[np.ndarray, np.n
     Returns:
         (history_item_ids, history_timestamps): [U, N] str (padding "") and int64 (padding 0).
     """
-    width = max(1, max(len(h) for h in histories))
-    ids = np.full((len(histories), width), "", dtype=object)
-    times = np.zeros((len(histories), width), dtype=np.int64)
-    for row, (items, stamps) in enumerate(zip(histories, timestamps)):
-        ids[row, : len(items)] = vocab_ids[np.asarray(items, dtype=np.int64)]
-        times[row, : len(items)] = stamps
-    return ids, times
+    vocab_ids = np.asarray(vocab_ids)
+    rows = [vocab_ids[np.asarray(items, dtype=np.int64)] for items in histories]
+    batch = history_batch(rows, timestamps, lead_padding=False)
+    return batch["history_item_ids"], batch["history_timestamps"]
 
 
 def evaluate_export(export_path, histories, timestamps, targets, vocab_ids, slices, batch_size: int = 128) -> dict:

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from tfrec_lm.serving.errors import invalid_argument
+from tfrec_lm.serve.errors import invalid_argument
 
 
 HISTORY_PREFIX = "history_"
@@ -490,9 +490,3 @@ def tensor_proto_to_array(proto, spec, name: str, limits: Limits | None, shape=N
     if list(array.shape) != shape:
         raise invalid_argument(f"input '{name}': TensorProto content does not match its shape {shape}")
     return array
-
-
-def array_to_tensor_proto(array: np.ndarray):
-    import tensorflow as tf
-
-    return tf.make_tensor_proto(array)

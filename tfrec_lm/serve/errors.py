@@ -2,7 +2,9 @@
 
 TF Serving reports every failure as a `tensorflow::Status`; its REST layer maps the code
 to an HTTP status (`http_server.cc`, `ToHTTPStatusCode`) and writes `{"error": message}`,
-its gRPC layer returns the code itself. `ServingError` carries such a code.
+its gRPC layer returns the code itself. `ServingError` carries such a code (the table is
+`tfrec_lm.protocol.HTTP_STATUS`, shared with the client). The client's own errors are
+`tfrec_lm.client.ClientError` and its subclasses.
 
 What a client reads never holds the server's internals: unexpected failures answer a
 fixed INTERNAL message (the details go to the server log), and messages that come from
@@ -15,27 +17,7 @@ import re
 
 import grpc
 
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
-
-_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+from tfrec_lm.protocol import HTTP_STATUS, grpc_code
 
 
 class ServingError(Exception):
@@ -53,7 +35,7 @@ class ServingError(Exception):
 
     @property
     def http_status(self) -> int:
-        return HTTP_STATUS.get(self.code, 500)
+        return HTTP_STATUS.get(self.code.name, 500)
 
 
 def invalid_argument(message: str) -> ServingError:
@@ -91,7 +73,7 @@ def scrub(text: str, limit: int = 500) -> str:
 
 def tf_error_code(error) -> grpc.StatusCode:
     """The gRPC status code of a `tf.errors.OpError` (UNKNOWN for anything else)."""
-    return _BY_NUMBER.get(getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN)
+    return grpc_code(getattr(error, "error_code", 2)) or grpc.StatusCode.UNKNOWN
 
 
 def from_tf_error(error) -> ServingError:

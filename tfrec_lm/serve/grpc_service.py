@@ -20,9 +20,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tfrec_lm.serving.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
-from tfrec_lm.serving.manager import ModelManager
-from tfrec_lm.serving.tensors import Limits, array_to_tensor_proto, check_names, tensor_protos_to_arrays
+from tfrec_lm.protocol import tensor_proto
+from tfrec_lm.serve.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
+from tfrec_lm.serve.manager import ModelManager
+from tfrec_lm.serve.tensors import Limits, check_names, tensor_protos_to_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature.name
         for key, array in outputs.items():
-            response.outputs[key].CopyFrom(array_to_tensor_proto(array))
+            response.outputs[key].CopyFrom(tensor_proto(array))
         return response
 
     def _metadata(self, request):

@@ -33,9 +33,9 @@ import urllib.parse
 
 import grpc
 
-from tfrec_lm.serving.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
-from tfrec_lm.serving.manager import ModelManager
-from tfrec_lm.serving.tensors import Limits, decode_json_request, encode_json_response
+from tfrec_lm.serve.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
+from tfrec_lm.serve.manager import ModelManager
+from tfrec_lm.serve.tensors import Limits, decode_json_request, encode_json_response
 
 logger = logging.getLogger(__name__)
 

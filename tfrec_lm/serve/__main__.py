@@ -38,8 +38,8 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tfrec_lm.serving.server import DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_REST_API_MAX_BODY_BYTES
-    from tfrec_lm.serving.tensors import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_HISTORY_LENGTH
+    from tfrec_lm.serve.server import DEFAULT_GRPC_MAX_MESSAGE_BYTES, DEFAULT_REST_API_MAX_BODY_BYTES
+    from tfrec_lm.serve.tensors import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_HISTORY_LENGTH
 
     p = argparse.ArgumentParser(
         prog="python -m tfrec_lm.serve",
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from_args(args):
-    from tfrec_lm.serving.server import Limits, ServerOptions
+    from tfrec_lm.serve.server import Limits, ServerOptions
 
     return ServerOptions(
         grpc_port=args.port,
@@ -111,7 +111,7 @@ def options_from_args(args):
 
 
 def models_from_args(args, parser):
-    from tfrec_lm.serving.manager import ModelConfig, read_model_config_file
+    from tfrec_lm.serve.manager import ModelConfig, read_model_config_file
 
     if args.model_config_file:
         try:
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = models_from_args(args, parser)
 
-    from tfrec_lm.serving.server import LocalServer
+    from tfrec_lm.serve.server import LocalServer
 
     server = LocalServer(models, options_from_args(args))
     stop = threading.Event()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from tfrec_lm.serving.manager import ModelConfig, ModelManager, Servable, load_scann_ops
-from tfrec_lm.serving.tensors import Limits, tensor_proto_to_array
+from tfrec_lm.export import load_scann_ops
+from tfrec_lm.serve.manager import ModelConfig, ModelManager, Servable
+from tfrec_lm.serve.tensors import Limits, tensor_proto_to_array
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ class LocalServer:
         options = self.options
         _configure_threads(options)
         if options.load_scann_ops:
-            load_scann_ops()
+            load_scann_ops(required=False)
         self.manager.start()
         try:
             if options.grpc_port is not None:
-                from tfrec_lm.serving.grpc_service import make_grpc_server
+                from tfrec_lm.serve.grpc_service import make_grpc_server
 
                 self._grpc, self.grpc_port = make_grpc_server(self.manager, options.limits, options.grpc_host,
                                                               options.grpc_port, options.grpc_max_threads,
@@ -91,7 +92,7 @@ class LocalServer:
                 self._grpc.start()
                 logger.info("gRPC at %s:%d", options.grpc_host, self.grpc_port)
             if options.rest_api_port is not None:
-                from tfrec_lm.serving.rest import RestApi, RestServer
+                from tfrec_lm.serve.rest import RestApi, RestServer
 
                 self._rest = RestServer(RestApi(self.manager, options.limits), options.rest_api_host,
                                         options.rest_api_port, options.rest_api_num_threads,

@@ -37,52 +37,12 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from tfrec_lm.serving.errors import from_tf_error, invalid_argument, not_found, scrub, tf_error_code
+from tfrec_lm.export_warmup import WARMUP_FILE
+from tfrec_lm.serve.errors import from_tf_error, invalid_argument, not_found, scrub, tf_error_code
 
 logger = logging.getLogger(__name__)
 
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-
-
-def load_scann_ops() -> bool:
-    """Registers ScaNN's TensorFlow ops if ScaNN is installed (needed by `--index scann` exports)."""
-    try:
-        import scann.scann_ops.py.scann_ops  # noqa: F401  (registers the ops)
-    except Exception as error:  # ImportError, or a .so built for another TensorFlow
-        logger.warning("ScaNN's TensorFlow ops are not available (%s); ScaNN exports will not load", error)
-        return False
-    return True
-
-
-def write_warmup_requests(export_dir, requests, model_name: str = "tfrec_lm") -> Path:
-    """Writes `assets.extra/tf_serving_warmup_requests` (TF Serving's warm-up format).
-
-    Args:
-        export_dir: a SavedModel directory (write it *before* the directory is renamed
-            into the served base path).
-        requests: list of (signature_name, {input name: np.ndarray}).
-        model_name: str. recorded in each request's ModelSpec (not used for lookup).
-    """
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    path = Path(export_dir, WARMUP_FILE)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as writer:
-        for signature_name, inputs in requests:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = model_name
-            request.model_spec.signature_name = signature_name
-            for key, value in inputs.items():
-                array = np.asarray(value)
-                if array.dtype == object or array.dtype.kind in "SU":
-                    request.inputs[key].CopyFrom(tf.make_tensor_proto(array.astype(object), dtype=tf.string))
-                else:
-                    request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
-            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log.SerializeToString())
-    return path
 
 
 # ---------------------------------------------------------------- configuration
