@@ -17,6 +17,31 @@ import yaml
 
 from tfrec_lm.errors import ConfigError
 
+TRUE_WORDS = ("true", "yes", "on")
+FALSE_WORDS = ("false", "no", "off")
+
+
+def parse_bool(text: str, digits: bool = True) -> bool:
+    """A boolean written on a command line: true/yes/on or false/no/off, any case.
+
+    Args:
+        text: str. the word (surrounding spaces are ignored).
+        digits: bool. also accept `1` and `0` (the serve CLI does; `tuning.search`'s
+            `--set` reads them as integers instead).
+
+    Returns:
+        bool. the value.
+
+    Raises:
+        ValueError: `text` is none of these words.
+    """
+    value = text.strip().lower()
+    if value in TRUE_WORDS or (digits and value == "1"):
+        return True
+    if value in FALSE_WORDS or (digits and value == "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
 
 def _check_type(name: str, value, hint):
     """Returns `value` as the field's type, or raises ConfigError (no silent coercion of text)."""

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tfrec_lm.config import PRESETS, TrainConfig, resolve_config
+from tfrec_lm.config import PRESETS, TrainConfig, parse_bool, resolve_config
 from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 from tuning.hypermodel import DEFAULT_SPACE, Range
@@ -30,11 +30,11 @@ from tuning.tuner import STRATEGIES
 
 def parse_value(text: str):
     """A command-line value: bool, None, int, float or string (`1e-3` is a float)."""
+    try:
+        return parse_bool(text, digits=False)
+    except ValueError:
+        pass
     lowered = text.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
     if lowered in ("none", "null"):
         return None
     for kind in (int, float):

@@ -29,12 +29,13 @@ logger = logging.getLogger("tfrec_lm.serve")
 
 
 def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    """argparse type of the true/false flags (`tfrec_lm.config.parse_bool`, 1/0 included)."""
+    from tfrec_lm.config import parse_bool
+
+    try:
+        return parse_bool(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
