@@ -83,19 +83,10 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
         DataError: the options or the data are unusable.
         AssetError: the MovieLens-100K files cannot be fetched.
     """
-    if args.data == "files":
-        if not args.interactions:
-            raise DataError("--data files needs --interactions (and usually --items)")
-        from tfrec_lm.data.files import load_interactions_file
+    from tfrec_lm.data.prepare import load_dataset as read_dataset
 
-        return load_interactions_file(args.interactions, args.items, strict=args.strict)
-    from tfrec_lm.data import movielens
-
-    if args.data_source == "tfds" or (args.data_source == "auto" and movielens.tfds_available()):
-        return movielens.load_movielens_100k_tfds(strict=args.strict)
-    from tfrec_lm.assets import movielens_100k_dir
-
-    return movielens.load_movielens_100k(movielens_100k_dir(progress=False), strict=args.strict)
+    return read_dataset(args.data, args.data_source, args.interactions, args.items, strict=args.strict,
+                        progress=False)
 
 
 def _summary(stats: dict) -> list[str]:
