@@ -153,3 +153,11 @@ def test_user_towers_share_one_call_signature_and_export_form():
     text = HistoryTextUserTower(BertTextEncoder(tiny_bert(VOCAB, seed=4)), composer, embedding_dim=8, dropout=0.0)
     np.testing.assert_allclose(text(HISTORY, TIMES, item_table=table).numpy(), text(HISTORY, TIMES).numpy())
     assert text.for_export() is text
+
+
+def test_item_tower_with_cold_items():
+    warm = np.array([False, True, True, False, True, True])
+    layer = item_tower(warm_items=warm, id_dropout=0.25)
+    assert layer.get_config()["warm_items"] == warm.tolist() and layer.get_config()["id_dropout"] == 0.25
+    layer.no_id_embedding.assign(np.arange(8, dtype=np.float32))  # a trained value must survive the copy
+    assert_round_trip(layer, lambda tower: built(tower)(tf.constant([[1, 3], [5, 0]])))

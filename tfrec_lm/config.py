@@ -112,6 +112,14 @@ class TrainConfig:
     embedding_dim: int = _opt(64, "width of the user and item embeddings")
     item_ids: bool = _opt(True, "hybrid: add a trainable item-ID embedding to the item text embedding")
     item_text: bool = _opt(True, "use the item text encoder (--no-item-text gives the ID-only ablation)")
+    cold_items: str = _opt(
+        "text", "items with no training positive: `text` (represented by their text and a learned no-ID vector "
+                "instead of an untrained ID embedding, and left out of the catalog negatives that would bury "
+                "them) or `id` (their ID embedding, and negatives like any item: the model before cold items)",
+        ("text", "id"))
+    id_dropout: float = _opt(
+        0.0, "chance that a training step represents a warm item as a cold one (text and the no-ID vector), "
+             "so the text-only path that new items take is trained to stand on its own")
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     sequence_pooling: str = _opt(
@@ -198,6 +206,8 @@ class TrainConfig:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:
             raise ConfigError("temperature and learning_rate must be > 0")
         if self.long_short and (self.user_tower != "item-sequence" or self.sequence_pooling != "newest"):

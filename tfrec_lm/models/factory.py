@@ -48,7 +48,8 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
 
 
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
-                item_probability: Optional[np.ndarray] = None) -> TwoTowerModel:
+                item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
+                encode_texts: bool = True) -> TwoTowerModel:
     """Builds towers and tasks for `config` around fresh encoder copies.
 
     Layers take the Keras global dtype policy when created: call it under
@@ -59,18 +60,27 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
         item_texts: list of str. [C+1] item texts by index (row 0 padding).
         encoder_factory: EncoderFactory. called once per BERT the towers need.
         item_probability: np.ndarray or None. [C+1] each item's share of training targets (log-Q).
+        warm_items: np.ndarray bool or None. [C+1] items with training positives; with
+            `config.cold_items == "text"` the others are cold (text and a no-ID vector, no
+            negatives). None with `text`: every item but the padding is warm.
+        encode_texts: bool. fill a frozen encoder's text-vector cache now; False when the
+            caller restores or fills it (a checkpoint holds it).
 
     Returns:
-        TwoTowerModel. With a frozen encoder the item text vectors are already cached.
+        TwoTowerModel. With a frozen encoder and `encode_texts` the item text vectors are cached.
     """
     bert, tokenizer = encoder_factory()
     tokens = tokenize_items(item_texts, tokenizer, config.max_item_tokens)
     item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
                                    name="item_text_encoder")
-    item_tower = ItemTower(item_encoder, tokens.with_special_tokens(), embedding_dim=config.embedding_dim,
+    token_rows = tokens.with_special_tokens()
+    if config.cold_items == "text" and warm_items is None:
+        warm_items = np.arange(len(token_rows)) > 0
+    item_tower = ItemTower(item_encoder, token_rows, embedding_dim=config.embedding_dim,
                            use_item_ids=config.item_ids, dropout=config.dropout, use_text=config.item_text,
                            unique_items=not config.jit_compile, trim_padding=not config.jit_compile,  # XLA: static shapes
-                           name="item_tower")
+                           warm_items=warm_items if config.cold_items == "text" else None,
+                           id_dropout=config.id_dropout, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
@@ -88,7 +98,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
-    if item_tower.text_cache is not None:
+    if item_tower.text_cache is not None and encode_texts:
         cache_dir = None
         if config.cache_text_vectors:
             from tfrec_lm.assets import cache_dir as asset_cache_dir
@@ -135,6 +145,7 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
     with strategy.scope():
         with dtype_policy(config.mixed_precision):
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
-                                item_probability=target_counts / max(target_counts.sum(), 1.0))
+                                item_probability=target_counts / max(target_counts.sum(), 1.0),
+                                warm_items=target_counts > 0)
             create_variables(model, data.train_examples)
     return model

@@ -80,6 +80,13 @@ class ItemTower(tf.keras.layers.Layer):
             (`tf.unique`, then a gather back); False under XLA (dynamic shape).
         trim_padding: bool. a trainable encoder reads token rows cut to the longest text
             of the call; False under XLA (dynamic shape).
+        warm_items: np.ndarray bool or None. [C+1] True where the item had training
+            positives, so its ID embedding was trained. A cold item (False) is represented
+            by its text and a learned "no ID yet" vector instead of its (untrained) ID
+            embedding. None: every item is warm (the tower before cold items).
+        id_dropout: float. in training, the chance that a warm item is represented as a
+            cold one (text and the no-ID vector) for a step, so the text-only path is
+            trained to stand on its own. One draw per item per call.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -93,7 +100,7 @@ class ItemTower(tf.keras.layers.Layer):
 
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
                  dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
-                 trim_padding: bool = True, **kwargs):
+                 trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.token_rows = np.asarray(token_rows, dtype=np.int32)
@@ -105,6 +112,12 @@ class ItemTower(tf.keras.layers.Layer):
         self.use_text = bool(use_text)
         if not (self.use_text or self.use_item_ids):
             raise ValueError("an item tower needs text, item IDs or both")
+        self.warm_items = None if warm_items is None else np.asarray(warm_items, dtype=bool)
+        if self.warm_items is not None and self.warm_items.shape != (self.num_items,):
+            raise ValueError(f"warm_items has shape {self.warm_items.shape}, expected ({self.num_items},)")
+        self.id_dropout = float(id_dropout)
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
@@ -114,6 +127,14 @@ class ItemTower(tf.keras.layers.Layer):
                                       dtype="float32")
             if self.use_item_ids else None
         )
+        # Stands in for the ID embedding of a cold (or ID-dropped) item. It exists whenever
+        # cold items can (a catalog update adds some later) and trains when any item is
+        # represented without its ID in training.
+        has_cold = self.warm_items is not None and not self.warm_items[1:].all()
+        self.no_id_embedding = self.add_weight(
+            name="no_id_embedding", shape=[self.embedding_dim], initializer="zeros", dtype="float32",
+            trainable=bool(has_cold or self.id_dropout > 0),
+        ) if self.use_item_ids and (self.warm_items is not None or self.id_dropout > 0) else None
         self.text_cache = self.add_weight(
             name="text_cache", shape=[self.num_items, encoder.hidden_size], trainable=False,
             initializer="zeros",
@@ -186,9 +207,33 @@ class ItemTower(tf.keras.layers.Layer):
             text = self.text_dropout(self.text_vectors(items, training=training), training=training)
             vectors = self.projection(text)
         if self.id_embedding is not None:
-            ids = self.id_embedding(tf.cast(items, tf.int32))
+            items = tf.cast(items, tf.int32)
+            ids = self.id_embedding(items)
+            if self.no_id_embedding is not None:
+                ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
             vectors = ids if vectors is None else vectors + ids
         return vectors
+
+    def uses_id(self, items, training=False):
+        """Whether each item is represented with its ID embedding. int32 [...] -> bool [...].
+
+        False for cold items and, in training, for warm items dropped by `id_dropout`.
+        """
+        use = (tf.gather(tf.constant(self.warm_items), items) if self.warm_items is not None
+               else tf.ones_like(items, dtype=tf.bool))
+        if training and self.id_dropout > 0:
+            use = tf.logical_and(use, tf.random.uniform(tf.shape(items)) >= self.id_dropout)
+        return use
+
+    def negative_mask(self):
+        """Which catalog items may serve as softmax negatives. bool [C] for items 1..C.
+
+        Cold items are left out: never a positive, they would only ever be pushed away and
+        end below every warm item, whatever their text says.
+        """
+        if self.warm_items is None:
+            return tf.ones([self.num_items - 1], tf.bool)
+        return tf.constant(self.warm_items[1:])
 
     def finalize(self, vectors):
         """Turns representations into output embeddings (L2-normalised when `normalize`)."""
@@ -209,6 +254,8 @@ class ItemTower(tf.keras.layers.Layer):
             "use_text": self.use_text,
             "unique_items": self.unique_items,
             "trim_padding": self.trim_padding,
+            "warm_items": None if self.warm_items is None else self.warm_items.tolist(),
+            "id_dropout": self.id_dropout,
         })
         return config
 

@@ -139,9 +139,9 @@ class TwoTowerModel(tfrs.Model):
             catalog_ids = tf.range(1, self.item_tower.num_items, dtype=tf.int32)
             catalog = embeddings[1:]
             batch = tf.shape(target)[0]
-            score_mask = tf.concat(
-                [tf.cast(tf.eye(batch), tf.bool), tf.not_equal(catalog_ids[None, :], target[:, None])], axis=1
-            )
+            negatives = tf.logical_and(tf.not_equal(catalog_ids[None, :], target[:, None]),
+                                       self.item_tower.negative_mask()[None, :])
+            score_mask = tf.concat([tf.cast(tf.eye(batch), tf.bool), negatives], axis=1)
             retrieval_loss = self.retrieval_task(
                 users, tf.concat([positives, catalog], axis=0), score_mask=score_mask,
                 compute_metrics=False, compute_batch_metrics=False,

@@ -1,0 +1,122 @@
+"""Items without training positives (issue 12): represented by their text, never buried.
+
+A cold item's vector is its text projection plus a learned "no ID yet" vector (never its
+untrained ID embedding); with `id_dropout` warm items take that path in training too; and
+the exact catalog softmax leaves cold items out of the negatives.
+"""
+
+import tfrec_lm  # noqa: F401  (before TensorFlow)
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from tfrec_lm.bert import tiny_bert
+from tfrec_lm.config import TrainConfig
+from tfrec_lm.errors import ConfigError
+from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+from tfrec_lm.models.item_tower import ItemTower
+from tfrec_lm.models.two_tower import TwoTowerModel
+
+CLS, SEP, VOCAB = 2, 3, 64
+WARM = np.array([False, True, True, True, False, True])  # item 4 is cold (row 0 is padding)
+
+
+def rows():
+    table = np.zeros([len(WARM), 5], np.int32)
+    for item in range(1, len(WARM)):
+        table[item, :4] = [CLS, 10 + item, 20 + item, SEP]
+    return table
+
+
+def tower(warm_items=WARM, id_dropout=0.0):
+    item_tower = ItemTower(BertTextEncoder(tiny_bert(VOCAB, seed=4), finetune="frozen"), rows(), embedding_dim=8,
+                           dropout=0.0, warm_items=warm_items, id_dropout=id_dropout)
+    item_tower.refresh_cache()
+    item_tower(tf.constant([1]))
+    item_tower.id_embedding.embeddings.assign(tf.random.stateless_normal([len(WARM), 8], seed=[1, 2]))
+    if item_tower.no_id_embedding is not None:
+        item_tower.no_id_embedding.assign(tf.fill([8], 0.5))
+    return item_tower
+
+
+def test_cold_items_are_their_text_and_the_no_id_vector():
+    item_tower = tower()
+    items = tf.range(len(WARM))
+    text = item_tower.projection(item_tower.text_vectors(items)).numpy()
+    ids = item_tower.id_embedding(items).numpy()
+    got = item_tower.representation(items).numpy()
+    np.testing.assert_allclose(got[WARM], (text + ids)[WARM], atol=1e-6)
+    np.testing.assert_allclose(got[4], text[4] + 0.5, atol=1e-6)
+    # Inference never drops an ID; training drops about id_dropout of the warm items.
+    dropping = tower(id_dropout=0.5)
+    tf.keras.utils.set_random_seed(3)
+    uses = np.stack([dropping.uses_id(tf.range(len(WARM)), training=True).numpy() for _ in range(200)])
+    assert not uses[:, 4].any() and not uses[:, 0].any()
+    assert 0.4 < uses[:, WARM].mean() < 0.6
+    assert dropping.uses_id(tf.range(len(WARM)), training=False).numpy().tolist() == WARM.tolist()
+
+
+def test_without_warm_items_every_item_uses_its_id():
+    item_tower = ItemTower(BertTextEncoder(tiny_bert(VOCAB, seed=4), finetune="frozen"), rows(), embedding_dim=8)
+    assert item_tower.no_id_embedding is None
+    assert item_tower.negative_mask().numpy().all()
+
+
+def model(warm_items):
+    item_tower = tower(warm_items=warm_items)
+    user_tower = ItemSequenceUserTower(item_tower, max_history=3, num_heads=2, dropout=0.0, time_features=False)
+    return TwoTowerModel(user_tower, item_tower, negatives="catalog", ranking_weight=0.0)
+
+
+FEATURES = {"history": tf.constant([[1, 2, 0], [3, 5, 1]], tf.int32),
+            "history_timestamps": tf.zeros([2, 3], tf.int64),
+            "target": tf.constant([3, 2], tf.int32), "rating": tf.constant([np.nan, np.nan], tf.float32)}
+
+
+@pytest.mark.parametrize("cold_is_negative", [False, True])
+def test_cold_items_are_not_catalog_negatives(cold_is_negative):
+    net = model(None if cold_is_negative else WARM)
+    before = float(net.compute_loss(FEATURES))
+    # Move the cold item's text far away: only a negative's score feeds the loss.
+    cache = net.item_tower.text_cache
+    cache.assign(tf.tensor_scatter_nd_update(cache, [[4]], 5.0 * tf.ones([1, cache.shape[1]])))
+    after = float(net.compute_loss(FEATURES))
+    if cold_is_negative:
+        assert after != pytest.approx(before, abs=1e-6)
+    else:
+        assert after == pytest.approx(before, abs=1e-7)
+
+
+def test_training_marks_items_without_training_positives_cold(synthetic, encoder_factory, tmp_path):
+    from tfrec_lm.data.prepare import prepare_data
+    from tfrec_lm.models.factory import build_for_training
+
+    # Drop every interaction of two items: they stay in the catalog with their texts.
+    cold_ids = synthetic.items["item_id"].iloc[:2].tolist()
+    kept = synthetic.interactions[~synthetic.interactions["item_id"].isin(cold_ids)].reset_index(drop=True)
+    data = dataclasses.replace(synthetic, name="cold", interactions=kept)
+    config = tiny_config(tmp_path)
+    prepared = prepare_data(config, data)
+    net = build_for_training(config, prepared, encoder_factory, tf.distribute.get_strategy())
+    warm = net.item_tower.warm_items
+    cold = prepared.vocab.index(np.array(cold_ids))
+    assert not warm[cold].any() and not warm[0]
+    targets = np.unique(prepared.split.train.target)
+    assert warm[targets].all() and warm.sum() == len(targets)
+    assert net.item_tower.no_id_embedding.trainable
+    # `--cold-items id` is the tower before cold items.
+    legacy = build_for_training(config.replace(cold_items="id"), prepared, encoder_factory,
+                                tf.distribute.get_strategy())
+    assert legacy.item_tower.warm_items is None and legacy.item_tower.no_id_embedding is None
+
+
+def test_id_dropout_must_be_a_probability():
+    with pytest.raises(ConfigError, match="id_dropout"):
+        TrainConfig(id_dropout=1.0).validate()
+    with pytest.raises(ConfigError, match="cold_items"):
+        TrainConfig.from_dict({"cold_items": "maybe"})
