@@ -152,8 +152,11 @@ def interleaved_qps(signatures: dict, queries: np.ndarray, rows: list[np.ndarray
     """Queries/s of each signature over calls with the query `rows`, interleaved.
 
     Call i of every signature gets the same queries; the order of the signatures
-    alternates from call to call. Returns {name: {qps, p50_ms, p99_ms, calls, batch}} and
-    each signature's answers, {name: item indices [total rows, K]}.
+    alternates from call to call.
+
+    Returns:
+        tuple. {name: {qps, p50_ms, p99_ms, calls, batch}} and each signature's answers,
+            {name: item indices [total rows, K]}.
     """
     import tensorflow as tf
 

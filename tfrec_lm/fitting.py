@@ -22,9 +22,14 @@ logger = logging.getLogger(__name__)
 def checkpoint_prefix(path: str) -> str:
     """Resolves `--warm-start` (a run directory or a checkpoint prefix) to a prefix.
 
-    path: str. a training run's `--output-dir` or a checkpoint prefix.
-    Returns str. the checkpoint prefix (`<dir>/checkpoints/best.weights` for a run directory).
-    Raises ConfigError: a SavedModel export, or no checkpoint there.
+    Args:
+        path: str. a training run's `--output-dir` or a checkpoint prefix.
+
+    Returns:
+        str. the checkpoint prefix (`<dir>/checkpoints/best.weights` for a run directory).
+
+    Raises:
+        ConfigError: a SavedModel export, or no checkpoint there.
     """
     candidate = Path(path)
     if (candidate / "saved_model.pb").is_file():
@@ -51,8 +56,9 @@ def make_optimizer(config: TrainConfig):
 def warm_start_and_compile(model, config: TrainConfig) -> None:
     """Restores the towers and head from `--warm-start` (if any) and compiles the model.
 
-    model: TwoTowerModel. every variable already created.
-    config: TrainConfig. reads `warm_start`, the optimizer options and `jit_compile`.
+    Args:
+        model: TwoTowerModel. every variable already created.
+        config: TrainConfig. reads `warm_start`, the optimizer options and `jit_compile`.
     """
     if config.warm_start:
         # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
@@ -66,9 +72,12 @@ def warm_start_and_compile(model, config: TrainConfig) -> None:
 def training_dataset(train_examples, config: TrainConfig) -> tf.data.Dataset:
     """The shuffled, batched, prefetched training pipeline, sharded by data across workers.
 
-    train_examples: Examples. the rows to train on.
-    config: TrainConfig. reads `seed`, `batch_size` (global) and `steps_per_epoch` (repeat when set).
-    Returns tf.data.Dataset. batches of `examples_to_features` dicts.
+    Args:
+        train_examples: Examples. the rows to train on.
+        config: TrainConfig. reads `seed`, `batch_size` (global) and `steps_per_epoch` (repeat when set).
+
+    Returns:
+        tf.data.Dataset. batches of `examples_to_features` dicts.
     """
     options = tf.data.Options()
     # Workers split each global batch (from_tensor_slices has no files to shard by).

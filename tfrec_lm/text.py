@@ -34,7 +34,11 @@ class ItemTokens:
         return int(self.token_ids.shape[1])
 
     def with_special_tokens(self) -> np.ndarray:
-        """Returns `[CLS] text [SEP]` rows, padded. [C+1, L+2] int32."""
+        """The token rows with the special tokens added.
+
+        Returns:
+            np.ndarray int32. [C+1, L+2] `[CLS] text [SEP]` rows, padded.
+        """
         n, width = self.token_ids.shape
         out = np.full((n, width + 2), self.pad_id, dtype=np.int32)
         out[:, 0] = self.cls_id

@@ -72,8 +72,9 @@ def rank(client, histories: Sequence[Sequence], candidates: Sequence[Sequence],
          lead_padding: bool = True) -> list[dict]:
     """Scores of given candidates per user (`rank` signature), batched, in order.
 
-    Returns one dict per user: each output (`scores`, `predicted_ratings`) as a list with
-    one value per candidate of that user (the padding columns are cut off).
+    Returns:
+        list[dict]. one dict per user: each output (`scores`, `predicted_ratings`) as a
+            list with one value per candidate of that user (the padding columns are cut off).
     """
     if len(candidates) != len(histories):
         raise ValueError(f"{len(histories)} histories but {len(candidates)} candidate lists")

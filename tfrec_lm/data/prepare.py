@@ -53,10 +53,14 @@ def load_training_data(config: TrainConfig) -> Dataset:
 
 
 def require_training_examples(split: LeaveOneOutSplit, sequences) -> None:
-    """Raises DataError when the split has no training example (before any model is built).
+    """Checks that the split has a training example (before any model is built).
 
-    split: LeaveOneOutSplit. The leave-one-out split.
-    sequences: UserSequences. The users' time-ordered interactions (for the message).
+    Args:
+        split: LeaveOneOutSplit. the leave-one-out split.
+        sequences: UserSequences. the users' time-ordered interactions (for the message).
+
+    Raises:
+        DataError: the split has no training example.
     """
     if len(split.train):
         return
@@ -69,9 +73,12 @@ def require_training_examples(split: LeaveOneOutSplit, sequences) -> None:
 def examples_to_features(examples: Examples) -> dict:
     """The model's input features of examples.
 
-    examples: Examples. n examples with histories of width H.
-    Returns dict. `history` int32 [n, H], `history_timestamps` int64 [n, H], `target` int32 [n],
-        `rating` float32 [n] (NaN where unknown).
+    Args:
+        examples: Examples. n examples with histories of width H.
+
+    Returns:
+        dict. `history` int32 [n, H], `history_timestamps` int64 [n, H], `target` int32 [n],
+            `rating` float32 [n] (NaN where unknown).
     """
     return {
         "history": examples.history.astype(np.int32),

@@ -28,7 +28,8 @@ PAD = ""
 class ItemVocab:
     """Item id <-> index mapping.
 
-    ids: np.ndarray. object [C+1]; ids[0] is the padding id "", ids[1:] the catalog items.
+    Attributes:
+        ids: np.ndarray. object [C+1]; ids[0] is the padding id "", ids[1:] the catalog items.
     """
 
     ids: np.ndarray
@@ -44,14 +45,17 @@ class ItemVocab:
 
     @property
     def size(self) -> int:
-        """int. C + 1 (catalog items plus padding)."""
+        """The vocabulary size: C + 1 (catalog items plus padding). int."""
         return len(self.ids)
 
     def index(self, item_ids) -> np.ndarray:
         """Vocabulary indices of item ids.
 
-        item_ids: array-like of str [...]. Item ids; unknown ids and "" map to 0.
-        Returns np.ndarray int32 [...].
+        Args:
+            item_ids: array-like of str [...]. item ids; unknown ids and "" map to 0.
+
+        Returns:
+            np.ndarray int32 [...].
         """
         arr = np.asarray(item_ids, dtype=object)
         flat = self._lookup.get_indexer(arr.ravel()) + 1
@@ -61,8 +65,11 @@ class ItemVocab:
 def build_vocab(items: pd.DataFrame) -> ItemVocab:
     """Vocabulary over a catalog.
 
-    items: pd.DataFrame. Dataset.items (column item_id, unique).
-    Returns ItemVocab. Items 1..C in the order of items.
+    Args:
+        items: pd.DataFrame. Dataset.items (column item_id, unique).
+
+    Returns:
+        ItemVocab. items 1..C in the order of items.
     """
     return ItemVocab(np.array([PAD, *items["item_id"].tolist()], dtype=object))
 
@@ -71,11 +78,12 @@ def build_vocab(items: pd.DataFrame) -> ItemVocab:
 class UserSequences:
     """Every user's interactions, time-ordered.
 
-    user_ids: np.ndarray. object [U]; users in order of first appearance in the data.
-    items: list[np.ndarray]. int32 [n_u] vocab indices per user, stable-sorted by time.
-    timestamps: list[np.ndarray]. int64 [n_u] per user.
-    ratings: list[np.ndarray]. float32 [n_u] per user, NaN where absent.
-    vocab_size: int. C + 1; 0 means "take the largest index + 1".
+    Attributes:
+        user_ids: np.ndarray. object [U]; users in order of first appearance in the data.
+        items: list[np.ndarray]. int32 [n_u] vocab indices per user, stable-sorted by time.
+        timestamps: list[np.ndarray]. int64 [n_u] per user.
+        ratings: list[np.ndarray]. float32 [n_u] per user, NaN where absent.
+        vocab_size: int. C + 1; 0 means "take the largest index + 1".
     """
 
     user_ids: np.ndarray
@@ -90,8 +98,9 @@ class UserSequences:
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All sequences end to end.
 
-        Returns tuple (items int32 [N], timestamps int64 [N], ratings float32 [N],
-            offsets int64 [U+1]); user u owns positions offsets[u]:offsets[u+1].
+        Returns:
+            tuple (items int32 [N], timestamps int64 [N], ratings float32 [N],
+                offsets int64 [U+1]); user u owns positions offsets[u]:offsets[u+1].
         """
         lengths = np.array([len(s) for s in self.items], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -102,7 +111,11 @@ class UserSequences:
         return cat(self.items, np.int32), cat(self.timestamps, np.int64), cat(self.ratings, np.float32), offsets
 
     def resolved_vocab_size(self) -> int:
-        """Returns int. vocab_size, or the largest item index + 1 when vocab_size is 0."""
+        """The vocabulary size, resolved.
+
+        Returns:
+            int. vocab_size, or the largest item index + 1 when vocab_size is 0.
+        """
         top = max((int(s.max()) for s in self.items if len(s)), default=0)
         return max(self.vocab_size, top + 1)
 
@@ -110,9 +123,12 @@ class UserSequences:
 def build_sequences(dataset: Dataset, vocab: ItemVocab) -> UserSequences:
     """Group interactions by user and sort each user's by timestamp (stable: ties keep file order).
 
-    dataset: Dataset. Interactions in file order.
-    vocab: ItemVocab. Vocabulary over dataset.items.
-    Returns UserSequences. Users in order of first appearance.
+    Args:
+        dataset: Dataset. interactions in file order.
+        vocab: ItemVocab. vocabulary over dataset.items.
+
+    Returns:
+        UserSequences. users in order of first appearance.
     """
     frame = dataset.interactions
     items = vocab.index(frame["item_id"].to_numpy(dtype=object))
@@ -138,15 +154,16 @@ def build_sequences(dataset: Dataset, vocab: ItemVocab) -> UserSequences:
 class Examples:
     """(history, target) examples.
 
-    user_index: np.ndarray. int32 [n]; index into UserSequences.user_ids.
-    history: np.ndarray. int32 [n, H]; the most recent H items before the target,
-        oldest first, right-padded with 0.
-    history_timestamps: np.ndarray. int64 [n, H]; 0 at padding.
-    target: np.ndarray. int32 [n].
-    target_timestamp: np.ndarray. int64 [n].
-    rating: np.ndarray. float32 [n]; NaN when absent.
-    exclude: list[np.ndarray] | None. For evaluation: int32 [m_i] every item of the
-        user's full (untruncated) history before the target; None for training.
+    Attributes:
+        user_index: np.ndarray. int32 [n]; index into UserSequences.user_ids.
+        history: np.ndarray. int32 [n, H]; the most recent H items before the target,
+            oldest first, right-padded with 0.
+        history_timestamps: np.ndarray. int64 [n, H]; 0 at padding.
+        target: np.ndarray. int32 [n].
+        target_timestamp: np.ndarray. int64 [n].
+        rating: np.ndarray. float32 [n]; NaN when absent.
+        exclude: list[np.ndarray] | None. for evaluation: int32 [m_i] every item of the
+            user's full (untruncated) history before the target; None for training.
     """
 
     user_index: np.ndarray
@@ -163,8 +180,11 @@ class Examples:
     def take(self, indices) -> "Examples":
         """Subset of the examples.
 
-        indices: array-like of int [m] or bool [n]. Rows to keep, in this order.
-        Returns Examples.
+        Args:
+            indices: array-like of int [m] or bool [n]. rows to keep, in this order.
+
+        Returns:
+            Examples.
         """
         idx = np.asarray(indices)
         if idx.dtype == bool:
@@ -183,12 +203,15 @@ class Examples:
 def _examples(sequences: UserSequences, users: np.ndarray, positions: np.ndarray, max_history: int, evaluation: bool) -> Examples:
     """Examples whose targets are the given positions.
 
-    sequences: UserSequences. All users.
-    users: np.ndarray int [n]. User of each target.
-    positions: np.ndarray int [n]. Position of each target in its user's sequence.
-    max_history: int. H.
-    evaluation: bool. Fill exclude with the full prior history.
-    Returns Examples.
+    Args:
+        sequences: UserSequences. all users.
+        users: np.ndarray int [n]. user of each target.
+        positions: np.ndarray int [n]. position of each target in its user's sequence.
+        max_history: int. H.
+        evaluation: bool. fill exclude with the full prior history.
+
+    Returns:
+        Examples.
     """
     if max_history < 1:
         raise ValueError(f"max_history must be >= 1, got {max_history}")
@@ -215,7 +238,11 @@ def _examples(sequences: UserSequences, users: np.ndarray, positions: np.ndarray
 
 
 def _positions(sequences: UserSequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns tuple (user int64 [N], position int64 [N], length of that user's sequence int64 [N])."""
+    """Each interaction's user, position and sequence length.
+
+    Returns:
+        tuple (user int64 [N], position int64 [N], length of that user's sequence int64 [N]).
+    """
     lengths = np.array([len(s) for s in sequences.items], dtype=np.int64)
     users = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
@@ -227,12 +254,13 @@ def _positions(sequences: UserSequences) -> tuple[np.ndarray, np.ndarray, np.nda
 class LeaveOneOutSplit:
     """SPEC section 2 leave-one-out split.
 
-    train: Examples. Targets at train positions t >= 1 (all but the last two per user).
-    validation: Examples. Second-last interaction per user (users with >= 2).
-    test: Examples. Last interaction per user; its history includes the validation item.
-    max_history: int. H.
-    train_items: np.ndarray. int32 [N_train]; every training interaction (position 0 included).
-    vocab_size: int. C + 1.
+    Attributes:
+        train: Examples. targets at train positions t >= 1 (all but the last two per user).
+        validation: Examples. second-last interaction per user (users with >= 2).
+        test: Examples. last interaction per user; its history includes the validation item.
+        max_history: int. H.
+        train_items: np.ndarray. int32 [N_train]; every training interaction (position 0 included).
+        vocab_size: int. C + 1.
     """
 
     train: Examples
@@ -246,9 +274,12 @@ class LeaveOneOutSplit:
 def leave_one_out(sequences: UserSequences, max_history: int) -> LeaveOneOutSplit:
     """Leave-one-out split: last = test, second last = validation, the rest train.
 
-    sequences: UserSequences. Time-ordered sequences.
-    max_history: int. H, the number of most recent items kept in a history.
-    Returns LeaveOneOutSplit. Users are in sequence order in validation and test.
+    Args:
+        sequences: UserSequences. time-ordered sequences.
+        max_history: int. H, the number of most recent items kept in a history.
+
+    Returns:
+        LeaveOneOutSplit. users are in sequence order in validation and test.
     """
     users, positions, lengths = _positions(sequences)
     items, _, _, _ = sequences.flat()
@@ -268,18 +299,19 @@ def leave_one_out(sequences: UserSequences, max_history: int) -> LeaveOneOutSpli
 class RefreshSplit:
     """SPEC section 2 refresh protocol split.
 
-    t1: float. q1-th percentile of all timestamps.
-    t2: float. q2-th percentile of all timestamps.
-    stale_train: Examples. Targets (t >= 1) with time < t1.
-    refresh_train: Examples. Targets (t >= 1) with t1 <= time < t2.
-    retrain_train: Examples. Targets (t >= 1) with time < t2.
-    evaluation: Examples. Every interaction with time >= t2 (position 0 included),
-        exclude = the user's full prior history.
-    max_history: int. H.
-    stale_items: np.ndarray. int32; every interaction with time < t1.
-    refresh_items: np.ndarray. int32; every interaction with t1 <= time < t2.
-    retrain_items: np.ndarray. int32; every interaction with time < t2.
-    vocab_size: int. C + 1.
+    Attributes:
+        t1: float. q1-th percentile of all timestamps.
+        t2: float. q2-th percentile of all timestamps.
+        stale_train: Examples. targets (t >= 1) with time < t1.
+        refresh_train: Examples. targets (t >= 1) with t1 <= time < t2.
+        retrain_train: Examples. targets (t >= 1) with time < t2.
+        evaluation: Examples. every interaction with time >= t2 (position 0 included),
+            exclude = the user's full prior history.
+        max_history: int. H.
+        stale_items: np.ndarray. int32; every interaction with time < t1.
+        refresh_items: np.ndarray. int32; every interaction with t1 <= time < t2.
+        retrain_items: np.ndarray. int32; every interaction with time < t2.
+        vocab_size: int. C + 1.
     """
 
     t1: float
@@ -299,13 +331,16 @@ def refresh_split(sequences: UserSequences, max_history: int, q1: float = 70, q2
                   cutoffs: Optional[tuple[float, float]] = None) -> RefreshSplit:
     """Time-based split for the periodic re-fine-tuning benchmark.
 
-    sequences: UserSequences. Time-ordered sequences.
-    max_history: int. H.
-    q1: float. Percentile of all timestamps giving t1.
-    q2: float. Percentile of all timestamps giving t2.
-    cutoffs: (float, float) or None. Explicit (t1, t2) in Unix seconds instead of the
-        percentiles (a backtest on an earlier window of the same data).
-    Returns RefreshSplit.
+    Args:
+        sequences: UserSequences. time-ordered sequences.
+        max_history: int. H.
+        q1: float. percentile of all timestamps giving t1.
+        q2: float. percentile of all timestamps giving t2.
+        cutoffs: (float, float) or None. explicit (t1, t2) in Unix seconds instead of the
+            percentiles (a backtest on an earlier window of the same data).
+
+    Returns:
+        RefreshSplit.
     """
     users, positions, _ = _positions(sequences)
     items, timestamps, _, _ = sequences.flat()
@@ -344,10 +379,13 @@ def refresh_split(sequences: UserSequences, max_history: int, q1: float = 70, q2
 def train_interaction_counts(split: LeaveOneOutSplit | RefreshSplit, part: str | None = None) -> np.ndarray:
     """Interaction counts per item over the training interactions, for popularity.
 
-    split: LeaveOneOutSplit | RefreshSplit. The split.
-    part: str | None. For RefreshSplit: "stale" (< t1), "refresh" ([t1, t2)) or
-        "retrain" (< t2, the default); ignored for LeaveOneOutSplit.
-    Returns np.ndarray int64 [C+1]. counts[0] (padding) is 0.
+    Args:
+        split: LeaveOneOutSplit | RefreshSplit. the split.
+        part: str | None. for RefreshSplit: "stale" (< t1), "refresh" ([t1, t2)) or
+            "retrain" (< t2, the default); ignored for LeaveOneOutSplit.
+
+    Returns:
+        np.ndarray int64 [C+1]. counts[0] (padding) is 0.
     """
     if isinstance(split, LeaveOneOutSplit):
         items = split.train_items
@@ -364,10 +402,13 @@ def train_interaction_counts(split: LeaveOneOutSplit | RefreshSplit, part: str |
 def refresh_examples(target_timestamp: np.ndarray, config) -> np.ndarray:
     """Rows a refresh (`--since`) trains on, in their original order.
 
-    target_timestamp: np.ndarray int [n]. Each training example's target time.
-    config: TrainConfig. Reads `since`, `replay` and `seed`.
-    Returns np.ndarray int. Every row at or after `since`, and `replay` times as many older
-        rows (at most all of them) drawn uniformly without replacement with `seed`.
+    Args:
+        target_timestamp: np.ndarray int [n]. each training example's target time.
+        config: TrainConfig. reads `since`, `replay` and `seed`.
+
+    Returns:
+        np.ndarray int. every row at or after `since`, and `replay` times as many older
+            rows (at most all of them) drawn uniformly without replacement with `seed`.
     """
     recent = np.flatnonzero(target_timestamp >= config.since)
     if not len(recent):
@@ -387,9 +428,12 @@ def refresh_validation(examples: Examples, since: Optional[int]) -> Examples:
     `since`); most users' validation targets predate a refresh window and say nothing
     about it. Without `--since`, or when no validation target is that recent, all of them.
 
-    examples: Examples. The validation examples.
-    since: int or None. `--since` (Unix seconds).
-    Returns Examples. `examples` itself, or its rows whose target is at or after `since`.
+    Args:
+        examples: Examples. the validation examples.
+        since: int or None. `--since` (Unix seconds).
+
+    Returns:
+        Examples. `examples` itself, or its rows whose target is at or after `since`.
     """
     if since is None:
         return examples

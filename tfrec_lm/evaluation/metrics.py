@@ -21,13 +21,16 @@ def full_catalog_ranks(
 ) -> np.ndarray:
     """Rank of each target among all catalog items.
 
-    scores: np.ndarray float [n, C+1]. Column 0 is padding.
-    targets: np.ndarray int [n]. Target vocab index (>= 1) per row.
-    exclude: list[np.ndarray] | None. Per row, int item indices removed from the
-        candidates (the target itself stays a candidate).
-    chunk_size: int | None. Rows per chunk (default: about 4M score cells per chunk).
-    Returns np.ndarray int64 [n]. A NaN target score ranks behind every candidate; NaN
-        candidate scores never beat the target.
+    Args:
+        scores: np.ndarray float [n, C+1]. column 0 is padding.
+        targets: np.ndarray int [n]. target vocab index (>= 1) per row.
+        exclude: list[np.ndarray] | None. per row, int item indices removed from the
+            candidates (the target itself stays a candidate).
+        chunk_size: int | None. rows per chunk (default: about 4M score cells per chunk).
+
+    Returns:
+        np.ndarray int64 [n]. a NaN target score ranks behind every candidate; NaN
+            candidate scores never beat the target.
     """
     scores = np.asarray(scores)
     targets = np.asarray(targets, dtype=np.int64)
@@ -63,7 +66,14 @@ def full_catalog_ranks(
 
 
 def _as_text(values: np.ndarray) -> np.ndarray:
-    """values: np.ndarray [...] of str, bytes or numbers. Returns np.ndarray; bytes decoded to str."""
+    """Decodes bytes values to str.
+
+    Args:
+        values: np.ndarray [...] of str, bytes or numbers.
+
+    Returns:
+        np.ndarray. bytes decoded to str.
+    """
     values = np.asarray(values)
     if values.dtype.kind == "S":
         return np.char.decode(values, "utf-8").astype(object)
@@ -77,10 +87,13 @@ def _as_text(values: np.ndarray) -> np.ndarray:
 def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Ranks read off top-K lists (e.g. a served model's item_ids).
 
-    topk: np.ndarray int or str/bytes [n, K]. Best first.
-    targets: np.ndarray int or str/bytes [n].
-    Returns np.ndarray int64 [n]. Position of the target's first occurrence, or
-        MISSING_RANK (int64 max) when the target is not in the list.
+    Args:
+        topk: np.ndarray int or str/bytes [n, K]. best first.
+        targets: np.ndarray int or str/bytes [n].
+
+    Returns:
+        np.ndarray int64 [n]. position of the target's first occurrence, or
+            MISSING_RANK (int64 max) when the target is not in the list.
     """
     topk = _as_text(topk)
     targets = _as_text(targets)
@@ -95,9 +108,12 @@ def ranks_from_topk(topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
 def ndcg_per_row(ranks: np.ndarray, k: int) -> np.ndarray:
     """NDCG@k of each row with one target: 1 / log2(rank + 2) inside the top k, else 0.
 
-    ranks: np.ndarray int [n]. 0-based ranks.
-    k: int. Cut-off.
-    Returns np.ndarray float64 [n].
+    Args:
+        ranks: np.ndarray int [n]. 0-based ranks.
+        k: int. cut-off.
+
+    Returns:
+        np.ndarray float64 [n].
     """
     ranks = np.asarray(ranks, dtype=np.int64)
     hit = ranks < k
@@ -107,9 +123,12 @@ def ndcg_per_row(ranks: np.ndarray, k: int) -> np.ndarray:
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20)) -> dict[str, float]:
     """HR@k, NDCG@k and MRR@k averaged over all rows (one target per row).
 
-    ranks: np.ndarray int [n]. 0-based ranks.
-    ks: tuple[int, ...]. Cut-offs.
-    Returns dict[str, float]. Keys HR@k, NDCG@k, MRR@k for each k in order; NaN when n == 0.
+    Args:
+        ranks: np.ndarray int [n]. 0-based ranks.
+        ks: tuple[int, ...]. cut-offs.
+
+    Returns:
+        dict[str, float]. keys HR@k, NDCG@k, MRR@k for each k in order; NaN when n == 0.
     """
     ranks = np.asarray(ranks, dtype=np.int64)
     out: dict[str, float] = {}
@@ -130,10 +149,13 @@ def sliced_metrics(
 ) -> dict[str, dict[str, float]]:
     """ranking_metrics on each slice of the rows.
 
-    ranks: np.ndarray int [n]. 0-based ranks.
-    slices: dict[str, np.ndarray]. Slice name -> bool mask [n].
-    ks: tuple[int, ...]. Cut-offs.
-    Returns dict[str, dict[str, float]]. Per slice the metrics plus "count" (rows in the slice).
+    Args:
+        ranks: np.ndarray int [n]. 0-based ranks.
+        slices: dict[str, np.ndarray]. slice name -> bool mask [n].
+        ks: tuple[int, ...]. cut-offs.
+
+    Returns:
+        dict[str, dict[str, float]]. per slice the metrics plus "count" (rows in the slice).
     """
     ranks = np.asarray(ranks)
     out = {}
@@ -150,10 +172,13 @@ def format_table(
 ) -> str:
     """Plain aligned text table, one row per (model, slice).
 
-    results: dict[str, dict[str, dict[str, float]]]. Model -> slice -> metric -> value
-        (as from sliced_metrics; "count" is shown when present).
-    metrics: tuple[str, ...]. Metric columns, in order.
-    Returns str. Header, rule and rows; values with 4 decimals, missing values as "-".
+    Args:
+        results: dict[str, dict[str, dict[str, float]]]. model -> slice -> metric -> value
+            (as from sliced_metrics; "count" is shown when present).
+        metrics: tuple[str, ...]. metric columns, in order.
+
+    Returns:
+        str. header, rule and rows; values with 4 decimals, missing values as "-".
     """
     has_count = any("count" in m for slices in results.values() for m in slices.values())
     header = ["model", "slice"] + (["count"] if has_count else []) + list(metrics)

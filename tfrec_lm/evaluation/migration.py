@@ -18,9 +18,12 @@ RECENT_ITEMS = 10
 def genre_matrix(item_genres: list[tuple[str, ...]]) -> tuple[np.ndarray, list[str]]:
     """Per-item genre weights.
 
-    item_genres: list[tuple[str, ...]]. Genres of each vocab index (index 0 = padding, ()).
-    Returns tuple (weights: np.ndarray float64 [V, G], each row summing to 1 or 0;
-        genres: list[str] [G], in order of first appearance).
+    Args:
+        item_genres: list[tuple[str, ...]]. genres of each vocab index (index 0 = padding, ()).
+
+    Returns:
+        tuple (weights: np.ndarray float64 [V, G], each row summing to 1 or 0;
+            genres: list[str] [G], in order of first appearance).
     """
     names: dict[str, int] = {}
     for genres in item_genres:
@@ -37,9 +40,12 @@ def genre_matrix(item_genres: list[tuple[str, ...]]) -> tuple[np.ndarray, list[s
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Jensen-Shannon divergence, base 2, row by row.
 
-    p: np.ndarray float [..., G]. Non-negative weights (normalised here).
-    q: np.ndarray float [..., G]. Non-negative weights (normalised here).
-    Returns np.ndarray float [...]. In [0, 1]; 0 where either row sums to 0.
+    Args:
+        p: np.ndarray float [..., G]. non-negative weights (normalised here).
+        q: np.ndarray float [..., G]. non-negative weights (normalised here).
+
+    Returns:
+        np.ndarray float [...]. in [0, 1]; 0 where either row sums to 0.
     """
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
@@ -62,11 +68,14 @@ def js_migration_scores(
 ) -> np.ndarray:
     """Migration score of each user.
 
-    histories: list[np.ndarray]. int vocab indices [h_u] per user, oldest first, the
-        history before the test target (0 = padding, ignored).
-    item_genres: list[tuple[str, ...]]. Genres of each vocab index.
-    recent: int. Number of most recent items forming the recent distribution.
-    Returns np.ndarray float64 [U]. JS divergence (base 2) between early and recent genres.
+    Args:
+        histories: list[np.ndarray]. int vocab indices [h_u] per user, oldest first, the
+            history before the test target (0 = padding, ignored).
+        item_genres: list[tuple[str, ...]]. genres of each vocab index.
+        recent: int. number of most recent items forming the recent distribution.
+
+    Returns:
+        np.ndarray float64 [U]. JS divergence (base 2) between early and recent genres.
     """
     weights, _ = genre_matrix(item_genres)
     early = np.zeros((len(histories), weights.shape[1]))
@@ -82,11 +91,14 @@ def js_migration_scores(
 def migration_slices(scores: np.ndarray) -> dict[str, np.ndarray]:
     """All / migrating / stable user masks.
 
-    scores: np.ndarray float [U]. Migration scores.
-    Returns dict[str, np.ndarray]. bool [U] masks: "all"; "migrating", the U // 3
-        highest scores; "stable", the U // 3 lowest. One stable ordering (by score,
-        descending; ties in user order) gives both, so the slices never overlap even
-        when many scores tie.
+    Args:
+        scores: np.ndarray float [U]. migration scores.
+
+    Returns:
+        dict[str, np.ndarray]. bool [U] masks: "all"; "migrating", the U // 3
+            highest scores; "stable", the U // 3 lowest. One stable ordering (by score,
+            descending; ties in user order) gives both, so the slices never overlap even
+            when many scores tie.
     """
     scores = np.asarray(scores, dtype=np.float64)
     n = len(scores)

@@ -20,11 +20,14 @@ logger = logging.getLogger(__name__)
 def user_embeddings(model, history: np.ndarray, timestamps: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Runs the user tower over histories.
 
-    model: TwoTowerModel. the model.
-    history: np.ndarray int. [n, H] item indices, oldest first, 0 = padding.
-    timestamps: np.ndarray int. [n, H] Unix seconds.
-    batch_size: int. histories per call.
-    Returns np.ndarray float32. [n, D].
+    Args:
+        model: TwoTowerModel. the model.
+        history: np.ndarray int. [n, H] item indices, oldest first, 0 = padding.
+        timestamps: np.ndarray int. [n, H] Unix seconds.
+        batch_size: int. histories per call.
+
+    Returns:
+        np.ndarray float32. [n, D].
     """
     return np.concatenate([
         model.embed_users(tf.constant(history[i:i + batch_size], tf.int32),
@@ -35,9 +38,12 @@ def user_embeddings(model, history: np.ndarray, timestamps: np.ndarray, batch_si
 def score_catalog(model, examples) -> np.ndarray:
     """Full-catalog scores of evaluation examples.
 
-    model: TwoTowerModel. the model.
-    examples: Examples. n examples (their histories and timestamps are read).
-    Returns np.ndarray float32. [n, C+1], column 0 (padding) = -inf.
+    Args:
+        model: TwoTowerModel. the model.
+        examples: Examples. n examples (their histories and timestamps are read).
+
+    Returns:
+        np.ndarray float32. [n, C+1], column 0 (padding) = -inf.
     """
     items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
     scores = user_embeddings(model, examples.history, examples.history_timestamps) @ items.T
@@ -48,10 +54,13 @@ def score_catalog(model, examples) -> np.ndarray:
 def spec_metrics(scores: np.ndarray, examples, slices: dict) -> dict:
     """SPEC §2 metrics per slice from full-catalog scores.
 
-    scores: np.ndarray float. [n, C+1] scores of the examples.
-    examples: Examples. their targets and excluded (history) items.
-    slices: dict. slice name -> bool [n].
-    Returns dict. `{slice: {metric: value}}`.
+    Args:
+        scores: np.ndarray float. [n, C+1] scores of the examples.
+        examples: Examples. their targets and excluded (history) items.
+        slices: dict. slice name -> bool [n].
+
+    Returns:
+        dict. `{slice: {metric: value}}`.
     """
     ranks = full_catalog_ranks(scores, examples.target, examples.exclude)
     return sliced_metrics(ranks, slices)
@@ -117,9 +126,12 @@ class TestEvaluation:
 def evaluate_test(model, data) -> TestEvaluation:
     """Scores the model and the most-popular baseline on the test targets, per migration slice.
 
-    model: TwoTowerModel. the trained model.
-    data: tfrec_lm.data.prepare.PreparedData. the prepared data.
-    Returns TestEvaluation.
+    Args:
+        model: TwoTowerModel. the trained model.
+        data: tfrec_lm.data.prepare.PreparedData. the prepared data.
+
+    Returns:
+        TestEvaluation.
     """
     test = data.split.test
     histories = [data.sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered

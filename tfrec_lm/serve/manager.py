@@ -108,7 +108,8 @@ def read_model_config_file(path) -> list[ModelConfig]:
 def versions_on_disk(base_path) -> list[int]:
     """Integer-named subdirectories of `base_path` (`.tmp-*` staging directories are not versions).
 
-    Raises OSError if the base path cannot be listed (missing, not a directory, no access).
+    Raises:
+        OSError: the base path cannot be listed (missing, not a directory, no access).
     """
     with os.scandir(base_path) as entries:
         return sorted(int(e.name) for e in entries if e.name.isdigit() and e.is_dir())

@@ -54,7 +54,11 @@ class Limits:
     max_candidates: int = DEFAULT_MAX_CANDIDATES
 
     def check(self, name: str, shape) -> None:
-        """Raises INVALID_ARGUMENT if an input of this shape breaks a limit."""
+        """Checks an input's declared shape against the limits.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT if an input of this shape breaks a limit.
+        """
         if len(shape) >= 1:
             if shape[0] == 0:
                 raise invalid_argument(f"input '{name}' has an empty batch (0 rows)")
@@ -118,12 +122,15 @@ def check_shapes(shapes: Mapping[str, list], specs: Mapping[str, Any], limits: L
     Checks, in order: the limits (so nothing over them is ever allocated), each input's
     rank against the signature, one batch size for all inputs, and one full shape for all
     `history_*` inputs (`history_timestamps` has one timestamp per `history_item_ids`
-    entry). Raises INVALID_ARGUMENT naming the inputs that disagree.
+    entry).
 
     Args:
         shapes: {input name: list of int}. the shapes the request declares.
         specs: {input name: tf.TensorSpec}. the signature's inputs.
         limits: Limits or None.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the inputs that disagree.
     """
     for name, shape in shapes.items():
         if limits is not None:
