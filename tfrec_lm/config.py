@@ -44,7 +44,19 @@ def parse_bool(text: str, digits: bool = True) -> bool:
 
 
 def _check_type(name: str, value, hint):
-    """Returns `value` as the field's type, or raises ConfigError (no silent coercion of text)."""
+    """Checks one option value against its field's type (no silent coercion of text).
+
+    Args:
+        name: str. the option's name, for the message.
+        value: object. the value given.
+        hint: type. the field's type hint (`Optional[...]` allows None).
+
+    Returns:
+        object. `value` as the field's type (a float given as text becomes a float).
+
+    Raises:
+        ConfigError: the value is not of the field's type.
+    """
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if value is None and typing.get_args(hint):
         return None

@@ -26,8 +26,11 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
     Loading waits for the first call so that the encoder's variables are created where
     the model is built (inside the distribution strategy's scope).
 
-    spec: str. `--encoder`: an alias, a folder or a hub name (`tfrec_lm.bert.load_bert`).
-    Returns EncoderFactory. `() -> (TFBertModel, tokenizer)`.
+    Args:
+        spec: str. `--encoder`: an alias, a folder or a hub name (`tfrec_lm.bert.load_bert`).
+
+    Returns:
+        EncoderFactory. `() -> (TFBertModel, tokenizer)`.
     """
     from tfrec_lm.bert import load_bert
 
@@ -114,8 +117,9 @@ def create_variables(model: TwoTowerModel, train_examples) -> None:
     Built lazily inside a replica's first step, the random initialisers would draw
     differently under each strategy; and a warm start restores all variables at once.
 
-    model: TwoTowerModel. a freshly built model.
-    train_examples: Examples. at least one training example.
+    Args:
+        model: TwoTowerModel. a freshly built model.
+        train_examples: Examples. at least one training example.
     """
     probe = {name: value[:2] for name, value in examples_to_features(train_examples).items()}
     users, items = model(probe, training=False)

@@ -105,7 +105,12 @@ class TwoTowerModel(tfrs.Model):
         return logs
 
     def call(self, features, training=False):
-        """Returns (user embeddings [B, D], target item embeddings [B, D])."""
+        """Both towers on a batch of features.
+
+        Returns:
+            tuple (tf.Tensor float32 [B, D], tf.Tensor float32 [B, D]). user embeddings and
+            target item embeddings.
+        """
         return (self.user_tower(features["history"], features.get("history_timestamps"), training=training),
                 self.item_tower(features["target"], training=training))
 
