@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_lm.catalog.table import EXPORT_CATALOG_FILE, write_catalog
 from tfrec_lm.evaluation.popularity import most_popular
 from tfrec_lm.export_warmup import write_export_warmup
 
@@ -55,16 +56,20 @@ def scann_settings(count: int, k: int) -> dict:
             "num_reordering_candidates": min(count, max(1000, 4 * k))}
 
 
-def make_index(kind: str, embeddings: np.ndarray, k: int):
+def make_index(kind: str, embeddings: np.ndarray, k: int, servable: np.ndarray | None = None):
     """Builds the top-k layer over catalog embeddings (rows 1..C).
 
     Args:
         kind: str. `scann` or `brute-force`.
         embeddings: np.ndarray float32. [C+1, D] catalog embeddings, row 0 padding.
         k: int. default k of the layer.
+        servable: np.ndarray bool or None. [C+1] the items the index holds (retired items
+            are left out); None: items 1..C.
     """
-    candidates = tf.constant(embeddings[1:], tf.float32)
-    identifiers = tf.range(1, embeddings.shape[0], dtype=tf.int32)
+    rows = np.arange(1, embeddings.shape[0]) if servable is None else np.flatnonzero(servable)
+    rows = rows[rows > 0]
+    candidates = tf.constant(embeddings[rows], tf.float32)
+    identifiers = tf.constant(rows.astype(np.int32))
     if kind == "brute-force":
         return tfrs.layers.factorized_top_k.BruteForce(k=k, name="top_k").index(candidates, identifiers)
     layer = tfrs.layers.factorized_top_k.ScaNN(k=k, name="top_k", **scann_settings(int(candidates.shape[0]), k))
@@ -80,15 +85,23 @@ class ServingModule(tf.Module):
         counts: np.ndarray. [C+1] training interaction counts (popularity).
         top_k: int. K of `serving_default`.
         index: str. `scann` or `brute-force`.
+        retired: np.ndarray bool or None. [C+1] items that are never recommended again (a
+            catalog update retired them): out of the index and the popularity fallback, and
+            scored like unknown candidates by `rank`; in a request's history they still count.
     """
 
-    def __init__(self, model, item_ids, counts, top_k: int = 10, index: str = "scann"):
+    def __init__(self, model, item_ids, counts, top_k: int = 10, index: str = "scann", retired=None):
         super().__init__(name="tfrec_lm_serving")
         num_items = len(item_ids)
-        if top_k > num_items - 1:
-            raise ValueError(f"top_k={top_k} exceeds the catalog size {num_items - 1}")
+        servable = np.ones(num_items, dtype=bool) if retired is None else ~np.asarray(retired, dtype=bool)
+        servable[0] = False
+        num_servable = int(servable.sum())
+        if top_k > num_servable:
+            raise ValueError(f"top_k={top_k} exceeds the number of items that can be recommended ({num_servable})")
         self.top_k = int(top_k)
         self.num_items = num_items
+        self.num_servable = num_servable
+        self.servable = tf.constant(servable)
         self.lookup = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
                 tf.constant(np.asarray(item_ids[1:], dtype=object).astype(str)),
@@ -101,7 +114,7 @@ class ServingModule(tf.Module):
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
         counts = np.asarray(counts, dtype=np.float64).copy()
         counts[0] = -1.0
-        order = most_popular(counts, num_items - 1)
+        order = most_popular(counts, num_items - 1, exclude=np.flatnonzero(~servable))
         self.popular = tf.constant(order.astype(np.int32))
         share = np.maximum(counts, 0.0) / max(counts[1:].sum(), 1.0)
         self.popularity_share = tf.constant(share.astype(np.float32))
@@ -109,7 +122,7 @@ class ServingModule(tf.Module):
         # SavedModel holds no BERT at all); the history-text tower is exported as it is.
         self.user_tower = model.user_tower.for_export()
         self.ranking_head = model.ranking_head
-        self.index = make_index(index, embeddings, self.top_k)
+        self.index = make_index(index, embeddings, self.top_k, servable)
         self.index_kind = index
 
     def _users(self, history, timestamps):
@@ -123,7 +136,7 @@ class ServingModule(tf.Module):
         batch = tf.shape(history)[0]
         has_history = tf.reduce_any(history > 0, axis=1)
         known = tf.reduce_sum(tf.cast(history > 0, tf.int32), axis=1)
-        fetch = tf.minimum(self.top_k + tf.reduce_max(tf.concat([known, [0]], 0)), self.num_items - 1)
+        fetch = tf.minimum(self.top_k + tf.reduce_max(tf.concat([known, [0]], 0)), self.num_servable)
         users = self._users(history, timestamps)
         _, found = self.index(users, k=fetch)
         found = tf.cast(found, tf.int32)
@@ -181,7 +194,7 @@ class ServingModule(tf.Module):
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps"),
                                   tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
     def rank(self, history_item_ids, history_timestamps, candidate_item_ids):
-        """Scores given candidates; unknown candidates get the lowest float32."""
+        """Scores given candidates; unknown (and retired) candidates get the lowest float32."""
         history = self._lookup(history_item_ids)
         has_history = tf.reduce_any(history > 0, axis=1)
         candidates = self._lookup(candidate_item_ids)
@@ -189,7 +202,7 @@ class ServingModule(tf.Module):
         vectors = tf.gather(self.item_embeddings, candidates)
         affinity = tf.einsum("bd,bmd->bm", users, vectors)
         scores = tf.where(has_history[:, None], affinity, tf.gather(self.popularity_share, candidates))
-        scores = tf.where(candidates > 0, scores, LOWEST_SCORE)
+        scores = tf.where(tf.gather(self.servable, candidates), scores, LOWEST_SCORE)
         tiled = tf.tile(users[:, None, :], [1, tf.shape(candidates)[1], 1])
         ratings = tf.squeeze(self.ranking_head(tf.concat([tiled, vectors], axis=-1)), axis=-1)
         return {"scores": scores, "predicted_ratings": ratings}
@@ -202,8 +215,21 @@ def next_version(model_dir: Path) -> int:
 
 
 def save_serving_module(module: ServingModule, export_base, model_name: str, metadata: dict,
-                        version: int | None = None) -> Path:
-    """Writes `<export_base>/<model_name>/<version>/` atomically and returns it."""
+                        version: int | None = None, catalog=None) -> Path:
+    """Writes `<export_base>/<model_name>/<version>/` atomically and returns it.
+
+    Args:
+        module: ServingModule. the graph to save.
+        export_base: str | Path. the base path a server watches.
+        model_name: str. the model's folder under it.
+        metadata: dict. written to `assets.extra/tfrec_lm.json`.
+        version: int or None. the version number (default: one above the newest).
+        catalog: pd.DataFrame or None. the catalog behind the version (`tfrec_lm.catalog.table`),
+            written to `assets.extra/` so a later catalog update can extend it.
+
+    Returns:
+        Path. the version directory.
+    """
     model_dir = Path(export_base) / model_name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = next_version(model_dir) if version is None else int(version)
@@ -220,6 +246,8 @@ def save_serving_module(module: ServingModule, export_base, model_name: str, met
         extra = staging / "assets.extra"
         extra.mkdir(exist_ok=True)
         (extra / "tfrec_lm.json").write_text(json.dumps(metadata, indent=2, default=float))
+        if catalog is not None:
+            write_catalog(catalog, extra / EXPORT_CATALOG_FILE)
         write_export_warmup(staging, module.item_ids.numpy(), model_name)
         os.rename(staging, final)
     finally:
@@ -229,8 +257,18 @@ def save_serving_module(module: ServingModule, export_base, model_name: str, met
     return final
 
 
-def export_model(result, config) -> Path:
-    """Exports a `TrainResult` per SPEC §3 with the config's index and K."""
+def export_model(result, config, catalog=None, run_dir=None) -> Path:
+    """Exports a `TrainResult` per SPEC §3 with the config's index and K.
+
+    Args:
+        result: TrainResult. the trained model, vocabulary and popularity.
+        config: TrainConfig. reads `top_k`, `index`, `export_base` and `model_name`.
+        catalog: pd.DataFrame or None. the run's catalog, kept in the export for catalog updates.
+        run_dir: Path or None. the run's output directory, recorded for catalog updates.
+
+    Returns:
+        Path. the version directory.
+    """
     module = ServingModule(result.model, result.vocab.ids, result.counts, top_k=config.top_k, index=config.index)
     metadata = {
         "config": config.to_dict(),
@@ -239,7 +277,9 @@ def export_model(result, config) -> Path:
         "test_metrics": result.metrics,
         "num_items": int(result.vocab.size - 1),
     }
-    return save_serving_module(module, config.export_base, config.model_name, metadata)
+    if run_dir is not None:
+        metadata["run_dir"] = str(Path(run_dir).resolve())
+    return save_serving_module(module, config.export_base, config.model_name, metadata, catalog=catalog)
 
 
 def load_scann_ops(required: bool = True) -> bool:

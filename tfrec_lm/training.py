@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from tfrec_lm.catalog.table import CATALOG_FILE, training_catalog, write_catalog
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.data.prepare import PreparedData, prepare_data
 from tfrec_lm.data.schema import Dataset
@@ -119,10 +120,13 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
                          validation_ndcg=fitted.validation_ndcg, validation_seconds=fitted.validation_seconds,
                          train_seconds=fitted.train_seconds, export_path=None,
                          counts=data.counts, dataset=data.dataset, slices=evaluation.slices, history=fitted.history)
+    catalog = training_catalog(data.dataset.items, data.counts, model.item_tower.warm_items)
+    write_catalog(catalog, outputs.output_dir / CATALOG_FILE)  # beside the checkpoint, for catalog updates
     if config.export:
         from tfrec_lm.export import export_model
 
-        result.export_path = export_model(result, config.replace(export_base=str(outputs.export_base)))
+        result.export_path = export_model(result, config.replace(export_base=str(outputs.export_base)),
+                                          catalog=catalog, run_dir=outputs.output_dir)
         if config.top_k >= 10:
             from tfrec_lm.evaluation.export_eval import evaluate_export
 

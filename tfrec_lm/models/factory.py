@@ -60,7 +60,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
 
     Args:
         config: TrainConfig. the model options.
-        item_texts: list of str. [C+1] item texts by index (row 0 padding).
+        item_texts: list of str. [C] item texts in vocabulary order (item 1 first).
         encoder_factory: EncoderFactory. called once per BERT the towers need.
         item_probability: np.ndarray or None. [C+1] each item's share of training targets (log-Q).
         warm_items: np.ndarray bool or None. [C+1] items with training positives; with

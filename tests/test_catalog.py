@@ -1,0 +1,225 @@
+"""Catalog updates without retraining (`tfrec_lm.catalog`, issue 12).
+
+A tiny model is trained (two catalog items get no interactions: cold at training) and
+exported; then updates add items by their text, change a text, retire items, and each
+writes the next export version. Checked: what is encoded (only new or changed texts), that
+trained rows are carried over unchanged, that new ids work in a request's history and as
+`rank` candidates, that retired items never come back, that a fresh process loads the
+version and that a running server hot-swaps to it, that updates chain, that no training
+step runs, and that bad input stops with a clear error (exit code 2 from the CLI).
+"""
+
+import tfrec_lm  # noqa: F401  (before TensorFlow)
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+import tensorflow as tf
+
+from conftest import tiny_config
+from tfrec_lm.catalog.__main__ import main as catalog_main
+from tfrec_lm.catalog.table import CATALOG_FILE, EXPORT_CATALOG_FILE, read_catalog
+from tfrec_lm.catalog.update import update_catalog
+from tfrec_lm.errors import ConfigError, DataError
+from tfrec_lm.export import LOWEST_SCORE
+from tfrec_lm.training import train
+
+COLD = ("sne0", "nov0")  # no training interactions; in the catalog with their texts
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic, encoder_factory, tmp_path_factory):
+    """A tiny run with cold items, exported as version 1 (brute force, K = 5)."""
+    root = tmp_path_factory.mktemp("catalog_run")
+    kept = synthetic.interactions[~synthetic.interactions["item_id"].isin(COLD)].reset_index(drop=True)
+    data = dataclasses.replace(synthetic, interactions=kept)
+    assert set(COLD) <= set(data.items["item_id"])
+    config = tiny_config(root, export=True, index="brute-force", top_k=5, epochs=2, dropout=0.0)
+    result = train(config, dataset=data, encoder_factory=encoder_factory)
+    return {"config": config, "result": result, "run": root / "run", "base": root / "exports"}
+
+
+def items_file(path, rows):
+    pd.DataFrame(rows, columns=["item_id", "title", "genres"]).to_csv(path, index=False)
+    return path
+
+
+def signature(version_dir, name="serving_default"):
+    return tf.saved_model.load(str(version_dir)).signatures[name]
+
+
+def test_training_keeps_its_catalog_beside_the_checkpoint(trained):
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    vocab = trained["result"].vocab
+    assert catalog["item_id"].tolist() == vocab.ids[1:].tolist()
+    assert not catalog.set_index("item_id").loc[list(COLD), "warm"].any()
+    assert catalog["warm"].sum() == len(catalog) - len(COLD)
+    assert (catalog["count"].to_numpy() == trained["result"].counts[1:]).all()
+    assert (trained["result"].export_path / "assets.extra" / EXPORT_CATALOG_FILE).is_file()
+
+
+def test_add_change_retire_writes_the_next_version(trained, encoder_factory, tmp_path, monkeypatch):
+    base = tmp_path / "exports"
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    changed_id, retired_id = catalog["item_id"].iloc[5], catalog["item_id"].iloc[9]
+    path = items_file(tmp_path / "items.csv", [
+        ("new-a", "red sneakers 40", "sneakers"),
+        ("new-b", "blue novels 41", "novels"),
+        (changed_id, "green cameras 99", "cameras"),
+        (catalog["item_id"].iloc[1], catalog["title"].iloc[1], "|".join(catalog["genres"].iloc[1])),  # unchanged
+    ])
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a catalog update must not train")
+
+    monkeypatch.setattr(tf.keras.Model, "fit", no_training)
+    monkeypatch.setattr(tf.keras.Model, "train_step", no_training)
+    update = update_catalog(trained["run"], items_path=path, retire=[retired_id], export_base=str(base),
+                            encoder_factory=encoder_factory)
+    assert update.changes.added == ["new-a", "new-b"] and update.changes.changed == [changed_id]
+    assert update.changes.retired == [retired_id] and len(update.changes.unchanged) == 1
+    assert update.encoded == 3  # two new texts and one changed text: nothing else runs through BERT
+    assert update.export_path == base / trained["config"].model_name / "1"
+    assert update.num_items == len(catalog) + 2 and update.num_servable == len(catalog) + 1
+
+    old = tf.saved_model.load(str(trained["result"].export_path))
+    new = tf.saved_model.load(str(update.export_path))
+    old_vectors, new_vectors = old.item_embeddings.numpy(), new.item_embeddings.numpy()
+    rows = len(old_vectors)
+    same = np.ones(rows, bool)
+    same[[5 + 1]] = False  # the changed item (vocabulary index = catalog row + 1)
+    np.testing.assert_allclose(new_vectors[:rows][same], old_vectors[same], atol=1e-6)
+    assert not np.allclose(new_vectors[6], old_vectors[6])
+    assert np.linalg.norm(new_vectors[rows:], axis=1).min() > 0.5  # the new items have real vectors
+    assert not np.allclose(new_vectors[rows], new_vectors[rows + 1])
+
+    # A new id in a request's history is known; as a candidate it scores like any item.
+    history = tf.constant([["", "new-a", catalog["item_id"].iloc[2]]])
+    stamps = tf.constant([[0, 1_600_000_000, 1_600_000_100]], tf.int64)
+    old_users = old.signatures["rank"](history_item_ids=history, history_timestamps=stamps,
+                                       candidate_item_ids=tf.constant([["new-b", retired_id, "nope"]]))["scores"]
+    new_users = new.signatures["rank"](history_item_ids=history, history_timestamps=stamps,
+                                       candidate_item_ids=tf.constant([["new-b", retired_id, "nope"]]))["scores"]
+    assert old_users.numpy()[0, 0] == LOWEST_SCORE  # unknown before the update
+    scores = new_users.numpy()[0]
+    assert np.isfinite(scores[0]) and scores[0] > LOWEST_SCORE and scores[1:].tolist() == [LOWEST_SCORE] * 2
+    # The retired item never comes back, whatever the history.
+    ids = catalog["item_id"].to_numpy()
+    histories = tf.constant([["", ids[i], ids[(i + 7) % len(ids)]] for i in range(len(ids))])
+    top = new.signatures["serving_default"](history_item_ids=histories,
+                                            history_timestamps=tf.zeros(histories.shape, tf.int64))["item_ids"]
+    top = top.numpy().astype(str)
+    assert retired_id not in top and "new-a" not in top[:1]
+    assert (top != "").all()
+
+
+def test_updates_chain_and_a_fresh_process_serves_them(trained, encoder_factory, tmp_path):
+    base = tmp_path / "exports"
+    first = update_catalog(trained["run"], items_path=items_file(tmp_path / "a.csv", [("new-a", "red sneakers 40", "sneakers")]),
+                           export_base=str(base), encoder_factory=encoder_factory)
+    second = update_catalog(trained["run"], retire=["new-a", COLD[0]], export_base=str(base),
+                            encoder_factory=encoder_factory)
+    assert first.base == "run" and second.base == "version 1"
+    assert second.export_path.name == "2" and second.changes.retired == ["new-a", COLD[0]]
+    assert second.encoded == 1  # new-a still differs from the training catalog; nothing else is encoded
+    catalog = read_catalog(second.export_path / "assets.extra" / EXPORT_CATALOG_FILE)
+    assert catalog.set_index("item_id").loc[["new-a", COLD[0]], "retired"].all()
+    metadata = json.loads((second.export_path / "assets.extra" / "tfrec_lm.json").read_text())
+    assert metadata["catalog_update"]["retired"] == ["new-a", COLD[0]]
+    script = (
+        "import tensorflow as tf, json, sys\n"
+        "m = tf.saved_model.load(sys.argv[1])\n"
+        "h = tf.constant([['', 'new-a', 'sne1']]); t = tf.zeros([1, 3], tf.int64)\n"
+        "out = m.signatures['serving_default'](history_item_ids=h, history_timestamps=t)\n"
+        "r = m.signatures['rank'](history_item_ids=h, history_timestamps=t, candidate_item_ids=tf.constant([['new-a', 'nov0']]))\n"
+        "print(json.dumps({'top': out['item_ids'].numpy().astype(str).tolist(), 'rank': r['scores'].numpy().tolist()}))\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", script, str(second.export_path)], capture_output=True, text=True,
+                            timeout=300)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    got = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert "new-a" not in got["top"][0] and COLD[0] not in got["top"][0] and len(got["top"][0]) == 5
+    assert got["rank"][0][0] == LOWEST_SCORE and got["rank"][0][1] > LOWEST_SCORE  # retired; cold but live
+
+
+def test_a_running_server_hot_swaps_to_the_update(trained, encoder_factory, tmp_path):
+    import shutil
+
+    from tfrec_lm.serve.manager import ModelConfig
+    from tfrec_lm.serve.server import LocalServer, ServerOptions
+
+    base = tmp_path / "exports"
+    model_dir = base / trained["config"].model_name
+    model_dir.mkdir(parents=True)
+    shutil.copytree(trained["result"].export_path, model_dir / "1")
+    body = json.dumps({"inputs": {"history_item_ids": [["", "new-a"]], "history_timestamps": [[0, 0]],
+                                  "candidate_item_ids": [["new-a", "sne1"]]}})
+    options = ServerOptions(grpc_port=0, rest_api_port=0, file_system_poll_wait_seconds=0.2,
+                            load_retry_interval_micros=100_000)
+    with LocalServer([ModelConfig(trained["config"].model_name, str(model_dir))], options) as server:
+        url = f"{server.rest_url}/v1/models/{trained['config'].model_name}"
+        before = requests.post(url + ":predict", data=body.replace('"inputs"', '"signature_name": "rank", "inputs"'),
+                               timeout=60).json()
+        update = update_catalog(trained["run"], items_path=items_file(tmp_path / "a.csv", [("new-a", "red sneakers 40", "sneakers")]),
+                                export_base=str(base), encoder_factory=encoder_factory)
+        assert update.export_path == model_dir / "2"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            states = {s["version"]: s["state"] for s in requests.get(url, timeout=30).json()["model_version_status"]}
+            if states.get("2") == "AVAILABLE":
+                break
+            time.sleep(0.2)
+        after = requests.post(url + ":predict", data=body.replace('"inputs"', '"signature_name": "rank", "inputs"'),
+                              timeout=60).json()
+    assert states.get("2") == "AVAILABLE", states
+    assert before["outputs"]["scores"][0][0] == LOWEST_SCORE  # version 1 does not know new-a
+    assert after["outputs"]["scores"][0][0] > LOWEST_SCORE
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("nothing", ConfigError, "nothing to update"),
+    ("missing items file", DataError, "does not exist|not found|No such file"),
+    ("bad row", DataError, "line 3"),
+    ("retire unknown", DataError, "does not have: 'no-such-item'"),
+    ("retire and list", DataError, "both retired and listed"),
+    ("retire everything", DataError, "retires every item"),
+    ("not a run", ConfigError, "not a finished training run"),
+])
+def test_bad_input_stops_with_a_clear_error(trained, encoder_factory, tmp_path, case, error, match):
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    run, items, retire = trained["run"], None, []
+    if case == "missing items file":
+        items = tmp_path / "missing.csv"
+    elif case == "bad row":
+        items = tmp_path / "bad.csv"
+        items.write_text("item_id,title,genres\nnew-a,red sneakers,sneakers\n,no id here,sneakers\n")
+    elif case == "retire unknown":
+        retire = ["no-such-item"]
+    elif case == "retire and list":
+        items, retire = items_file(tmp_path / "a.csv", [("new-a", "red sneakers", "sneakers")]), ["new-a"]
+    elif case == "retire everything":
+        retire = catalog["item_id"].tolist()
+    elif case == "not a run":
+        run = tmp_path
+    with pytest.raises(error, match=match):
+        update_catalog(run, items_path=items, retire=retire, export_base=str(tmp_path / "exports"),
+                       encoder_factory=encoder_factory)
+    assert not (tmp_path / "exports").exists()  # nothing half-written
+
+
+def test_cli_reports_errors_with_exit_code_2(trained, tmp_path, capsys):
+    assert catalog_main(["--run", str(trained["run"]), "--retire", "no-such-item",
+                         "--export-base", str(tmp_path / "exports")]) == 2
+    assert "does not have: 'no-such-item'" in capsys.readouterr().err
+    (tmp_path / "gone.txt").write_text("# retired today\nno-such-item\n\n")
+    assert catalog_main(["--run", str(trained["run"]), "--retire-file", str(tmp_path / "gone.txt"),
+                         "--export-base", str(tmp_path / "exports")]) == 2
+    assert catalog_main(["--run", str(trained["run"]), "--retire-file", str(tmp_path / "absent.txt")]) == 2
+    assert "cannot read --retire-file" in capsys.readouterr().err

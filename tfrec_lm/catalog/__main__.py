@@ -1,0 +1,81 @@
+"""`python -m tfrec_lm.catalog`: add, change or retire items of a trained run, without training.
+
+    python -m tfrec_lm.catalog --run runs/tfrec_lm --items new_items.csv
+    python -m tfrec_lm.catalog --run runs/tfrec_lm --retire old-1 old-2 --retire-file gone.txt
+
+Writes the next version under the run's `--export-base/<model-name>` (or `--export-base`),
+which `python -m tfrec_lm.serve` and TF Serving pick up like any version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tfrec_lm.errors import AssetError, ConfigError, DataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tfrec_lm.catalog",
+        description="Add new items by their text, re-encode changed texts and retire items of a trained run; "
+                    "writes the next SavedModel version. No training step runs.")
+    parser.add_argument("--run", required=True, help="the training run's --output-dir (metrics.json, "
+                                                     "catalog.parquet, checkpoints/)")
+    parser.add_argument("--items", help="new or changed items: the --items file format of --data files "
+                                        "(item_id and text, or title [+ year] [+ genres]); CSV/TSV/Parquet/JSONL")
+    parser.add_argument("--retire", nargs="+", default=[], metavar="ITEM_ID", help="item ids to retire")
+    parser.add_argument("--retire-file", help="a text file of item ids to retire, one per line")
+    parser.add_argument("--export-base", help="where versions go (default: the run's --export-base)")
+    parser.add_argument("--model-name", help="default: the run's --model-name")
+    parser.add_argument("--index", choices=("scann", "brute-force"), help="default: the run's --index")
+    parser.add_argument("--top-k", type=int, help="K of serving_default (default: the run's --top-k)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    return parser
+
+
+def read_retire_file(path: str) -> list[str]:
+    """Item ids to retire, one per line (blank lines and `#` comments skipped).
+
+    Args:
+        path: str. the file.
+
+    Returns:
+        list of str.
+
+    Raises:
+        DataError: the file cannot be read.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read --retire-file {path}: {error}") from None
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        retire = list(args.retire) + (read_retire_file(args.retire_file) if args.retire_file else [])
+        from tfrec_lm.catalog.update import update_catalog
+
+        update = update_catalog(args.run, items_path=args.items, retire=retire, export_base=args.export_base,
+                                model_name=args.model_name, index=args.index, top_k=args.top_k)
+    except (ConfigError, DataError, AssetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    summary = update.changes.summary()
+    print(f"catalog update from {update.base}: {summary['added']} added, {summary['changed']} changed, "
+          f"{summary['retired']} retired, {summary['restored']} restored, {summary['unchanged']} unchanged; "
+          f"{update.encoded} texts encoded; {update.num_servable} of {update.num_items} items can be "
+          f"recommended; {update.seconds:.1f} s")
+    print(f"export:  {update.export_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""The item catalog of a trained run: ids, texts, popularity, warm and retired items.
+
+A training run writes `<output_dir>/catalog.parquet` beside its checkpoint; every export
+that a catalog update writes carries its own in `assets.extra/tfrec_lm_catalog.parquet`.
+Row i is vocabulary index i + 1 (index 0 is the padding item), so the rows of the first
+`C` items line up with the checkpoint's item tables; an update only appends rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tfrec_lm.errors import DataError
+
+CATALOG_FILE = "catalog.parquet"
+EXPORT_CATALOG_FILE = "tfrec_lm_catalog.parquet"  # under an export's assets.extra/
+COLUMNS = ("item_id", "title", "year", "genres", "text", "count", "warm", "retired")
+
+
+@dataclasses.dataclass
+class CatalogChanges:
+    """What an items file and a retire list change in a catalog.
+
+    Attributes:
+        added: list of str. item ids new to the catalog (appended, cold: text only).
+        changed: list of str. item ids whose text changed (re-encoded; their ID embedding kept).
+        unchanged: list of str. item ids listed with the text they already had.
+        retired: list of str. item ids retired by this update.
+        restored: list of str. previously retired item ids that the items file lists again.
+    """
+
+    added: list = dataclasses.field(default_factory=list)
+    changed: list = dataclasses.field(default_factory=list)
+    unchanged: list = dataclasses.field(default_factory=list)
+    retired: list = dataclasses.field(default_factory=list)
+    restored: list = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict:
+        """Counts of each kind of change. dict of str -> int."""
+        return {name: len(values) for name, values in dataclasses.asdict(self).items()}
+
+
+def training_catalog(items: pd.DataFrame, counts: np.ndarray, warm_items) -> pd.DataFrame:
+    """The catalog a run trained with.
+
+    Args:
+        items: pd.DataFrame. the data's items (SPEC §1 schema) in vocabulary order.
+        counts: np.ndarray. [C+1] training interactions per vocabulary index.
+        warm_items: np.ndarray bool or None. [C+1] items with a trained ID embedding (None: all).
+
+    Returns:
+        pd.DataFrame. the `COLUMNS`, one row per item, vocabulary order.
+    """
+    frame = items[["item_id", "title", "year", "genres", "text"]].copy().reset_index(drop=True)
+    frame["genres"] = [list(g) for g in frame["genres"]]
+    frame["count"] = np.asarray(counts[1:], dtype=np.int64)
+    frame["warm"] = np.ones(len(frame), bool) if warm_items is None else np.asarray(warm_items[1:], bool)
+    frame["retired"] = False
+    return frame
+
+
+def write_catalog(catalog: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Writes a catalog as Parquet, atomically (readers never see half a file).
+
+    Args:
+        catalog: pd.DataFrame. the `COLUMNS`.
+        path: str | PathLike. the file to write.
+
+    Returns:
+        Path. `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".parquet.tmp", delete=False) as handle:
+        catalog[list(COLUMNS)].to_parquet(handle.name, index=False)
+    os.replace(handle.name, path)
+    return path
+
+
+def read_catalog(path: str | os.PathLike) -> pd.DataFrame:
+    """Reads a catalog written by `write_catalog`.
+
+    Args:
+        path: str | PathLike. the Parquet file.
+
+    Returns:
+        pd.DataFrame. the `COLUMNS`, vocabulary order.
+
+    Raises:
+        DataError: the file is missing or is not a catalog.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no catalog at {path}: it is written by `python -m tfrec_lm.train` (this version of "
+                        "tfrec_lm) beside the checkpoint; retrain, or point --run at such a run")
+    frame = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} is not a tfrec_lm catalog (missing columns: {', '.join(missing)})")
+    frame["genres"] = [tuple(g) for g in frame["genres"]]
+    return frame[list(COLUMNS)].reset_index(drop=True)
+
+
+def apply_changes(catalog: pd.DataFrame, items: pd.DataFrame | None, retire) -> tuple[pd.DataFrame, CatalogChanges]:
+    """A new catalog with the items file's new and changed items and the retired ones.
+
+    Existing rows keep their position (they line up with the trained tables); new items
+    are appended, cold (no ID embedding trained) with no interactions. An item listed in
+    the items file is live: a retired one comes back (`restored`).
+
+    Args:
+        catalog: pd.DataFrame. the current catalog (`COLUMNS`).
+        items: pd.DataFrame or None. new or changed items in the SPEC §1 items schema.
+        retire: iterable of str. item ids to retire.
+
+    Returns:
+        tuple (pd.DataFrame, CatalogChanges). the new catalog and what changed.
+
+    Raises:
+        DataError: a retired id is not in the catalog, or is also in the items file, or the
+            update leaves nothing to recommend.
+    """
+    rows = catalog.to_dict("records")
+    changes = CatalogChanges()
+    position = {row["item_id"]: index for index, row in enumerate(rows)}
+    retire = list(dict.fromkeys(str(r) for r in retire))
+    listed = set() if items is None else set(items["item_id"])
+    both = [r for r in retire if r in listed]
+    if both:
+        raise DataError(f"item(s) both retired and listed in the items file: {', '.join(map(repr, both[:10]))}")
+    unknown = [r for r in retire if r not in position]
+    if unknown:
+        raise DataError(f"cannot retire {len(unknown)} item(s) the catalog does not have: "
+                        f"{', '.join(map(repr, unknown[:10]))}{' ...' if len(unknown) > 10 else ''}")
+    for record in ([] if items is None else items.to_dict("records")):
+        described = {column: record[column] for column in ("title", "year", "genres", "text")}
+        index = position.get(record["item_id"])
+        if index is None:
+            position[record["item_id"]] = len(rows)
+            rows.append({"item_id": record["item_id"], **described, "count": 0, "warm": False, "retired": False})
+            changes.added.append(record["item_id"])
+            continue
+        row = rows[index]
+        if row["retired"]:
+            row["retired"] = False
+            changes.restored.append(record["item_id"])
+        if row["text"] != record["text"]:
+            row.update(described)
+            changes.changed.append(record["item_id"])
+        else:
+            changes.unchanged.append(record["item_id"])
+    for item_id in retire:
+        row = rows[position[item_id]]
+        if not row["retired"]:
+            row["retired"] = True
+            changes.retired.append(item_id)
+    if all(row["retired"] for row in rows):
+        raise DataError("the update retires every item: nothing would be left to recommend")
+    updated = pd.DataFrame(rows, columns=list(COLUMNS))
+    updated["genres"] = [tuple(g) for g in updated["genres"]]
+    updated["count"] = updated["count"].astype(np.int64)
+    updated[["warm", "retired"]] = updated[["warm", "retired"]].astype(bool)
+    return updated, changes
