@@ -142,3 +142,26 @@ def test_recency_ablation_pairs_runs_by_seed_and_user():
     assert 1.0 <= low <= 2.0 <= high
     assert result["stable"]["ratio"] == pytest.approx(1.0)
     assert recency_ablation.paired(runs, "time", "no-recency") == {}  # nothing to pair with
+
+
+def test_new_item_queries_carry_the_full_prior_history_and_popularity_excludes_it():
+    import new_items
+
+    from tfrec_lm.data.split import build_vocab
+    from tfrec_lm.data.synthetic import synthetic_migration
+
+    dataset, _ = synthetic_migration(num_users=5, length=6)
+    vocab = build_vocab(dataset.items)
+    queries = new_items.queries_of(dataset, vocab.ids, lambda rows: np.arange(len(rows)) >= 4)
+    assert len(queries["target"]) == 5 * 2
+    frame = dataset.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    first = frame[frame["user_id"] == queries["user"][0]]
+    assert list(queries["histories"][0]) == first["item_id"].tolist()[:4]
+    assert list(queries["stamps"][1]) == first["timestamp"].tolist()[:5]
+    assert vocab.ids[queries["target"][1]] == first["item_id"].tolist()[5]
+    assert sorted(queries["exclude"][0]) == sorted(vocab.index(first["item_id"].tolist()[:4]))
+    popularity = np.arange(vocab.size, dtype=np.float32)  # the last item is the most popular
+    top = new_items.popular_top10(popularity, queries)
+    for row, excluded in enumerate(queries["exclude"]):
+        expected = [i for i in range(vocab.size - 1, 0, -1) if i not in set(excluded)][:10]
+        assert top[row].tolist() == expected

@@ -1,0 +1,399 @@
+"""New items by text (SPEC §2 new-item protocol, issue 12): items that nobody interacted with.
+
+Two ways new items arrive, both on MovieLens-100K, both scored through the exports'
+`rank` signature over the whole catalog with each query's full history excluded:
+
+- `held-out`: 10% of the items with at least 5 interactions lose every interaction
+  (the catalog keeps them with their texts); the model is trained on the rest. For each
+  user who interacted with a held-out item, the target is the first such interaction and
+  the history everything before it. Reported: HR@10 of that target in the full catalog,
+  HR@10 among the held-out items only, its median full-catalog rank, the share of users
+  with a held-out item in their full-catalog top 10, and the run's warm test NDCG@10.
+  Variants: the model before cold items (`--cold-items id`) and the cold-item model with
+  each `--id-dropout` candidate. The candidate that ships is chosen on half of these users
+  (`select`); the other half (`report`) is reported.
+- `time`: T1 is the 70th percentile of timestamps; new items are those first interacted
+  with at or after T1. Train on the interactions before T1 with the catalog known then;
+  add the new items by their text with `tfrec_lm.catalog` (no training); evaluate every
+  interaction at or after T1 given its user's full prior history (an empty history gets
+  the popularity fallback). HR@10 / NDCG@10 for new-item and known-item targets, the share
+  of users with a new item in their top 10 at their first query, against: the same export
+  before the update, an ID-only model, most-popular before T1, and a model retrained on
+  everything before T2 (85th percentile, the full catalog: it has seen the new items'
+  interactions in [T1, T2)), compared on the targets at or after T2. Wall time of the
+  catalog update against the retrain.
+- `warm`: the default against the model before cold items (`--cold-items id`) on the SPEC
+  leave-one-out split, over `--seeds`, paired by user (bootstrap over test users).
+
+Output: `benchmarks/results/new_items.json`, one key per part (a part run again replaces
+its key; the others are kept).
+
+    python benchmarks/new_items.py --parts held-out time warm
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from _common import results_dir, write_result  # noqa: E402
+
+RESULT = "new_items"
+HELD_OUT_SHARE = 0.10
+HELD_OUT_MIN_INTERACTIONS = 5
+HISTORY_SENT = 100  # newest history ids sent per query (the model reads the newest max_history known ones)
+
+
+def default_config(**changes):
+    from tfrec_lm.config import PRESETS, TrainConfig
+
+    return TrainConfig.from_dict({**PRESETS["cpu"], **changes})
+
+
+def subset(dataset, interactions, items=None, name=None):
+    """The dataset with other interactions (and optionally another catalog)."""
+    return dataclasses.replace(dataset, name=name or dataset.name,
+                               interactions=interactions.reset_index(drop=True),
+                               items=dataset.items if items is None else items.reset_index(drop=True))
+
+
+def train_run(config, data, workdir: Path, name: str) -> dict:
+    """Trains and exports one model; returns its result, run dir, export and wall time."""
+    from tfrec_lm.training import train
+
+    config = config.replace(output_dir=str(workdir / name / "run"), export_base=str(workdir / name / "exports"),
+                            export=True)
+    start = time.monotonic()
+    result = train(config, dataset=data, verbose=2)
+    wall = time.monotonic() - start
+    print(f"{name}: trained in {wall:.0f} s, test NDCG@10 {result.metrics['model']['all']['NDCG@10']:.4f}",
+          flush=True)
+    return {"config": config, "result": result, "run": Path(config.output_dir), "export": result.export_path,
+            "wall_seconds": wall}
+
+
+def export_scores(export_path, histories, timestamps, catalog_ids, batch_size: int = 64) -> np.ndarray:
+    """Full-catalog scores from an export's `rank` signature.
+
+    Args:
+        export_path: Path. a SavedModel version directory.
+        histories: list of np.ndarray of str. each query's history item ids, oldest first.
+        timestamps: list of np.ndarray int64. matching timestamps.
+        catalog_ids: np.ndarray of str. [C] the ids to score (unknown to the export: lowest score).
+        batch_size: int. queries per call.
+
+    Returns:
+        np.ndarray float32. [n, C+1] scores, column 0 (padding) -inf; lowest float32 for ids the
+            export does not know or has retired.
+    """
+    import tensorflow as tf
+
+    from tfrec_lm.export import load_scann_ops
+    from tfrec_lm.protocol import history_batch
+
+    load_scann_ops()
+    rank = tf.saved_model.load(str(export_path)).signatures["rank"]
+    candidates = np.asarray(catalog_ids, dtype=object).astype(str)
+    out = np.full((len(histories), len(candidates) + 1), -np.inf, np.float32)
+    for start in range(0, len(histories), batch_size):
+        rows = [h[-HISTORY_SENT:] for h in histories[start:start + batch_size]]
+        stamps = [t[-HISTORY_SENT:] for t in timestamps[start:start + batch_size]]
+        batch = history_batch(rows, stamps, lead_padding=False)
+        got = rank(history_item_ids=tf.constant(batch["history_item_ids"].astype(str)),
+                   history_timestamps=tf.constant(batch["history_timestamps"]),
+                   candidate_item_ids=tf.constant(np.tile(candidates, (len(rows), 1))))["scores"]
+        out[start:start + len(rows), 1:] = got.numpy()
+    return out
+
+
+def export_top10(export_path, queries: dict, vocab_ids, batch_size: int = 64) -> np.ndarray:
+    """Each query's `serving_default` top 10 given its full history (so the export excludes all of it).
+
+    Args:
+        export_path: Path. a SavedModel version directory with K >= 10.
+        queries: dict. from `queries_of`.
+        vocab_ids: np.ndarray of str. [C+1] the full catalog (index 0 padding).
+        batch_size: int. queries per call (grouped by history length to keep padding small).
+
+    Returns:
+        np.ndarray int64. [n, 10] vocabulary indices, best first; 0 for an id outside `vocab_ids`.
+    """
+    import tensorflow as tf
+
+    from tfrec_lm.export import load_scann_ops
+    from tfrec_lm.protocol import history_batch
+
+    load_scann_ops()
+    serve = tf.saved_model.load(str(export_path)).signatures["serving_default"]
+    index = {item: i for i, item in enumerate(vocab_ids)}
+    order = np.argsort([len(h) for h in queries["histories"]], kind="stable")
+    top = np.zeros((len(order), 10), np.int64)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = history_batch([queries["histories"][r] for r in rows], [queries["stamps"][r] for r in rows],
+                              lead_padding=False)
+        got = serve(history_item_ids=tf.constant(batch["history_item_ids"].astype(str)),
+                    history_timestamps=tf.constant(batch["history_timestamps"].astype(np.int64)))["item_ids"]
+        top[rows] = [[index.get(i, 0) for i in row[:10]] for row in got.numpy().astype(str)]
+    return top
+
+
+def top10_ranks(top: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    from tfrec_lm.evaluation.metrics import ranks_from_topk
+
+    return ranks_from_topk(top, targets)
+
+
+def rank_metrics(ranks: np.ndarray) -> dict:
+    from tfrec_lm.evaluation.metrics import ranking_metrics
+
+    return {**ranking_metrics(ranks, ks=(10,)), "count": int(len(ranks))} if len(ranks) else {"count": 0}
+
+
+def queries_of(dataset, vocab_ids, select) -> dict:
+    """Evaluation queries: interactions chosen by `select`, each with its user's full prior history.
+
+    Args:
+        dataset: Dataset. all interactions.
+        vocab_ids: np.ndarray of str. [C+1] the full catalog (index 0 padding).
+        select: callable. `(user frame sorted by time) -> bool np.ndarray` of the rows that are targets.
+
+    Returns:
+        dict with `user`, `target` (vocabulary index), `time`, `histories` (ids), `stamps`, `exclude`
+        (vocabulary indices of the history).
+    """
+    index = {item: i for i, item in enumerate(vocab_ids)}
+    frame = dataset.interactions.sort_values(["user_id", "timestamp"], kind="stable")
+    out = {"user": [], "target": [], "time": [], "histories": [], "stamps": [], "exclude": []}
+    for user, rows in frame.groupby("user_id", sort=False):
+        items = rows["item_id"].to_numpy(dtype=object)
+        stamps = rows["timestamp"].to_numpy(np.int64)
+        for position in np.flatnonzero(select(rows)):
+            out["user"].append(user)
+            out["target"].append(index[items[position]])
+            out["time"].append(int(stamps[position]))
+            out["histories"].append(items[:position])
+            out["stamps"].append(stamps[:position])
+            out["exclude"].append(np.array([index[i] for i in items[:position]], np.int64))
+    out["target"] = np.asarray(out["target"], np.int64)
+    out["user"] = np.asarray(out["user"], dtype=object)
+    out["time"] = np.asarray(out["time"], np.int64)
+    return out
+
+
+def ranks_of(scores: np.ndarray, queries: dict) -> np.ndarray:
+    from tfrec_lm.evaluation.metrics import full_catalog_ranks
+
+    return full_catalog_ranks(scores, queries["target"], queries["exclude"])
+
+
+def popular_top10(popularity: np.ndarray, queries: dict) -> np.ndarray:
+    """The 10 most popular items of each query, its history excluded. [n, 10] vocabulary indices."""
+    order = np.argsort(-popularity[1:], kind="stable") + 1
+    top = np.zeros((len(queries["target"]), 10), np.int64)
+    for row, excluded in enumerate(queries["exclude"]):
+        top[row] = order[~np.isin(order, excluded)][:10]
+    return top
+
+
+def top10_has(scores: np.ndarray, queries: dict, members: np.ndarray) -> np.ndarray:
+    """Whether each query's top 10 (history excluded) holds one of `members` (bool [C+1])."""
+    scores = scores.copy()
+    for row, excluded in enumerate(queries["exclude"]):
+        scores[row, excluded] = -np.inf
+    top = np.argpartition(-scores, 10, axis=1)[:, :10]
+    return members[top].any(axis=1)
+
+
+# ---------------------------------------------------------------- held-out items
+
+
+def held_out_part(dataset, workdir: Path, dropouts, seed: int) -> dict:
+    from tfrec_lm.data.split import build_vocab
+
+    vocab = build_vocab(dataset.items)
+    counts = dataset.interactions["item_id"].value_counts()
+    eligible = np.sort(counts[counts >= HELD_OUT_MIN_INTERACTIONS].index.to_numpy(dtype=object))
+    rng = np.random.default_rng(seed)
+    held = set(rng.choice(eligible, size=int(round(HELD_OUT_SHARE * len(eligible))), replace=False))
+    train_data = subset(dataset, dataset.interactions[~dataset.interactions["item_id"].isin(held)], name="ml-100k-held-out")
+    held_mask = np.isin(vocab.ids, list(held))
+
+    def first_held(rows):
+        hits = rows["item_id"].isin(held).to_numpy()
+        chosen = np.zeros(len(rows), bool)
+        if hits.any():
+            chosen[np.argmax(hits)] = True
+        return chosen
+
+    queries = queries_of(dataset, vocab.ids, first_held)
+    users = np.unique(queries["user"])
+    halves = rng.permutation(users)
+    select_users = set(halves[: len(users) // 2])
+    is_select = np.array([u in select_users for u in queries["user"]])
+    variants = {"cold-items-id": {"cold_items": "id"}}
+    variants.update({f"cold-items-text-id-dropout-{d:g}": {"cold_items": "text", "id_dropout": d} for d in dropouts})
+    results = {}
+    for name, changes in variants.items():
+        run = train_run(default_config(**changes), train_data, workdir, f"held-out/{name}")
+        scores = export_scores(run["export"], queries["histories"], queries["stamps"], vocab.ids[1:])
+        ranks = ranks_of(scores, queries)
+        among = scores.copy()
+        among[:, ~held_mask] = -np.inf  # rank among the held-out items only
+        ranks_new = ranks_of(among, queries)
+        has_new = top10_has(scores, queries, held_mask)
+        row = {"config_changes": changes, "wall_seconds": run["wall_seconds"],
+               "warm_test": run["result"].metrics["model"], "validation_ndcg_at_10": run["result"].validation_ndcg}
+        for half, mask in (("select", is_select), ("report", ~is_select), ("all", np.ones(len(ranks), bool))):
+            row[half] = {
+                "users": int(mask.sum()),
+                "full_catalog": rank_metrics(ranks[mask]),
+                "among_held_out": rank_metrics(ranks_new[mask]),
+                "median_full_catalog_rank": float(np.median(ranks[mask]) + 1),
+                "share_with_held_out_item_in_top10": float(has_new[mask].mean()),
+            }
+        results[name] = row
+        print(f"held-out {name}: full-catalog HR@10 {row['report']['full_catalog']['HR@10']:.4f}, among held-out "
+              f"HR@10 {row['report']['among_held_out']['HR@10']:.4f}, median rank "
+              f"{row['report']['median_full_catalog_rank']:.0f}, warm NDCG@10 "
+              f"{row['warm_test']['all']['NDCG@10']:.4f}", flush=True)
+    text = [n for n in results if n != "cold-items-id"]
+    chosen = max(text, key=lambda n: results[n]["select"]["full_catalog"]["HR@10"]) if text else None
+    return {"held_out_items": len(held), "eligible_items": len(eligible), "queries": len(queries["target"]),
+            "seed": seed, "random_hr_at_10_full_catalog": 10 / (vocab.size - 1),
+            "random_hr_at_10_among_held_out": 10 / len(held), "chosen_by_select_half": chosen, "variants": results}
+
+
+# ---------------------------------------------------------------- time-based
+
+
+def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
+    from tfrec_lm.catalog.update import update_catalog
+    from tfrec_lm.data.split import build_vocab
+
+    vocab = build_vocab(dataset.items)
+    stamps = dataset.interactions["timestamp"]
+    t1, t2 = float(np.percentile(stamps, q1)), float(np.percentile(stamps, q2))
+    before_t1 = dataset.interactions[stamps < t1]
+    known = set(before_t1["item_id"])
+    new_ids = sorted(set(dataset.interactions["item_id"]) - known)
+    known_items = dataset.items[dataset.items["item_id"].isin(known)]
+    data_t1 = subset(dataset, before_t1, items=known_items, name="ml-100k<T1")
+    queries = queries_of(dataset, vocab.ids, lambda rows: rows["timestamp"].to_numpy() >= t1)
+    new_mask = np.isin(vocab.ids, new_ids)
+    is_new = new_mask[queries["target"]]
+    after_t2 = queries["time"] >= t2
+    first_query = np.zeros(len(queries["user"]), bool)
+    first_query[np.unique(queries["user"], return_index=True)[1]] = True
+    empty = np.array([len(h) == 0 for h in queries["histories"]])
+
+    def report(top) -> dict:
+        """Metrics of top-10 lists [n, 10] (vocabulary indices)."""
+        ranks = top10_ranks(top, queries["target"])
+        has_new = new_mask[top].any(axis=1)
+        out = {}
+        for span, span_mask in (("from_t1", np.ones(len(ranks), bool)), ("from_t2", after_t2)):
+            out[span] = {"all": rank_metrics(ranks[span_mask]), "new_item_targets": rank_metrics(ranks[span_mask & is_new]),
+                         "known_item_targets": rank_metrics(ranks[span_mask & ~is_new]),
+                         "share_of_users_with_a_new_item_in_top10_at_first_query":
+                             float(has_new[span_mask & first_query].mean()) if (span_mask & first_query).any() else None,
+                         "share_of_queries_with_a_new_item_in_top10": float(has_new[span_mask].mean())}
+        return out
+
+    models = {}
+    stale = train_run(default_config(), data_t1, workdir, "time/before-t1")
+    models["before_update"] = {"wall_seconds": stale["wall_seconds"],
+                               **report(export_top10(stale["export"], queries, vocab.ids))}
+    items_path = workdir / "time" / "new_items.csv"
+    new_rows = dataset.items[dataset.items["item_id"].isin(new_ids)]
+    new_rows.assign(genres=["|".join(g) for g in new_rows["genres"]])[["item_id", "title", "year", "genres"]] \
+        .to_csv(items_path, index=False)
+    update = update_catalog(stale["run"], items_path=items_path)
+    models["after_update"] = {"catalog_update_seconds": update.seconds, "encoded": update.encoded,
+                              **report(export_top10(update.export_path, queries, vocab.ids))}
+    id_only = train_run(default_config(item_text=False), data_t1, workdir, "time/id-only-before-t1")
+    models["id_only"] = {"wall_seconds": id_only["wall_seconds"],
+                         **report(export_top10(id_only["export"], queries, vocab.ids))}
+    popularity = np.zeros(vocab.size, np.float32)
+    counts = before_t1["item_id"].value_counts()
+    popularity[1:] = [counts.get(i, 0) for i in vocab.ids[1:]]
+    popularity[1:][~np.isin(vocab.ids[1:], list(known))] = np.finfo(np.float32).min  # unknown before T1
+    popularity[0] = -np.inf
+    models["most_popular_before_t1"] = report(popular_top10(popularity, queries))
+    retrained = train_run(default_config(), subset(dataset, dataset.interactions[stamps < t2], name="ml-100k<T2"),
+                          workdir, "time/retrained-before-t2")
+    retrained_report = report(export_top10(retrained["export"], queries, vocab.ids))
+    retrained_report.pop("from_t1")  # it trained on [T1, T2): only the targets after T2 are fair
+    models["retrained_before_t2"] = {"wall_seconds": retrained["wall_seconds"], **retrained_report}
+    return {"q1": q1, "q2": q2, "t1": t1, "t2": t2, "new_items": len(new_ids), "queries": int(len(queries["target"])),
+            "new_item_queries": int(is_new.sum()), "queries_from_t2": int(after_t2.sum()),
+            "new_item_queries_from_t2": int((is_new & after_t2).sum()), "empty_history_queries": int(empty.sum()),
+            "random_hr_at_10": 10 / (vocab.size - 1),
+            "catalog_update_over_retrain_wall": update.seconds / retrained["wall_seconds"],
+            "models": models}
+
+
+# ---------------------------------------------------------------- warm quality
+
+
+def warm_part(workdir: Path, seeds) -> dict:
+    from ml100k import run_variant
+    from recency_ablation import paired
+
+    runs = {}
+    for seed in seeds:
+        for name, changes in (("default", {}), ("cold-items-id", {"cold_items": "id"})):
+            key = name if seed == 42 else f"{name}@seed{seed}"
+            runs[key] = run_variant(f"warm_{name}_{seed}", {**changes, "seed": seed}, workdir)
+            runs[key]["variant"] = name
+            print(f"warm {key}: NDCG@10 {runs[key]['test']['model']['all']['NDCG@10']:.4f}", flush=True)
+    for run in runs.values():
+        run.pop("export_latency", None)
+    return {"seeds": list(seeds), "paired": paired(runs, "default", "cold-items-id"),
+            "runs": {key: {k: run[k] for k in ("variant", "config", "test", "validation_ndcg_at_10", "wall_seconds",
+                                               "test_ranks", "test_slices")} for key, run in runs.items()}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", nargs="+", default=["held-out", "time", "warm"], choices=["held-out", "time", "warm"])
+    parser.add_argument("--id-dropout", nargs="+", type=float, default=[0.0, 0.25],
+                        help="held-out: --id-dropout candidates of the cold-item model")
+    parser.add_argument("--held-out-seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1], help="warm: training seeds")
+    parser.add_argument("--q1", type=float, default=70.0)
+    parser.add_argument("--q2", type=float, default=85.0)
+    parser.add_argument("--workdir", default=None, help="where runs and exports go (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    from tfrec_lm.data.prepare import load_training_data
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_new_items_"))
+    previous = results_dir() / f"{RESULT}.json"
+    payload = {}
+    if previous.is_file():
+        payload = {k: v for k, v in json.loads(previous.read_text()).items() if k in ("held_out", "time", "warm")}
+    dataset = load_training_data(default_config())
+    for part in args.parts:
+        if part == "held-out":
+            payload["held_out"] = held_out_part(dataset, workdir, args.id_dropout, args.held_out_seed)
+        elif part == "time":
+            payload["time"] = time_part(dataset, workdir, args.q1, args.q2)
+        else:
+            payload["warm"] = warm_part(workdir, args.seeds)
+        path = write_result(RESULT, payload)
+        print(f"{part} -> {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
