@@ -275,4 +275,4 @@ def test_multi_worker_only_the_chief_writes(multi_worker):
     assert list((run / "checkpoints").glob("best.weights*"))
     leftovers = [p for p in run.rglob("*") if "workertemp" in p.name]
     assert not leftovers, leftovers
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json", "tensorboard"]
+    assert sorted(p.name for p in run.iterdir()) == ["catalog.parquet", "checkpoints", "metrics.json", "tensorboard"]

@@ -134,6 +134,7 @@ class ItemTower(tf.keras.layers.Layer):
         self.no_id_embedding = self.add_weight(
             name="no_id_embedding", shape=[self.embedding_dim], initializer="zeros", dtype="float32",
             trainable=bool(has_cold or self.id_dropout > 0),
+            experimental_autocast=False,  # added to the float32 ID embeddings, also under mixed precision
         ) if self.use_item_ids and (self.warm_items is not None or self.id_dropout > 0) else None
         self.text_cache = self.add_weight(
             name="text_cache", shape=[self.num_items, encoder.hidden_size], trainable=False,
