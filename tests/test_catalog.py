@@ -223,3 +223,12 @@ def test_cli_reports_errors_with_exit_code_2(trained, tmp_path, capsys):
                          "--export-base", str(tmp_path / "exports")]) == 2
     assert catalog_main(["--run", str(trained["run"]), "--retire-file", str(tmp_path / "absent.txt")]) == 2
     assert "cannot read --retire-file" in capsys.readouterr().err
+
+
+def test_a_run_without_its_checkpoint_is_refused(trained, encoder_factory, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("checkpoints"))
+    with pytest.raises(ConfigError, match="--run: no checkpoint at"):
+        update_catalog(run, retire=[COLD[0]], export_base=str(tmp_path / "exports"), encoder_factory=encoder_factory)

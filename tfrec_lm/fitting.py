@@ -19,11 +19,12 @@ from tfrec_lm.evaluation.scoring import ValidationNDCG
 logger = logging.getLogger(__name__)
 
 
-def checkpoint_prefix(path: str) -> str:
-    """Resolves `--warm-start` (a run directory or a checkpoint prefix) to a prefix.
+def checkpoint_prefix(path: str, flag: str = "--warm-start") -> str:
+    """Resolves a run directory or a checkpoint prefix (`--warm-start`, `--run`) to a prefix.
 
     Args:
         path: str. a training run's `--output-dir` or a checkpoint prefix.
+        flag: str. the option that named `path`, for the messages.
 
     Returns:
         str. the checkpoint prefix (`<dir>/checkpoints/best.weights` for a run directory).
@@ -33,12 +34,12 @@ def checkpoint_prefix(path: str) -> str:
     """
     candidate = Path(path)
     if (candidate / "saved_model.pb").is_file():
-        raise ConfigError(f"--warm-start {path} is a SavedModel export, which holds the serving graph only; "
+        raise ConfigError(f"{flag} {path} is a SavedModel export, which holds the serving graph only; "
                           "pass the training run's --output-dir (or its checkpoints/best.weights)")
     if candidate.is_dir():
         candidate = candidate / "checkpoints" / "best.weights"
     if not Path(f"{candidate}.index").is_file():
-        raise ConfigError(f"--warm-start: no checkpoint at {candidate} (expected {candidate}.index)")
+        raise ConfigError(f"{flag}: no checkpoint at {candidate} (expected {candidate}.index)")
     return str(candidate)
 
 

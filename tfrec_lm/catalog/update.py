@@ -231,7 +231,7 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
                   {"export_base": export_base, "model_name": model_name, "index": index, "top_k": top_k}.items()
                   if value is not None}
     config = config.replace(**changes_to)
-    prefix = checkpoint_prefix(str(run_dir))
+    prefix = checkpoint_prefix(str(run_dir), flag="--run")
     retire = list(retire)
     if items_path is None and not retire:
         raise ConfigError("nothing to update: give an items file of new or changed items, items to retire, or both")
