@@ -127,11 +127,12 @@ class TrainConfig:
     cold_items: str = _opt(
         "text", "items with no training positive: `text` (represented by their text and a learned no-ID vector "
                 "instead of an untrained ID embedding, and left out of the catalog negatives that would bury "
-                "them) or `id` (their ID embedding, and negatives like any item: the model before cold items)",
+                "them) or `id` (their ID embedding, and negatives like any item, no --id-dropout: the model before "
+                "cold items)",
         ("text", "id"))
     id_dropout: float = _opt(
-        0.0, "chance that a training step represents a warm item as a cold one (text and the no-ID vector), "
-             "so the text-only path that new items take is trained to stand on its own")
+        0.25, "with --cold-items text: chance that a training step represents a warm item as a cold one (text "
+              "and the no-ID vector), so the text-only path that new items take is trained to stand on its own")
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     sequence_pooling: str = _opt(
@@ -216,6 +217,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.backup_steps is not None and self.backup_steps < 0:
+            raise ConfigError(f"backup_steps must be >= 0 (0: back up at epoch ends only), got {self.backup_steps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout < 1.0:

@@ -83,7 +83,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            use_item_ids=config.item_ids, dropout=config.dropout, use_text=config.item_text,
                            unique_items=not config.jit_compile, trim_padding=not config.jit_compile,  # XLA: static shapes
                            warm_items=warm_items if config.cold_items == "text" else None,
-                           id_dropout=config.id_dropout, name="item_tower")
+                           id_dropout=config.id_dropout if config.cold_items == "text" else 0.0, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
