@@ -217,8 +217,6 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        if self.backup_steps is not None and self.backup_steps < 0:
-            raise ConfigError(f"backup_steps must be >= 0 (0: back up at epoch ends only), got {self.backup_steps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout < 1.0:
