@@ -170,6 +170,11 @@ class TrainConfig:
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
     time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
     seed: int = _opt(42, "random seed")
+    backup_steps: Optional[int] = _opt(
+        500, "also back up the training state (model, optimizer, epoch and step; <output-dir>/backup) every "
+             "this many steps, besides every epoch end, so that re-running the same command after the run "
+             "died resumes mid-epoch; 0 (or null in a config file): epoch ends only. The backup is removed once metrics.json "
+             "is written")
 
     # Performance and scale
     strategy: str = _opt(
@@ -217,6 +222,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ConfigError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.backup_steps is not None and self.backup_steps < 0:
+            raise ConfigError(f"backup_steps must be >= 0 (0: back up at epoch ends only), got {self.backup_steps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.id_dropout < 1.0:

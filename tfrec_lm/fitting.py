@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
+import math
+import os
+import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -13,10 +19,16 @@ import tensorflow as tf
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.data.prepare import PreparedData, examples_to_features
 from tfrec_lm.data.split import refresh_validation
+from tfrec_lm.distribute import is_chief
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.evaluation.scoring import ValidationNDCG
 
 logger = logging.getLogger(__name__)
+
+BACKUP_DIR = "backup"  # <output_dir>/backup: the state a killed run resumes from
+RUN_FILE = "run.json"  # in BACKUP_DIR: the configuration and data the backup belongs to
+STATE_FILE = "callbacks.json"  # in BACKUP_DIR: the callbacks' states after the last epochs
+_EPOCH_ENDS_ONLY = 2 ** 62  # a step frequency that never comes: backups at epoch ends only
 
 
 def checkpoint_prefix(path: str, flag: str = "--warm-start") -> str:
@@ -70,24 +82,300 @@ def warm_start_and_compile(model, config: TrainConfig) -> None:
     model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
 
 
-def training_dataset(train_examples, config: TrainConfig) -> tf.data.Dataset:
+def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0)) -> tf.data.Dataset:
     """The shuffled, batched, prefetched training pipeline, sharded by data across workers.
+
+    The shuffle draws a new order for each new iterator (`reshuffle_each_iteration`, from
+    the seeded generator of the shuffle); Keras makes one iterator before the first epoch
+    and, without `steps_per_epoch`, a new one per epoch. A resumed run (`start` past the
+    beginning) gets the batches the uninterrupted run would have seen from there: the
+    orders of the epochs already done are drawn and dropped first, and the batches of
+    the resumed epoch already trained on are skipped.
 
     Args:
         train_examples: Examples. the rows to train on.
         config: TrainConfig. reads `seed`, `batch_size` (global) and `steps_per_epoch` (repeat when set).
+        start: tuple of int. `(epoch, step)` where training starts (a resumed run's backup position).
 
     Returns:
-        tf.data.Dataset. batches of `examples_to_features` dicts.
+        tf.data.Dataset. batches of `examples_to_features` dicts. Without `steps_per_epoch` and
+            with `start[1] > 0` it repeats, and `fit` must be given `steps_per_epoch`
+            (`resume_steps_per_epoch`).
     """
+    epoch, step = start
     options = tf.data.Options()
     # Workers split each global batch (from_tensor_slices has no files to shard by).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    dataset = (tf.data.Dataset.from_tensor_slices(examples_to_features(train_examples))
-               .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True))
+    shuffled = (tf.data.Dataset.from_tensor_slices(examples_to_features(train_examples))
+                .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True))
     if config.steps_per_epoch is not None:
-        dataset = dataset.repeat()  # an "epoch" is then steps_per_epoch steps between validations
-    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+        # One iterator for the whole fit: an "epoch" is then steps_per_epoch steps between validations.
+        dataset = shuffled.repeat().batch(config.batch_size)
+        if epoch or step:
+            dataset = dataset.skip(epoch * config.steps_per_epoch + step)
+    else:
+        dataset = shuffled.batch(config.batch_size)
+        # Uninterrupted, epoch e trains on the (e + 1)-th order drawn (Keras's first iterator
+        # goes unused); a resumed fit's first epoch must too.
+        for _ in range(epoch + 1 if step else epoch):
+            iter(dataset)  # draws the next order (an iterator draws its order when made)
+        if step:
+            # Mid-epoch: one iterator over the passes from here, `fit` cutting it into epochs.
+            dataset = dataset.repeat().skip(step)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def resume_steps_per_epoch(train_examples, config: TrainConfig, start: tuple) -> Optional[int]:
+    """The `steps_per_epoch` to give `fit` with `training_dataset(..., start)`.
+
+    Args:
+        train_examples: Examples. the rows to train on.
+        config: TrainConfig. reads `steps_per_epoch`, `batch_size`.
+        start: tuple of int. `(epoch, step)` where training starts.
+
+    Returns:
+        int or None. `config.steps_per_epoch`, or the batches of one pass when a resumed
+            epoch starts mid-way (the pipeline then repeats).
+    """
+    if config.steps_per_epoch is None and start[1]:
+        return math.ceil(len(train_examples) / config.batch_size)
+    return config.steps_per_epoch
+
+
+def data_digest(data: PreparedData) -> str:
+    """SHA-256 of what a run trains and is evaluated on (a resumed or finished run must match it).
+
+    Args:
+        data: PreparedData. the data stage's result.
+
+    Returns:
+        str. hex digest over the training, validation and test features and the item texts.
+    """
+    digest = hashlib.sha256()
+    for examples in (data.train_examples, data.split.validation, data.split.test):
+        features = examples_to_features(examples)
+        for name in sorted(features):
+            digest.update(name.encode())
+            digest.update(str(features[name].shape).encode())
+            digest.update(np.ascontiguousarray(features[name]).tobytes())
+    items = data.dataset.items
+    digest.update("\n".join(f"{i}\t{t}" for i, t in zip(items["item_id"], items["text"])).encode())
+    return digest.hexdigest()
+
+
+def run_identity(config: TrainConfig, data: PreparedData) -> dict:
+    """What must be equal for a backup or a finished run to belong to this run.
+
+    Args:
+        config: TrainConfig. the run's options (`backup_steps` aside: any frequency resumes).
+        data: PreparedData. the data stage's result.
+
+    Returns:
+        dict. `{"config": options as JSON values, "data": data_digest}`.
+    """
+    options = config.to_dict()
+    options.pop("backup_steps", None)
+    return json.loads(json.dumps({"config": options, "data": data_digest(data)}))
+
+
+def write_json_atomically(path: Path, value) -> None:
+    """Writes JSON so that a reader (or a run killed meanwhile) sees the old file or the new one whole.
+
+    Args:
+        path: Path. the file.
+        value: object. JSON-serialisable (floats by `float`).
+    """
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(value, indent=1, default=float))
+    os.replace(temporary, path)
+
+
+def backup_position(backup_dir: Path, steps_per_epoch: Optional[int]) -> Optional[tuple]:
+    """Where a run resumes from the Keras backup in `backup_dir`, as `BackupAndRestore` will.
+
+    Args:
+        backup_dir: Path. `<output_dir>/backup`.
+        steps_per_epoch: int or None. steps of one epoch (a backup at an epoch's last step
+            resumes at the next epoch).
+
+    Returns:
+        tuple of int or None. `(epoch, step)`, None without a backup.
+    """
+    latest = tf.train.latest_checkpoint(str(backup_dir / "chief"))
+    if latest is None:
+        return None
+    reader = tf.train.load_checkpoint(latest)
+    epoch = int(reader.get_tensor("ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    batch = int(reader.get_tensor("ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE"))
+    if epoch < 0 or batch < 0:
+        return None
+    if steps_per_epoch is not None and batch == steps_per_epoch - 1:
+        return epoch + 1, 0
+    return epoch, batch + 1
+
+
+class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore` (model, optimizer, epoch and step counters), plus what the
+    other callbacks of `fit` carry from epoch to epoch, so that a resumed run continues as
+    the uninterrupted one would have.
+
+    Backs up every `every_steps` steps and at every epoch end, after the other callbacks
+    have run (it must come last in `fit`'s callbacks): the states of `ValidationNDCG`,
+    `EarlyStopping` (its best weights in an `.npz` beside) and `ModelCheckpoint` and the
+    epoch logs go to `callbacks.json` first, the Keras checkpoint second. The file keeps
+    the last two epochs' states, since a run killed between the two writes resumes from
+    the backup before. Only the chief writes; every worker reads the chief's backup.
+
+    Args:
+        backup_dir: Path. `<output_dir>/backup` as configured (shared by the workers).
+        every_steps: int or None. steps between backups; None or 0: epoch ends only.
+        chief: bool. whether this process writes the backup's files.
+        validation: ValidationNDCG. the run's validation callback.
+        early_stopping: tf.keras.callbacks.EarlyStopping. with `restore_best_weights`.
+        checkpoint: tf.keras.callbacks.ModelCheckpoint. the best-weights checkpoint.
+        resume: dict or None. the state (`callbacks.json` entry) of the epochs done before the
+            backup's position, restored at the start of `fit`.
+
+    Attributes:
+        history: dict. epoch logs of every epoch, the resumed-from run's included.
+    """
+
+    def __init__(self, backup_dir: Path, every_steps: Optional[int], chief: bool, validation: ValidationNDCG,
+                 early_stopping, checkpoint, resume: Optional[dict] = None):
+        super().__init__(str(backup_dir), save_freq=every_steps or _EPOCH_ENDS_ONLY, delete_checkpoint=False)
+        self.directory = Path(backup_dir)
+        self.every_steps = every_steps or None
+        self.chief = chief
+        self.validation = validation
+        self.early_stopping = early_stopping
+        self.checkpoint = checkpoint
+        self.resume = resume
+        self.history: dict = {key: list(values) for key, values in (resume or {}).get("history", {}).items()}
+        self._steps = 0
+        self._written_weights = None  # the EarlyStopping best weights last written, and their file
+        self._weights_file = (resume or {}).get("best_weights")
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # restores the model, the optimizer and the counters
+        if self.resume is not None:
+            restore_callbacks(self.resume, self.directory, self.validation, self.early_stopping, self.checkpoint)
+            self._written_weights = self.early_stopping.best_weights
+
+    def _implements_train_batch_hooks(self):
+        return bool(self.every_steps)  # epoch ends only: no per-step work at all
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._training_state.backup_if_preempted()
+        self._steps += 1
+        steps = self.params.get("steps")
+        if self.every_steps and self._steps >= self.every_steps and (steps is None or batch != steps - 1):
+            # (an epoch's last step is backed up at its end, once the callbacks have run)
+            self._steps = 0
+            self._backup(epoch=self._current_epoch, batch=batch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        if self.chief:
+            self._write_state(epoch + 1)
+        self._steps = 0
+        steps = self.params.get("steps")  # known: the pipeline's cardinality or steps_per_epoch
+        if steps:
+            self._training_state._ckpt_saved_batch.assign(steps - 1)  # the last step: resumes at the next epoch
+        self._backup(epoch=epoch)
+
+    def _write_state(self, epochs_done: int) -> None:
+        """Writes the callbacks' states after `epochs_done` epochs (before the Keras backup)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stopping = self.early_stopping
+        if stopping.best_weights is not None and stopping.best_weights is not self._written_weights:
+            self._weights_file = f"best_weights-{epochs_done}.npz"
+            temporary = self.directory / f".{self._weights_file}.tmp"
+            with open(temporary, "wb") as handle:
+                np.savez(handle, *stopping.best_weights)
+            os.replace(temporary, self.directory / self._weights_file)
+            self._written_weights = stopping.best_weights
+        state = {
+            "epochs_done": epochs_done,
+            "stopped": bool(self.model.stop_training),
+            "validation": self.validation.state(),
+            "early_stopping": {"wait": int(stopping.wait), "stopped_epoch": int(stopping.stopped_epoch),
+                               "best": float(stopping.best), "best_epoch": int(stopping.best_epoch)},
+            "best_weights": self._weights_file,
+            "checkpoint_best": float(self.checkpoint.best),
+            "history": self.history,
+        }
+        path = self.directory / STATE_FILE
+        previous = json.loads(path.read_text())["states"][-1:] if path.is_file() else []
+        states = [s for s in previous if s["epochs_done"] < epochs_done] + [state]
+        write_json_atomically(path, {"states": states})
+        keep = {s["best_weights"] for s in states}
+        for stale in self.directory.glob("best_weights-*.npz"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+
+
+def restore_callbacks(state: dict, directory: Path, validation: ValidationNDCG, early_stopping, checkpoint) -> None:
+    """Puts a `callbacks.json` state back into the callbacks (after their own `on_train_begin`).
+
+    Args:
+        state: dict. one entry of `callbacks.json`'s `states`.
+        directory: Path. the backup directory (the best weights' `.npz`).
+        validation: ValidationNDCG. gets the earlier epochs' values and clock.
+        early_stopping: tf.keras.callbacks.EarlyStopping. gets wait, best, best epoch and weights.
+        checkpoint: tf.keras.callbacks.ModelCheckpoint. gets the best value saved so far.
+    """
+    validation.restore(state["validation"])
+    for name, value in state["early_stopping"].items():
+        setattr(early_stopping, name, value)
+    if state["best_weights"]:
+        with np.load(directory / state["best_weights"]) as stored:
+            early_stopping.best_weights = [stored[f"arr_{i}"] for i in range(len(stored.files))]
+    checkpoint.best = state["checkpoint_best"]
+
+
+def prepare_backup(directory: Path, identity: dict, chief: bool) -> None:
+    """Drops a backup of another configuration or data; records this run's identity beside the backup.
+
+    Args:
+        directory: Path. `<output_dir>/backup`.
+        identity: dict. `run_identity` of this run.
+        chief: bool. whether this process writes the backup's files.
+    """
+    run_file = directory / RUN_FILE
+    stored = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if directory.exists() and stored != identity:
+        logger.warning("%s holds the backup of a run with other options or data; starting over", directory)
+        if chief:
+            shutil.rmtree(directory, ignore_errors=True)
+    if chief:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(run_file, identity)
+
+
+def resume_state(directory: Path, start: Optional[tuple]) -> Optional[dict]:
+    """The callbacks' state that goes with a backup position.
+
+    Args:
+        directory: Path. `<output_dir>/backup`.
+        start: tuple of int or None. `backup_position`.
+
+    Returns:
+        dict or None. the `callbacks.json` state after `start[0]` epochs; None from the
+            first epoch (nothing to restore besides the Keras backup).
+
+    Raises:
+        RuntimeError: the backup is past an epoch whose callback state is missing.
+    """
+    if start is None or start[0] == 0:
+        return None
+    path = directory / STATE_FILE
+    states = json.loads(path.read_text())["states"] if path.is_file() else []
+    for state in states:
+        if state["epochs_done"] == start[0]:
+            return state
+    raise RuntimeError(f"the backup in {directory} resumes at epoch {start[0] + 1} but {path} has no state "
+                       f"after epoch {start[0]}; remove {directory} to start over")
 
 
 @dataclasses.dataclass
@@ -110,6 +398,12 @@ class FitResult:
 def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Path, verbose: int = 0) -> FitResult:
     """The fit stage: warm start and compile, then train with early stopping on validation NDCG@10.
 
+    A run that died resumes: `<config.output_dir>/backup` (`ResumableBackup`) holds the
+    model, the optimizer, the epoch and step, the other callbacks' states and the epoch
+    logs of the last backup, and the input pipeline continues where it was. A backup of
+    other options or data is dropped. The backup stays after `fit` (a run killed while
+    evaluating or exporting does not train again); `training.export_and_record` removes it.
+
     Args:
         config: TrainConfig. the run's options.
         model: TwoTowerModel. from the model stage (every variable created).
@@ -124,27 +418,51 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     with strategy.scope():
         warm_start_and_compile(model, config)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train_ds = training_dataset(data.train_examples, config)
+    chief = is_chief(strategy)
+    # Every worker reads the chief's backup (a non-chief's output_dir is a temporary one).
+    backup_dir = Path(config.output_dir) / BACKUP_DIR
+    prepare_backup(backup_dir, run_identity(config, data), chief)
+    passes = math.ceil(len(data.train_examples) / config.batch_size)
+    start = backup_position(backup_dir, config.steps_per_epoch or passes)
+    resume = resume_state(backup_dir, start)
+    if start is not None:
+        logger.info("resuming from the backup in %s at epoch %d, step %d", backup_dir, start[0] + 1, start[1])
+    start = start or (0, 0)
     validation = ValidationNDCG(refresh_validation(data.split.validation, config.since),
                                 None if config.time_budget_minutes is None else 60 * config.time_budget_minutes)
     early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
                                                       restore_best_weights=True)
+    # Under a multi-worker strategy both callbacks write on the chief only (Keras).
+    checkpoint = tf.keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights"),
+                                                    monitor="val_ndcg_at_10", mode="max", save_best_only=True,
+                                                    save_weights_only=True)
+    backup = ResumableBackup(backup_dir, config.backup_steps, chief, validation, early_stopping, checkpoint, resume)
     callbacks = [
         validation,
         early_stopping,
-        # Under a multi-worker strategy both callbacks write on the chief only (Keras).
-        tf.keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights"),
-                                           monitor="val_ndcg_at_10", mode="max", save_best_only=True,
-                                           save_weights_only=True),
+        checkpoint,
+        backup,  # after the callbacks whose states it backs up
         tf.keras.callbacks.TensorBoard(log_dir=str(output_dir / "tensorboard"), update_freq="epoch"),
     ]
-    start = time.monotonic()
-    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose)
-    train_seconds = time.monotonic() - start
-    if validation.history and len(validation.history) - 1 != int(np.argmax(validation.history)):
-        # EarlyStopping restores the best weights only when it stops early; make it
-        # unconditional (from memory: a non-chief worker has no checkpoint file).
+    start_time = time.monotonic()
+    if resume is not None and (resume["stopped"] or resume["epochs_done"] >= config.epochs):
+        # Killed after training ended (evaluating, exporting): nothing left to train.
+        logger.info("the backup in %s is of a finished fit; not training again", backup_dir)
+        restore_callbacks(resume, backup_dir, validation, early_stopping, checkpoint)
         model.set_weights(early_stopping.best_weights)
+        history = dict(backup.history)
+    else:
+        train_ds = training_dataset(data.train_examples, config, start)
+        fitted = model.fit(train_ds, epochs=config.epochs,
+                           steps_per_epoch=resume_steps_per_epoch(data.train_examples, config, start),
+                           callbacks=callbacks, verbose=verbose)
+        history = dict(fitted.history) if resume is None and start == (0, 0) else dict(backup.history)
+        if validation.history and len(validation.history) - 1 != int(np.argmax(validation.history)):
+            # EarlyStopping restores the best weights only when it stops early; make it
+            # unconditional (from memory: a non-chief worker has no checkpoint file).
+            model.set_weights(early_stopping.best_weights)
+    # Seconds of training, the resumed-from run's included (until its last validation).
+    train_seconds = time.monotonic() - start_time + (resume["validation"]["seconds"][-1]
+                                                     if resume and resume["validation"]["seconds"] else 0.0)
     return FitResult(validation_ndcg=validation.history, validation_seconds=validation.seconds,
-                     train_seconds=train_seconds, history=dict(history.history))
+                     train_seconds=train_seconds, history=history)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -26,9 +28,12 @@ from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import ItemVocab, LeaveOneOutSplit
 from tfrec_lm.distribute import WorkerOutputs, make_strategy
 from tfrec_lm.evaluation.scoring import TestEvaluation, evaluate_test
-from tfrec_lm.fitting import FitResult, checkpoint_prefix, fit
+from tfrec_lm.fitting import BACKUP_DIR, FitResult, checkpoint_prefix, fit, run_identity
 from tfrec_lm.models.factory import EncoderFactory, build_for_training
 from tfrec_lm.models.two_tower import TwoTowerModel
+
+logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
 
 
 @dataclasses.dataclass
@@ -51,6 +56,9 @@ class TrainResult:
         slices: dict. test slice name -> bool [n_test] (all, migrating, stable).
         history: dict. Keras `fit` logs per epoch (`loss`: the global batch's mean loss
             of each epoch's last step).
+        reused: bool. the output directory already held this run, finished (same options and
+            data): nothing was trained, `metrics`, the validation values, `train_seconds` and
+            `export_path` are its recorded ones and `model` has its best checkpoint's weights.
     """
 
     model: TwoTowerModel
@@ -65,11 +73,17 @@ class TrainResult:
     dataset: Dataset
     slices: dict
     history: dict = dataclasses.field(default_factory=dict)
+    reused: bool = False
 
 
 def train(config: TrainConfig, dataset: Optional[Dataset] = None,
           encoder_factory: Optional[EncoderFactory] = None, verbose: int = 0) -> TrainResult:
     """Trains, evaluates on the SPEC §2 test targets and (optionally) exports.
+
+    Re-running a run that died (the same options and data into the same `output_dir`)
+    resumes from its backup (`tfrec_lm.fitting.fit`); re-running a finished one (its
+    `metrics.json` records the same options and data) trains nothing and returns what it
+    recorded (`TrainResult.reused`).
 
     Args:
         config: TrainConfig. every option of the run.
@@ -90,12 +104,68 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     try:
         tf.keras.utils.set_random_seed(config.seed)
         data = prepare_data(config, dataset)
+        recorded = finished_run(config, data)
         model = build_for_training(config, data, encoder_factory, strategy)
+        if recorded is not None:
+            return recorded_result(config, model, data, recorded)
         fitted = fit(config, model, data, strategy, outputs.output_dir, verbose)
         evaluation = evaluate_test(model, data)
         return export_and_record(config, model, data, fitted, evaluation, strategy, outputs)
     finally:
         outputs.cleanup()
+
+
+def finished_run(config: TrainConfig, data: PreparedData) -> Optional[dict]:
+    """The recorded `metrics.json` of a finished run of these options and data in `config.output_dir`.
+
+    Args:
+        config: TrainConfig. the run's options (`backup_steps` aside).
+        data: PreparedData. the data stage's result.
+
+    Returns:
+        dict or None. the run's `metrics.json`; None when there is none, it records other
+            options or data, or its best checkpoint is gone.
+    """
+    run_dir = Path(config.output_dir)
+    path = run_dir / METRICS_FILE
+    if not path.is_file() or not Path(f"{run_dir / 'checkpoints' / 'best.weights'}.index").is_file():
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    identity = run_identity(config, data)
+    options = dict(recorded.get("config", {}))
+    options.pop("backup_steps", None)
+    if options != identity["config"] or recorded.get("data_digest") != identity["data"]:
+        return None
+    return recorded
+
+
+def recorded_result(config: TrainConfig, model: TwoTowerModel, data: PreparedData, recorded: dict) -> TrainResult:
+    """The result of a finished run, without training: its best weights and what it recorded.
+
+    Args:
+        config: TrainConfig. the run's options.
+        model: TwoTowerModel. built for this config; gets the run's best checkpoint.
+        data: PreparedData. the data stage's result.
+        recorded: dict. the run's `metrics.json`.
+
+    Returns:
+        TrainResult. with `reused` True.
+    """
+    logger.warning("%s already holds a finished run of these options and data (%s): not training again; "
+                   "its recorded result is returned. Train again with another --output-dir (or remove %s)",
+                   config.output_dir, METRICS_FILE, METRICS_FILE)
+    model.load_weights(checkpoint_prefix(config.output_dir, "--output-dir")).expect_partial()
+    export_path = recorded.get("export_path")
+    slices = evaluate_test(model, data).slices
+    return TrainResult(model=model, vocab=data.vocab, split=data.split, metrics=recorded["test"],
+                       validation_ndcg=recorded["validation_ndcg_at_10"],
+                       validation_seconds=recorded["validation_seconds"], train_seconds=recorded["train_seconds"],
+                       export_path=Path(export_path) if export_path and Path(export_path).is_dir() else None,
+                       counts=data.counts, dataset=data.dataset, slices=slices,
+                       history={"loss": recorded.get("train_loss", [])}, reused=True)
 
 
 def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedData, fitted: FitResult,
@@ -142,8 +212,13 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
         "export_path": str(result.export_path) if result.export_path else None,
         "train_loss": fitted.history.get("loss", []),
         "replicas": strategy.num_replicas_in_sync,
+        "data_digest": run_identity(config, data)["data"],
     }
-    (outputs.output_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    temporary = outputs.output_dir / f".{METRICS_FILE}.tmp"  # whole or absent, for a run killed meanwhile
+    temporary.write_text(json.dumps(summary, indent=2, default=float))
+    temporary.replace(outputs.output_dir / METRICS_FILE)
+    # The run is recorded: its backup (for a run that dies before this point) is done with.
+    shutil.rmtree(outputs.output_dir / BACKUP_DIR, ignore_errors=True)
     if not outputs.chief:
         result.export_path = None  # written to this worker's temporary directory, removed on return
     return result

@@ -90,6 +90,25 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._start = time.monotonic()
 
+    def state(self) -> dict:
+        """What a resumed run needs to continue this callback (see `restore`).
+
+        Returns:
+            dict. `history` and `seconds`, JSON-ready.
+        """
+        return {"history": [float(v) for v in self.history], "seconds": [float(v) for v in self.seconds]}
+
+    def restore(self, state: dict) -> None:
+        """Continues from `state` (a `state()` of a run that died): the earlier epochs' values, and
+        the clock (seconds since `fit` started, the time budget) from the last of them.
+
+        Args:
+            state: dict. a `state()` result.
+        """
+        self.history = [float(v) for v in state["history"]]
+        self.seconds = [float(v) for v in state["seconds"]]
+        self._start = time.monotonic() - (self.seconds[-1] if self.seconds else 0.0)
+
     def on_epoch_end(self, epoch, logs=None):
         scores = score_catalog(self.model, self.examples)
         ranks = full_catalog_ranks(scores, self.examples.target, self.examples.exclude)
