@@ -56,7 +56,7 @@ def case_config(directory: Path, strategy: str, negatives: str, export: bool = F
         index="brute-force", top_k=5,  # top_k < 10: train() does not evaluate the export itself
         strategy=strategy, negatives=negatives,
         finetune="frozen",  # BERT's own dropout would make fine-tuned runs incomparable
-        dropout=0.0, epochs=1, batch_size=STEP_EXAMPLES, max_train_examples=STEP_EXAMPLES)
+        dropout=0.0, id_dropout=0.0, epochs=1, batch_size=STEP_EXAMPLES, max_train_examples=STEP_EXAMPLES)
     values.update(changes)
     return TrainConfig(**values).validate()
 
