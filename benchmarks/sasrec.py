@@ -43,6 +43,18 @@ SLICES = ("all", "migrating", "stable")
 SETTINGS = {"dim": 64, "heads": 2, "dropout": 0.2, "learning_rate": 1e-3, "batch_size": 128, "epochs": 6}
 
 
+def run_key(seed: int) -> str:
+    """The run's key in the results, `recency_ablation.run_key`'s: `sasrec` for seed 42, else `sasrec@seed<N>`.
+
+    Args:
+        seed: int. the run's seed.
+
+    Returns:
+        str. so `recency_ablation.paired({**ablation_runs, **sasrec_runs}, "time", "sasrec")` pairs by seed.
+    """
+    return "sasrec" if seed == DEFAULT_SEEDS[0] else f"sasrec@seed{seed}"
+
+
 def left_pad(history: np.ndarray) -> np.ndarray:
     """Moves right-padded histories to SASRec's layout: left-padded, newest item last.
 
@@ -271,14 +283,15 @@ def main(argv=None) -> int:
     settings = {**SETTINGS, "epochs": args.epochs}
     runs = {}
     for seed in args.seeds:
-        runs[f"seed{seed}"] = run_seed(data, seed, settings)
+        key = run_key(seed)
+        runs[key] = run_seed(data, seed, settings)
         summary = mean_over_seeds(runs)
         path = write_result(args.output, {
             "settings": settings, "max_history": config.max_history, "data": config.data,
             "mean": summary, "runs": runs})
-        test = runs[f"seed{seed}"]["test"]["model"]
+        test = runs[key]["test"]["model"]
         print(f"seed {seed}: test NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
-              f"stable {test['stable']['NDCG@10']:.4f}; train {runs[f'seed{seed}']['train_seconds']:.0f} s -> {path}",
+              f"stable {test['stable']['NDCG@10']:.4f}; train {runs[key]['train_seconds']:.0f} s -> {path}",
               flush=True)
     print(f"mean over seeds {summary['seeds']}: NDCG@10 all {summary['all']['NDCG@10']:.4f}, migrating "
           f"{summary['migrating']['NDCG@10']:.4f}, stable {summary['stable']['NDCG@10']:.4f}", flush=True)
