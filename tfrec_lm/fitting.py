@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -142,27 +141,6 @@ def resume_steps_per_epoch(train_examples, config: TrainConfig, start: tuple) ->
     return config.steps_per_epoch
 
 
-def data_digest(data: PreparedData) -> str:
-    """SHA-256 of what a run trains and is evaluated on (a resumed or finished run must match it).
-
-    Args:
-        data: PreparedData. the data stage's result.
-
-    Returns:
-        str. hex digest over the training, validation and test features and the item texts.
-    """
-    digest = hashlib.sha256()
-    for examples in (data.train_examples, data.split.validation, data.split.test):
-        features = examples_to_features(examples)
-        for name in sorted(features):
-            digest.update(name.encode())
-            digest.update(str(features[name].shape).encode())
-            digest.update(np.ascontiguousarray(features[name]).tobytes())
-    items = data.dataset.items
-    digest.update("\n".join(f"{i}\t{t}" for i, t in zip(items["item_id"], items["text"])).encode())
-    return digest.hexdigest()
-
-
 def run_identity(config: TrainConfig, data: PreparedData) -> dict:
     """What must be equal for a backup or a finished run to belong to this run.
 
@@ -171,11 +149,11 @@ def run_identity(config: TrainConfig, data: PreparedData) -> dict:
         data: PreparedData. the data stage's result.
 
     Returns:
-        dict. `{"config": options as JSON values, "data": data_digest}`.
+        dict. `{"config": options as JSON values, "data": data.digest}`.
     """
     options = config.to_dict()
     options.pop("backup_steps", None)
-    return json.loads(json.dumps({"config": options, "data": data_digest(data)}))
+    return json.loads(json.dumps({"config": options, "data": data.digest}))
 
 
 def write_json_atomically(path: Path, value) -> None:
@@ -186,7 +164,7 @@ def write_json_atomically(path: Path, value) -> None:
         value: object. JSON-serialisable (floats by `float`).
     """
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=1, default=float))
+    temporary.write_text(json.dumps(value, indent=2, default=float))
     os.replace(temporary, path)
 
 

@@ -28,7 +28,7 @@ from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import ItemVocab, LeaveOneOutSplit
 from tfrec_lm.distribute import WorkerOutputs, make_strategy
 from tfrec_lm.evaluation.scoring import TestEvaluation, evaluate_test
-from tfrec_lm.fitting import BACKUP_DIR, FitResult, checkpoint_prefix, fit, run_identity
+from tfrec_lm.fitting import BACKUP_DIR, FitResult, checkpoint_prefix, fit, run_identity, write_json_atomically
 from tfrec_lm.models.factory import EncoderFactory, build_for_training
 from tfrec_lm.models.two_tower import TwoTowerModel
 
@@ -137,7 +137,7 @@ def finished_run(config: TrainConfig, data: PreparedData) -> Optional[dict]:
     identity = run_identity(config, data)
     options = dict(recorded.get("config", {}))
     options.pop("backup_steps", None)
-    if options != identity["config"] or recorded.get("data_digest") != identity["data"]:
+    if options != identity["config"] or recorded.get("data_digest") != data.digest:
         return None
     return recorded
 
@@ -212,11 +212,9 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
         "export_path": str(result.export_path) if result.export_path else None,
         "train_loss": fitted.history.get("loss", []),
         "replicas": strategy.num_replicas_in_sync,
-        "data_digest": run_identity(config, data)["data"],
+        "data_digest": data.digest,
     }
-    temporary = outputs.output_dir / f".{METRICS_FILE}.tmp"  # whole or absent, for a run killed meanwhile
-    temporary.write_text(json.dumps(summary, indent=2, default=float))
-    temporary.replace(outputs.output_dir / METRICS_FILE)
+    write_json_atomically(outputs.output_dir / METRICS_FILE, summary)  # whole or absent, for a run killed meanwhile
     # The run is recorded: its backup (for a run that dies before this point) is done with.
     shutil.rmtree(outputs.output_dir / BACKUP_DIR, ignore_errors=True)
     if not outputs.chief:

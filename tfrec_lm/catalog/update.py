@@ -124,13 +124,12 @@ def read_items(path) -> pd.DataFrame:
     return items
 
 
-def _probe(model, max_history: int) -> None:
-    """Creates every variable of a freshly built model by running it once."""
+def _probe_features(max_history: int) -> dict:
+    """One history of one item, enough for `create_variables`. dict of np.ndarray."""
     history = np.zeros([1, max_history], np.int32)
     history[0, 0] = 1
-    users, items = model({"history": history, "history_timestamps": np.zeros_like(history, np.int64),
-                          "target": np.array([1], np.int32)}, training=False)
-    model.predict_rating(users, items)
+    return {"history": history, "history_timestamps": np.zeros_like(history, np.int64),
+            "target": np.array([1], np.int32)}
 
 
 def _paired_weights(old, new) -> list:
@@ -221,7 +220,7 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
     """
     from tfrec_lm.export import ServingModule, save_serving_module
     from tfrec_lm.fitting import checkpoint_prefix
-    from tfrec_lm.models.factory import build_model, pretrained_encoder_factory
+    from tfrec_lm.models.factory import build_model, create_variables, pretrained_encoder_factory
     from tfrec_lm.models.precision import dtype_policy
 
     start = time.monotonic()
@@ -251,13 +250,13 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
     with dtype_policy(config.mixed_precision):
         old = build_model(config, trained_texts.tolist(), factory,
                           warm_items=np.concatenate([[False], trained["warm"].to_numpy(bool)]), encode_texts=False)
-        _probe(old, config.max_history)
+        create_variables(old, _probe_features(config.max_history))
         towers = tf.train.Checkpoint(user_tower=old.user_tower, item_tower=old.item_tower,
                                      ranking_head=old.ranking_head)
         towers.read(prefix).expect_partial().assert_existing_objects_matched()
         new = build_model(config, catalog_texts.tolist(), factory,
                           warm_items=np.concatenate([[False], catalog["warm"].to_numpy(bool)]), encode_texts=False)
-        _probe(new, config.max_history)
+        create_variables(new, _probe_features(config.max_history))
     encoded = transfer_weights(old, new, encode_rows)
 
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])

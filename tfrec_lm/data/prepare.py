@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from typing import Optional
 
 import numpy as np
 
 from tfrec_lm.config import TrainConfig
-from tfrec_lm.data.schema import DataError, Dataset
+from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import (Examples, ItemVocab, LeaveOneOutSplit, UserSequences, build_sequences, build_vocab,
                                  leave_one_out, refresh_examples, train_interaction_counts)
+from tfrec_lm.errors import DataError
 
 
 def load_dataset(data: str = "ml-100k", data_source: str = "auto", interactions: Optional[str] = None,
@@ -108,6 +111,24 @@ class PreparedData:
     split: LeaveOneOutSplit
     counts: np.ndarray
     train_examples: Examples
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 of what a run trains and is evaluated on (a resumed or finished run must match it).
+
+        Computed once per `PreparedData`: the hex digest over the training, validation and
+        test features and the item texts. str.
+        """
+        digest = hashlib.sha256()
+        for examples in (self.train_examples, self.split.validation, self.split.test):
+            features = examples_to_features(examples)
+            for name in sorted(features):
+                digest.update(name.encode())
+                digest.update(str(features[name].shape).encode())
+                digest.update(np.ascontiguousarray(features[name]).tobytes())
+        items = self.dataset.items
+        digest.update("\n".join(f"{i}\t{t}" for i, t in zip(items["item_id"], items["text"])).encode())
+        return digest.hexdigest()
 
 
 def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None) -> PreparedData:

@@ -111,18 +111,18 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
     return model
 
 
-def create_variables(model: TwoTowerModel, train_examples) -> None:
-    """Creates every model variable now, eagerly, by running the model on two examples.
+def create_variables(model: TwoTowerModel, features: dict) -> None:
+    """Creates every model variable now, eagerly, by running the model (and its rating head) once.
 
     Built lazily inside a replica's first step, the random initialisers would draw
     differently under each strategy; and a warm start restores all variables at once.
 
     Args:
         model: TwoTowerModel. a freshly built model.
-        train_examples: Examples. at least one training example.
+        features: dict. a small batch: `history` int32 [B, H], `history_timestamps` int64
+            [B, H], `target` int32 [B] (e.g. two rows of `examples_to_features`).
     """
-    probe = {name: value[:2] for name, value in examples_to_features(train_examples).items()}
-    users, items = model(probe, training=False)
+    users, items = model(features, training=False)
     model.predict_rating(users, items)
 
 
@@ -151,5 +151,6 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
                                 item_probability=target_counts / max(target_counts.sum(), 1.0),
                                 warm_items=target_counts > 0)
-            create_variables(model, data.train_examples)
+            create_variables(model, {name: value[:2] for name, value in
+                                     examples_to_features(data.train_examples).items()})
     return model
