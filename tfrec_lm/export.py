@@ -208,10 +208,24 @@ class ServingModule(tf.Module):
         return {"scores": scores, "predicted_ratings": ratings}
 
 
+def export_versions(model_dir: Path) -> list[int]:
+    """The versions exported under `<export_base>/<model_name>`, oldest first.
+
+    Args:
+        model_dir: Path. `<export_base>/<model_name>`.
+
+    Returns:
+        list of int. integer-named subdirectories (staging `.tmp-*` ones are not versions);
+            empty when the folder does not exist.
+    """
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] \
-        if model_dir.exists() else []
-    return max(versions, default=0) + 1
+    """The version after the newest one under `model_dir` (1 for none). int."""
+    return max(export_versions(model_dir), default=0) + 1
 
 
 def save_serving_module(module: ServingModule, export_base, model_name: str, metadata: dict,

@@ -88,9 +88,9 @@ def starting_catalog(run_dir: Path, model_dir: Path) -> tuple[pd.DataFrame, str]
     Returns:
         tuple (pd.DataFrame, str). the catalog and where it came from (`run` or `version N`).
     """
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                      reverse=True) if model_dir.is_dir() else []
-    for version in versions:
+    from tfrec_lm.export import export_versions
+
+    for version in reversed(export_versions(model_dir)):
         extra = model_dir / str(version) / "assets.extra"
         try:
             metadata = json.loads((extra / "tfrec_lm.json").read_text())
