@@ -65,6 +65,18 @@ def make_optimizer(config: TrainConfig):
     return optimizer
 
 
+def restore_towers(model, prefix: str) -> None:
+    """Loads the towers and the rating head of a training checkpoint (not its optimizer).
+
+    Args:
+        model: TwoTowerModel. every variable already created, the checkpoint's shapes.
+        prefix: str. a checkpoint prefix (`checkpoint_prefix`).
+    """
+    towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower,
+                                 ranking_head=model.ranking_head)
+    towers.read(prefix).expect_partial().assert_existing_objects_matched()
+
+
 def warm_start_and_compile(model, config: TrainConfig) -> None:
     """Restores the towers and head from `--warm-start` (if any) and compiles the model.
 
@@ -74,9 +86,7 @@ def warm_start_and_compile(model, config: TrainConfig) -> None:
     """
     if config.warm_start:
         # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
-        towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower,
-                                     ranking_head=model.ranking_head)
-        towers.read(checkpoint_prefix(config.warm_start)).expect_partial().assert_existing_objects_matched()
+        restore_towers(model, checkpoint_prefix(config.warm_start))
         logger.info("warm start from %s", config.warm_start)
     model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
 

@@ -24,16 +24,15 @@ from typing import Iterable, Optional
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from tfrec_lm.catalog.table import (CATALOG_FILE, EXPORT_CATALOG_FILE, CatalogChanges, apply_changes,
                                     read_catalog)
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.errors import ConfigError, DataError
+from tfrec_lm.training import METRICS_FILE
 
 logger = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
 
 
 @dataclasses.dataclass
@@ -219,7 +218,7 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
         DataError: a bad items file, an unknown item to retire, or nothing left to recommend.
     """
     from tfrec_lm.export import ServingModule, save_serving_module
-    from tfrec_lm.fitting import checkpoint_prefix
+    from tfrec_lm.fitting import checkpoint_prefix, restore_towers
     from tfrec_lm.models.factory import build_model, create_variables, pretrained_encoder_factory
     from tfrec_lm.models.precision import dtype_policy
 
@@ -251,9 +250,7 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
         old = build_model(config, trained_texts.tolist(), factory,
                           warm_items=np.concatenate([[False], trained["warm"].to_numpy(bool)]), encode_texts=False)
         create_variables(old, _probe_features(config.max_history))
-        towers = tf.train.Checkpoint(user_tower=old.user_tower, item_tower=old.item_tower,
-                                     ranking_head=old.ranking_head)
-        towers.read(prefix).expect_partial().assert_existing_objects_matched()
+        restore_towers(old, prefix)
         new = build_model(config, catalog_texts.tolist(), factory,
                           warm_items=np.concatenate([[False], catalog["warm"].to_numpy(bool)]), encode_texts=False)
         create_variables(new, _probe_features(config.max_history))
