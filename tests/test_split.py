@@ -156,3 +156,42 @@ def test_refresh_split_default_percentiles_and_full_history():
     row = late.evaluation.target.tolist().index(4)
     assert late.evaluation.history[row].tolist() == [3]
     assert late.evaluation.exclude[row].tolist() == [1, 2, 3]
+
+
+def test_examples_point_into_one_table_and_hold_no_history_windows():
+    sequences = make_sequences()
+    split = leave_one_out(sequences, max_history=50)
+    table = sequences.table()
+    for examples in (split.train, split.validation, split.test):
+        assert examples.table is table
+        # 4 + 4 bytes an example (user, target position), whatever H is
+        assert examples.user_index.nbytes + examples.position.nbytes == 8 * len(examples)
+        assert examples.history.shape == (len(examples), 50)
+    assert np.shares_memory(sequences.items[0], table.items)  # the per-user lists are views of the table
+
+
+def test_window_blocks_equal_the_whole_history():
+    test = leave_one_out(make_sequences(), max_history=2).test
+    history, stamps = test.window()
+    for start, stop in ((0, 1), (1, 3), (2, None)):
+        block, block_stamps = test.window(start, stop)
+        np.testing.assert_array_equal(block, history[start:stop])
+        np.testing.assert_array_equal(block_stamps, stamps[start:stop])
+    assert [e.tolist() for e in test.exclude[1:]] == [[], [A]]  # a slice is lazy and the same
+    assert len(test.exclude[1:]) == 2
+
+
+def test_tf_features_equal_examples_to_features():
+    import tensorflow as tf
+
+    from tfrec_lm.data.prepare import examples_to_features
+
+    sequences = refresh_sequences()
+    examples = refresh_split(sequences, max_history=2, q1=50, q2=75).retrain_train
+    rows = np.array([2, 0, 1, 2])
+    cut = {k: v.numpy() for k, v in examples.tf_features()(tf.constant(rows, tf.int64)).items()}
+    whole = examples_to_features(examples.take(rows))
+    assert sorted(cut) == sorted(whole)
+    for name in whole:
+        assert cut[name].dtype == whole[name].dtype, name
+        np.testing.assert_array_equal(cut[name], whole[name], err_msg=name)

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_lm.config import TrainConfig
-from tfrec_lm.data.prepare import PreparedData, examples_to_features
+from tfrec_lm.data.prepare import PreparedData
 from tfrec_lm.data.split import refresh_validation
 from tfrec_lm.distribute import is_chief
 from tfrec_lm.errors import ConfigError
@@ -107,7 +107,7 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
         start: tuple of int. `(epoch, step)` where training starts (a resumed run's backup position).
 
     Returns:
-        tf.data.Dataset. batches of `examples_to_features` dicts. Without `steps_per_epoch` and
+        tf.data.Dataset. batches of feature dicts (`Examples.tf_features`). Without `steps_per_epoch` and
             with `start[1] > 0` it repeats, and `fit` must be given `steps_per_epoch`
             (`resume_steps_per_epoch`).
     """
@@ -115,8 +115,13 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
     options = tf.data.Options()
     # Workers split each global batch (from_tensor_slices has no files to shard by).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    shuffled = (tf.data.Dataset.from_tensor_slices(examples_to_features(train_examples))
+    # Row numbers are shuffled and batched; each batch's histories are cut from the
+    # sequence table only then (memory O(interactions), not O(examples x H)). The order
+    # is the one shuffling the whole feature rows drew: a shuffle's order depends on the
+    # element count, the buffer and the seed only.
+    shuffled = (tf.data.Dataset.range(len(train_examples))
                 .shuffle(min(len(train_examples), 100_000), seed=config.seed, reshuffle_each_iteration=True))
+    features = train_examples.tf_features()
     if config.steps_per_epoch is not None:
         # One iterator for the whole fit: an "epoch" is then steps_per_epoch steps between validations.
         dataset = shuffled.repeat().batch(config.batch_size)
@@ -131,7 +136,7 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
         if step:
             # Mid-epoch: one iterator over the passes from here, `fit` cutting it into epochs.
             dataset = dataset.repeat().skip(step)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+    return dataset.map(features).prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
 def resume_steps_per_epoch(train_examples, config: TrainConfig, start: tuple) -> Optional[int]:

@@ -74,7 +74,8 @@ def require_training_examples(split: LeaveOneOutSplit, sequences) -> None:
 
 
 def examples_to_features(examples: Examples) -> dict:
-    """The model's input features of examples.
+    """The model's input features of examples, made whole (for a few rows: the training
+    pipeline cuts them per batch with `Examples.tf_features`).
 
     Args:
         examples: Examples. n examples with histories of width H.
@@ -83,9 +84,10 @@ def examples_to_features(examples: Examples) -> dict:
         dict. `history` int32 [n, H], `history_timestamps` int64 [n, H], `target` int32 [n],
             `rating` float32 [n] (NaN where unknown).
     """
+    history, timestamps = examples.window()
     return {
-        "history": examples.history.astype(np.int32),
-        "history_timestamps": examples.history_timestamps.astype(np.int64),
+        "history": history.astype(np.int32),
+        "history_timestamps": timestamps.astype(np.int64),
         "target": examples.target.astype(np.int32),
         "rating": examples.rating.astype(np.float32),
     }
@@ -116,16 +118,20 @@ class PreparedData:
     def digest(self) -> str:
         """SHA-256 of what a run trains and is evaluated on (a resumed or finished run must match it).
 
-        Computed once per `PreparedData`: the hex digest over the training, validation and
-        test features and the item texts. str.
+        Computed once per `PreparedData`: the hex digest over the sequences, the training,
+        validation and test examples (users and target positions) and the item texts. str.
         """
         digest = hashlib.sha256()
+        table = self.sequences.table()
+        for name, array in (("items", table.items), ("timestamps", table.timestamps), ("ratings", table.ratings),
+                            ("offsets", table.offsets)):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
         for examples in (self.train_examples, self.split.validation, self.split.test):
-            features = examples_to_features(examples)
-            for name in sorted(features):
-                digest.update(name.encode())
-                digest.update(str(features[name].shape).encode())
-                digest.update(np.ascontiguousarray(features[name]).tobytes())
+            # An example is its user, its target's position and H (the rest is the table's).
+            digest.update(f"examples {len(examples)} H={examples.max_history}".encode())
+            digest.update(np.ascontiguousarray(examples.user_index).tobytes())
+            digest.update(np.ascontiguousarray(examples.position).tobytes())
         items = self.dataset.items
         digest.update("\n".join(f"{i}\t{t}" for i, t in zip(items["item_id"], items["text"])).encode())
         return digest.hexdigest()

@@ -9,6 +9,8 @@ interaction for popularity.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -91,9 +93,27 @@ class UserSequences:
     timestamps: list[np.ndarray]
     ratings: list[np.ndarray]
     vocab_size: int = 0
+    _table: Optional["SequenceTable"] = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+    def table(self) -> "SequenceTable":
+        """All sequences end to end (made once, then shared by every example cut from them).
+
+        Returns:
+            SequenceTable. user u owns positions offsets[u]:offsets[u+1].
+        """
+        if self._table is None:
+            lengths = np.array([len(s) for s in self.items], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+            def cat(parts, dtype):
+                return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+            self._table = SequenceTable(cat(self.items, np.int32), cat(self.timestamps, np.int64),
+                                        cat(self.ratings, np.float32), offsets)
+        return self._table
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """All sequences end to end.
@@ -102,13 +122,8 @@ class UserSequences:
             tuple (items int32 [N], timestamps int64 [N], ratings float32 [N],
                 offsets int64 [U+1]); user u owns positions offsets[u]:offsets[u+1].
         """
-        lengths = np.array([len(s) for s in self.items], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-
-        def cat(parts, dtype):
-            return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
-
-        return cat(self.items, np.int32), cat(self.timestamps, np.int64), cat(self.ratings, np.float32), offsets
+        table = self.table()
+        return table.items, table.timestamps, table.ratings, table.offsets
 
     def resolved_vocab_size(self) -> int:
         """The vocabulary size, resolved.
@@ -116,7 +131,8 @@ class UserSequences:
         Returns:
             int. vocab_size, or the largest item index + 1 when vocab_size is 0.
         """
-        top = max((int(s.max()) for s in self.items if len(s)), default=0)
+        items = self.table().items
+        top = int(items.max()) if len(items) else 0
         return max(self.vocab_size, top + 1)
 
 
@@ -131,51 +147,170 @@ def build_sequences(dataset: Dataset, vocab: ItemVocab) -> UserSequences:
         UserSequences. users in order of first appearance.
     """
     frame = dataset.interactions
-    items = vocab.index(frame["item_id"].to_numpy(dtype=object))
+    ids = frame["item_id"]
+    if isinstance(ids.dtype, pd.CategoricalDtype):  # each distinct id looked up once
+        items = vocab.index(ids.cat.categories.to_numpy(dtype=object))[ids.cat.codes.to_numpy()]
+    else:
+        items = vocab.index(ids.to_numpy(dtype=object))
     if (items == 0).any():
-        unknown = frame["item_id"].to_numpy(dtype=object)[items == 0][:5].tolist()
+        unknown = ids.to_numpy(dtype=object)[items == 0][:5].tolist()
         raise ValueError(f"interactions hold items missing from the vocabulary, e.g. {unknown}")
-    codes, users = pd.factorize(frame["user_id"].to_numpy(dtype=object))
+    codes, users = pd.factorize(frame["user_id"])
     timestamps = frame["timestamp"].to_numpy(dtype=np.int64)
     ratings = frame["rating"].to_numpy(dtype=np.float32)
     by_time = np.argsort(timestamps, kind="stable")
     order = by_time[np.argsort(codes[by_time], kind="stable")]
-    bounds = np.cumsum(np.bincount(codes, minlength=len(users)))[:-1]
-    return UserSequences(
+    counts = np.bincount(codes, minlength=len(users))
+    table = SequenceTable(items[order].astype(np.int32, copy=False), timestamps[order], ratings[order],
+                          np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+    bounds = table.offsets[1:-1]
+    sequences = UserSequences(
         user_ids=np.asarray(users, dtype=object),
-        items=np.split(items[order], bounds),
-        timestamps=np.split(timestamps[order], bounds),
-        ratings=np.split(ratings[order], bounds),
+        items=np.split(table.items, bounds),  # views into the table
+        timestamps=np.split(table.timestamps, bounds),
+        ratings=np.split(table.ratings, bounds),
         vocab_size=vocab.size,
     )
+    sequences._table = table
+    return sequences
+
+
+@dataclass(frozen=True)
+class SequenceTable:
+    """Every user's interactions end to end, the one copy examples are cut from.
+
+    Attributes:
+        items: np.ndarray. int32 [N] vocab indices, each user's time-ordered.
+        timestamps: np.ndarray. int64 [N] Unix seconds.
+        ratings: np.ndarray. float32 [N]; NaN where absent.
+        offsets: np.ndarray. int64 [U+1]; user u owns positions offsets[u]:offsets[u+1].
+    """
+
+    items: np.ndarray
+    timestamps: np.ndarray
+    ratings: np.ndarray
+    offsets: np.ndarray
+
+
+class ExcludeLists(collections.abc.Sequence):
+    """Each evaluation example's full prior history (the items SPEC §2 removes from its
+    candidates), as views into the sequence table, made when read.
+
+    Args:
+        table: SequenceTable. the sequences.
+        starts: np.ndarray int64 [n]. where each example's user begins in the table.
+        stops: np.ndarray int64 [n]. the example's target position in the table (excluded).
+    """
+
+    def __init__(self, table: SequenceTable, starts: np.ndarray, stops: np.ndarray):
+        self._items = table.items
+        self._table = table
+        self._starts = starts
+        self._stops = stops
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ExcludeLists(self._table, self._starts[index], self._stops[index])
+        return self._items[self._starts[index]:self._stops[index]]
 
 
 @dataclass
 class Examples:
-    """(history, target) examples.
+    """(history, target) examples, cut from the sequence table when read.
+
+    An example is its user and its target's position in that user's sequence: 12 bytes,
+    whatever H is. Histories (`history`, `history_timestamps`, `window`) are made from the
+    table on demand, in the blocks a reader asks for; the training pipeline cuts them per
+    batch inside `tf.data` (`tf_features`).
 
     Attributes:
+        table: SequenceTable. the sequences the examples point into.
         user_index: np.ndarray. int32 [n]; index into UserSequences.user_ids.
-        history: np.ndarray. int32 [n, H]; the most recent H items before the target,
+        position: np.ndarray. int32 [n]; the target's position in its user's sequence.
+        max_history: int. H, the width of a history.
+        evaluation: bool. `exclude` holds each example's full prior history (else None).
+
+    Derived (read-only properties):
+        history: np.ndarray int32 [n, H]. the most recent H items before the target,
             oldest first, right-padded with 0.
-        history_timestamps: np.ndarray. int64 [n, H]; 0 at padding.
-        target: np.ndarray. int32 [n].
-        target_timestamp: np.ndarray. int64 [n].
-        rating: np.ndarray. float32 [n]; NaN when absent.
-        exclude: list[np.ndarray] | None. for evaluation: int32 [m_i] every item of the
-            user's full (untruncated) history before the target; None for training.
+        history_timestamps: np.ndarray int64 [n, H]; 0 at padding.
+        target: np.ndarray int32 [n]. target_timestamp: np.ndarray int64 [n].
+        rating: np.ndarray float32 [n]; NaN when absent.
+        exclude: ExcludeLists | None. for evaluation: every item of the user's full
+            (untruncated) history before the target, int32 [m_i] each; None for training.
     """
 
+    table: SequenceTable
     user_index: np.ndarray
-    history: np.ndarray
-    history_timestamps: np.ndarray
-    target: np.ndarray
-    target_timestamp: np.ndarray
-    rating: np.ndarray
-    exclude: list[np.ndarray] | None = None
+    position: np.ndarray
+    max_history: int
+    evaluation: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {self.max_history}")
+        self.user_index = np.asarray(self.user_index, dtype=np.int32)
+        self.position = np.asarray(self.position, dtype=np.int32)
 
     def __len__(self) -> int:
-        return len(self.target)
+        return len(self.user_index)
+
+    @property
+    def source(self) -> np.ndarray:
+        """Each target's position in the sequence table. np.ndarray int64 [n]."""
+        return self.table.offsets[self.user_index] + self.position
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.table.items[self.source]
+
+    @property
+    def target_timestamp(self) -> np.ndarray:
+        return self.table.timestamps[self.source]
+
+    @property
+    def rating(self) -> np.ndarray:
+        return self.table.ratings[self.source]
+
+    @property
+    def exclude(self) -> Optional[ExcludeLists]:
+        if not self.evaluation:
+            return None
+        return ExcludeLists(self.table, self.table.offsets[self.user_index], self.source)
+
+    @property
+    def history(self) -> np.ndarray:
+        return self.window()[0]
+
+    @property
+    def history_timestamps(self) -> np.ndarray:
+        return self.window()[1]
+
+    def window(self, start: int = 0, stop: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+        """The histories of rows start:stop.
+
+        Args:
+            start: int. first row.
+            stop: int or None. one past the last row (None: to the end).
+
+        Returns:
+            tuple (history int32 [m, H], history_timestamps int64 [m, H]).
+        """
+        rows = slice(start, stop)
+        position = self.position[rows].astype(np.int64)
+        source = self.table.offsets[self.user_index[rows]] + position
+        length = np.minimum(position, self.max_history)
+        cols = np.arange(self.max_history, dtype=np.int64)
+        valid = cols[None, :] < length[:, None]
+        at = np.where(valid, (source - length)[:, None] + cols[None, :], 0)
+        if not len(self.table.items):
+            return np.zeros(valid.shape, np.int32), np.zeros(valid.shape, np.int64)
+        history = np.where(valid, self.table.items[at], 0).astype(np.int32)
+        timestamps = np.where(valid, self.table.timestamps[at], 0).astype(np.int64)
+        return history, timestamps
 
     def take(self, indices) -> "Examples":
         """Subset of the examples.
@@ -189,15 +324,43 @@ class Examples:
         idx = np.asarray(indices)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
-        return Examples(
-            user_index=self.user_index[idx],
-            history=self.history[idx],
-            history_timestamps=self.history_timestamps[idx],
-            target=self.target[idx],
-            target_timestamp=self.target_timestamp[idx],
-            rating=self.rating[idx],
-            exclude=None if self.exclude is None else [self.exclude[i] for i in idx],
-        )
+        idx = idx.astype(np.int64)
+        return dataclasses.replace(self, user_index=self.user_index[idx], position=self.position[idx])
+
+    def tf_features(self):
+        """A `tf.data` map function: a batch of row numbers -> that batch's features.
+
+        The table and the examples' users and positions are captured once; each call cuts
+        only its batch's history windows, so a pipeline holds O(interactions) memory, not
+        O(examples x H).
+
+        Returns:
+            callable. int64 [B] row numbers -> dict `history` int32 [B, H],
+                `history_timestamps` int64 [B, H], `target` int32 [B], `rating` float32 [B]
+                (equal to `examples_to_features` of those rows).
+        """
+        import tensorflow as tf
+
+        items = tf.constant(self.table.items, tf.int32)
+        timestamps = tf.constant(self.table.timestamps, tf.int64)
+        ratings = tf.constant(self.table.ratings, tf.float32)
+        source = tf.constant(self.source, tf.int64)
+        length = tf.constant(np.minimum(self.position, self.max_history).astype(np.int64), tf.int64)
+        cols = tf.range(self.max_history, dtype=tf.int64)
+
+        def features(rows):
+            at_target = tf.gather(source, rows)
+            count = tf.gather(length, rows)
+            valid = cols[None, :] < count[:, None]
+            at = tf.where(valid, (at_target - count)[:, None] + cols[None, :], tf.zeros([], tf.int64))
+            return {
+                "history": tf.where(valid, tf.gather(items, at), 0),
+                "history_timestamps": tf.where(valid, tf.gather(timestamps, at), tf.zeros([], tf.int64)),
+                "target": tf.gather(items, at_target),
+                "rating": tf.gather(ratings, at_target),
+            }
+
+        return features
 
 
 def _examples(sequences: UserSequences, users: np.ndarray, positions: np.ndarray, max_history: int, evaluation: bool) -> Examples:
@@ -208,33 +371,13 @@ def _examples(sequences: UserSequences, users: np.ndarray, positions: np.ndarray
         users: np.ndarray int [n]. user of each target.
         positions: np.ndarray int [n]. position of each target in its user's sequence.
         max_history: int. H.
-        evaluation: bool. fill exclude with the full prior history.
+        evaluation: bool. `exclude` is the full prior history.
 
     Returns:
-        Examples.
+        Examples. pointing into `sequences.table()`.
     """
-    if max_history < 1:
-        raise ValueError(f"max_history must be >= 1, got {max_history}")
-    items, timestamps, ratings, offsets = sequences.flat()
-    users = np.asarray(users, dtype=np.int64)
-    positions = np.asarray(positions, dtype=np.int64)
-    glob = offsets[users] + positions
-    length = np.minimum(positions, max_history)
-    cols = np.arange(max_history, dtype=np.int64)
-    valid = cols[None, :] < length[:, None]
-    source = np.where(valid, (glob - length)[:, None] + cols[None, :], 0)
-    history = np.where(valid, items[source] if len(items) else 0, 0).astype(np.int32)
-    history_ts = np.where(valid, timestamps[source] if len(items) else 0, 0).astype(np.int64)
-    exclude = [items[offsets[u] : g].copy() for u, g in zip(users, glob)] if evaluation else None
-    return Examples(
-        user_index=users.astype(np.int32),
-        history=history.reshape(len(users), max_history),
-        history_timestamps=history_ts.reshape(len(users), max_history),
-        target=items[glob].astype(np.int32),
-        target_timestamp=timestamps[glob].astype(np.int64),
-        rating=ratings[glob].astype(np.float32),
-        exclude=exclude,
-    )
+    return Examples(table=sequences.table(), user_index=np.asarray(users, dtype=np.int32),
+                    position=np.asarray(positions, dtype=np.int32), max_history=max_history, evaluation=evaluation)
 
 
 def _positions(sequences: UserSequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

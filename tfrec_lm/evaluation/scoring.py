@@ -35,35 +35,75 @@ def user_embeddings(model, history: np.ndarray, timestamps: np.ndarray, batch_si
         for i in range(0, len(history), batch_size)], axis=0)
 
 
-def score_catalog(model, examples) -> np.ndarray:
-    """Full-catalog scores of evaluation examples.
+EVALUATION_BLOCK = 1024  # evaluation examples scored at once: [block, C+1] float32 scores in memory
+
+
+def catalog_items(model) -> np.ndarray:
+    """Every catalog item's embedding.
+
+    Args:
+        model: TwoTowerModel. the model.
+
+    Returns:
+        np.ndarray float32. [C+1, D]; row 0 is the padding id.
+    """
+    return model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
+
+
+def score_catalog(model, examples, start: int = 0, stop: Optional[int] = None,
+                  items: Optional[np.ndarray] = None) -> np.ndarray:
+    """Full-catalog scores of evaluation examples (rows start:stop).
 
     Args:
         model: TwoTowerModel. the model.
         examples: Examples. n examples (their histories and timestamps are read).
+        start: int. first row.
+        stop: int or None. one past the last row (None: to the end).
+        items: np.ndarray or None. `catalog_items(model)`, when already computed.
 
     Returns:
-        np.ndarray float32. [n, C+1], column 0 (padding) = -inf.
+        np.ndarray float32. [stop - start, C+1], column 0 (padding) = -inf.
     """
-    items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
-    scores = user_embeddings(model, examples.history, examples.history_timestamps) @ items.T
+    items = catalog_items(model) if items is None else items
+    history, timestamps = examples.window(start, stop)
+    scores = user_embeddings(model, history, timestamps) @ items.T
     scores[:, 0] = -np.inf
     return scores
 
 
-def spec_metrics(scores: np.ndarray, examples, slices: dict) -> dict:
-    """SPEC §2 metrics per slice from full-catalog scores.
+def blocked_ranks(scores_of, examples, block: int = EVALUATION_BLOCK) -> np.ndarray:
+    """SPEC §2 full-catalog ranks, `block` examples at a time (memory: one [block, C+1] score block).
 
     Args:
-        scores: np.ndarray float. [n, C+1] scores of the examples.
+        scores_of: callable. (start, stop) -> np.ndarray float [stop - start, C+1], the scores of those rows.
         examples: Examples. their targets and excluded (history) items.
-        slices: dict. slice name -> bool [n].
+        block: int. rows per block.
 
     Returns:
-        dict. `{slice: {metric: value}}`.
+        np.ndarray int64 [n]. 0-based ranks (`metrics.full_catalog_ranks`).
     """
-    ranks = full_catalog_ranks(scores, examples.target, examples.exclude)
-    return sliced_metrics(ranks, slices)
+    targets, exclude = examples.target, examples.exclude
+    ranks = np.empty(len(examples), dtype=np.int64)
+    for start in range(0, len(examples), block):
+        stop = min(start + block, len(examples))
+        ranks[start:stop] = full_catalog_ranks(scores_of(start, stop), targets[start:stop],
+                                               None if exclude is None else exclude[start:stop])
+    return ranks
+
+
+def model_ranks(model, examples, block: int = EVALUATION_BLOCK) -> np.ndarray:
+    """The model's SPEC §2 full-catalog ranks of evaluation examples, in blocks.
+
+    Args:
+        model: TwoTowerModel. the model.
+        examples: Examples. the evaluation examples.
+        block: int. examples scored at once.
+
+    Returns:
+        np.ndarray int64 [n].
+    """
+    items = catalog_items(model)
+    return blocked_ranks(lambda start, stop: score_catalog(model, examples, start, stop, items), examples, block)
 
 
 class ValidationNDCG(tf.keras.callbacks.Callback):
@@ -110,8 +150,7 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
         self._start = time.monotonic() - (self.seconds[-1] if self.seconds else 0.0)
 
     def on_epoch_end(self, epoch, logs=None):
-        scores = score_catalog(self.model, self.examples)
-        ranks = full_catalog_ranks(scores, self.examples.target, self.examples.exclude)
+        ranks = model_ranks(self.model, self.examples)
         ndcg = float(ranking_metrics(ranks, ks=(10,))["NDCG@10"])
         self.history.append(ndcg)
         self.seconds.append(time.monotonic() - self._start)
@@ -155,10 +194,11 @@ def evaluate_test(model, data) -> TestEvaluation:
     test = data.split.test
     histories = [data.sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered
     slices = migration_slices(js_migration_scores(histories, [()] + data.dataset.items["genres"].tolist()))
-    popularity = np.broadcast_to(popularity_scores(data.counts), (len(test.target), data.vocab.size))
+    popularity = popularity_scores(data.counts)
+    popular_ranks = blocked_ranks(lambda start, stop: np.repeat(popularity[None, :], stop - start, axis=0), test)
     metrics = {
-        "model": spec_metrics(score_catalog(model, test), test, slices),
-        "most_popular": spec_metrics(np.array(popularity), test, slices),
+        "model": sliced_metrics(model_ranks(model, test), slices),
+        "most_popular": sliced_metrics(popular_ranks, slices),
     }
     return TestEvaluation(metrics=metrics, slices=slices, histories=histories,
                           timestamps=[data.sequences.timestamps[u][:-1] for u in test.user_index])

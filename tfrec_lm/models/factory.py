@@ -151,6 +151,5 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
                                 item_probability=target_counts / max(target_counts.sum(), 1.0),
                                 warm_items=target_counts > 0)
-            create_variables(model, {name: value[:2] for name, value in
-                                     examples_to_features(data.train_examples).items()})
+            create_variables(model, examples_to_features(data.train_examples.take(np.arange(2))))
     return model
