@@ -134,7 +134,11 @@ def test_all_formats_give_the_same_dataset(tmp_path, fmt):
         frame.to_json(path, orient="records", lines=True)
     ds = load_interactions_file(path)
     assert ds.reports[0].n_bad == 0
-    pd.testing.assert_frame_equal(ds.interactions, frame.astype({"user_id": object, "item_id": object}))
+    interactions = ds.interactions
+    if fmt == "parquet":  # read in batches, ids kept as categoricals (each distinct id once)
+        assert all(isinstance(interactions[c].dtype, pd.CategoricalDtype) for c in ("user_id", "item_id"))
+        interactions = interactions.astype({"user_id": object, "item_id": object})
+    pd.testing.assert_frame_equal(interactions, frame.astype({"user_id": object, "item_id": object}))
     # no items file: catalog in order of first appearance, text = item id
     assert ds.items["item_id"].tolist() == ["a", "b", "c"]
     assert ds.items["text"].tolist() == ["a", "b", "c"]
@@ -414,3 +418,66 @@ def test_tokenize_items_rejects_an_empty_catalog(tokenizer):
     with pytest.raises(ValueError, match="no item texts to tokenize: the catalog is empty"):
         tokenize_items([], tokenizer, 8)
     assert tokenize_items(["alpha"], tokenizer, 8).token_ids.shape == (2, 8)
+
+
+def shards(tmp_path, count=3, users=9, per_user=4):
+    """`count` Parquet shards of `users` users, each user's rows in one shard; and all rows."""
+    rows = [(f"u{u}", f"i{(u * 7 + k) % 11}", 100 * u + k, float(k % 5 + 1))
+            for u in range(users) for k in range(per_user)]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "rating"])
+    folder = tmp_path / "interactions"
+    folder.mkdir()
+    for s in range(count):
+        part = frame[frame["user_id"].str[1:].astype(int) % count == s]
+        part.to_parquet(folder / f"part-{s:05d}.parquet", index=False)
+    return folder, frame
+
+
+def as_objects(frame):
+    return frame.astype({"user_id": object, "item_id": object}).reset_index(drop=True)
+
+
+def test_a_folder_or_glob_of_parquet_shards_reads_every_shard_in_name_order(tmp_path):
+    folder, frame = shards(tmp_path)
+    expected = pd.concat([frame[frame["user_id"].str[1:].astype(int) % 3 == s] for s in range(3)])
+    for path in (folder, folder / "part-*.parquet"):
+        ds = load_interactions_file(path)
+        pd.testing.assert_frame_equal(as_objects(ds.interactions), as_objects(expected))
+        assert [r.source for r in ds.reports] == [str(folder / f"part-{s:05d}.parquet") for s in range(3)]
+    assert load_interactions_file(folder).name == "interactions"
+
+
+def test_a_worker_reads_only_its_own_shards(tmp_path):
+    folder, frame = shards(tmp_path, count=4, users=12)
+    seen = []
+    for index in range(2):
+        ds = load_interactions_file(folder, shard=(index, 2))
+        assert [Path(r.source).name for r in ds.reports] == [f"part-{s:05d}.parquet" for s in (index, index + 2)]
+        users = set(ds.interactions["user_id"].astype(str))
+        assert users == {f"u{u}" for u in range(12) if u % 4 in (index, index + 2)}
+        seen.append(users)
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 12
+    with pytest.raises(DataError, match="5 workers need at least 5 interaction shards"):
+        load_interactions_file(folder, shard=(0, 5))
+
+
+def test_large_parquet_is_validated_in_batches_with_bad_rows_at_their_row_numbers(tmp_path, monkeypatch):
+    import tfrec_lm.data.files as files
+
+    monkeypatch.setattr(files, "PARQUET_BATCH_ROWS", 4)
+    frame = good_frame()
+    frame = pd.concat([frame] * 3, ignore_index=True)
+    frame.loc[5, "timestamp"] = -1  # line 6 (row number + 1), in the second batch of 4
+    path = tmp_path / "inter.parquet"
+    frame.to_parquet(path)
+    ds = load_interactions_file(path)
+    assert [b.line for b in ds.reports[0].bad_rows] == [6] and ds.reports[0].rows_read == len(frame)
+    pd.testing.assert_frame_equal(as_objects(ds.interactions), as_objects(frame.drop(index=5)))
+
+
+def test_shard_paths_that_match_nothing_say_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="must hold \\*.parquet shards"):
+        load_interactions_file(tmp_path / "empty")
+    with pytest.raises(DataError, match="no file matches"):
+        load_interactions_file(tmp_path / "none-*.parquet")

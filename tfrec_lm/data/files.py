@@ -22,6 +22,7 @@ import pandas as pd
 from tfrec_lm.data.schema import (
     BadRow,
     Dataset,
+    LoadReport,
     check_reports,
     items_from_interactions,
     normalize_genres,
@@ -333,17 +334,167 @@ def load_items_file(path: str | Path):
     return validate_items(frame, table.lines, str(path), table.bad_rows)
 
 
-def load_interactions_file(path: str | Path, items_path: str | Path | None = None, strict: bool = False) -> Dataset:
+PARQUET_BATCH_ROWS = 1 << 20  # rows of a Parquet file validated at once (bounded memory for large files)
+
+
+def interaction_files(path: str | Path) -> list[Path]:
+    """The files an `--interactions` value names: one file, a folder of Parquet shards, or a glob.
+
+    Args:
+        path: str | Path. a file; a folder (its `*.parquet` files); or a glob pattern such
+            as `data/part-*.parquet`.
+
+    Returns:
+        list[Path]. sorted by name; one element for a file.
+
+    Raises:
+        DataError: nothing matches, or a folder has no Parquet file.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.parquet") if p.is_file())
+        if not files:
+            raise DataError(f"{path}: a folder of interactions must hold *.parquet shards; found none")
+        return files
+    if any(ch in str(path) for ch in "*?["):
+        anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+        pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(path)
+        files = sorted(p for p in anchor.glob(pattern) if p.is_file())
+        if not files:
+            raise DataError(f"no file matches {path}")
+        unsupported = sorted({p.suffix for p in files if p.suffix.lower() != ".parquet"})
+        if len(files) > 1 and unsupported:
+            raise DataError(f"{path}: shards must be Parquet files; the pattern also matches {unsupported}")
+        return files
+    raise DataError(f"file not found: {path}")
+
+
+def shard_files(files: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """The shards one worker reads: every `count`-th file from `index` (all of them without `shard`).
+
+    Args:
+        files: list[Path]. every shard, sorted.
+        shard: (index, count) or None. this worker and the number of workers.
+
+    Returns:
+        list[Path].
+
+    Raises:
+        DataError: fewer files than workers (a worker would have no data).
+    """
+    if shard is None:
+        return files
+    index, count = shard
+    if len(files) < count:
+        raise DataError(f"{count} workers need at least {count} interaction shards, found {len(files)} "
+                        f"({', '.join(p.name for p in files[:5])}); write one shard per worker or more, "
+                        "each user's interactions in one shard")
+    return files[index::count]
+
+
+def _parquet_columns(path: Path) -> dict:
+    """Lower-cased, stripped column name -> the file's own name, for a Parquet file."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.ParquetFile(path).schema_arrow.names
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read as Parquet ({err})") from err
+    columns = {}
+    for name in names:
+        key = str(name).strip().lower()
+        if key in columns:
+            raise DataError(f"{path}: column names repeat when case is ignored: {names}")
+        columns[key] = name
+    return columns
+
+
+def _as_categories(frame: pd.DataFrame) -> pd.DataFrame:
+    """The id columns as pandas categoricals: a code per row and each distinct id once."""
+    for name in ("user_id", "item_id"):
+        frame[name] = frame[name].astype("category")
+    return frame
+
+
+def _validated_parquet(path: Path, known: pd.Index | None) -> tuple[pd.DataFrame, LoadReport]:
+    """Reads and validates a Parquet interactions file in batches of `PARQUET_BATCH_ROWS` rows.
+
+    Only one batch is ever held as Python strings: each validated batch keeps its ids as
+    categoricals, and the batches are joined at the end.
+
+    Args:
+        path: Path. the file.
+        known: pd.Index or None. catalog item ids (rows with other items are bad).
+
+    Returns:
+        tuple (interactions: pd.DataFrame with categorical ids, report: LoadReport).
+    """
+    import pyarrow.parquet as pq
+
+    columns = _parquet_columns(path)
+    missing = [c for c in INTERACTION_REQUIRED if c not in columns]
+    if missing:
+        raise DataError(f"{path}: missing required column(s): {', '.join(missing)} "
+                        f"(found: {', '.join(columns) or 'none'})")
+    wanted = [c for c in (*INTERACTION_REQUIRED, "rating") if c in columns]
+    frames, bad, rows = [], [], 0
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[columns[c] for c in wanted])
+        for batch in batches:
+            raw = batch.to_pandas()
+            raw.columns = wanted
+            lines = np.arange(rows + 1, rows + len(raw) + 1, dtype=np.int64)
+            frame, report = validate_interactions(raw, lines, str(path), known)
+            frames.append(_as_categories(frame))
+            bad.extend(report.bad_rows)
+            rows += len(raw)
+            del raw
+    except DataError:
+        raise
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: cannot read as Parquet ({err})") from err
+    report = LoadReport(source=str(path), rows_read=rows, bad_rows=bad)
+    if not frames:
+        empty = pd.DataFrame({"user_id": pd.Series([], dtype=object), "item_id": pd.Series([], dtype=object),
+                              "timestamp": np.zeros(0, np.int64), "rating": np.zeros(0)})
+        return _as_categories(empty), report
+    return _concat_interactions(frames), report
+
+
+def _concat_interactions(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Joins validated interaction frames whose ids are categoricals (their categories united)."""
+    from pandas.api.types import union_categoricals
+
+    if len(frames) == 1:
+        return frames[0].reset_index(drop=True)
+    joined = {name: union_categoricals([f[name] for f in frames]) for name in ("user_id", "item_id")}
+    return pd.DataFrame({
+        "user_id": pd.Series(joined["user_id"]),
+        "item_id": pd.Series(joined["item_id"]),
+        "timestamp": np.concatenate([f["timestamp"].to_numpy() for f in frames]),
+        "rating": np.concatenate([f["rating"].to_numpy() for f in frames]),
+    })
+
+
+def load_interactions_file(path: str | Path, items_path: str | Path | None = None, strict: bool = False,
+                           shard: tuple[int, int] | None = None) -> Dataset:
     """Load a user's interactions (and optionally items) into the project's schema.
 
     Args:
-        path: str | Path. interactions file (.csv, .tsv, .parquet, .jsonl/.json).
+        path: str | Path. interactions: a file (.csv, .tsv, .parquet, .jsonl/.json), or
+            Parquet shards (a folder of them, or a glob), read in file-name order. Parquet
+            is read and validated in batches, its ids kept as categoricals.
         items_path: str | Path | None. items file; when given, interactions with items not
             in it are bad rows.
         strict: bool. raise DataError when any row breaks the schema (else report and skip it).
+        shard: (index, count) or None. read only every `count`-th shard from `index` (a
+            multi-worker run's worker `index` of `count`; each user's interactions must
+            lie in one shard). None: every file.
 
     Returns:
-        Dataset. named after the interactions file's stem.
+        Dataset. named after the interactions file's stem (or the folder's name).
     """
     reports = []
     items = None
@@ -352,15 +503,28 @@ def load_interactions_file(path: str | Path, items_path: str | Path | None = Non
         items, items_report = load_items_file(items_path)
         reports.append(items_report)
         known = pd.Index(items["item_id"])
-    table = read_table(path)
-    require_columns(table, INTERACTION_REQUIRED, path)
-    columns = [c for c in (*INTERACTION_REQUIRED, "rating") if c in table.frame.columns]
-    interactions, report = validate_interactions(table.frame[columns], table.lines, str(path), known, table.bad_rows)
-    reports.append(report)
+    files = shard_files(interaction_files(path), shard)
+    parts = []
+    for file in files:
+        if file.suffix.lower() == ".parquet":
+            interactions, report = _validated_parquet(file, known)
+        else:
+            table = read_table(file)
+            require_columns(table, INTERACTION_REQUIRED, file)
+            columns = [c for c in (*INTERACTION_REQUIRED, "rating") if c in table.frame.columns]
+            interactions, report = validate_interactions(table.frame[columns], table.lines, str(file), known,
+                                                         table.bad_rows)
+        parts.append(interactions)
+        reports.append(report)
     check_reports(reports, strict)
     if items is not None:
         require_rows(reports[0], len(items), "items")
-    require_rows(report, len(interactions), "interactions")
+    interaction_reports = reports[1:] if items is not None else reports
+    total = LoadReport(source=str(path), rows_read=sum(r.rows_read for r in interaction_reports),
+                       bad_rows=[b for r in interaction_reports for b in r.bad_rows])
+    interactions = parts[0] if len(parts) == 1 else _concat_interactions(parts)
+    require_rows(total, len(interactions), "interactions")
     if items is None:
         items = items_from_interactions(interactions)
-    return Dataset(name=Path(path).stem, interactions=interactions, items=items, reports=reports)
+    name = Path(path).stem if Path(path).is_file() else Path(str(path).rstrip("/*")).name or "interactions"
+    return Dataset(name=name, interactions=interactions, items=items, reports=reports)

@@ -86,6 +86,8 @@ class Dataset:
         name: str. where the data came from (e.g. "ml-100k").
         interactions: pd.DataFrame. columns user_id (str), item_id (str), timestamp
             (int64, Unix seconds), rating (float64, NaN when absent); file order, index reset.
+            The ids are pandas categoricals of str when read from Parquet (bounded memory
+            for large files), object str otherwise.
         items: pd.DataFrame. columns item_id (str, unique), title (str), year (str, ''
             if unknown), genres (tuple of str), text (str); catalog order, index reset.
         reports: list[LoadReport]. one per file read.
