@@ -131,13 +131,56 @@ def run_case(directory: Path, strategy: str, negatives: str, export: bool = Fals
     return record
 
 
+def write_shards(dataset, directory: Path) -> tuple:
+    """The dataset as two Parquet shards (users split in halves, each user's rows in one shard)
+    and an items file. Returns (shards folder, items file)."""
+    import pandas as pd
+
+    folder = directory / "interactions"
+    folder.mkdir(parents=True, exist_ok=True)
+    users = pd.unique(dataset.interactions["user_id"])
+    halves = np.array_split(users, 2)
+    for index, half in enumerate(halves):
+        rows = dataset.interactions[dataset.interactions["user_id"].isin(half)]
+        rows.to_parquet(folder / f"part-{index:05d}.parquet", index=False)
+    items = dataset.items[["item_id", "text"]].assign(genres=[list(g) for g in dataset.items["genres"]])
+    items.to_parquet(directory / "items.parquet", index=False)
+    return folder, directory / "items.parquet"
+
+
+def sharded_config(directory: Path, folder: Path, items: Path, strategy: str = "multi-worker"):
+    """The sharded case: `--data files` over a folder of two shards, catalog negatives, no export."""
+    return case_config(directory, strategy, "catalog", data="files", interactions=str(folder), items=str(items),
+                       max_train_examples=None, epochs=2, steps_per_epoch=None)
+
+
+def run_sharded(out: Path, run_dir: Path) -> dict:
+    """Trains from two Parquet shards under the multi-worker strategy; records what this worker read and trained."""
+    from tfrec_lm.training import train
+
+    dataset, factory = inputs(out / "inputs")
+    folder, items = write_shards(dataset, out / "data")
+    result = train(sharded_config(run_dir, folder, items), encoder_factory=factory)
+    record = {"users": np.array(sorted(result.dataset.interactions["user_id"].astype(str).unique())),
+              "sources": np.array([r.source for r in result.dataset.reports]),
+              "val_ndcg": np.array(result.validation_ndcg), "counts": result.counts,
+              "test_all_ndcg": np.array(result.metrics["model"]["all"]["NDCG@10"]),
+              "test_all_count": np.array(result.metrics["model"]["all"]["count"]),
+              "popular_all_ndcg": np.array(result.metrics["most_popular"]["all"]["NDCG@10"])}
+    for index, weight in enumerate(result.model.get_weights()):
+        record[f"weight_{index}"] = weight
+    return record
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--logical-devices", type=int, default=0, help="split the CPU into N logical devices")
-    parser.add_argument("--cases", required=True,
+    parser.add_argument("--cases", default="[]",
                         help='JSON list of [name, strategy, negatives, export], e.g. [["m", "mirrored", "catalog", false]]')
     parser.add_argument("--out", required=True, help="where the .npz files go")
     parser.add_argument("--run-dir", help="outputs and exports of every case (default: under --out)")
+    parser.add_argument("--sharded", action="store_true",
+                        help="the sharded case instead of --cases: train from two Parquet shards, one per worker")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
@@ -146,6 +189,9 @@ def main(argv=None) -> int:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_devices)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.sharded:
+        np.savez(out / "sharded.npz", **run_sharded(out, Path(args.run_dir)))
+        return 0
     shared = None
     for name, strategy, negatives, export in json.loads(args.cases):
         if shared is None:

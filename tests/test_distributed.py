@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -105,6 +106,11 @@ class Launched:
             self.start(f"worker{index}", ["--cases", json.dumps(MULTI_WORKER_CASES),
                                           "--out", str(root / f"worker{index}"), "--run-dir", str(root / "shared")],
                        helper_env(TF_CONFIG=tf_config))
+        cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+        for index in range(2):  # a second cluster: each worker reads its own Parquet shard
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            self.start(f"sharded{index}", ["--sharded", "--out", str(root / f"sharded{index}"),
+                                           "--run-dir", str(root / "sharded_run")], helper_env(TF_CONFIG=tf_config))
 
     def start(self, name, args, env):
         self.processes[name] = subprocess.Popen([sys.executable, str(HELPER), *args], env=env,
@@ -133,6 +139,12 @@ def launched(tmp_path_factory):
 def mirrored(launched):
     launched.wait("mirrored")
     return {name: load(launched.root / "mirrored" / f"{name}.npz") for name, *_ in MIRRORED_CASES}
+
+
+@pytest.fixture(scope="module")
+def sharded(launched):
+    launched.wait("sharded0", "sharded1")
+    return launched.root, [load(launched.root / f"sharded{index}" / "sharded.npz") for index in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +288,60 @@ def test_multi_worker_only_the_chief_writes(multi_worker):
     leftovers = [p for p in run.rglob("*") if "workertemp" in p.name]
     assert not leftovers, leftovers
     assert sorted(p.name for p in run.iterdir()) == ["catalog.parquet", "checkpoints", "metrics.json", "tensorboard"]
+
+
+# ---------------------------------------------------------------- sharded input, two processes
+
+
+def test_each_worker_reads_only_its_own_shard(sharded):
+    root, workers = sharded
+    for index, worker in enumerate(workers):
+        assert [Path(p).name for p in worker["sources"]] == ["items.parquet", f"part-{index:05d}.parquet"]
+    users = [set(worker["users"].tolist()) for worker in workers]
+    assert users[0] and users[1] and not users[0] & users[1]
+    frames = [pd.read_parquet(root / "sharded0" / "data" / "interactions" / f"part-{i:05d}.parquet") for i in range(2)]
+    assert users == [set(frame["user_id"]) for frame in frames]
+
+
+def test_sharded_workers_train_one_model_on_global_counts(sharded):
+    root, workers = sharded
+    weights = [key for key in workers[0] if key.startswith("weight_")]
+    assert weights
+    for key in weights:  # in sync after every step
+        np.testing.assert_array_equal(workers[0][key], workers[1][key], err_msg=key)
+    frames = pd.concat([pd.read_parquet(root / "sharded0" / "data" / "interactions" / f"part-{i:05d}.parquet")
+                        for i in range(2)])
+    for worker in workers:  # popularity over both shards, not the worker's own
+        assert worker["counts"].sum() == len(frames) - 2 * frames["user_id"].nunique()
+        np.testing.assert_array_equal(worker["val_ndcg"], workers[0]["val_ndcg"])
+    summary = json.loads((root / "sharded_run" / "run" / "metrics.json").read_text())
+    assert summary["replicas"] == 2 and summary["train_examples"] == len(frames) - 3 * frames["user_id"].nunique()
+
+
+def test_sharded_evaluation_equals_one_process_over_all_data(sharded):
+    """The gathered validation and test metrics are those of one process scoring every user."""
+    import distributed_helper as helper
+
+    from tfrec_lm.data.prepare import prepare_data
+    from tfrec_lm.evaluation.metrics import full_catalog_ranks, ranking_metrics
+    from tfrec_lm.evaluation.scoring import evaluate_test, score_catalog
+    from tfrec_lm.models.factory import build_for_training
+
+    root, workers = sharded
+    dataset, factory = helper.inputs(root / "sharded0" / "inputs")
+    data_dir = root / "sharded0" / "data"
+    config = helper.sharded_config(root / "sharded_run", data_dir / "interactions", data_dir / "items.parquet",
+                                   strategy="default")
+    data = prepare_data(config)
+    assert len(data.split.test) == int(workers[0]["test_all_count"])  # every user, from both shards
+    model = build_for_training(config, data, factory, tf.distribute.get_strategy())
+    model.load_weights(str(root / "sharded_run" / "run" / "checkpoints" / "best.weights")).expect_partial()
+    evaluation = evaluate_test(model, data)
+    for worker in workers:
+        np.testing.assert_allclose(float(worker["test_all_ndcg"]), evaluation.metrics["model"]["all"]["NDCG@10"],
+                                   rtol=1e-6)
+        np.testing.assert_allclose(float(worker["popular_all_ndcg"]),
+                                   evaluation.metrics["most_popular"]["all"]["NDCG@10"], rtol=1e-9)
+    validation = data.split.validation
+    ranks = full_catalog_ranks(score_catalog(model, validation), validation.target, validation.exclude)
+    assert float(ranking_metrics(ranks, ks=(10,))["NDCG@10"]) == pytest.approx(max(workers[0]["val_ndcg"]), rel=1e-6)

@@ -141,3 +141,98 @@ class WorkerOutputs:
     def cleanup(self) -> None:
         if self._temp is not None:
             shutil.rmtree(self._temp, ignore_errors=True)
+
+
+class WorkerGroup:
+    """The workers of a run as a group: which one this process is, and sums and gathers of
+    host arrays over all of them (collective all-reduces of the strategy).
+
+    A run whose workers each read their own interaction shards (`sharded`) holds only its
+    shards' users; what must be global (popularity counts, the sampling probabilities,
+    the validation and test ranks, the data digest) is combined here. Every worker must make
+    the same calls in the same order with the same shapes, as with any collective. Outside a
+    multi-worker cluster it is one worker and every operation is the identity.
+
+    Args:
+        strategy: tf.distribute.Strategy. the run's strategy.
+        sharded: bool. whether each worker reads its own shards of the data.
+
+    Attributes:
+        rank: int. this worker's place: the chief 0, then the workers in index order.
+        count: int. the number of workers (chief included).
+        sharded: bool. as given, and False with one worker.
+    """
+
+    def __init__(self, strategy, sharded: bool = False):
+        self.strategy = strategy
+        resolver = getattr(strategy, "cluster_resolver", None)
+        cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+        if cluster:
+            chiefs = len(cluster.get("chief", []))
+            self.count = chiefs + len(cluster.get("worker", []))
+            self.rank = 0 if resolver.task_type == "chief" else chiefs + int(resolver.task_id)
+        else:
+            self.count, self.rank = 1, 0
+        self.sharded = bool(sharded) and self.count > 1
+
+    @property
+    def shard(self) -> Optional[tuple]:
+        """(rank, count) for a sharded run: the shards this worker reads (`load_interactions_file`); else None."""
+        return (self.rank, self.count) if self.sharded else None
+
+    def sum(self, array):
+        """The element-wise sum of `array` over the workers (float64 inside: integers exact below 2**53).
+
+        Args:
+            array: np.ndarray. the same shape on every worker.
+
+        Returns:
+            np.ndarray. the sum, of `array`'s dtype; `array` itself with one worker.
+        """
+        import numpy as np
+
+        array = np.asarray(array)
+        if not self.sharded:
+            return array
+        import tensorflow as tf
+
+        value = tf.constant(array.astype(np.float64))
+        local = max(1, len(self.strategy.extended.worker_devices))
+
+        def on_replica(context):
+            # one copy of the worker's value per worker, not per local replica
+            return value if context.replica_id_in_sync_group % local == 0 else tf.zeros_like(value)
+
+        per_replica = self.strategy.experimental_distribute_values_from_function(on_replica)
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+        return np.rint(total).astype(array.dtype) if array.dtype.kind in "iub" else total.astype(array.dtype)
+
+    def gather(self, array):
+        """Every worker's rows of `array`, concatenated in rank order (row counts may differ).
+
+        Args:
+            array: np.ndarray. [n_w, ...]; the trailing shape the same on every worker.
+
+        Returns:
+            np.ndarray. [sum of n_w, ...]; `array` itself with one worker.
+        """
+        import numpy as np
+
+        array = np.asarray(array)
+        if not self.sharded:
+            return array
+        lengths = np.zeros(self.count, np.int64)
+        lengths[self.rank] = len(array)
+        lengths = self.sum(lengths)
+        padded = np.zeros((self.count, int(lengths.max()), *array.shape[1:]), array.dtype)
+        padded[self.rank, :len(array)] = array
+        padded = self.sum(padded)
+        return np.concatenate([padded[w, :lengths[w]] for w in range(self.count)], axis=0)
+
+    def max(self, value: int) -> int:
+        """The largest of one integer over the workers."""
+        import numpy as np
+
+        values = np.zeros(self.count, np.int64)
+        values[self.rank] = value
+        return int(self.sum(values).max())

@@ -91,7 +91,8 @@ def warm_start_and_compile(model, config: TrainConfig) -> None:
     model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
 
 
-def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0)) -> tf.data.Dataset:
+def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0), batch_size: Optional[int] = None,
+                     batches_per_step: int = 1, shard_policy=None) -> tf.data.Dataset:
     """The shuffled, batched, prefetched training pipeline, sharded by data across workers.
 
     The shuffle draws a new order for each new iterator (`reshuffle_each_iteration`, from
@@ -105,6 +106,12 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
         train_examples: Examples. the rows to train on.
         config: TrainConfig. reads `seed`, `batch_size` (global) and `steps_per_epoch` (repeat when set).
         start: tuple of int. `(epoch, step)` where training starts (a resumed run's backup position).
+        batch_size: int or None. the batch of this pipeline (`config.batch_size` when None; a
+            sharded run's per-replica batch).
+        batches_per_step: int. batches one training step takes from this pipeline (a sharded
+            run: the worker's local replicas), for a resumed run's skip.
+        shard_policy: tf.data.experimental.AutoShardPolicy or None. how a multi-worker
+            strategy splits the pipeline (DATA when None: workers split each global batch).
 
     Returns:
         tf.data.Dataset. batches of feature dicts (`Examples.tf_features`). Without `steps_per_epoch` and
@@ -112,9 +119,12 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
             (`resume_steps_per_epoch`).
     """
     epoch, step = start
+    batch_size = batch_size or config.batch_size
     options = tf.data.Options()
-    # Workers split each global batch (from_tensor_slices has no files to shard by).
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # Workers split each global batch (the rows are in memory: no files to shard by); a
+    # sharded run's workers each hold their own rows (OFF).
+    options.experimental_distribute.auto_shard_policy = (tf.data.experimental.AutoShardPolicy.DATA
+                                                         if shard_policy is None else shard_policy)
     # Row numbers are shuffled and batched; each batch's histories are cut from the
     # sequence table only then (memory O(interactions), not O(examples x H)). The order
     # is the one shuffling the whole feature rows drew: a shuffle's order depends on the
@@ -124,11 +134,11 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
     features = train_examples.tf_features()
     if config.steps_per_epoch is not None:
         # One iterator for the whole fit: an "epoch" is then steps_per_epoch steps between validations.
-        dataset = shuffled.repeat().batch(config.batch_size)
+        dataset = shuffled.repeat().batch(batch_size)
         if epoch or step:
-            dataset = dataset.skip(epoch * config.steps_per_epoch + step)
+            dataset = dataset.skip((epoch * config.steps_per_epoch + step) * batches_per_step)
     else:
-        dataset = shuffled.batch(config.batch_size)
+        dataset = shuffled.batch(batch_size)
         # Uninterrupted, epoch e trains on the (e + 1)-th order drawn (Keras's first iterator
         # goes unused); a resumed fit's first epoch must too.
         for _ in range(epoch + 1 if step else epoch):
@@ -137,6 +147,26 @@ def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0))
             # Mid-epoch: one iterator over the passes from here, `fit` cutting it into epochs.
             dataset = dataset.repeat().skip(step)
     return dataset.map(features).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def sharded_training_input(train_examples, config: TrainConfig, start: tuple):
+    """The input of a sharded run's `fit`: each worker's own rows, batched per replica.
+
+    Args:
+        train_examples: Examples. this worker's rows.
+        config: TrainConfig. with `steps_per_epoch` set (the pipeline repeats).
+        start: tuple of int. `(epoch, step)` where training starts.
+
+    Returns:
+        tf.keras.utils.experimental.DatasetCreator. Keras calls it on each worker with the
+            worker's input context (`training_dataset` with the per-replica batch, not sharded).
+    """
+    def per_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local = max(1, context.num_replicas_in_sync // context.num_input_pipelines)
+        return training_dataset(train_examples, config, start, batch_size=context.get_per_replica_batch_size(
+            config.batch_size), batches_per_step=local, shard_policy=tf.data.experimental.AutoShardPolicy.OFF)
+
+    return tf.keras.utils.experimental.DatasetCreator(per_worker)
 
 
 def resume_steps_per_epoch(train_examples, config: TrainConfig, start: tuple) -> Optional[int]:
@@ -415,6 +445,12 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     # Every worker reads the chief's backup (a non-chief's output_dir is a temporary one).
     backup_dir = Path(config.output_dir) / BACKUP_DIR
     prepare_backup(backup_dir, run_identity(config, data), chief)
+    workers = data.workers if data.workers is not None and data.workers.sharded else None
+    if workers is not None:
+        # Each worker trains on its own rows, batch_size / workers of them a step, repeating
+        # them; an epoch (unless --steps-per-epoch) is the largest worker's pass.
+        passes = workers.max(math.ceil(len(data.train_examples) * workers.count / config.batch_size))
+        config = config.replace(steps_per_epoch=config.steps_per_epoch or passes)
     passes = math.ceil(len(data.train_examples) / config.batch_size)
     start = backup_position(backup_dir, config.steps_per_epoch or passes)
     resume = resume_state(backup_dir, start)
@@ -422,7 +458,8 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
         logger.info("resuming from the backup in %s at epoch %d, step %d", backup_dir, start[0] + 1, start[1])
     start = start or (0, 0)
     validation = ValidationNDCG(refresh_validation(data.split.validation, config.since),
-                                None if config.time_budget_minutes is None else 60 * config.time_budget_minutes)
+                                None if config.time_budget_minutes is None else 60 * config.time_budget_minutes,
+                                workers=workers)
     early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
                                                       restore_best_weights=True)
     # Under a multi-worker strategy both callbacks write on the chief only (Keras).
@@ -445,7 +482,8 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
         model.set_weights(early_stopping.best_weights)
         history = dict(backup.history)
     else:
-        train_ds = training_dataset(data.train_examples, config, start)
+        train_ds = (training_dataset(data.train_examples, config, start) if workers is None
+                    else sharded_training_input(data.train_examples, config, start))
         fitted = model.fit(train_ds, epochs=config.epochs,
                            steps_per_epoch=resume_steps_per_epoch(data.train_examples, config, start),
                            callbacks=callbacks, verbose=verbose)

@@ -26,7 +26,7 @@ from tfrec_lm.config import TrainConfig
 from tfrec_lm.data.prepare import PreparedData, prepare_data
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import ItemVocab, LeaveOneOutSplit
-from tfrec_lm.distribute import WorkerOutputs, make_strategy
+from tfrec_lm.distribute import WorkerGroup, WorkerOutputs, make_strategy
 from tfrec_lm.evaluation.scoring import TestEvaluation, evaluate_test
 from tfrec_lm.fitting import BACKUP_DIR, FitResult, checkpoint_prefix, fit, run_identity, write_json_atomically
 from tfrec_lm.models.factory import EncoderFactory, build_for_training
@@ -103,7 +103,8 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     outputs = WorkerOutputs(strategy, config.output_dir, config.export_base)
     try:
         tf.keras.utils.set_random_seed(config.seed)
-        data = prepare_data(config, dataset)
+        workers = WorkerGroup(strategy, sharded=reads_shards(config, dataset))
+        data = prepare_data(config, dataset, workers)
         recorded = finished_run(config, data)
         model = build_for_training(config, data, encoder_factory, strategy)
         if recorded is not None:
@@ -113,6 +114,24 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         return export_and_record(config, model, data, fitted, evaluation, strategy, outputs)
     finally:
         outputs.cleanup()
+
+
+def reads_shards(config: TrainConfig, dataset: Optional[Dataset]) -> bool:
+    """Whether each worker of a multi-worker run reads only its own interaction shards.
+
+    Args:
+        config: TrainConfig. `--strategy multi-worker` with `--data files` and `--interactions`
+            naming several Parquet files (a folder or a glob).
+        dataset: Dataset or None. data given in memory (then every worker holds it all).
+
+    Returns:
+        bool.
+    """
+    if dataset is not None or config.strategy != "multi-worker" or config.data != "files":
+        return False
+    from tfrec_lm.data.files import interaction_files
+
+    return len(interaction_files(config.interactions)) > 1
 
 
 def finished_run(config: TrainConfig, data: PreparedData) -> Optional[dict]:
@@ -201,14 +220,16 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
             from tfrec_lm.evaluation.export_eval import evaluate_export
 
             metrics["export"] = evaluate_export(result.export_path, evaluation.histories, evaluation.timestamps,
-                                                data.split.test.target, data.vocab.ids, evaluation.slices)
+                                                data.split.test.target, data.vocab.ids, evaluation.slices,
+                                                gather=data.workers.gather if data.workers is not None else None)
     summary = {
         "config": config.to_dict(),
         "test": metrics,
         "validation_ndcg_at_10": fitted.validation_ndcg,
         "validation_seconds": fitted.validation_seconds,
         "train_seconds": fitted.train_seconds,
-        "train_examples": len(data.train_examples),
+        "train_examples": int(data.workers.sum(np.array([len(data.train_examples)]))[0]
+                              if data.workers is not None else len(data.train_examples)),
         "export_path": str(result.export_path) if result.export_path else None,
         "train_loss": fitted.history.get("loss", []),
         "replicas": strategy.num_replicas_in_sync,

@@ -50,8 +50,17 @@ def load_dataset(data: str = "ml-100k", data_source: str = "auto", interactions:
     return movielens.load_movielens_100k(movielens_100k_dir(progress=progress), strict=strict)
 
 
-def load_training_data(config: TrainConfig) -> Dataset:
-    """Reads the data source `config` names (`data`, `data_source`, `interactions`, `items`, `strict`)."""
+def load_training_data(config: TrainConfig, shard: Optional[tuple] = None) -> Dataset:
+    """Reads the data source `config` names (`data`, `data_source`, `interactions`, `items`, `strict`).
+
+    Args:
+        config: TrainConfig. the data options.
+        shard: (index, count) or None. with `--data files`: read only this worker's Parquet shards.
+    """
+    if shard is not None:
+        from tfrec_lm.data.files import load_interactions_file
+
+        return load_interactions_file(config.interactions, config.items, strict=config.strict, shard=shard)
     return load_dataset(config.data, config.data_source, config.interactions, config.items, strict=config.strict)
 
 
@@ -102,7 +111,9 @@ class PreparedData:
         vocab: ItemVocab. item index <-> item id (index 0 padding).
         sequences: UserSequences. each user's time-ordered items and timestamps.
         split: LeaveOneOutSplit. SPEC §2 train / validation / test examples.
-        counts: np.ndarray. [C+1] training interaction counts (popularity).
+        counts: np.ndarray. [C+1] training interaction counts (popularity), over every worker's data.
+        target_counts: np.ndarray. [C+1] training targets per item (the sampling probabilities
+            and which items are warm), over every worker's data.
         train_examples: Examples. the rows `fit` trains on: `split.train`, cut to a refresh
             window (`since`, `replay`) and to `max_train_examples` (most recent kept).
     """
@@ -112,7 +123,9 @@ class PreparedData:
     sequences: UserSequences
     split: LeaveOneOutSplit
     counts: np.ndarray
+    target_counts: np.ndarray
     train_examples: Examples
+    workers: Optional[object] = None  # distribute.WorkerGroup of a sharded run: the digest covers every worker's data
 
     @functools.cached_property
     def digest(self) -> str:
@@ -134,16 +147,21 @@ class PreparedData:
             digest.update(np.ascontiguousarray(examples.position).tobytes())
         items = self.dataset.items
         digest.update("\n".join(f"{i}\t{t}" for i, t in zip(items["item_id"], items["text"])).encode())
+        if self.workers is not None and self.workers.sharded:  # every worker's data, in rank order
+            every = self.workers.gather(np.frombuffer(digest.digest(), np.uint8)[None, :])
+            return hashlib.sha256(every.tobytes()).hexdigest()
         return digest.hexdigest()
 
 
-def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None) -> PreparedData:
+def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers=None) -> PreparedData:
     """Reads (unless given), indexes and splits the data, and chooses the training rows.
 
     Args:
         config: TrainConfig. reads the data options, `max_history`, `since`, `replay`, `seed`,
             `max_train_examples`.
         dataset: Dataset or None. already-loaded data; read from `config` when None.
+        workers: tfrec_lm.distribute.WorkerGroup or None. a sharded multi-worker run: this
+            worker reads only its shards, and the counts (and the digest) are summed over the workers.
 
     Returns:
         PreparedData.
@@ -151,17 +169,24 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None) -> Prep
     Raises:
         DataError: no training example; ConfigError: no training interaction at or after `since`.
     """
-    dataset = dataset if dataset is not None else load_training_data(config)
+    shard = workers.shard if workers is not None else None
+    dataset = dataset if dataset is not None else load_training_data(config, shard)
     vocab = build_vocab(dataset.items)
     sequences = build_sequences(dataset, vocab)
     split = leave_one_out(sequences, config.max_history)
     require_training_examples(split, sequences)
     counts = train_interaction_counts(split)
+    target_counts = np.bincount(split.train.target, minlength=vocab.size).astype(np.int64)
+    if workers is not None:
+        counts, target_counts = workers.sum(counts), workers.sum(target_counts)
     train_examples = split.train
     if config.since is not None:
         train_examples = train_examples.take(refresh_examples(train_examples.target_timestamp, config))
     if config.max_train_examples is not None and len(train_examples) > config.max_train_examples:
         keep = np.argsort(-train_examples.target_timestamp, kind="stable")[: config.max_train_examples]
         train_examples = train_examples.take(np.sort(keep))
-    return PreparedData(dataset=dataset, vocab=vocab, sequences=sequences, split=split, counts=counts,
-                        train_examples=train_examples)
+    data = PreparedData(dataset=dataset, vocab=vocab, sequences=sequences, split=split, counts=counts,
+                        target_counts=target_counts, train_examples=train_examples, workers=workers)
+    if workers is not None and workers.sharded:
+        _ = data.digest  # a collective: now, at the same point on every worker
+    return data

@@ -25,7 +25,8 @@ def history_requests(histories, timestamps, vocab_ids) -> tuple[np.ndarray, np.n
     return batch["history_item_ids"], batch["history_timestamps"]
 
 
-def evaluate_export(export_path, histories, timestamps, targets, vocab_ids, slices, batch_size: int = 128) -> dict:
+def evaluate_export(export_path, histories, timestamps, targets, vocab_ids, slices, batch_size: int = 128,
+                    gather=None) -> dict:
     """Queries `serving_default` with each user's full history and scores its top-K.
 
     Args:
@@ -36,6 +37,8 @@ def evaluate_export(export_path, histories, timestamps, targets, vocab_ids, slic
         vocab_ids: np.ndarray of str. [C+1] index -> item id.
         slices: dict of str -> bool np.ndarray. user slices.
         batch_size: int. users per request.
+        gather: callable or None. a sharded run's `WorkerGroup.gather`: `histories` are this
+            worker's users, `slices` every worker's; the ranks are gathered before the metrics.
 
     Returns:
         dict slice -> metric -> value, for k=10 (the export's K must be >= 10).
@@ -46,15 +49,15 @@ def evaluate_export(export_path, histories, timestamps, targets, vocab_ids, slic
 
     load_scann_ops()
     serve = tf.saved_model.load(str(export_path)).signatures["serving_default"]
-    ids, times = history_requests(histories, timestamps, vocab_ids)
     returned = []
-    for start in range(0, len(ids), batch_size):
-        out = serve(history_item_ids=tf.constant(ids[start:start + batch_size].astype(str)),
-                    history_timestamps=tf.constant(times[start:start + batch_size]))
+    for start in range(0, len(histories), batch_size):  # requests made per batch: memory of one batch
+        ids, times = history_requests(histories[start:start + batch_size], timestamps[start:start + batch_size],
+                                      vocab_ids)
+        out = serve(history_item_ids=tf.constant(ids.astype(str)), history_timestamps=tf.constant(times))
         returned.append(out["item_ids"].numpy())
-    topk = np.concatenate(returned, axis=0)
+    topk = np.concatenate(returned, axis=0) if returned else np.zeros((0, 10), dtype=object)
     if topk.shape[1] < 10:
         raise ValueError(f"the export returns K={topk.shape[1]} items; NDCG@10 needs K >= 10")
     target_ids = np.asarray(vocab_ids, dtype=object)[np.asarray(targets, dtype=np.int64)].astype(str)
     ranks = ranks_from_topk(topk, target_ids)
-    return sliced_metrics(ranks, slices, ks=(10,))
+    return sliced_metrics(ranks if gather is None else gather(ranks), slices, ks=(10,))

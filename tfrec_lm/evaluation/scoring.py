@@ -113,15 +113,18 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
         examples: Examples. the validation examples.
         budget_seconds: float or None. stop training after the first epoch that ends later
             than this many seconds after `fit` started.
+        workers: tfrec_lm.distribute.WorkerGroup or None. a sharded run: each worker ranks
+            its own users and the ranks are gathered, so every worker sees the NDCG@10 of all.
 
     Attributes:
         history: list of float. validation NDCG@10 after each epoch.
         seconds: list of float. seconds since `fit` started at each of those evaluations.
     """
 
-    def __init__(self, examples, budget_seconds: Optional[float] = None):
+    def __init__(self, examples, budget_seconds: Optional[float] = None, workers=None):
         super().__init__()
         self.examples = examples
+        self.workers = workers
         self.history: list[float] = []
         self.seconds: list[float] = []
         self.budget_seconds = budget_seconds
@@ -151,6 +154,8 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         ranks = model_ranks(self.model, self.examples)
+        if self.workers is not None:
+            ranks = self.workers.gather(ranks)
         ndcg = float(ranking_metrics(ranks, ks=(10,))["NDCG@10"])
         self.history.append(ndcg)
         self.seconds.append(time.monotonic() - self._start)
@@ -184,21 +189,26 @@ class TestEvaluation:
 def evaluate_test(model, data) -> TestEvaluation:
     """Scores the model and the most-popular baseline on the test targets, per migration slice.
 
+    In a sharded run (`data.workers`) each worker ranks its own test users; the ranks and
+    the migration scores are gathered, so the metrics and slices are those of every user.
+
     Args:
         model: TwoTowerModel. the trained model.
         data: tfrec_lm.data.prepare.PreparedData. the prepared data.
 
     Returns:
-        TestEvaluation.
+        TestEvaluation. `histories` and `timestamps` are this worker's test users'.
     """
+    gather = data.workers.gather if data.workers is not None else (lambda array: array)
     test = data.split.test
     histories = [data.sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered
-    slices = migration_slices(js_migration_scores(histories, [()] + data.dataset.items["genres"].tolist()))
+    migration = gather(js_migration_scores(histories, [()] + data.dataset.items["genres"].tolist()))
+    slices = migration_slices(migration)
     popularity = popularity_scores(data.counts)
     popular_ranks = blocked_ranks(lambda start, stop: np.repeat(popularity[None, :], stop - start, axis=0), test)
     metrics = {
-        "model": sliced_metrics(model_ranks(model, test), slices),
-        "most_popular": sliced_metrics(popular_ranks, slices),
+        "model": sliced_metrics(gather(model_ranks(model, test)), slices),
+        "most_popular": sliced_metrics(gather(popular_ranks), slices),
     }
     return TestEvaluation(metrics=metrics, slices=slices, histories=histories,
                           timestamps=[data.sequences.timestamps[u][:-1] for u in test.user_index])

@@ -145,7 +145,7 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
         TwoTowerModel. built, not compiled.
     """
     encoder_factory = encoder_factory or pretrained_encoder_factory(config.encoder)
-    target_counts = np.bincount(data.split.train.target, minlength=data.vocab.size).astype(np.float64)
+    target_counts = data.target_counts.astype(np.float64)
     with strategy.scope():
         with dtype_policy(config.mixed_precision):
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
