@@ -99,18 +99,24 @@ def run_training(config: TrainConfig, dataset, encoder_factory) -> TrainedRun:
     from tfrec_lm.evaluation.scoring import evaluate_test
     from tfrec_lm.fitting import fit
     from tfrec_lm.models.factory import build_for_training
-    from tfrec_lm.training import export_and_record
+    from tfrec_lm.training import StageClock, export_and_record
 
     config.validate()
     strategy = make_strategy(config.strategy)
     outputs = WorkerOutputs(strategy, config.output_dir, config.export_base)
+    stages = StageClock()
     try:
         tf.keras.utils.set_random_seed(config.seed)
         data = prepare_data(config, dataset)
+        stages.done("data")
         model = build_for_training(config, data, encoder_factory, strategy)
+        stages.done("model")
         initial = [(v, v.numpy().copy()) for v in model.variables]
         fitted = fit(config, model, data, strategy, outputs.output_dir)
-        result = export_and_record(config, model, data, fitted, evaluate_test(model, data), strategy, outputs)
+        stages.done("fit")
+        evaluation = evaluate_test(model, data)
+        stages.done("evaluation")
+        result = export_and_record(config, model, data, fitted, evaluation, strategy, outputs, stages)
     finally:
         outputs.cleanup()
     return TrainedRun(result=result, config=config, initial=initial)

@@ -316,6 +316,7 @@ def test_sharded_workers_train_one_model_on_global_counts(sharded):
         np.testing.assert_array_equal(worker["val_ndcg"], workers[0]["val_ndcg"])
     summary = json.loads((root / "sharded_run" / "run" / "metrics.json").read_text())
     assert summary["replicas"] == 2 and summary["train_examples"] == len(frames) - 3 * frames["user_id"].nunique()
+    assert list(summary["stages"]) == ["data", "model", "fit", "evaluation", "export"]  # train() times its stages
 
 
 def test_sharded_evaluation_equals_one_process_over_all_data(sharded):

@@ -164,6 +164,12 @@ def test_training_writes_its_outputs(item_sequence_run):
         item_sequence_run.result.metrics["model"]["all"]["HR@10"])
     assert summary["export_path"] is None and item_sequence_run.result.export_path is None
     assert list((output / "checkpoints").glob("best.weights*"))
+    # each stage's wall seconds and the process's peak memory so far (benchmarks/scale.py reads them)
+    stages = summary["stages"]
+    assert list(stages) == ["data", "model", "fit", "evaluation", "export"]
+    peaks = [stage["peak_rss_bytes"] for stage in stages.values()]
+    assert all(stage["seconds"] >= 0 for stage in stages.values()) and peaks == sorted(peaks) and peaks[0] > 10 ** 7
+    assert 0 < summary["validation_scoring_seconds"] < stages["fit"]["seconds"]
 
 
 def test_item_sequence_model_beats_most_popular(item_sequence_run):

@@ -410,12 +410,15 @@ class FitResult:
         validation_seconds: list of float. seconds since `fit` started at each of those evaluations.
         train_seconds: float. wall time of `fit`.
         history: dict. Keras `fit` logs per epoch.
+        validation_scoring_seconds: float. of `train_seconds`, the time spent scoring the
+            validation users (`ValidationNDCG`) in this process's `fit`.
     """
 
     validation_ndcg: list
     validation_seconds: list
     train_seconds: float
     history: dict
+    validation_scoring_seconds: float = 0.0
 
 
 def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Path, verbose: int = 0) -> FitResult:
@@ -496,4 +499,4 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     train_seconds = time.monotonic() - start_time + (resume["validation"]["seconds"][-1]
                                                      if resume and resume["validation"]["seconds"] else 0.0)
     return FitResult(validation_ndcg=validation.history, validation_seconds=validation.seconds,
-                     train_seconds=train_seconds, history=history)
+                     train_seconds=train_seconds, history=history, validation_scoring_seconds=validation.scoring_seconds)

@@ -14,7 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import resource
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -101,19 +104,49 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     if config.warm_start:
         checkpoint_prefix(config.warm_start)  # fail before any work on a bad path
     outputs = WorkerOutputs(strategy, config.output_dir, config.export_base)
+    stages = StageClock()
     try:
         tf.keras.utils.set_random_seed(config.seed)
         workers = WorkerGroup(strategy, sharded=reads_shards(config, dataset))
         data = prepare_data(config, dataset, workers)
+        stages.done("data")
         recorded = finished_run(config, data)
         model = build_for_training(config, data, encoder_factory, strategy)
+        stages.done("model")
         if recorded is not None:
             return recorded_result(config, model, data, recorded)
         fitted = fit(config, model, data, strategy, outputs.output_dir, verbose)
+        stages.done("fit")
         evaluation = evaluate_test(model, data)
-        return export_and_record(config, model, data, fitted, evaluation, strategy, outputs)
+        stages.done("evaluation")
+        return export_and_record(config, model, data, fitted, evaluation, strategy, outputs, stages)
     finally:
         outputs.cleanup()
+
+
+class StageClock:
+    """Wall seconds and this process's peak resident memory at the end of each stage of `train`.
+
+    Attributes:
+        stages: dict. stage name -> `{"seconds": float, "peak_rss_bytes": int}`; the peak is
+            the process's high-water mark so far (it includes the earlier stages).
+    """
+
+    def __init__(self):
+        self.stages: dict = {}
+        self._last = time.monotonic()
+
+    def done(self, name: str) -> None:
+        """Records the stage that just ended."""
+        now = time.monotonic()
+        self.stages[name] = {"seconds": now - self._last, "peak_rss_bytes": peak_rss_bytes()}
+        self._last = now
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far, in bytes (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def reads_shards(config: TrainConfig, dataset: Optional[Dataset]) -> bool:
@@ -188,7 +221,8 @@ def recorded_result(config: TrainConfig, model: TwoTowerModel, data: PreparedDat
 
 
 def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedData, fitted: FitResult,
-                      evaluation: TestEvaluation, strategy, outputs: WorkerOutputs) -> TrainResult:
+                      evaluation: TestEvaluation, strategy, outputs: WorkerOutputs,
+                      stages: Optional[StageClock] = None) -> TrainResult:
     """The last stage: exports (with `config.export`), scores the export, writes `metrics.json`.
 
     Args:
@@ -200,6 +234,7 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
             added to its `metrics` under `"export"`.
         strategy: tf.distribute.Strategy. for the replica count in `metrics.json`.
         outputs: WorkerOutputs. where this worker writes (a non-chief worker: a temporary directory).
+        stages: StageClock or None. the earlier stages' times; `metrics.json` records them and this one's (`stages`).
 
     Returns:
         TrainResult.
@@ -235,6 +270,10 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
         "replicas": strategy.num_replicas_in_sync,
         "data_digest": data.digest,
     }
+    if stages is not None:
+        stages.done("export")
+        summary["stages"] = stages.stages
+        summary["validation_scoring_seconds"] = fitted.validation_scoring_seconds
     write_json_atomically(outputs.output_dir / METRICS_FILE, summary)  # whole or absent, for a run killed meanwhile
     # The run is recorded: its backup (for a run that dies before this point) is done with.
     shutil.rmtree(outputs.output_dir / BACKUP_DIR, ignore_errors=True)

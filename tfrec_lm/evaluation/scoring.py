@@ -119,12 +119,14 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
     Attributes:
         history: list of float. validation NDCG@10 after each epoch.
         seconds: list of float. seconds since `fit` started at each of those evaluations.
+        scoring_seconds: float. the time this callback spent scoring (in this process).
     """
 
     def __init__(self, examples, budget_seconds: Optional[float] = None, workers=None):
         super().__init__()
         self.examples = examples
         self.workers = workers
+        self.scoring_seconds = 0.0
         self.history: list[float] = []
         self.seconds: list[float] = []
         self.budget_seconds = budget_seconds
@@ -153,11 +155,13 @@ class ValidationNDCG(tf.keras.callbacks.Callback):
         self._start = time.monotonic() - (self.seconds[-1] if self.seconds else 0.0)
 
     def on_epoch_end(self, epoch, logs=None):
+        began = time.monotonic()
         ranks = model_ranks(self.model, self.examples)
         if self.workers is not None:
             ranks = self.workers.gather(ranks)
         ndcg = float(ranking_metrics(ranks, ks=(10,))["NDCG@10"])
         self.history.append(ndcg)
+        self.scoring_seconds += time.monotonic() - began
         self.seconds.append(time.monotonic() - self._start)
         if logs is not None:
             logs["val_ndcg_at_10"] = ndcg
