@@ -203,7 +203,6 @@ class ExcludeLists(collections.abc.Sequence):
     """
 
     def __init__(self, table: SequenceTable, starts: np.ndarray, stops: np.ndarray):
-        self._items = table.items
         self._table = table
         self._starts = starts
         self._stops = stops
@@ -214,7 +213,7 @@ class ExcludeLists(collections.abc.Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return ExcludeLists(self._table, self._starts[index], self._stops[index])
-        return self._items[self._starts[index]:self._stops[index]]
+        return self._table.items[self._starts[index]:self._stops[index]]
 
 
 @dataclass
