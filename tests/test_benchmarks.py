@@ -191,3 +191,131 @@ def test_sasrec_baseline_learns_the_synthetic_migration():
     assert learned["all"]["HR@10"] > 0.8
     assert learned["all"]["NDCG@10"] > popular["all"]["NDCG@10"] + 0.15
     assert learned["migrating"]["NDCG@10"] > popular["migrating"]["NDCG@10"] + 0.15
+
+
+def _sasrec_toy_split(lengths, max_history):
+    """Users with the given sequence lengths: train items count up from 1 per user (offset
+    by 100 per user), validation and test items are 900 + user and 950 + user."""
+    from tfrec_lm.data.split import UserSequences, leave_one_out
+
+    items = [np.array([100 * u + 1 + i for i in range(n - 2)] + [900 + u, 950 + u], dtype=np.int32)
+             for u, n in enumerate(lengths)]
+    sequences = UserSequences(user_ids=np.array([f"u{u}" for u in range(len(lengths))], dtype=object),
+                              items=items, timestamps=[np.arange(n, dtype=np.int64) for n in lengths],
+                              ratings=[np.full(n, np.nan, np.float32) for n in lengths], vocab_size=1000)
+    return items, leave_one_out(sequences, max_history)
+
+
+def test_sasrec_causal_windows_cover_each_training_target_once_and_leak_nothing():
+    import sasrec
+
+    lengths, width = [3, 4, 9, 14, 25, 7], 5  # 0, 1, 6, 11, 22 and 4 training targets
+    items, split = _sasrec_toy_split(lengths, width)
+    windows = sasrec.causal_windows(split.train, width)
+    inputs, targets, position, user = windows["inputs"], windows["targets"], windows["position"], windows["user"]
+    # ceil(targets / H) windows per user, users in order, none for the user with no target.
+    assert user.tolist() == [1, 2, 2, 3, 3, 3, 4, 4, 4, 4, 4, 5]
+    real = targets != 0
+    assert ((position >= 0) == real).all() and (inputs[~real] == 0).all()
+    # Every training target of the prefix objective exactly once, nothing else.
+    covered = sorted(zip(np.repeat(user, real.sum(axis=1)).tolist(), position[real].tolist()))
+    expected = sorted(zip(split.train.user_index.tolist(), split.train.position.tolist()))
+    assert covered == expected and len(set(covered)) == len(covered) == 44
+    for w in range(len(user)):
+        u, cols = user[w], np.flatnonzero(real[w])
+        sequence = items[u]
+        # Left-padded, contiguous, newest last; input t is the item before target t.
+        assert cols.tolist() == list(range(width - len(cols), width))
+        assert targets[w, cols].tolist() == sequence[position[w, cols]].tolist()
+        assert inputs[w, cols].tolist() == sequence[position[w, cols] - 1].tolist()
+        assert (inputs[w, cols[1:]] == targets[w, cols[:-1]]).all()
+        # No validation or test item (the last two of each user) as input or target.
+        assert position[w, cols].max() <= len(sequence) - 3
+        assert not np.isin(np.concatenate([inputs[w], targets[w]]), np.arange(900, 1000)).any()
+    # The newest window of each user ends at its last training target.
+    last = {u: w for w, u in enumerate(user)}
+    assert all(position[w, -1] == lengths[u] - 3 for u, w in last.items())
+    with pytest.raises(ValueError, match="contiguous"):
+        sasrec.causal_windows(split.train.take(np.flatnonzero(split.train.position != 3)), width)
+
+
+def test_sasrec_causal_mask_keeps_position_t_from_seeing_later_items():
+    import sasrec
+
+    mask = sasrec.causal_attention_mask(tf_constant([[0.0, 1.0, 1.0, 1.0]])).numpy()[0]
+    assert mask.tolist() == [[False, False, False, False], [False, True, False, False],
+                             [False, True, True, False], [False, True, True, True]]
+    histories = np.array([[0, 3, 4, 5, 6, 7], [0, 3, 4, 5, 9, 7]], dtype=np.int32)  # differ at position 4
+    for causal in (True, False):
+        model = sasrec.SASRec(12, 6, dim=8, heads=2, dropout=0.0, causal=causal)
+        states = model.states(tf_constant(histories)).numpy()
+        changed = ~np.isclose(states[0], states[1], atol=1e-6).all(axis=1)  # [H] position's output moved
+        if causal:  # positions 1..3 cannot see position 4; 4 and 5 can
+            assert changed.tolist() == [False, False, False, False, True, True]
+        else:  # the full mask lets every position see it (what the causal mask must prevent)
+            assert changed[1:].all()
+    # The newest position sees the whole history either way: evaluation is unchanged.
+    model = sasrec.SASRec(12, 6, dim=8, heads=2, dropout=0.0, causal=True)
+    model(tf_constant(histories))
+    prefix = sasrec.SASRec(12, 6, dim=8, heads=2, dropout=0.0)
+    prefix(tf_constant(histories))
+    prefix.set_weights(model.get_weights())
+    np.testing.assert_allclose(model(tf_constant(histories)).numpy(), prefix(tf_constant(histories)).numpy(),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_sasrec_causal_objective_learns_the_synthetic_migration():
+    """Every window position a target, padding out of the loss: it learns like the prefix objective."""
+    import sasrec
+
+    from tfrec_lm.config import PRESETS, TrainConfig
+    from tfrec_lm.data.prepare import prepare_data
+    from tfrec_lm.data.synthetic import synthetic_migration
+
+    dataset, _ = synthetic_migration(num_users=120, seed=1)
+    data = prepare_data(TrainConfig.from_dict(dict(PRESETS["tiny"])), dataset=dataset)
+    width = data.split.train.history.shape[1]
+    model, seconds = sasrec.train_sasrec(data.split.train, data.vocab.size, width, seed=0, epochs=4, batch_size=32,
+                                         learning_rate=5e-3, dim=16, objective="causal")
+    assert model.causal and seconds > 0
+    windows = sasrec.causal_windows(data.split.train, width)
+    loss = float(model.causal_loss(tf_constant(windows["inputs"][:8]), tf_constant(windows["targets"][:8])))
+    assert 0 < loss < np.log(data.vocab.size)  # better than uniform over the catalog
+    result = sasrec.evaluate(model, data)
+    learned, popular = result["test"]["model"], result["test"]["most_popular"]
+    assert learned["all"]["HR@10"] > 0.8
+    assert learned["all"]["NDCG@10"] > popular["all"]["NDCG@10"] + 0.15
+    assert learned["migrating"]["NDCG@10"] > popular["migrating"]["NDCG@10"] + 0.15
+    assert sasrec.run_key(42, "sasrec-causal") == "sasrec-causal"
+    assert sasrec.run_key(1, sasrec.variant_name("causal", 6)) == "sasrec-causal@seed1"
+    assert sasrec.variant_name("causal", 20) == "sasrec-causal-e20" and sasrec.variant_name("prefix", 20) == "sasrec"
+
+
+def test_sasrec_causal_compares_with_prefix_runs_by_seed():
+    import sasrec
+
+    members = {"all": [0, 1, 2, 3], "migrating": [0, 1], "stable": [2, 3]}
+
+    def run(variant, seed, ranks, seconds, **extra):
+        return {"variant": variant, "seed": seed, "config": {"seed": seed}, "test_ranks": ranks,
+                "test_slices": members, "train_seconds": seconds, "train_examples": 100, **extra}
+
+    prefix = {sasrec.run_key(s): run("sasrec", s, [0, 0, 0, 50], 60.0, epochs=6) for s in (42, 1, 2)}
+    causal = {sasrec.run_key(s, "sasrec-causal"): run("sasrec-causal", s, [0, 50, 0, 50], 10.0, epochs=6,
+                                                       train_targets_per_second=60.0) for s in (42, 1)}
+    quality, timing = sasrec.compare_with_prefix(causal, prefix)
+    result = quality["sasrec-causal:sasrec"]
+    assert result["seeds"] == [1, 42]  # seed 2 has no causal run
+    assert result["migrating"]["ratio"] == pytest.approx(0.5) and result["stable"]["ratio"] == pytest.approx(1.0)
+    assert result["all"]["ratio"] == pytest.approx(2 / 3)
+    speed = timing["sasrec-causal:sasrec"]
+    assert set(speed) == {"42", "1", "mean"}
+    assert speed["mean"]["prefix_over_causal_train_seconds"] == pytest.approx(6.0)
+    assert speed["mean"]["prefix_targets_per_second"] == pytest.approx(10.0)
+    assert speed["mean"]["causal_seconds_per_epoch"] == pytest.approx(10.0 / 6)
+
+
+def tf_constant(value):
+    import tensorflow as tf
+
+    return tf.constant(value)
