@@ -1,21 +1,38 @@
 """Retrieval at scale: the export's ScaNN top-k layer against brute force over synthetic
 catalogs, through the SavedModel path.
 
-    python benchmarks/retrieval_scale.py                          # 100k and 1M items, 64 wide
-    python benchmarks/retrieval_scale.py --sizes 10000 --queries 200
+    python benchmarks/retrieval_scale.py                          # 1M, 5M and 10M items, 64 wide
+    python benchmarks/retrieval_scale.py --sizes 1000000 --queries 300
     python benchmarks/retrieval_scale.py --quick                  # smoke run: 10k items
+    python benchmarks/retrieval_scale.py --wait-quiet 3600        # wait up to an hour for an idle machine
+
+Throughputs mean something only on an idle machine: other jobs slow brute force (two
+cores of matrix-vector products) far more than ScaNN (one core, mostly cache misses),
+which inflates the ratio. So the script refuses to run (exit status 2) when the 1-minute
+load average is above `--max-load` (0.5), and it measures the CPU time other processes
+use before, during and after each catalog size (/proc/stat less this process's own
+time); a size during which they used more than `--max-load` cores is measured again
+after the machine quietens (within `--wait-quiet` seconds) or the run stops with status
+2. `--allow-load` measures anyway and marks the result `"loaded": true`. Every size's
+record has its `load` (load averages, other processes' CPU cores).
 
 Per catalog size: clustered synthetic item embeddings (`--clusters` Gaussian centres on
-the unit sphere, points = centre + N(0, `--spread`²) per dimension, L2-normalised) and
-held-out queries drawn the same way. Each index is built as the export builds it
+the unit sphere, points = centre + N(0, `--spread`²) per dimension, L2-normalised,
+generated in chunks) and held-out queries drawn the same way; the exact top-10 by NumPy
+in chunks of queries and of items. Each index is built as the export builds it
 (`tfrec_lm.export.make_index`, whose ScaNN settings come from `scann_settings`), wrapped
 in a module with one serving signature (query embeddings [B, D] -> top-k scores and item
 indices), saved as a SavedModel (ScaNN with `namespace_whitelist=["Scann"]`), reloaded
-with `tf.saved_model.load` in this process and timed, ScaNN and brute force interleaved
-query by query (the machine is shared): single queries and batches of 64 (queries/s,
-after warm-up). Also: recall@10 of each against the exact top-10 (NumPy), the index
-build seconds, the SavedModel size on disk and the process RSS growth of build and load.
-Output: `benchmarks/results/retrieval_scale.json` (`--output` renames it).
+with `tf.saved_model.load` in this process and timed through that signature: brute
+force is `tfrs.layers.factorized_top_k.BruteForce` (tf.math.top_k over a matmul with
+every item), the export's `--index brute-force`. Single queries are timed in blocks of
+`--block` calls per index, the indexes alternating block by block (each index in the
+steady state of a process that serves only it), and again interleaved call by call
+(each ScaNN call follows a brute-force scan that evicts its data from the caches);
+batches of 64 call by call. Also: recall@10 of each against the exact top-10, the index
+build seconds, the SavedModel size on disk, process RSS growth of build and load and the
+peak RSS of each size. Output: `benchmarks/results/retrieval_scale.json` (`--output`
+renames it).
 """
 
 from __future__ import annotations
@@ -23,6 +40,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.metadata
+import os
 import resource
 import shutil
 import sys
@@ -45,35 +63,56 @@ K = 10
 
 
 def clustered_embeddings(count: int, queries: int, dim: int, clusters: int, spread: float,
-                         seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                         seed: int = 0, padded: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Items [count, dim] and held-out queries [queries, dim], float32, unit rows.
 
     Both are drawn from the same `clusters` centres (random unit vectors): a random
-    centre plus N(0, spread²) noise per dimension, then L2-normalised.
+    centre plus N(0, spread²) noise per dimension, then L2-normalised, 100,000 rows at a
+    time into one array.
+
+    Args:
+        padded: bool. items get a leading row of zeros ([count + 1, dim], the export's
+            padding row 0), written in place: the same items follow it.
     """
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
 
-    def draw(n: int) -> np.ndarray:
-        out = np.empty((n, dim), np.float32)
+    def draw(n: int, lead: int = 0) -> np.ndarray:
+        out = np.empty((n + lead, dim), np.float32)
+        out[:lead] = 0.0
         for start in range(0, n, 100_000):
             m = min(100_000, n - start)
             points = centres[rng.integers(0, clusters, m)] + spread * rng.standard_normal((m, dim)).astype(np.float32)
-            out[start:start + m] = points / np.linalg.norm(points, axis=1, keepdims=True)
+            out[lead + start:lead + start + m] = points / np.linalg.norm(points, axis=1, keepdims=True)
         return out
 
-    return draw(count), draw(queries)
+    return draw(count, 1 if padded else 0), draw(queries)
 
 
-def exact_top_k(items: np.ndarray, queries: np.ndarray, k: int = K, chunk: int = 64) -> np.ndarray:
-    """Row indices [Q, k] of the k largest dot products, best first (NumPy)."""
+def exact_top_k(items: np.ndarray, queries: np.ndarray, k: int = K, chunk: int = 64,
+                item_chunk: int = 250_000) -> np.ndarray:
+    """Row indices [Q, k] of the k largest dot products, best first (NumPy).
+
+    `chunk` queries against `item_chunk` items at a time (scores of at most
+    chunk x item_chunk floats), each chunk's best k merged into the running best.
+    """
     out = np.empty((len(queries), k), np.int64)
     for start in range(0, len(queries), chunk):
-        scores = queries[start:start + chunk] @ items.T
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start:start + chunk] = np.take_along_axis(top, order, axis=1)
+        block = queries[start:start + chunk]
+        best_scores = np.full((len(block), 0), -np.inf, np.float32)
+        best_rows = np.empty((len(block), 0), np.int64)
+        for first in range(0, len(items), item_chunk):
+            scores = block @ items[first:first + item_chunk].T
+            kk = min(k, scores.shape[1])
+            top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            best_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
+            best_rows = np.concatenate([best_rows, top + first], axis=1)
+            # Best first; equal scores by row, so the answer does not depend on the chunking.
+            order = np.lexsort((best_rows, -best_scores), axis=1)[:, :k]
+            best_scores = np.take_along_axis(best_scores, order, axis=1)
+            best_rows = np.take_along_axis(best_rows, order, axis=1)
+        out[start:start + chunk] = best_rows
     return out
 
 
@@ -104,11 +143,10 @@ def make_module(index, dim: int):
     return TopKModule()
 
 
-def build_index(kind: str, items: np.ndarray, k: int = K):
-    """The export's top-k layer over `items` (0-based rows) and its build seconds."""
+def build_index(kind: str, embeddings: np.ndarray, k: int = K):
+    """The export's top-k layer over `embeddings` [C+1, D] (row 0 padding) and its build seconds."""
     from tfrec_lm.export import make_index
 
-    embeddings = np.concatenate([np.zeros((1, items.shape[1]), np.float32), items])
     start = time.perf_counter()
     layer = make_index(kind, embeddings, k)
     return layer, time.perf_counter() - start
@@ -137,7 +175,115 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
+    """The process's peak RSS since `reset_peak_rss` (Linux VmHWM), else since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux: KiB
+
+
+def reset_peak_rss() -> bool:
+    """Restarts the peak RSS count (Linux: writing 5 to /proc/self/clear_refs). bool: done."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- machine load
+
+
+def load_average(proc: Path = Path("/proc")) -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages, None where /proc/loadavg is unreadable."""
+    try:
+        return [float(v) for v in (Path(proc) / "loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_ticks(proc: Path = Path("/proc")) -> tuple[int, int] | None:
+    """(busy ticks of all CPUs, this process's ticks) from /proc/stat and /proc/self/stat, or None."""
+    try:
+        fields = (Path(proc) / "stat").read_text().splitlines()[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+        own = (Path(proc) / "self" / "stat").read_text().rsplit(")", 1)[1].split()
+        return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class OtherCpu:
+    """CPU cores used on average by every other process since `start` (ticks/s from /proc)."""
+
+    def __init__(self, proc: Path = Path("/proc"), clock=time.monotonic):
+        self.proc, self.clock = Path(proc), clock
+        self.hertz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start()
+
+    def start(self) -> None:
+        self.ticks, self.began = cpu_ticks(self.proc), self.clock()
+
+    def cores(self) -> float | None:
+        now, ticks = self.clock(), cpu_ticks(self.proc)
+        if ticks is None or self.ticks is None or now <= self.began:
+            return None
+        busy, own = ticks[0] - self.ticks[0], ticks[1] - self.ticks[1]
+        return max(0.0, (busy - own) / self.hertz / (now - self.began))
+
+
+SAMPLE_SECONDS = 1.0
+
+
+def machine_load(sample_seconds: float | None = None, proc: Path = Path("/proc")) -> dict:
+    """Load averages and the cores other processes used over `sample_seconds` (default `SAMPLE_SECONDS`)."""
+    sample_seconds = SAMPLE_SECONDS if sample_seconds is None else sample_seconds
+    meter = OtherCpu(proc)
+    time.sleep(sample_seconds)
+    cores = meter.cores()
+    return {"load_average": load_average(proc), "other_processes_cpu_cores": cores,
+            "sample_seconds": sample_seconds}
+
+
+def load_problem(load: dict, max_load: float, use_load_average: bool = True) -> str | None:
+    """Why `load` (a `machine_load` record) is too busy to measure on, or None when it is quiet.
+
+    The 1-minute load average counts this process's own runnable threads too, so it is
+    checked only where this process has been idle (`use_load_average`, before the
+    first size); other processes' CPU cores are checked always.
+    """
+    average = load.get("load_average")
+    if use_load_average and average is not None and average[0] > max_load:
+        return f"1-minute load average {average[0]:.2f} > {max_load}"
+    cores = load.get("other_processes_cpu_cores")
+    if cores is not None and cores > max_load:
+        return f"other processes used {cores:.2f} CPU cores > {max_load}"
+    return None
+
+
+def wait_for_quiet(max_load: float, deadline: float, use_load_average: bool = True, poll_seconds: float = 15.0,
+                   log=print, sample_seconds: float | None = None, proc: Path = Path("/proc")) -> tuple[dict, str | None]:
+    """Polls the machine until it is quiet or `deadline` (time.monotonic()) passes.
+
+    Returns:
+        tuple. the last `machine_load` record and its `load_problem` (None: quiet).
+    """
+    while True:
+        load = machine_load(sample_seconds, proc)
+        problem = load_problem(load, max_load, use_load_average)
+        if problem is None or time.monotonic() + poll_seconds > deadline:
+            return load, problem
+        log(f"[retrieval_scale] waiting for an idle machine: {problem}")
+        time.sleep(poll_seconds)
+
+
+def refuse_message(problem: str) -> str:
+    return (f"retrieval_scale: the machine is loaded ({problem}). Other jobs slow brute force more than "
+            "ScaNN, so the ratios would be inflated. Run it on an idle machine, wait for one with "
+            "--wait-quiet SECONDS, or pass --allow-load to measure anyway (the result is marked \"loaded\": true).\n")
 
 
 # ---------------------------------------------------------------- timing
@@ -148,15 +294,17 @@ def call_rows(count: int, batch: int, rounds: int) -> list[np.ndarray]:
     return [np.arange(i * batch, (i + 1) * batch) % count for i in range(rounds)]
 
 
-def interleaved_qps(signatures: dict, queries: np.ndarray, rows: list[np.ndarray], warmup: int) -> tuple:
-    """Queries/s of each signature over calls with the query `rows`, interleaved.
+def timed_calls(signatures: dict, queries: np.ndarray, rows: list[np.ndarray], warmup: int, block: int = 1) -> tuple:
+    """Queries/s of each signature over calls with the query `rows`.
 
-    Call i of every signature gets the same queries; the order of the signatures
-    alternates from call to call.
+    The calls are cut into blocks of `block` consecutive calls; each signature makes a
+    block's calls in turn, and the order of the signatures alternates from block to
+    block (`block=1`: interleaved call by call). Call i of every signature gets the same
+    queries.
 
     Returns:
-        tuple. {name: {qps, p50_ms, p99_ms, calls, batch}} and each signature's answers,
-            {name: item indices [total rows, K]}.
+        tuple. {name: {qps, p50_ms, p99_ms, calls, batch, block}} and each signature's
+            answers, {name: item indices [total rows, K]}.
     """
     import tensorflow as tf
 
@@ -168,19 +316,21 @@ def interleaved_qps(signatures: dict, queries: np.ndarray, rows: list[np.ndarray
             signatures[name](queries=inputs[i % rounds])["item_indices"].numpy()
     samples = {name: [] for name in names}
     answers = {name: [] for name in names}
-    for i, query in enumerate(inputs):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            found = signatures[name](queries=query)["item_indices"].numpy()
-            samples[name].append(time.perf_counter() - start)
-            answers[name].append(found)
+    for b, first in enumerate(range(0, rounds, block)):
+        for name in (names if b % 2 == 0 else names[::-1]):
+            signature = signatures[name]
+            for query in inputs[first:first + block]:
+                start = time.perf_counter()
+                found = signature(queries=query)["item_indices"].numpy()
+                samples[name].append(time.perf_counter() - start)
+                answers[name].append(found)
     stats = {}
     for name in names:
         seconds = np.asarray(samples[name])
         stats[name] = {"qps": float(rounds * batch / seconds.sum()),
                        "p50_ms": 1000 * float(np.percentile(seconds, 50)),
                        "p99_ms": 1000 * float(np.percentile(seconds, 99)),
-                       "calls": rounds, "batch": batch}
+                       "calls": rounds, "batch": batch, "block": block}
     return stats, {name: np.concatenate(answers[name]) for name in names}
 
 
@@ -188,7 +338,7 @@ def interleaved_qps(signatures: dict, queries: np.ndarray, rows: list[np.ndarray
 
 
 def run_size(count: int, *, dim: int = 64, queries: int = 300, clusters: int = 4000, spread: float = 0.1,
-             batch: int = 64, batch_rounds: int = 8, warmup: int = 20, seed: int = 0,
+             batch: int = 64, batch_rounds: int = 8, warmup: int = 20, block: int = 50, seed: int = 0,
              workdir: Path | None = None, log=print) -> dict:
     """Builds, saves, reloads and times both indexes over one synthetic catalog."""
     import tensorflow as tf
@@ -199,17 +349,21 @@ def run_size(count: int, *, dim: int = 64, queries: int = 300, clusters: int = 4
     own_workdir = workdir is None
     workdir = Path(workdir or tempfile.mkdtemp(prefix="retrieval_scale_"))
     clusters = min(clusters, count)
+    gc.collect()
+    reset_peak_rss()
     start = time.perf_counter()
-    items, held_out = clustered_embeddings(count, queries, dim, clusters, spread, seed)
-    exact = exact_top_k(items, held_out)
-    log(f"[retrieval_scale] {count} items x {dim}: data and exact top-{K} in {time.perf_counter() - start:.1f} s")
+    embeddings, held_out = clustered_embeddings(count, queries, dim, clusters, spread, seed, padded=True)
+    exact = exact_top_k(embeddings[1:], held_out)
+    data_seconds = time.perf_counter() - start
+    log(f"[retrieval_scale] {count} items x {dim}: data and exact top-{K} in {data_seconds:.1f} s")
     entry = {"items": count, "dim": dim, "queries": queries, "clusters": clusters, "spread": spread,
-             "scann_settings": scann_settings(count, K), "k": K}
+             "scann_settings": scann_settings(count, K), "k": K, "data_seconds": data_seconds,
+             "data_bytes": int(embeddings.nbytes)}
     try:
         for kind in KINDS:
             gc.collect()
             before = rss_bytes()
-            layer, build_seconds = build_index(kind, items, K)
+            layer, build_seconds = build_index(kind, embeddings, K)
             path = workdir / f"{kind}-{count}"
             save_seconds = save(make_module(layer, dim), path, kind)
             after = rss_bytes()
@@ -220,6 +374,8 @@ def run_size(count: int, *, dim: int = 64, queries: int = 300, clusters: int = 4
                            "rss_growth_build_and_save_bytes": after - before, "path": str(path)}
             log(f"[retrieval_scale] {kind}: built in {build_seconds:.1f} s, saved in {save_seconds:.1f} s, "
                 f"{entry[kind]['saved_model_bytes'] / 2**20:.0f} MiB on disk")
+        entry["peak_rss_build_bytes"] = peak_rss_bytes()
+        del embeddings  # the exact answers are known; the loaded indexes hold their own copies
         signatures = {}
         loaded = {}
         for kind in KINDS:
@@ -232,23 +388,29 @@ def run_size(count: int, *, dim: int = 64, queries: int = 300, clusters: int = 4
             entry[kind]["load_seconds"] = time.perf_counter() - start
             entry[kind]["rss_growth_load_bytes"] = rss_bytes() - before
         single_rows, batch_rows = call_rows(queries, 1, queries), call_rows(queries, batch, batch_rounds)
-        single, single_answers = interleaved_qps(signatures, held_out, single_rows, warmup)
-        batched, batch_answers = interleaved_qps(signatures, held_out, batch_rows, max(1, warmup // 10))
+        single, single_answers = timed_calls(signatures, held_out, single_rows, warmup, block=block)
+        interleaved, _ = timed_calls(signatures, held_out, single_rows, 0, block=1)
+        batched, batch_answers = timed_calls(signatures, held_out, batch_rows, max(1, warmup // 10), block=1)
         batch_exact = exact[np.concatenate(batch_rows)]
         for kind in KINDS:
             entry[kind]["single_query"] = single[kind]
+            entry[kind]["single_query_interleaved"] = interleaved[kind]
             entry[kind]["batch"] = batched[kind]
             entry[kind]["recall_at_10"] = recall_at_k(single_answers[kind], exact)
             entry[kind]["recall_at_10_batched"] = recall_at_k(batch_answers[kind], batch_exact)
-        entry["single_query_qps_ratio_scann_over_brute_force"] = single["scann"]["qps"] / single["brute-force"]["qps"]
+        ratio = entry["single_query_qps_ratio_scann_over_brute_force"] = single["scann"]["qps"] / single["brute-force"]["qps"]
+        entry["single_query_interleaved_qps_ratio_scann_over_brute_force"] = (
+            interleaved["scann"]["qps"] / interleaved["brute-force"]["qps"])
         entry["batch_qps_ratio_scann_over_brute_force"] = batched["scann"]["qps"] / batched["brute-force"]["qps"]
         entry["peak_rss_bytes"] = peak_rss_bytes()
         log(f"[retrieval_scale] {count} items: recall@10 scann {entry['scann']['recall_at_10']:.4f} "
             f"(brute force {entry['brute-force']['recall_at_10']:.4f}); single-query QPS scann "
-            f"{single['scann']['qps']:.0f} vs brute force {single['brute-force']['qps']:.0f} "
-            f"({entry['single_query_qps_ratio_scann_over_brute_force']:.1f}x); batch-{batch} QPS scann "
+            f"{single['scann']['qps']:.0f} vs brute force {single['brute-force']['qps']:.0f} ({ratio:.1f}x; "
+            f"call by call {interleaved['scann']['qps']:.0f} vs {interleaved['brute-force']['qps']:.0f}, "
+            f"{entry['single_query_interleaved_qps_ratio_scann_over_brute_force']:.1f}x); batch-{batch} QPS scann "
             f"{batched['scann']['qps']:.0f} vs {batched['brute-force']['qps']:.0f} "
-            f"({entry['batch_qps_ratio_scann_over_brute_force']:.1f}x)")
+            f"({entry['batch_qps_ratio_scann_over_brute_force']:.1f}x); peak RSS "
+            f"{entry['peak_rss_bytes'] / 2**30:.1f} GiB")
         del signatures, loaded
         gc.collect()
     finally:
@@ -275,51 +437,121 @@ def check_targets(entry: dict) -> dict:
     }
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="catalog sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000],
+                        help="catalog sizes")
     parser.add_argument("--queries", type=int, default=300, help="held-out queries (single-query timing and recall)")
     parser.add_argument("--dim", type=int, default=None,
                         help="embedding width (default: TrainConfig.embedding_dim, 64)")
     parser.add_argument("--clusters", type=int, default=4000, help="Gaussian cluster centres")
     parser.add_argument("--spread", type=float, default=0.1, help="per-dimension std of points around a centre")
     parser.add_argument("--batch-rounds", type=int, default=8, help="timed batches of 64 per index")
+    parser.add_argument("--block", type=int, default=50,
+                        help="single queries timed in blocks of this many calls per index (also call by call)")
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="smoke run: 10k items, 100 queries, 2 batches")
+    parser.add_argument("--max-load", type=float, default=0.5,
+                        help="busiest the machine may be: 1-minute load average before starting, and CPU cores "
+                             "other processes use before, during and after each size")
+    parser.add_argument("--allow-load", action="store_true",
+                        help="measure on a loaded machine anyway; the result is marked \"loaded\": true")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="wait up to this long in all for the machine to quieten (and measure a size "
+                             "again that other processes disturbed) before giving up with status 2")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 10k items, 100 queries, 2 batches; runs on a loaded machine (marked)")
     parser.add_argument("--output", default="retrieval_scale", help="result name under benchmarks/results/")
+    return parser
+
+
+def main(argv=None, proc: Path = Path("/proc"), measure=None) -> int:
+    """Runs the benchmark; 2 (and nothing written) where the machine is loaded.
+
+    Args:
+        argv: list of str or None. command-line arguments.
+        proc: Path. where /proc is (tests point it at a fake one).
+        measure: callable or None. measures one size (`run_size`'s signature); tests replace it.
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.queries, args.batch_rounds, args.warmup = [10_000], 100, 2, 5
-    if min(args.sizes) <= K or args.queries < 1:
-        parser.error(f"--sizes must exceed {K} and --queries must be positive")
+        args.sizes, args.queries, args.batch_rounds, args.warmup, args.block = [10_000], 100, 2, 5, 10
+    if min(args.sizes) <= K or args.queries < 1 or args.block < 1:
+        parser.error(f"--sizes must exceed {K}, --queries and --block must be positive")
+    allow_load = args.allow_load or args.quick
+    deadline = time.monotonic() + args.wait_quiet
+    # Before TensorFlow is imported: this process has been idle, so the load average is the others'.
+    start_load, problem = wait_for_quiet(args.max_load, deadline, use_load_average=True, proc=proc)
+    if problem is not None and not allow_load:
+        sys.stderr.write(refuse_message(problem))
+        return 2
+    loaded = problem is not None
 
+    measure = measure or run_size
     from tfrec_lm.config import TrainConfig
 
     dim = args.dim or TrainConfig().embedding_dim
     results = []
+    measured_once = False
     for count in args.sizes:
-        results.append(run_size(count, dim=dim, queries=args.queries, clusters=args.clusters, spread=args.spread,
-                                batch_rounds=args.batch_rounds, warmup=args.warmup, seed=args.seed))
+        while True:
+            if measured_once:  # this process's own work is in the load average: other processes' CPU only
+                before, problem = wait_for_quiet(args.max_load, deadline, use_load_average=False, proc=proc)
+                if problem is not None and not allow_load:
+                    sys.stderr.write(refuse_message(problem))
+                    return 2
+            else:
+                before = start_load
+            meter = OtherCpu(proc)
+            entry = measure(count, dim=dim, queries=args.queries, clusters=args.clusters, spread=args.spread,
+                            batch_rounds=args.batch_rounds, warmup=args.warmup, block=args.block, seed=args.seed)
+            measured_once = True
+            during = {"other_processes_cpu_cores": meter.cores()}
+            after = machine_load(proc=proc)
+            problems = [p for p in (problem, load_problem(during, args.max_load, False),
+                                    load_problem(after, args.max_load, False)) if p]
+            entry["load"] = {"before": before, "during": during, "after": after, "max_load": args.max_load}
+            entry["loaded"] = bool(problems)
+            if not problems or allow_load:
+                break
+            print(f"[retrieval_scale] {count} items were measured on a loaded machine ({problems[0]})", flush=True)
+            if time.monotonic() >= deadline:
+                sys.stderr.write(refuse_message(problems[0]))
+                return 2
+        loaded = loaded or entry["loaded"]
+        results.append(entry)
     payload = {
         "settings": {"sizes": args.sizes, "queries": args.queries, "dim": dim, "k": K, "clusters": args.clusters,
-                     "spread": args.spread, "batch": 64, "batch_rounds": args.batch_rounds, "warmup": args.warmup,
-                     "seed": args.seed, "quick": args.quick, "scann": importlib.metadata.version("scann"),
-                     "index_construction": "tfrec_lm.export.make_index (ScaNN settings: export.scann_settings)"},
+                     "spread": args.spread, "batch": 64, "batch_rounds": args.batch_rounds, "block": args.block,
+                     "warmup": args.warmup, "seed": args.seed, "quick": args.quick, "max_load": args.max_load,
+                     "allow_load": args.allow_load, "scann": importlib.metadata.version("scann"),
+                     "index_construction": "tfrec_lm.export.make_index (ScaNN settings: export.scann_settings)",
+                     "brute_force": "tfrs.layers.factorized_top_k.BruteForce: tf.math.top_k over a matmul "
+                                    "with every item (the export's --index brute-force)"},
+        "loaded": loaded,
+        "load_at_start": start_load,
         "results": results,
         "targets": TARGETS,
         "targets_met": {str(e["items"]): check_targets(e) for e in results if e["items"] == TARGETS["items"]},
         "notes": [
             "each index is saved as a SavedModel, reloaded with tf.saved_model.load and called through its "
-            "serving signature; ScaNN and brute force are timed interleaved, call by call, in one process",
-            "the machine's 2 CPU cores are shared with other jobs: queries/s are lower bounds",
+            "serving signature, in one process",
+            "single_query: blocks of `block` calls per index, the indexes alternating block by block (the "
+            "steady state of a process serving one index); single_query_interleaved: alternating call by call, "
+            "so every ScaNN call follows a brute-force scan of the whole catalog that evicts ScaNN's data from "
+            "the CPU caches; batch: call by call",
+            "load: 1-minute load averages and the CPU cores other processes used (from /proc) before, during "
+            "and after each size; loaded: other processes used more than max_load cores (or the load average "
+            "was above it at the start)",
             "rss growth is measured in one process that builds both indexes and then loads both; freed memory "
-            "is not always returned to the OS, so later deltas can read low",
+            "is not always returned to the OS, so later deltas can read low; peak_rss_bytes is the size's own "
+            "peak (VmHWM reset at its start)",
         ],
     }
     path = write_result(args.output, payload)
-    print(f"[retrieval_scale] wrote {path}", flush=True)
+    print(f"[retrieval_scale] wrote {path}" + (" (measured on a loaded machine)" if loaded else ""), flush=True)
     return 0
 
 

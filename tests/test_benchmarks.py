@@ -5,6 +5,7 @@ No timing assertions: only that the measurements are made and the answers are ri
 
 import tfrec_lm  # noqa: F401  (before TensorFlow)
 
+import json
 import sys
 from pathlib import Path
 
@@ -71,13 +72,85 @@ def test_retrieval_scale_tiny_catalog_through_saved_models(tmp_path):
 def test_scann_settings_keep_small_catalogs_and_scale():
     for count in (10, 1682, 20_000):  # the settings export used before: sqrt(C) leaves, all searched
         leaves = int(np.sqrt(count))
-        assert scann_settings(count, 10) == {"num_leaves": leaves, "num_leaves_to_search": leaves,
-                                             "num_reordering_candidates": min(count, 1000)}
+        settings = scann_settings(count, 10)
+        assert (settings["num_leaves"], settings["num_leaves_to_search"], settings["num_reordering_candidates"]) == (
+            leaves, leaves, min(count, 1000))
     assert scann_settings(1682, 300)["num_reordering_candidates"] == 1200
     assert scann_settings(100_000, 10)["num_leaves"] == 316
-    assert scann_settings(100_000, 10)["num_leaves_to_search"] == 64
-    assert scann_settings(1_000_000, 10) == {"num_leaves": 1000, "num_leaves_to_search": 100,
-                                             "num_reordering_candidates": 1000}
+    assert scann_settings(100_000, 10)["num_leaves_to_search"] == 64  # the 20,000-item floor
+    for count, leaves, searched, reordered in ((1_000_000, 1000, 30, 250), (5_000_000, 2236, 68, 500),
+                                               (10_000_000, 3162, 95, 1000)):
+        settings = scann_settings(count, 10)
+        assert (settings["num_leaves"], settings["num_leaves_to_search"],
+                settings["num_reordering_candidates"]) == (leaves, searched, reordered)
+    assert scann_settings(1_000_000, 100)["num_reordering_candidates"] == 400
+    assert scann_settings(1_000_000, 10)["spherical"] and not scann_settings(1_000_000, 10, unit_norm=False)["spherical"]
+
+
+def fake_proc(directory: Path, load_average: float, busy: int = 1000, own: int = 10) -> Path:
+    """A /proc with loadavg, stat (busy ticks of all CPUs) and self/stat (this process's ticks)."""
+    (directory / "self").mkdir(parents=True, exist_ok=True)
+    (directory / "loadavg").write_text(f"{load_average:.2f} 0.40 0.30 1/100 4242\n")
+    (directory / "stat").write_text(f"cpu  {busy} 0 0 99999 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+    (directory / "self" / "stat").write_text(f"4242 (py thon) R 1 1 1 0 -1 0 0 0 0 0 {own} 0 0 0\n")
+    return directory
+
+
+def fake_measure(calls: list, on_call=None):
+    def measure(count, **_):
+        calls.append(count)
+        if on_call:
+            on_call(len(calls))
+        return {"items": count}
+    return measure
+
+
+def test_load_guard_refuses_a_loaded_machine(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(retrieval_scale, "SAMPLE_SECONDS", 0.01)
+    monkeypatch.setenv("TFREC_LM_BENCH_RESULTS", str(tmp_path / "results"))
+    proc = fake_proc(tmp_path / "proc", load_average=1.7)
+    calls = []
+    assert retrieval_scale.main(["--sizes", "100", "--output", "x"], proc=proc, measure=fake_measure(calls)) == 2
+    assert calls == [] and not (tmp_path / "results").exists()  # nothing measured, nothing written
+    error = capsys.readouterr().err
+    assert "1-minute load average 1.70 > 0.5" in error and "--allow-load" in error
+    # --allow-load measures anyway and marks the result.
+    assert retrieval_scale.main(["--sizes", "100", "200", "--output", "x", "--allow-load"], proc=proc,
+                                measure=fake_measure(calls)) == 0
+    result = json.loads((tmp_path / "results" / "x.json").read_text())
+    assert calls == [100, 200] and result["loaded"] is True and result["results"][0]["loaded"] is True
+    assert result["load_at_start"]["load_average"] == [1.7, 0.4, 0.3]
+    assert result["results"][0]["load"]["before"]["load_average"][0] == 1.7
+
+
+def test_load_guard_measures_a_quiet_machine_and_watches_other_processes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(retrieval_scale, "SAMPLE_SECONDS", 0.01)
+    monkeypatch.setenv("TFREC_LM_BENCH_RESULTS", str(tmp_path / "results"))
+    proc = fake_proc(tmp_path / "proc", load_average=0.2)
+    calls = []
+    assert retrieval_scale.main(["--sizes", "100", "--output", "quiet"], proc=proc, measure=fake_measure(calls)) == 0
+    result = json.loads((tmp_path / "results" / "quiet.json").read_text())
+    assert result["loaded"] is False and result["results"][0]["loaded"] is False
+    assert result["results"][0]["load"]["during"]["other_processes_cpu_cores"] == 0.0
+    # Another process takes the CPUs while the size is measured (busy ticks grow, ours do not):
+    # without --allow-load the run stops with status 2 and writes nothing.
+    (tmp_path / "results" / "quiet.json").unlink()
+    busy = fake_measure(calls, on_call=lambda n: fake_proc(proc, 0.2, busy=1000 + 10_000 * n))
+    assert retrieval_scale.main(["--sizes", "100", "--output", "quiet"], proc=proc, measure=busy) == 2
+    assert "other processes used" in capsys.readouterr().err
+    assert not (tmp_path / "results" / "quiet.json").exists()
+
+
+def test_other_cpu_counts_only_other_processes(tmp_path):
+    proc = fake_proc(tmp_path, 0.0, busy=1000, own=10)
+    clock = iter([0.0, 2.0])
+    meter = retrieval_scale.OtherCpu(proc, clock=lambda: next(clock))
+    fake_proc(tmp_path, 0.0, busy=1000 + 300, own=10 + 100)  # 300 ticks in all, 100 of them ours
+    assert meter.cores() == pytest.approx(200 / meter.hertz / 2.0)
+    assert retrieval_scale.load_problem({"load_average": [0.7, 0, 0], "other_processes_cpu_cores": 0.1}, 0.5)
+    assert retrieval_scale.load_problem({"load_average": [0.7, 0, 0], "other_processes_cpu_cores": 0.1}, 0.5,
+                                        use_load_average=False) is None
+    assert retrieval_scale.load_problem({"load_average": None, "other_processes_cpu_cores": None}, 0.5) is None
 
 
 def test_suite_discovers_every_benchmark_script():
