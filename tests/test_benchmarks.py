@@ -78,8 +78,8 @@ def test_scann_settings_keep_small_catalogs_and_scale():
     assert scann_settings(1682, 300)["num_reordering_candidates"] == 1200
     assert scann_settings(100_000, 10)["num_leaves"] == 316
     assert scann_settings(100_000, 10)["num_leaves_to_search"] == 64  # the 20,000-item floor
-    for count, leaves, searched, reordered in ((1_000_000, 1000, 30, 250), (5_000_000, 2236, 68, 500),
-                                               (10_000_000, 3162, 95, 1000)):
+    for count, leaves, searched, reordered in ((1_000_000, 1000, 40, 250), (5_000_000, 2236, 90, 500),
+                                               (10_000_000, 3162, 127, 1000)):
         settings = scann_settings(count, 10)
         assert (settings["num_leaves"], settings["num_leaves_to_search"],
                 settings["num_reordering_candidates"]) == (leaves, searched, reordered)
