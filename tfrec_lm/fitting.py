@@ -365,15 +365,16 @@ def prepare_backup(directory: Path, identity: dict, chief: bool) -> None:
         identity: dict. `run_identity` of this run.
         chief: bool. whether this process writes the backup's files.
     """
+    if not chief:
+        # The chief decides, alone: a worker could read the directory while the chief remakes it.
+        return
     run_file = directory / RUN_FILE
     stored = json.loads(run_file.read_text()) if run_file.is_file() else None
     if directory.exists() and stored != identity:
         logger.warning("%s holds the backup of a run with other options or data; starting over", directory)
-        if chief:
-            shutil.rmtree(directory, ignore_errors=True)
-    if chief:
-        directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(run_file, identity)
+        shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(run_file, identity)
 
 
 def resume_state(directory: Path, start: Optional[tuple]) -> Optional[dict]:
