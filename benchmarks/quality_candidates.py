@@ -1,0 +1,88 @@
+"""Why the model loses to the SASRec reference (issue 15 item 2): one change at a time, over seeds.
+
+Every candidate is the default model (the CPU preset) with one set of option changes,
+trained by the one training function on MovieLens-100K and scored on the SPEC §2 test
+targets, each seed a run. `paired` compares every candidate user by user with the
+default and with the in-harness SASRec reference (`benchmarks/results/sasrec.json`, the
+same split and metrics) over the seeds both ran: mean NDCG@10 over seeds per slice (all /
+migrating / stable), their ratio and a 95% bootstrap interval over test users
+(`recency_ablation.paired`). Output: `benchmarks/results/quality_candidates.json`,
+rewritten after every run; runs already there and not run again are kept.
+
+    python benchmarks/quality_candidates.py --candidate default no-rating-loss --seeds 42 1 2
+    python benchmarks/quality_candidates.py --list
+
+Each candidate spells out only what it changes; `default` is the preset as shipped, so
+its runs move with the default (the file records each run's whole config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from _common import RESULTS, results_dir, write_result  # noqa: E402
+from ml100k import run_variant  # noqa: E402
+from recency_ablation import paired, run_key  # noqa: E402
+
+CANDIDATES = {
+    "default": {},
+    # the rating head's squared error shares the towers with retrieval
+    "no-rating-loss": {"ranking_weight": 0.0},
+    # SASRec trains a fixed 6 epochs; ours stops after 2 epochs without a validation gain
+    "patience-4": {"patience": 4, "epochs": 12},
+    # SASRec scores raw dot products; ours L2-normalises and divides by 0.05
+    "temperature-0.1": {"temperature": 0.1},
+    "temperature-0.02": {"temperature": 0.02},
+    "dropout-0.1": {"dropout": 0.1},
+    "lr-3e-3": {"learning_rate": 3e-3},
+}
+REFERENCE = "sasrec"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidate", nargs="+", default=["default"], choices=list(CANDIDATES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
+    parser.add_argument("--list", action="store_true", help="print the candidates and exit")
+    parser.add_argument("--workdir", default=None, help="where runs and exports go (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, changes in CANDIDATES.items():
+            print(f"{name}: {changes}")
+        return 0
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_quality_"))
+    previous = results_dir() / "quality_candidates.json"
+    runs = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
+    reference = json.loads((RESULTS / "sasrec.json").read_text())["runs"]
+    for seed in args.seeds:
+        for name in args.candidate:
+            key = run_key(name, seed)
+            runs[key] = run_variant(f"{name}_seed{seed}", {**CANDIDATES[name], "seed": seed}, workdir)
+            runs[key]["variant"] = name
+            everything = {**runs, **reference}
+            comparisons = {}
+            for variant in sorted({run["variant"] for run in runs.values()}):
+                for baseline in ("default", REFERENCE):
+                    if variant != baseline:
+                        result = paired(everything, variant, baseline)
+                        if result:
+                            comparisons[f"{variant}:{baseline}"] = result
+            path = write_result("quality_candidates", {"candidates": CANDIDATES, "paired": comparisons, "runs": runs})
+            test = runs[key]["test"]["model"]
+            print(f"{key}: NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
+                  f"stable {test['stable']['NDCG@10']:.4f}; wall {runs[key]['wall_seconds']:.0f} s -> {path}", flush=True)
+    for spec, result in sorted(comparisons.items()):
+        print(f"{spec} over seeds {result['seeds']}: " + ", ".join(
+            f"{s} x{result[s]['ratio']:.3f} [{result[s]['ratio_95ci'][0]:.3f}, {result[s]['ratio_95ci'][1]:.3f}]"
+            for s in ("all", "migrating", "stable")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
