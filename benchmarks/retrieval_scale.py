@@ -23,7 +23,8 @@ in chunks of queries and of items. Each index is built as the export builds it
 (`tfrec_lm.export.make_index`, whose ScaNN settings come from `scann_settings`), wrapped
 in a module with one serving signature (query embeddings [B, D] -> top-k scores and item
 indices), saved as a SavedModel (ScaNN with `namespace_whitelist=["Scann"]`), reloaded
-with `tf.saved_model.load` in this process and timed through that signature: brute
+with `tf.saved_model.load` (each size in a child process of its own) and timed through
+that signature: brute
 force is `tfrs.layers.factorized_top_k.BruteForce` (tf.math.top_k over a matmul with
 every item), the export's `--index brute-force`. Single queries are timed in blocks of
 `--block` calls per index, the indexes alternating block by block (each index in the
@@ -206,12 +207,17 @@ def load_average(proc: Path = Path("/proc")) -> list[float] | None:
 
 
 def cpu_ticks(proc: Path = Path("/proc")) -> tuple[int, int] | None:
-    """(busy ticks of all CPUs, this process's ticks) from /proc/stat and /proc/self/stat, or None."""
+    """(busy ticks of all CPUs, this process's ticks) from /proc/stat and /proc/self/stat, or None.
+
+    This process's ticks include those of its children that have ended (each size is
+    measured in a child process).
+    """
     try:
         fields = (Path(proc) / "stat").read_text().splitlines()[0].split()
         user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
         own = (Path(proc) / "self" / "stat").read_text().rsplit(")", 1)[1].split()
-        return user + nice + system + irq + softirq + steal, int(own[11]) + int(own[12])  # utime, stime
+        # utime, stime, cutime, cstime
+        return user + nice + system + irq + softirq + steal, sum(int(v) for v in own[11:15])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -437,6 +443,21 @@ def check_targets(entry: dict) -> dict:
     }
 
 
+def run_size_in_child(count: int, **settings) -> dict:
+    """`run_size` in a fresh Python process: its peak RSS is the size's own, and the memory a
+    size leaves behind (TensorFlow keeps a loaded ScaNN searcher for the life of the
+    process) does not weigh on the next one. The child's output goes to this one's."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="retrieval_scale_entry_") as directory:
+        output = Path(directory) / "entry.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--child-entry", str(output),
+                   "--child-settings", json.dumps({"count": count, **settings})]
+        subprocess.run(command, check=True)
+        return json.loads(output.read_text())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -463,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 10k items, 100 queries, 2 batches; runs on a loaded machine (marked)")
     parser.add_argument("--output", default="retrieval_scale", help="result name under benchmarks/results/")
+    # Internal: one size in a child process (run_size_in_child).
+    parser.add_argument("--child-entry", help=argparse.SUPPRESS)
+    parser.add_argument("--child-settings", help=argparse.SUPPRESS)
     return parser
 
 
@@ -476,6 +500,13 @@ def main(argv=None, proc: Path = Path("/proc"), measure=None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.child_entry:
+        import json
+
+        settings = json.loads(args.child_settings)
+        entry = run_size(settings.pop("count"), **settings)
+        Path(args.child_entry).write_text(json.dumps(entry, default=float))
+        return 0
     if args.quick:
         args.sizes, args.queries, args.batch_rounds, args.warmup, args.block = [10_000], 100, 2, 5, 10
     if min(args.sizes) <= K or args.queries < 1 or args.block < 1:
@@ -489,7 +520,7 @@ def main(argv=None, proc: Path = Path("/proc"), measure=None) -> int:
         return 2
     loaded = problem is not None
 
-    measure = measure or run_size
+    measure = measure or run_size_in_child
     from tfrec_lm.config import TrainConfig
 
     dim = args.dim or TrainConfig().embedding_dim
@@ -537,7 +568,7 @@ def main(argv=None, proc: Path = Path("/proc"), measure=None) -> int:
         "targets_met": {str(e["items"]): check_targets(e) for e in results if e["items"] == TARGETS["items"]},
         "notes": [
             "each index is saved as a SavedModel, reloaded with tf.saved_model.load and called through its "
-            "serving signature, in one process",
+            "serving signature; each catalog size runs in its own child process, both indexes in it",
             "single_query: blocks of `block` calls per index, the indexes alternating block by block (the "
             "steady state of a process serving one index); single_query_interleaved: alternating call by call, "
             "so every ScaNN call follows a brute-force scan of the whole catalog that evicts ScaNN's data from "
@@ -545,9 +576,9 @@ def main(argv=None, proc: Path = Path("/proc"), measure=None) -> int:
             "load: 1-minute load averages and the CPU cores other processes used (from /proc) before, during "
             "and after each size; loaded: other processes used more than max_load cores (or the load average "
             "was above it at the start)",
-            "rss growth is measured in one process that builds both indexes and then loads both; freed memory "
-            "is not always returned to the OS, so later deltas can read low; peak_rss_bytes is the size's own "
-            "peak (VmHWM reset at its start)",
+            "rss growth is measured in the size's process, which builds both indexes and then loads both; freed "
+            "memory is not always returned to the OS, so later deltas can read low; peak_rss_bytes is that "
+            "process's peak (peak_rss_build_bytes: up to the end of building and saving)",
         ],
     }
     path = write_result(args.output, payload)
