@@ -154,7 +154,7 @@ class WorkerGroup:
     multi-worker cluster it is one worker and every operation is the identity.
 
     Args:
-        strategy: tf.distribute.Strategy. the run's strategy.
+        strategy: tf.distribute.Strategy or None. the run's strategy (None: one worker).
         sharded: bool. whether each worker reads its own shards of the data.
 
     Attributes:
@@ -163,7 +163,7 @@ class WorkerGroup:
         sharded: bool. as given, and False with one worker.
     """
 
-    def __init__(self, strategy, sharded: bool = False):
+    def __init__(self, strategy=None, sharded: bool = False):
         self.strategy = strategy
         resolver = getattr(strategy, "cluster_resolver", None)
         cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}

@@ -449,12 +449,12 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     # Every worker reads the chief's backup (a non-chief's output_dir is a temporary one).
     backup_dir = Path(config.output_dir) / BACKUP_DIR
     prepare_backup(backup_dir, run_identity(config, data), chief)
-    workers = data.workers if data.workers is not None and data.workers.sharded else None
+    workers = data.workers if data.workers.sharded else None
     if workers is not None:
         # Each worker trains on its own rows, batch_size / workers of them a step, repeating
         # them; an epoch (unless --steps-per-epoch) is the largest worker's pass.
-        passes = workers.max(math.ceil(len(data.train_examples) * workers.count / config.batch_size))
-        config = config.replace(steps_per_epoch=config.steps_per_epoch or passes)
+        largest_pass = workers.max(math.ceil(len(data.train_examples) * workers.count / config.batch_size))
+        config = config.replace(steps_per_epoch=config.steps_per_epoch or largest_pass)
     passes = math.ceil(len(data.train_examples) / config.batch_size)
     start = backup_position(backup_dir, config.steps_per_epoch or passes)
     resume = resume_state(backup_dir, start)

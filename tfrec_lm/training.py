@@ -256,15 +256,14 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
 
             metrics["export"] = evaluate_export(result.export_path, evaluation.histories, evaluation.timestamps,
                                                 data.split.test.target, data.vocab.ids, evaluation.slices,
-                                                gather=data.workers.gather if data.workers is not None else None)
+                                                gather=data.workers.gather)
     summary = {
         "config": config.to_dict(),
         "test": metrics,
         "validation_ndcg_at_10": fitted.validation_ndcg,
         "validation_seconds": fitted.validation_seconds,
         "train_seconds": fitted.train_seconds,
-        "train_examples": int(data.workers.sum(np.array([len(data.train_examples)]))[0]
-                              if data.workers is not None else len(data.train_examples)),
+        "train_examples": int(data.workers.sum(np.array([len(data.train_examples)]))[0]),
         "export_path": str(result.export_path) if result.export_path else None,
         "train_loss": fitted.history.get("loss", []),
         "replicas": strategy.num_replicas_in_sync,

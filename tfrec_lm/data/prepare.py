@@ -13,6 +13,7 @@ from tfrec_lm.config import TrainConfig
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import (Examples, ItemVocab, LeaveOneOutSplit, UserSequences, build_sequences, build_vocab,
                                  leave_one_out, refresh_examples, train_interaction_counts)
+from tfrec_lm.distribute import WorkerGroup
 from tfrec_lm.errors import DataError
 
 
@@ -125,7 +126,7 @@ class PreparedData:
     counts: np.ndarray
     target_counts: np.ndarray
     train_examples: Examples
-    workers: Optional[object] = None  # distribute.WorkerGroup of a sharded run: the digest covers every worker's data
+    workers: WorkerGroup = dataclasses.field(default_factory=WorkerGroup)  # a sharded run's: the digest covers every worker's data
 
     @functools.cached_property
     def digest(self) -> str:
@@ -147,7 +148,7 @@ class PreparedData:
             digest.update(np.ascontiguousarray(examples.position).tobytes())
         items = self.dataset.items
         digest.update("\n".join(f"{i}\t{t}" for i, t in zip(items["item_id"], items["text"])).encode())
-        if self.workers is not None and self.workers.sharded:  # every worker's data, in rank order
+        if self.workers.sharded:  # every worker's data, in rank order
             every = self.workers.gather(np.frombuffer(digest.digest(), np.uint8)[None, :])
             return hashlib.sha256(every.tobytes()).hexdigest()
         return digest.hexdigest()
@@ -161,7 +162,8 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers
             `max_train_examples`.
         dataset: Dataset or None. already-loaded data; read from `config` when None.
         workers: tfrec_lm.distribute.WorkerGroup or None. a sharded multi-worker run: this
-            worker reads only its shards, and the counts (and the digest) are summed over the workers.
+            worker reads only its shards, and the counts (and the digest) are summed over the
+            workers. None: one worker (every combination is the identity).
 
     Returns:
         PreparedData.
@@ -169,16 +171,15 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers
     Raises:
         DataError: no training example; ConfigError: no training interaction at or after `since`.
     """
-    shard = workers.shard if workers is not None else None
-    dataset = dataset if dataset is not None else load_training_data(config, shard)
+    workers = workers if workers is not None else WorkerGroup()
+    dataset = dataset if dataset is not None else load_training_data(config, workers.shard)
     vocab = build_vocab(dataset.items)
     sequences = build_sequences(dataset, vocab)
     split = leave_one_out(sequences, config.max_history)
     require_training_examples(split, sequences)
     counts = train_interaction_counts(split)
     target_counts = np.bincount(split.train.target, minlength=vocab.size).astype(np.int64)
-    if workers is not None:
-        counts, target_counts = workers.sum(counts), workers.sum(target_counts)
+    counts, target_counts = workers.sum(counts), workers.sum(target_counts)
     train_examples = split.train
     if config.since is not None:
         train_examples = train_examples.take(refresh_examples(train_examples.target_timestamp, config))
@@ -187,6 +188,6 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers
         train_examples = train_examples.take(np.sort(keep))
     data = PreparedData(dataset=dataset, vocab=vocab, sequences=sequences, split=split, counts=counts,
                         target_counts=target_counts, train_examples=train_examples, workers=workers)
-    if workers is not None and workers.sharded:
+    if workers.sharded:
         _ = data.digest  # a collective: now, at the same point on every worker
     return data

@@ -203,7 +203,7 @@ def evaluate_test(model, data) -> TestEvaluation:
     Returns:
         TestEvaluation. `histories` and `timestamps` are this worker's test users'.
     """
-    gather = data.workers.gather if data.workers is not None else (lambda array: array)
+    gather = data.workers.gather
     test = data.split.test
     histories = [data.sequences.items[u][:-1] for u in test.user_index]  # full, time-ordered
     migration = gather(js_migration_scores(histories, [()] + data.dataset.items["genres"].tolist()))
