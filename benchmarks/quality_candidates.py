@@ -39,6 +39,13 @@ CANDIDATES = {
     # SASRec scores raw dot products; ours L2-normalises and divides by 0.05
     "temperature-0.1": {"temperature": 0.1},
     "temperature-0.02": {"temperature": 0.02},
+    "temperature-0.2": {"temperature": 0.2},
+    # SASRec's score: raw dot products of unnormalised embeddings (norms may carry popularity)
+    "dot": {"similarity": "dot", "temperature": 1.0},
+    # SASRec takes twice the steps per epoch (batch 128)
+    "batch-128": {"batch_size": 128},
+    # the cost of issue 12's ID dropout on warm items
+    "id-dropout-0": {"id_dropout": 0.0},
     "dropout-0.1": {"dropout": 0.1},
     "lr-3e-3": {"learning_rate": 3e-3},
 }

@@ -148,7 +148,11 @@ class TrainConfig:
                "and a long-term view (the mean of all --max-history items) per dimension")
     short_window: int = _opt(10, "items in the short-term view of --long-short")
     dropout: float = _opt(0.2, "dropout rate")
-    temperature: float = _opt(0.05, "softmax temperature of the retrieval loss (embeddings are L2-normalised)")
+    similarity: str = _opt(
+        "cosine", "user-item score: `cosine` (both embeddings L2-normalised, logits = cosine / --temperature) or "
+                  "`dot` (raw dot product of unnormalised embeddings, SASRec's; the norms can carry popularity; "
+                  "use --temperature 1)", ("cosine", "dot"))
+    temperature: float = _opt(0.05, "softmax temperature of the retrieval loss: logits are the scores divided by it")
     negatives: str = _opt(
         "catalog",
         "retrieval negatives: `catalog` (exact softmax over every item; needs a cached item "

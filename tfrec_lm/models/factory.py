@@ -81,13 +81,15 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
         warm_items = np.arange(len(token_rows)) > 0
     item_tower = ItemTower(item_encoder, token_rows, embedding_dim=config.embedding_dim,
                            use_item_ids=config.item_ids, dropout=config.dropout, use_text=config.item_text,
+                           normalize=config.similarity == "cosine",
                            unique_items=not config.jit_compile, trim_padding=not config.jit_compile,  # XLA: static shapes
                            warm_items=warm_items if config.cold_items == "text" else None,
                            id_dropout=config.id_dropout if config.cold_items == "text" else 0.0, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
-                                           dropout=config.dropout, pooling=config.sequence_pooling,
+                                           dropout=config.dropout, normalize=config.similarity == "cosine",
+                                           pooling=config.sequence_pooling,
                                            time_features=config.reads_item_ages, long_short=config.long_short,
                                            short_window=config.short_window, name="user_tower")
     else:
@@ -97,7 +99,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
         composer = HistoryTextComposer(tokens.token_ids, tokens.lengths, tokens.cls_id, tokens.sep_id,
                                        max_tokens=config.history_tokens, name="history_text_composer")
         user_tower = HistoryTextUserTower(history_encoder, composer, embedding_dim=config.embedding_dim,
-                                          dropout=config.dropout, name="user_tower")
+                                          dropout=config.dropout, normalize=config.similarity == "cosine",
+                                          name="user_tower")
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
