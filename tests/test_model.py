@@ -227,3 +227,36 @@ def test_steps_per_epoch_validates_every_n_steps(synthetic, encoder_factory, tmp
     assert np.all(np.diff(result.validation_seconds) > 0)
     with pytest.raises(ConfigError, match="steps_per_epoch"):
         tiny_config(tmp_path, steps_per_epoch=0)
+
+
+def test_dot_similarity_trains_unnormalised_towers_and_exports_their_top_k(synthetic, encoder_factory, tmp_path):
+    """`--similarity dot`: neither tower normalises, the model still learns the migration
+    signal, and the ScaNN export (non-spherical tree for rows that are not unit length)
+    returns the towers' exact dot-product top k."""
+    from tfrec_lm.export import ServingModule
+    from tfrec_lm.training import train
+
+    config = tiny_config(tmp_path, similarity="dot", temperature=1.0, epochs=8, patience=8, dropout=0.0)
+    result = train(config, dataset=synthetic, encoder_factory=encoder_factory)
+    model = result.model
+    assert not model.item_tower.get_config()["normalize"] and not model.user_tower.get_config()["normalize"]
+    items = model.item_tower(tf.range(model.item_tower.num_items), training=False).numpy()
+    features = examples_to_features(result.split.test.take(np.arange(16)))
+    users = model.user_tower(tf.constant(features["history"]), tf.constant(features["history_timestamps"]),
+                             training=False).numpy()
+    item_norms, user_norms = np.linalg.norm(items[1:], axis=1), np.linalg.norm(users, axis=1)
+    assert np.ptp(item_norms) > 0.05 and not np.allclose(user_norms, 1.0, atol=1e-2), (item_norms, user_norms)
+    metrics = result.metrics
+    assert metrics["model"]["all"]["HR@10"] >= metrics["most_popular"]["all"]["HR@10"] + 0.2, metrics
+
+    module = ServingModule(model, result.vocab.ids, result.counts, top_k=5, index="scann")
+    ids = result.vocab.ids[features["history"]]
+    answer = module.retrieve(tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
+                             tf.constant(features["history_timestamps"], tf.int64))
+    scores = users @ items.T
+    scores[:, 0] = -np.inf
+    for row, history in enumerate(features["history"]):
+        scores[row, history[history > 0]] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(answer["item_ids"].numpy().astype(str), result.vocab.ids[expected].astype(str))
+    np.testing.assert_allclose(answer["scores"].numpy(), np.take_along_axis(scores, expected, 1), rtol=1e-4, atol=1e-4)
