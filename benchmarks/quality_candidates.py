@@ -46,6 +46,10 @@ CANDIDATES = {
     "batch-128": {"batch_size": 128},
     # the cost of issue 12's ID dropout on warm items
     "id-dropout-0": {"id_dropout": 0.0},
+    # our architecture without the language model: does the text help or hurt, and where?
+    "id-only": {"item_text": False},
+    # the projected text vector is ~7x the ID embedding's norm after training: items are their text
+    "balanced-fusion": {"item_fusion": "balanced"},
     "dropout-0.1": {"dropout": 0.1},
     "lr-3e-3": {"learning_rate": 3e-3},
 }

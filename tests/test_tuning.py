@@ -225,7 +225,7 @@ def test_search_space_respects_train_config_constraints():
     hypermodel.build(hp)
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=1)
     oracle.hyperparameters = hp.copy()
-    seen, recency = set(), set()
+    seen, recency, scores = set(), set(), set()
     for _ in range(300):
         sample = hp.copy()
         sample.values = oracle._random_values()
@@ -234,10 +234,14 @@ def test_search_space_respects_train_config_constraints():
         if config.user_tower == "item-sequence":
             assert config.embedding_dim % config.num_heads == 0
         seen.add((config.finetune, config.negatives, config.user_tower))
+        scores.add((config.similarity, config.temperature))
         recency.add((config.user_tower, config.time_features, config.long_short, config.short_window))
     assert {("frozen", "catalog", "item-sequence"), ("frozen", "in-batch", "history-text"),
             ("top-k", "in-batch", "item-sequence"), ("full", "in-batch", "history-text")} <= seen
     assert not {s for s in seen if s[0] != "frozen" and s[1] == "catalog"}
+    # The temperature is a knob of cosine scores only; raw dot products keep temperature 1.
+    assert {t for s, t in scores if s == "dot"} == {1.0}
+    assert len({t for s, t in scores if s == "cosine"}) > 50
     # Recency knobs: both settings of each on the item-sequence tower, never on history-text.
     sequence = {r for r in recency if r[0] == "item-sequence"}
     assert {r[1] for r in sequence} == {r[2] for r in sequence} == {True, False}
@@ -252,7 +256,7 @@ def test_search_space_respects_train_config_constraints():
     with pytest.raises(ConfigError, match="catalog"):
         RecommenderHyperModel(TrainConfig(), fixed={"negatives": "catalog"})
     with pytest.raises(ConfigError, match="not a tunable knob"):
-        RecommenderHyperModel(TrainConfig(), space={"batch_size": [1, 2]})
+        RecommenderHyperModel(TrainConfig(), space={"seed": [1, 2]})
     with pytest.raises(ConfigError, match="num_heads"):
         RecommenderHyperModel(TrainConfig(), space={"embedding_dim": [24], "num_heads": [1, 5]})
 

@@ -133,6 +133,10 @@ class TrainConfig:
     id_dropout: float = _opt(
         0.25, "with --cold-items text: chance that a training step represents a warm item as a cold one (text "
               "and the no-ID vector), so the text-only path that new items take is trained to stand on its own")
+    item_fusion: str = _opt(
+        "sum", "how an item's text and ID parts add up: `sum` (the projected text vector plus the ID embedding) "
+               "or `balanced` (each part LayerNorm-ed before the sum, so the text's larger scale does not drown "
+               "the IDs)", ("sum", "balanced"))
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     sequence_pooling: str = _opt(

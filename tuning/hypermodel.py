@@ -72,7 +72,9 @@ SpaceEntry = Union[Range, Sequence[Any]]
 DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "learning_rate": Range(1e-5, 3e-3, sampling="log"),
     "weight_decay": Range(1e-6, 1e-2, sampling="log"),
-    "temperature": Range(0.02, 0.5, sampling="log"),
+    "similarity": ["cosine", "dot"],
+    "temperature": Range(0.02, 0.5, sampling="log"),   # only for similarity == cosine (dot: 1)
+    "batch_size": [64, 128, 256],
     "embedding_dim": [32, 64, 128, 256],
     "dropout": Range(0.0, 0.5, step=0.1),
     "finetune": ["frozen", "top-k", "full"],
@@ -98,6 +100,7 @@ KNOBS: tuple[str, ...] = tuple(DEFAULT_SPACE)
 
 # Parent knob and the parent values under which each conditional knob is active.
 CONDITIONS: dict[str, tuple[str, tuple]] = {
+    "temperature": ("similarity", ("cosine",)),
     "trainable_layers": ("finetune", ("top-k",)),
     "negatives": ("finetune", ("frozen",)),
     "num_blocks": ("user_tower", ("item-sequence",)),
@@ -108,7 +111,7 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "short_window": ("long_short", (True,)),
 }
 # Value of a conditional knob where its condition does not hold (None: the base config's).
-INACTIVE_VALUE: dict[str, Any] = {"negatives": "in-batch", "time_features": False, "long_short": False}
+INACTIVE_VALUE: dict[str, Any] = {"temperature": 1.0, "negatives": "in-batch", "time_features": False, "long_short": False}
 
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 
@@ -249,7 +252,8 @@ class RecommenderHyperModel(kt.HyperModel):
             TrainConfig. validated.
         """
         chosen: dict[str, Any] = {}
-        order = ["learning_rate", "weight_decay", "temperature", "embedding_dim", "dropout",
+        order = ["learning_rate", "weight_decay", "batch_size", "similarity", "temperature", "embedding_dim",
+                 "dropout",
                  "finetune", "trainable_layers", "negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",

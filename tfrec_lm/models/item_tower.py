@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the way the vectors are computed changes without changing any input below.
 TEXT_CACHE_FORMAT = 2
+FUSIONS = ("sum", "balanced")
 
 
 def text_cache_key(token_rows: np.ndarray, encoder) -> str:
@@ -87,6 +88,9 @@ class ItemTower(tf.keras.layers.Layer):
         id_dropout: float. in training, the chance that a warm item is represented as a
             cold one (text and the no-ID vector) for a step, so the text-only path is
             trained to stand on its own. One draw per item per call.
+        fusion: str. how the text and ID parts add up: `sum` (projected text vector plus
+            ID embedding as they are) or `balanced` (each part LayerNorm-ed first, so
+            neither outweighs the other by its scale; the norms' gains learn the balance).
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -100,8 +104,12 @@ class ItemTower(tf.keras.layers.Layer):
 
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
                  dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
-                 trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, **kwargs):
+                 trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
+                 **kwargs):
         super().__init__(**kwargs)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+        self.fusion = fusion
         self.encoder = encoder
         self.token_rows = np.asarray(token_rows, dtype=np.int32)
         self.num_items = int(self.token_rows.shape[0])
@@ -121,6 +129,9 @@ class ItemTower(tf.keras.layers.Layer):
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
+        balanced = fusion == "balanced" and self.use_text and self.use_item_ids
+        self.text_norm = tf.keras.layers.LayerNormalization(name="text_norm", dtype="float32") if balanced else None
+        self.id_norm = tf.keras.layers.LayerNormalization(name="id_norm", dtype="float32") if balanced else None
         self.id_embedding = (
             tf.keras.layers.Embedding(self.num_items, self.embedding_dim, name="item_id_embedding",
                                       embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
@@ -207,11 +218,15 @@ class ItemTower(tf.keras.layers.Layer):
         if self.use_text:
             text = self.text_dropout(self.text_vectors(items, training=training), training=training)
             vectors = self.projection(text)
+            if self.text_norm is not None:
+                vectors = self.text_norm(vectors)
         if self.id_embedding is not None:
             items = tf.cast(items, tf.int32)
             ids = self.id_embedding(items)
             if self.no_id_embedding is not None:
                 ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
+            if self.id_norm is not None:
+                ids = self.id_norm(ids)
             vectors = ids if vectors is None else vectors + ids
         return vectors
 
@@ -257,6 +272,7 @@ class ItemTower(tf.keras.layers.Layer):
             "trim_padding": self.trim_padding,
             "warm_items": None if self.warm_items is None else self.warm_items.tolist(),
             "id_dropout": self.id_dropout,
+            "fusion": self.fusion,
         })
         return config
 
