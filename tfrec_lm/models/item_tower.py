@@ -60,6 +60,16 @@ def encoder_compute_dtypes(encoder) -> list:
     return sorted({layer.compute_dtype for layer in layers if isinstance(layer, tf.keras.layers.Layer)})
 
 
+def _norm_last_axis(norm, vectors):
+    """A LayerNormalization over the last axis of a tensor of any rank.
+
+    Keras fixes the axis as a positive index when the layer is built, and the tower is
+    called on [B], [B, N] and [C] items alike: the norm runs on rows [-1, D] instead.
+    """
+    rows = norm(tf.reshape(vectors, [-1, tf.shape(vectors)[-1]]))
+    return tf.reshape(rows, tf.shape(vectors))
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class ItemTower(tf.keras.layers.Layer):
     """Embeds catalog items by index.
@@ -219,14 +229,14 @@ class ItemTower(tf.keras.layers.Layer):
             text = self.text_dropout(self.text_vectors(items, training=training), training=training)
             vectors = self.projection(text)
             if self.text_norm is not None:
-                vectors = self.text_norm(vectors)
+                vectors = _norm_last_axis(self.text_norm, vectors)
         if self.id_embedding is not None:
             items = tf.cast(items, tf.int32)
             ids = self.id_embedding(items)
             if self.no_id_embedding is not None:
                 ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
             if self.id_norm is not None:
-                ids = self.id_norm(ids)
+                ids = _norm_last_axis(self.id_norm, ids)
             vectors = ids if vectors is None else vectors + ids
         return vectors
 
