@@ -7,6 +7,10 @@ untuned default's, measured by `benchmarks/ml100k.py --variant default` in the s
 session (its JSON), to `benchmarks/results/tuning_ml100k.json`.
 
     python benchmarks/tuning_ml100k.py --budget-minutes 30 --max-trials 3
+
+`--space KNOB=VALUES` (repeatable) replaces the default space below, `--output` names the
+JSON (`tuning_ml100k` by default), and `--reference` may also be a
+`quality_candidates.json`, whose seed-42 `default` run is then the reference.
 """
 
 from __future__ import annotations
@@ -33,20 +37,31 @@ def main(argv=None) -> int:
     parser.add_argument("--strategy", default="random", choices=("random", "bayesian", "hyperband"))
     parser.add_argument("--directory", default="tuning_runs")
     parser.add_argument("--reference", default=str(RESULTS / "ml100k_default.json"),
-                        help="the untuned default's benchmark JSON (benchmarks/ml100k.py --variant default)")
+                        help="the untuned default's benchmark JSON (benchmarks/ml100k.py --variant default, "
+                             "or quality_candidates.json: its seed-42 `default` run)")
+    parser.add_argument("--space", action="append", default=None, metavar="KNOB=VALUES",
+                        help="a knob and its values (`a,b,c` or `MIN..MAX[:log]`), repeatable; replaces the "
+                             f"default space {SPACE}")
+    parser.add_argument("--output", default="tuning_ml100k", help="result name under benchmarks/results/")
+    parser.add_argument("--initial-points", type=int, default=None, help="bayesian: random trials first")
     args = parser.parse_args(argv)
 
     from tuning.search import main as search
 
     reference = json.loads(Path(args.reference).read_text())
+    reference = reference["runs"]["default"] if "runs" in reference else reference
     default_val = max(reference["validation_ndcg_at_10"])
-    project = f"ml100k_bench_{args.strategy}"
+    space = args.space or SPACE
+    # The first search's folder name is kept, so that it still resumes.
+    project = f"ml100k_bench_{args.strategy}" if args.output == "tuning_ml100k" else f"{args.output}_{args.strategy}"
     command = ["--strategy", args.strategy, "--max-trials", str(args.max_trials),
                "--budget-minutes", str(args.budget_minutes), "--directory", args.directory,
                "--project-name", project, "--set", "finetune=frozen",
-               "--tune", "learning_rate,temperature,dropout,embedding_dim,weight_decay", "--seed", "7"]
-    for space in SPACE:
-        command += ["--space", space]
+               "--tune", ",".join(entry.split("=", 1)[0] for entry in space), "--seed", "7"]
+    if args.initial_points is not None:
+        command += ["--initial-points", str(args.initial_points)]
+    for entry in space:
+        command += ["--space", entry]
     start = time.monotonic()
     code = search(command)
     wall = time.monotonic() - start
@@ -62,13 +77,13 @@ def main(argv=None) -> int:
     best_val = float(best.score)
     payload = {
         "budget_minutes": args.budget_minutes, "max_trials": args.max_trials, "strategy": args.strategy,
-        "search_space": SPACE, "search_wall_seconds": wall, "trials": rows,
+        "search_space": space, "search_wall_seconds": wall, "trials": rows,
         "best_validation_ndcg_at_10": best_val, "best_hyperparameters": best.hyperparameters.values,
         "default_validation_ndcg_at_10": default_val, "default_reference": args.reference,
         "base_config": base_config_from_args(parsed).to_dict(),
         "best_beats_default": best_val > default_val,
     }
-    path = write_result("tuning_ml100k", payload)
+    path = write_result(args.output, payload)
     print(f"best validation NDCG@10 {best_val:.4f} vs untuned default {default_val:.4f} "
           f"({len(rows)} trials of at most {args.max_trials}, budget {args.budget_minutes} min, "
           f"{wall / 60:.1f} min) -> {path}")

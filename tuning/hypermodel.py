@@ -90,6 +90,7 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "retrieval_weight": [1.0],
     "ranking_weight": [0.0, 0.01, 0.1, 0.3, 1.0],
     "item_ids": [True, False],                  # only when the base config keeps item_text
+    "item_fusion": ["sum", "balanced"],
     # Recency: item-age embeddings and the long/short-term gate (item-sequence only).
     "time_features": [True, False],
     "long_short": [True, False],
@@ -257,7 +258,7 @@ class RecommenderHyperModel(kt.HyperModel):
                  "finetune", "trainable_layers", "negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",
-                 "retrieval_weight", "ranking_weight", "item_ids"]
+                 "retrieval_weight", "ranking_weight", "item_ids", "item_fusion"]
         assert set(order) == set(KNOBS), "every knob has a place in build()"
         for name in order:
             chosen[name] = self._value(hp, name, chosen)
