@@ -33,6 +33,73 @@ VARIANTS = {
                      "max_train_examples": 2000, "learning_rate": 1e-3},
 }
 RARE_TARGET_MAX_COUNT = 10
+# Lower edges of the popularity buckets (training interactions of an item) that
+# `item_parts` and `ndcg_by_target_count` report on.
+COUNT_BUCKETS = (1, 20, 50, 100, 200)
+
+
+def count_bucket_names() -> list:
+    edges = [*COUNT_BUCKETS, None]
+    return [f"{lo}-{hi - 1}" if hi else f"{lo}+" for lo, hi in zip(edges[:-1], edges[1:])]
+
+
+def count_buckets(counts: np.ndarray) -> np.ndarray:
+    """Bucket index (0 = `COUNT_BUCKETS[0]`..., -1 below it) of each training count."""
+    return np.searchsorted(np.asarray(COUNT_BUCKETS), np.asarray(counts), side="right") - 1
+
+
+def ndcg_by_target_count(ranks, target_counts) -> dict:
+    """NDCG@10 of test targets grouped by their training interactions.
+
+    Args:
+        ranks: array of int. [n] 0-based full-catalog rank of each test target.
+        target_counts: array of int. [n] training interactions of each test target.
+
+    Returns:
+        dict. bucket name -> {"NDCG@10", "count"}.
+    """
+    ranks = np.asarray(ranks)
+    gains = np.where(ranks < 10, 1.0 / np.log2(ranks + 2.0), 0.0)
+    buckets = count_buckets(target_counts)
+    return {name: {"NDCG@10": float(gains[buckets == b].mean()) if (buckets == b).any() else None,
+                   "count": int((buckets == b).sum())}
+            for b, name in enumerate(count_bucket_names())}
+
+
+def item_parts(model, counts) -> dict | None:
+    """How much of each item's embedding is its text and how much its ID, by popularity.
+
+    Per bucket of training interactions: the mean norm of the (projected) text part and of
+    the ID part of the item representation, and the mean cosine between the text part and
+    the whole (1: the item is its text). None for a tower without both parts.
+
+    Args:
+        model: TwoTowerModel. a trained model.
+        counts: np.ndarray. [C+1] training interactions per item.
+    """
+    import tensorflow as tf
+
+    tower = model.item_tower
+    if not (tower.use_text and tower.id_embedding is not None):
+        return None
+    items = tf.range(1, tower.num_items)
+    text = tower.projection(tower.text_vectors(items))
+    if tower.text_norm is not None:
+        text = tower.text_norm(text)
+    text = text.numpy()
+    whole = tower.representation(items).numpy()
+    ids = whole - text
+    cosine = np.sum(text * whole, 1) / np.maximum(np.linalg.norm(text, axis=1) * np.linalg.norm(whole, axis=1), 1e-12)
+    buckets = count_buckets(np.asarray(counts)[1:])
+    out = {}
+    for b, name in enumerate(count_bucket_names()):
+        chosen = buckets == b
+        if chosen.any():
+            out[name] = {"items": int(chosen.sum()),
+                         "text_norm": float(np.linalg.norm(text[chosen], axis=1).mean()),
+                         "id_norm": float(np.linalg.norm(ids[chosen], axis=1).mean()),
+                         "cosine_text_item": float(cosine[chosen].mean())}
+    return out
 
 
 def export_latency(export_path, requests: dict, repeats: int = 30) -> dict:
@@ -92,6 +159,8 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
         "validation_ndcg_at_10": result.validation_ndcg,
         "test": result.metrics,
         "test_by_target_frequency": {"rare_max_train_count": RARE_TARGET_MAX_COUNT, **by_target},
+        "test_ndcg_by_target_count": ndcg_by_target_count(ranks, result.counts[test.target]),
+        "item_parts": item_parts(result.model, result.counts),
         # Per test user (SPEC order): the target's 0-based full-catalog rank, and the slices'
         # members, so runs can be compared user by user (paired) after the fact.
         "test_ranks": ranks.astype(int).tolist(),

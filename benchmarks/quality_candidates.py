@@ -6,8 +6,11 @@ targets, each seed a run. `paired` compares every candidate user by user with th
 default and with the in-harness SASRec reference (`benchmarks/results/sasrec.json`, the
 same split and metrics) over the seeds both ran: mean NDCG@10 over seeds per slice (all /
 migrating / stable), their ratio and a 95% bootstrap interval over test users
-(`recency_ablation.paired`). Output: `benchmarks/results/quality_candidates.json`,
-rewritten after every run; runs already there and not run again are kept.
+(`recency_ablation.paired`). `ndcg_by_target_count`: each variant's (and SASRec's) mean
+NDCG@10 by how many training interactions the test target has; each new run also records
+the norms of its items' text and ID parts (`ml100k.item_parts`). Output:
+`benchmarks/results/quality_candidates.json`, rewritten after every run; runs already
+there and not run again are kept.
 
     python benchmarks/quality_candidates.py --candidate default no-rating-loss --seeds 42 1 2
     python benchmarks/quality_candidates.py --list
@@ -27,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from _common import RESULTS, results_dir, write_result  # noqa: E402
-from ml100k import run_variant  # noqa: E402
+from ml100k import count_bucket_names, ndcg_by_target_count, run_variant  # noqa: E402
 from recency_ablation import paired, run_key  # noqa: E402
 
 CANDIDATES = {
@@ -56,6 +59,36 @@ CANDIDATES = {
 REFERENCE = "sasrec"
 
 
+def test_target_counts():
+    """Training interactions of each SPEC §2 test target (the CPU preset's split). [n_test]."""
+    from tfrec_lm.config import PRESETS, TrainConfig
+    from tfrec_lm.data.prepare import prepare_data
+
+    data = prepare_data(TrainConfig.from_dict(PRESETS["cpu"]))
+    return data.counts[data.split.test.target]
+
+
+def by_target_count(runs: dict, target_counts) -> dict:
+    """Mean NDCG@10 over each variant's seeds, per bucket of the test target's training interactions.
+
+    Where SASRec's advantage lies: `ml100k.ndcg_by_target_count` of every run's test ranks.
+
+    Returns:
+        dict. variant -> {"seeds": n, bucket name -> mean NDCG@10}.
+    """
+    table: dict = {}
+    for run in runs.values():
+        buckets = ndcg_by_target_count(run["test_ranks"], target_counts)
+        row = table.setdefault(run["variant"], {"seeds": 0, **{name: 0.0 for name in count_bucket_names()}})
+        row["seeds"] += 1
+        for name in count_bucket_names():
+            row[name] += buckets[name]["NDCG@10"] or 0.0
+    for row in table.values():
+        for name in count_bucket_names():
+            row[name] /= row["seeds"]
+    return table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--candidate", nargs="+", default=["default"], choices=list(CANDIDATES))
@@ -71,6 +104,7 @@ def main(argv=None) -> int:
     previous = results_dir() / "quality_candidates.json"
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
     reference = json.loads((RESULTS / "sasrec.json").read_text())["runs"]
+    target_counts = test_target_counts()
     for seed in args.seeds:
         for name in args.candidate:
             key = run_key(name, seed)
@@ -84,7 +118,9 @@ def main(argv=None) -> int:
                         result = paired(everything, variant, baseline)
                         if result:
                             comparisons[f"{variant}:{baseline}"] = result
-            path = write_result("quality_candidates", {"candidates": CANDIDATES, "paired": comparisons, "runs": runs})
+            path = write_result("quality_candidates", {
+                "candidates": CANDIDATES, "paired": comparisons,
+                "ndcg_by_target_count": by_target_count(everything, target_counts), "runs": runs})
             test = runs[key]["test"]["model"]
             print(f"{key}: NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
                   f"stable {test['stable']['NDCG@10']:.4f}; wall {runs[key]['wall_seconds']:.0f} s -> {path}", flush=True)
