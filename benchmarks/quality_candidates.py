@@ -53,6 +53,8 @@ CANDIDATES = {
     "id-only": {"item_text": False},
     # the projected text vector is ~7x the ID embedding's norm after training: items are their text
     "balanced-fusion": {"item_fusion": "balanced"},
+    # ... or let the IDs learn faster than the shared text projection
+    "id-lr-10": {"id_lr_multiplier": 10.0},
     "dropout-0.1": {"dropout": 0.1},
     "lr-3e-3": {"learning_rate": 3e-3},
 }

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import run_training, tiny_config
 
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.evaluation.metrics import full_catalog_ranks
@@ -290,3 +290,26 @@ def test_balanced_fusion_norms_text_and_ids_apart(synthetic, encoder_factory, tm
     assert metrics["model"]["all"]["HR@10"] >= metrics["most_popular"]["all"]["HR@10"] + 0.2, metrics
     with pytest.raises(ConfigError, match="item_fusion"):
         tiny_config(tmp_path, item_fusion="concat")
+
+
+def test_id_lr_multiplier_makes_ids_learn_faster(synthetic, encoder_factory, tmp_path):
+    """`--id-lr-multiplier m`: the ID table is stored divided by m (same initial item vectors)
+    and multiplied back, so under Adam the item vectors' ID parts move about m times further
+    per step than with plain embeddings; the tower's config carries m."""
+    moved = {}
+    for multiplier in (1.0, 10.0):
+        config = tiny_config(tmp_path / str(multiplier), id_lr_multiplier=multiplier, id_dropout=0.0, epochs=1)
+        run = run_training(config, synthetic, encoder_factory)
+        tower = run.model.item_tower
+        assert tower.get_config()["id_lr_multiplier"] == multiplier
+        items = tf.range(1, tower.num_items)
+        stored = tower.id_embedding(items).numpy()
+        text = tower.projection(tower.text_vectors(items)).numpy()
+        np.testing.assert_allclose(tower.representation(items).numpy(), text + multiplier * stored,
+                                   rtol=1e-5, atol=1e-5)
+        initial = next(value for variable, value in run.initial if variable is tower.id_embedding.embeddings)
+        assert 0.012 / multiplier < initial[1:].std() < 0.025 / multiplier
+        moved[multiplier] = np.abs(multiplier * (stored - initial[1:])).mean()
+    assert moved[10.0] > 4 * moved[1.0], moved
+    with pytest.raises(ConfigError, match="id_lr_multiplier"):
+        tiny_config(tmp_path, id_lr_multiplier=0.0)

@@ -137,6 +137,10 @@ class TrainConfig:
         "sum", "how an item's text and ID parts add up: `sum` (the projected text vector plus the ID embedding) "
                "or `balanced` (each part LayerNorm-ed before the sum, so the text's larger scale does not drown "
                "the IDs)", ("sum", "balanced"))
+    id_lr_multiplier: float = _opt(
+        1.0, "the item-ID embeddings learn this many times faster than the other weights (stored divided by it): "
+             "with Adam an ID coordinate otherwise moves about one learning rate per step while the shared text "
+             "projection moves every item at once")
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     sequence_pooling: str = _opt(
@@ -234,6 +238,8 @@ class TrainConfig:
             raise ConfigError(f"backup_steps must be >= 0 (0: back up at epoch ends only), got {self.backup_steps}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.id_lr_multiplier <= 0:
+            raise ConfigError(f"id_lr_multiplier must be > 0, got {self.id_lr_multiplier}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ConfigError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:

@@ -85,7 +85,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            unique_items=not config.jit_compile, trim_padding=not config.jit_compile,  # XLA: static shapes
                            warm_items=warm_items if config.cold_items == "text" else None,
                            id_dropout=config.id_dropout if config.cold_items == "text" else 0.0,
-                           fusion=config.item_fusion, name="item_tower")
+                           fusion=config.item_fusion, id_lr_multiplier=config.id_lr_multiplier,
+                           name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,

@@ -101,6 +101,10 @@ class ItemTower(tf.keras.layers.Layer):
         fusion: str. how the text and ID parts add up: `sum` (projected text vector plus
             ID embedding as they are) or `balanced` (each part LayerNorm-ed first, so
             neither outweighs the other by its scale; the norms' gains learn the balance).
+        id_lr_multiplier: float. the ID embeddings learn this many times faster than
+            the other weights: they are stored divided by it (initialised at stddev
+            0.02 / m) and multiplied back, and Adam moves a stored coordinate by about
+            the learning rate per step whatever its scale. 1: plain embeddings.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -115,11 +119,14 @@ class ItemTower(tf.keras.layers.Layer):
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
                  dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
-                 **kwargs):
+                 id_lr_multiplier: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
         self.fusion = fusion
+        if id_lr_multiplier <= 0:
+            raise ValueError(f"id_lr_multiplier must be > 0, got {id_lr_multiplier}")
+        self.id_lr_multiplier = float(id_lr_multiplier)
         self.encoder = encoder
         self.token_rows = np.asarray(token_rows, dtype=np.int32)
         self.num_items = int(self.token_rows.shape[0])
@@ -144,7 +151,8 @@ class ItemTower(tf.keras.layers.Layer):
         self.id_norm = tf.keras.layers.LayerNormalization(name="id_norm", dtype="float32") if balanced else None
         self.id_embedding = (
             tf.keras.layers.Embedding(self.num_items, self.embedding_dim, name="item_id_embedding",
-                                      embeddings_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.02),
+                                      embeddings_initializer=tf.keras.initializers.TruncatedNormal(
+                                          stddev=0.02 / self.id_lr_multiplier),
                                       dtype="float32")
             if self.use_item_ids else None
         )
@@ -233,6 +241,8 @@ class ItemTower(tf.keras.layers.Layer):
         if self.id_embedding is not None:
             items = tf.cast(items, tf.int32)
             ids = self.id_embedding(items)
+            if self.id_lr_multiplier != 1.0:
+                ids = ids * self.id_lr_multiplier
             if self.no_id_embedding is not None:
                 ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
             if self.id_norm is not None:
@@ -283,6 +293,7 @@ class ItemTower(tf.keras.layers.Layer):
             "warm_items": None if self.warm_items is None else self.warm_items.tolist(),
             "id_dropout": self.id_dropout,
             "fusion": self.fusion,
+            "id_lr_multiplier": self.id_lr_multiplier,
         })
         return config
 
