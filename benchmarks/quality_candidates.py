@@ -55,6 +55,8 @@ CANDIDATES = {
     "balanced-fusion": {"item_fusion": "balanced"},
     # ... or let the IDs learn faster than the shared text projection
     "id-lr-10": {"id_lr_multiplier": 10.0},
+    # popularity as a learned per-item logit bias (initialised at the log prior), not a direction
+    "item-bias": {"item_bias": True},
     "dropout-0.1": {"dropout": 0.1},
     "lr-3e-3": {"learning_rate": 3e-3},
 }

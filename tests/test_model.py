@@ -313,3 +313,44 @@ def test_id_lr_multiplier_makes_ids_learn_faster(synthetic, encoder_factory, tmp
     assert moved[10.0] > 4 * moved[1.0], moved
     with pytest.raises(ConfigError, match="id_lr_multiplier"):
         tiny_config(tmp_path, id_lr_multiplier=0.0)
+
+
+def test_item_bias_adds_a_learned_prior_to_every_score(synthetic, encoder_factory, tmp_path):
+    """`--item-bias`: items carry `temperature * b` as one more column and users a 1, so the
+    logit of every score gains b; b starts at the centred log prior of training targets,
+    cold items share the no-ID bias, and the export's top k is the towers' exact top k."""
+    from tfrec_lm.export import ServingModule
+    from tfrec_lm.models.factory import log_prior_bias
+
+    config = tiny_config(tmp_path, item_bias=True, epochs=3, patience=3, dropout=0.0)
+    run = run_training(config, synthetic, encoder_factory)
+    model, tower = run.model, run.model.item_tower
+    counts = np.bincount(run.result.split.train.target, minlength=tower.num_items)
+    initial = next(value for variable, value in run.initial if variable is tower.item_bias)
+    np.testing.assert_allclose(initial, log_prior_bias(counts), rtol=1e-6, atol=1e-6)
+    warm = counts[1:] > 0
+    assert np.argmax(initial[1:]) == np.argmax(counts[1:]) and abs(initial[1:][warm].mean()) < 1e-5
+    items = tf.range(tower.num_items)
+    embeddings = tower(items).numpy()
+    assert embeddings.shape == (tower.num_items, config.embedding_dim + 1)
+    np.testing.assert_allclose(embeddings[:, -1], config.temperature * tower.bias_of(items).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(embeddings[:, :-1], axis=1)[1:], 1.0, rtol=1e-4)
+    assert not np.allclose(tower.item_bias.numpy(), initial)  # trained
+    features = examples_to_features(run.result.split.test.take(np.arange(16)))
+    users = model.user_tower(tf.constant(features["history"]), tf.constant(features["history_timestamps"]),
+                             training=False).numpy()
+    np.testing.assert_allclose(users[:, -1], 1.0)
+    # Scores are cosine + temperature * b: the logits (/ temperature) gain exactly b.
+    cosine = users[:, :-1] @ embeddings[:, :-1].T
+    np.testing.assert_allclose(users @ embeddings.T, cosine + config.temperature * tower.bias_of(items).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    module = ServingModule(model, run.result.vocab.ids, run.result.counts, top_k=5, index="brute-force")
+    ids = run.result.vocab.ids[features["history"]]
+    answer = module.retrieve(tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
+                             tf.constant(features["history_timestamps"], tf.int64))
+    scores = users @ embeddings.T
+    scores[:, 0] = -np.inf
+    for row, history in enumerate(features["history"]):
+        scores[row, history[history > 0]] = -np.inf
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(answer["item_ids"].numpy().astype(str), run.result.vocab.ids[expected].astype(str))

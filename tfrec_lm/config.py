@@ -141,6 +141,10 @@ class TrainConfig:
         1.0, "the item-ID embeddings learn this many times faster than the other weights (stored divided by it): "
              "with Adam an ID coordinate otherwise moves about one learning rate per step while the shared text "
              "projection moves every item at once")
+    item_bias: bool = _opt(
+        False, "a learned per-item score bias, initialised at the log of the item's share of training targets "
+               "(centred), added to the softmax logits and to every served score (the item embeddings carry it "
+               "as one more column); cold items share a learned no-ID bias")
     num_blocks: int = _opt(1, "transformer blocks of the item-sequence tower")
     num_heads: int = _opt(2, "attention heads of the item-sequence tower")
     sequence_pooling: str = _opt(

@@ -134,11 +134,11 @@ def _probe_features(max_history: int) -> dict:
 def _paired_weights(old, new) -> list:
     """(old, new) variable pairs of the towers and the rating head, item tables included.
 
-    The item tower's no-ID vector is left out (it is trainable only when a catalog has
-    cold items, which moves it within the weight lists) and paired by attribute.
+    The item tower's no-ID vector and no-ID bias are left out (they are trainable only when
+    a catalog has cold items, which moves them within the weight lists) and paired by attribute.
     """
     def tower(model):
-        skip = {id(model.item_tower.no_id_embedding)}
+        skip = {id(model.item_tower.no_id_embedding), id(model.item_tower.no_id_bias)}
         return [w for w in model.item_tower.weights if id(w) not in skip]
 
     def user_only(model):
@@ -151,10 +151,12 @@ def _paired_weights(old, new) -> list:
         if len(a) != len(b):
             raise ValueError(f"the rebuilt model has {len(b)} weights where the trained one has {len(a)}")
         pairs.extend(zip(a, b))
-    if (old.item_tower.no_id_embedding is None) != (new.item_tower.no_id_embedding is None):
-        raise ValueError("the rebuilt item tower differs from the trained one")
-    if old.item_tower.no_id_embedding is not None:
-        pairs.append((old.item_tower.no_id_embedding, new.item_tower.no_id_embedding))
+    for name in ("no_id_embedding", "no_id_bias"):
+        a, b = getattr(old.item_tower, name), getattr(new.item_tower, name)
+        if (a is None) != (b is None):
+            raise ValueError("the rebuilt item tower differs from the trained one")
+        if a is not None:
+            pairs.append((a, b))
     return pairs
 
 
@@ -174,6 +176,8 @@ def transfer_weights(old, new, encode_rows: np.ndarray) -> int:
     tables = {id(old.item_tower.text_cache)} if old.item_tower.text_cache is not None else set()
     if old.item_tower.id_embedding is not None:
         tables.add(id(old.item_tower.id_embedding.embeddings))
+    if old.item_tower.item_bias is not None:
+        tables.add(id(old.item_tower.item_bias))
     for source, target in _paired_weights(old, new):
         value = source.numpy()
         if id(source) in tables:

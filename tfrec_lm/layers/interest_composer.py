@@ -10,6 +10,12 @@ from tfrec_lm.layers.sequence_encoder import SequenceEncoder
 POOLINGS = ("newest", "mean", "bag")
 
 
+def append_one(user):
+    """A user embedding with a constant 1 appended: `[..., D] -> [..., D + 1]` (dot product with an
+    item tower's bias column adds the item's bias)."""
+    return tf.concat([user, tf.ones_like(user[..., :1])], axis=-1)
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class InterestComposer(tf.keras.layers.Layer):
     """Composes a user's interest from their history, newest first.
@@ -40,6 +46,8 @@ class InterestComposer(tf.keras.layers.Layer):
         long_short: bool. gate a short-term and a long-term view.
         short_window: int. items in the short-term view (with `long_short`).
         normalize: bool. L2-normalise the output.
+        bias_column: bool. append a constant 1 to the output (after normalising), the
+            partner of an item tower's bias column.
 
     Call args:
         vectors: tf.Tensor float32. [B, max_history, D] item vectors, newest first.
@@ -48,12 +56,13 @@ class InterestComposer(tf.keras.layers.Layer):
             each item (0 at padding); needed with `time_features`.
 
     Returns:
-        tf.Tensor float32. [B, embedding_dim].
+        tf.Tensor float32. [B, embedding_dim] (+1 with `bias_column`).
     """
 
     def __init__(self, embedding_dim: int, max_history: int = 50, num_blocks: int = 1, num_heads: int = 2,
                  dropout: float = 0.1, pooling: str = "newest", time_features: bool = False,
-                 long_short: bool = False, short_window: int = 10, normalize: bool = True, **kwargs):
+                 long_short: bool = False, short_window: int = 10, normalize: bool = True,
+                 bias_column: bool = False, **kwargs):
         super().__init__(**kwargs)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -68,6 +77,7 @@ class InterestComposer(tf.keras.layers.Layer):
         self.long_short = bool(long_short)
         self.short_window = int(short_window)
         self.normalize = bool(normalize)
+        self.bias_column = bool(bias_column)
         self.num_blocks, self.num_heads, self.dropout = int(num_blocks), int(num_heads), float(dropout)
         self.window = self.short_window if self.long_short else self.max_history
         self.sequence_encoder = None
@@ -98,7 +108,8 @@ class InterestComposer(tf.keras.layers.Layer):
                 user = gate * short + (1.0 - gate) * long
             else:
                 user = short
-        return tf.math.l2_normalize(user, axis=-1) if self.normalize else user
+        user = tf.math.l2_normalize(user, axis=-1) if self.normalize else user
+        return append_one(user) if self.bias_column else user
 
     def get_config(self):
         config = super().get_config()
@@ -113,5 +124,6 @@ class InterestComposer(tf.keras.layers.Layer):
             "long_short": self.long_short,
             "short_window": self.short_window,
             "normalize": self.normalize,
+            "bias_column": self.bias_column,
         })
         return config

@@ -86,14 +86,15 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            warm_items=warm_items if config.cold_items == "text" else None,
                            id_dropout=config.id_dropout if config.cold_items == "text" else 0.0,
                            fusion=config.item_fusion, id_lr_multiplier=config.id_lr_multiplier,
-                           name="item_tower")
+                           bias=config.item_bias, bias_scale=config.temperature, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
                                            dropout=config.dropout, normalize=config.similarity == "cosine",
                                            pooling=config.sequence_pooling,
                                            time_features=config.reads_item_ages, long_short=config.long_short,
-                                           short_window=config.short_window, name="user_tower")
+                                           short_window=config.short_window, bias_column=config.item_bias,
+                                           name="user_tower")
     else:
         history_bert, _ = encoder_factory()
         history_encoder = BertTextEncoder(history_bert, finetune=config.finetune,
@@ -102,7 +103,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                                        max_tokens=config.history_tokens, name="history_text_composer")
         user_tower = HistoryTextUserTower(history_encoder, composer, embedding_dim=config.embedding_dim,
                                           dropout=config.dropout, normalize=config.similarity == "cosine",
-                                          name="user_tower")
+                                          bias_column=config.item_bias, name="user_tower")
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
@@ -157,4 +158,31 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
                                 item_probability=target_counts / max(target_counts.sum(), 1.0),
                                 warm_items=target_counts > 0)
             create_variables(model, examples_to_features(data.train_examples.take(np.arange(2))))
+            if model.item_tower.bias:
+                model.item_tower.item_bias.assign(log_prior_bias(target_counts))
     return model
+
+
+def log_prior_bias(target_counts: np.ndarray) -> np.ndarray:
+    """Initial item biases: log of each item's share of training targets, centred on the warm items.
+
+    The softmax then starts from the popularity prior; centring keeps the typical item (and
+    the no-ID bias of cold items, initialised at 0) at 0. Items without targets get the
+    lowest warm value (they are cold, and use the no-ID bias anyway).
+
+    Args:
+        target_counts: np.ndarray. [C+1] training targets per item (row 0: padding).
+
+    Returns:
+        np.ndarray float32. [C+1].
+    """
+    counts = np.asarray(target_counts, np.float64)
+    warm = counts > 0
+    warm[0] = False
+    if not warm.any():
+        return np.zeros(len(counts), np.float32)
+    logs = np.log(counts[warm] / counts[warm].sum())
+    bias = np.full(len(counts), logs.min() - logs.mean())
+    bias[warm] = logs - logs.mean()
+    bias[0] = 0.0
+    return bias.astype(np.float32)

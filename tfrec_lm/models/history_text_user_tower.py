@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tfrec_lm.layers.interest_composer import append_one
+
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class HistoryTextUserTower(tf.keras.layers.Layer):
@@ -15,6 +17,7 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         embedding_dim: int. output width.
         dropout: float. dropout on the pooled vector.
         normalize: bool. L2-normalise the output.
+        bias_column: bool. append a constant 1 (the partner of an item tower's bias column).
 
     Call args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
@@ -28,13 +31,14 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
     """
 
     def __init__(self, encoder, composer, embedding_dim: int = 64, dropout: float = 0.1,
-                 normalize: bool = True, **kwargs):
+                 normalize: bool = True, bias_column: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.composer = composer
         self.embedding_dim = int(embedding_dim)
         self.dropout_rate = float(dropout)
         self.normalize = bool(normalize)
+        self.bias_column = bool(bias_column)
         self.dropout = tf.keras.layers.Dropout(self.dropout_rate)
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="history_projection",
                                                 dtype="float32")  # float32 under mixed precision
@@ -44,7 +48,8 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
         width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
         pooled = self.encoder(ids[:, :width], mask[:, :width], training=training)
         user = self.projection(self.dropout(pooled, training=training))
-        return tf.math.l2_normalize(user, axis=-1) if self.normalize else user
+        user = tf.math.l2_normalize(user, axis=-1) if self.normalize else user
+        return append_one(user) if self.bias_column else user
 
     def get_config(self):
         config = super().get_config()
@@ -54,6 +59,7 @@ class HistoryTextUserTower(tf.keras.layers.Layer):
             "embedding_dim": self.embedding_dim,
             "dropout": self.dropout_rate,
             "normalize": self.normalize,
+            "bias_column": self.bias_column,
         })
         return config
 

@@ -52,6 +52,7 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
         time_features: bool. learned embeddings of each item's age.
         long_short: bool. gate a short-term and a long-term view.
         short_window: int. items in the short-term view.
+        bias_column: bool. append a constant 1 (the partner of an item tower's bias column).
 
     Call args:
         history: tf.Tensor int32. [B, N] item indices, oldest first, 0 = padding/unknown.
@@ -68,13 +69,14 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
 
     def __init__(self, item_tower, max_history: int = 50, num_blocks: int = 1, num_heads: int = 2,
                  dropout: float = 0.1, normalize: bool = True, pooling: str = "newest",
-                 time_features: bool = False, long_short: bool = False, short_window: int = 10, **kwargs):
+                 time_features: bool = False, long_short: bool = False, short_window: int = 10,
+                 bias_column: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.item_tower = item_tower
         self.composer = InterestComposer(
             item_tower.embedding_dim, max_history=max_history, num_blocks=num_blocks, num_heads=num_heads,
             dropout=dropout, pooling=pooling, time_features=time_features, long_short=long_short,
-            short_window=short_window, normalize=normalize, name="composer")
+            short_window=short_window, normalize=normalize, bias_column=bias_column, name="composer")
 
     @property
     def max_history(self) -> int:
@@ -92,7 +94,7 @@ class ItemSequenceUserTower(tf.keras.layers.Layer):
         composer = self.composer.get_config()
         config.update({key: composer[key] for key in (
             "max_history", "num_blocks", "num_heads", "dropout", "normalize", "pooling", "time_features",
-            "long_short", "short_window")})
+            "long_short", "short_window", "bias_column")})
         config["item_tower"] = tf.keras.layers.serialize(self.item_tower)
         return config
 

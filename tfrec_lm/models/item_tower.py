@@ -105,6 +105,12 @@ class ItemTower(tf.keras.layers.Layer):
             the other weights: they are stored divided by it (initialised at stddev
             0.02 / m) and multiplied back, and Adam moves a stored coordinate by about
             the learning rate per step whatever its scale. 1: plain embeddings.
+        bias: bool. a learned per-item score bias: the output gets one more column,
+            `bias_scale * b_item` (a cold item's is the learned no-ID bias), and the user
+            towers append a 1, so a dot product adds the bias to the score. Popularity
+            then needs no direction of its own in the embedding space.
+        bias_scale: float. the bias column's factor: the retrieval temperature, so the
+            softmax logit gains exactly `b_item`.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -119,7 +125,7 @@ class ItemTower(tf.keras.layers.Layer):
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
                  dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
-                 id_lr_multiplier: float = 1.0, **kwargs):
+                 id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0, **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -127,6 +133,8 @@ class ItemTower(tf.keras.layers.Layer):
         if id_lr_multiplier <= 0:
             raise ValueError(f"id_lr_multiplier must be > 0, got {id_lr_multiplier}")
         self.id_lr_multiplier = float(id_lr_multiplier)
+        self.bias = bool(bias)
+        self.bias_scale = float(bias_scale)
         self.encoder = encoder
         self.token_rows = np.asarray(token_rows, dtype=np.int32)
         self.num_items = int(self.token_rows.shape[0])
@@ -165,6 +173,13 @@ class ItemTower(tf.keras.layers.Layer):
             trainable=bool(has_cold or self.id_dropout > 0),
             experimental_autocast=False,  # added to the float32 ID embeddings, also under mixed precision
         ) if self.use_item_ids and (self.warm_items is not None or self.id_dropout > 0) else None
+        self.item_bias = self.add_weight(
+            name="item_bias", shape=[self.num_items], initializer="zeros", dtype="float32",
+            experimental_autocast=False) if self.bias else None
+        self.no_id_bias = self.add_weight(
+            name="no_id_bias", shape=[], initializer="zeros", dtype="float32", experimental_autocast=False,
+            trainable=bool(self.warm_items is not None and not self.warm_items[1:].all()),
+        ) if self.bias and self.warm_items is not None else None
         self.text_cache = self.add_weight(
             name="text_cache", shape=[self.num_items, encoder.hidden_size], trainable=False,
             initializer="zeros",
@@ -271,12 +286,38 @@ class ItemTower(tf.keras.layers.Layer):
             return tf.ones([self.num_items - 1], tf.bool)
         return tf.constant(self.warm_items[1:])
 
-    def finalize(self, vectors):
-        """Turns representations into output embeddings (L2-normalised when `normalize`)."""
-        return tf.math.l2_normalize(vectors, axis=-1) if self.normalize else vectors
+    @property
+    def output_dim(self) -> int:
+        """Width of the output embeddings: `embedding_dim`, plus the bias column with `bias`."""
+        return self.embedding_dim + int(self.bias)
+
+    def bias_of(self, items):
+        """Each item's score bias (cold items: the no-ID bias). int32 [...] -> float32 [...]."""
+        items = tf.cast(items, tf.int32)
+        bias = tf.gather(self.item_bias, items)
+        if self.no_id_bias is not None:
+            bias = tf.where(tf.gather(tf.constant(self.warm_items), items), bias, self.no_id_bias)
+        return bias
+
+    def finalize(self, vectors, items=None):
+        """Turns representations into output embeddings (L2-normalised when `normalize`).
+
+        Args:
+            vectors: tf.Tensor float32. [..., embedding_dim] `representation` of `items`.
+            items: tf.Tensor int32 or None. [...] the items (needed with `bias`).
+
+        Returns:
+            tf.Tensor float32. [..., output_dim].
+        """
+        out = tf.math.l2_normalize(vectors, axis=-1) if self.normalize else vectors
+        if not self.bias:
+            return out
+        if items is None:
+            raise ValueError("an item tower with a bias needs the items to finalize their vectors")
+        return tf.concat([out, self.bias_scale * self.bias_of(items)[..., None]], axis=-1)
 
     def call(self, items, training=False):
-        return self.finalize(self.representation(items, training=training))
+        return self.finalize(self.representation(items, training=training), items)
 
     def get_config(self):
         config = super().get_config()
@@ -294,6 +335,8 @@ class ItemTower(tf.keras.layers.Layer):
             "id_dropout": self.id_dropout,
             "fusion": self.fusion,
             "id_lr_multiplier": self.id_lr_multiplier,
+            "bias": self.bias,
+            "bias_scale": self.bias_scale,
         })
         return config
 

@@ -139,7 +139,7 @@ class TwoTowerModel(tfrs.Model):
             table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training)
             users = self.user_tower(features["history"], features.get("history_timestamps"), training=training,
                                     item_table=table)
-            embeddings = self.item_tower.finalize(table)
+            embeddings = self.item_tower.finalize(table, tf.range(self.item_tower.num_items))
             positives = tf.gather(embeddings, target)
             catalog_ids = tf.range(1, self.item_tower.num_items, dtype=tf.int32)
             catalog = embeddings[1:]
