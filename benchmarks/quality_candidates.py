@@ -14,6 +14,7 @@ there and not run again are kept.
 
     python benchmarks/quality_candidates.py --candidate default no-rating-loss --seeds 42 1 2
     python benchmarks/quality_candidates.py --list
+    python benchmarks/quality_candidates.py --candidate --merge other/quality_candidates.json  # no run
 
 Each candidate spells out only what it changes; `default` is the preset as shipped, so
 its runs move with the default (the file records each run's whole config).
@@ -93,12 +94,30 @@ def by_target_count(runs: dict, target_counts) -> dict:
     return table
 
 
+def summarize(runs: dict, reference: dict, target_counts) -> dict:
+    """The output file's content: `paired` (every variant against the default and SASRec over the
+    seeds both ran), `ndcg_by_target_count` and the runs."""
+    everything = {**runs, **reference}
+    comparisons = {}
+    for variant in sorted({run["variant"] for run in runs.values()}):
+        for baseline in ("default", REFERENCE):
+            if variant != baseline:
+                result = paired(everything, variant, baseline)
+                if result:
+                    comparisons[f"{variant}:{baseline}"] = result
+    return {"candidates": CANDIDATES, "paired": comparisons,
+            "ndcg_by_target_count": by_target_count(everything, target_counts), "runs": runs}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidate", nargs="+", default=["default"], choices=list(CANDIDATES))
+    parser.add_argument("--candidate", nargs="*", default=["default"], choices=list(CANDIDATES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1, 2])
     parser.add_argument("--list", action="store_true", help="print the candidates and exit")
     parser.add_argument("--workdir", default=None, help="where runs and exports go (default: a temp dir)")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="JSON",
+                        help="first add the runs of other quality_candidates.json files (runs made elsewhere, "
+                             "e.g. in parallel); theirs win on a key both have")
     args = parser.parse_args(argv)
     if args.list:
         for name, changes in CANDIDATES.items():
@@ -107,28 +126,23 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_quality_"))
     previous = results_dir() / "quality_candidates.json"
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
+    for other in args.merge:
+        runs.update(json.loads(Path(other).read_text())["runs"])
     reference = json.loads((RESULTS / "sasrec.json").read_text())["runs"]
     target_counts = test_target_counts()
+    summary = summarize(runs, reference, target_counts)
+    path = write_result("quality_candidates", summary)
     for seed in args.seeds:
         for name in args.candidate:
             key = run_key(name, seed)
             runs[key] = run_variant(f"{name}_seed{seed}", {**CANDIDATES[name], "seed": seed}, workdir)
             runs[key]["variant"] = name
-            everything = {**runs, **reference}
-            comparisons = {}
-            for variant in sorted({run["variant"] for run in runs.values()}):
-                for baseline in ("default", REFERENCE):
-                    if variant != baseline:
-                        result = paired(everything, variant, baseline)
-                        if result:
-                            comparisons[f"{variant}:{baseline}"] = result
-            path = write_result("quality_candidates", {
-                "candidates": CANDIDATES, "paired": comparisons,
-                "ndcg_by_target_count": by_target_count(everything, target_counts), "runs": runs})
+            summary = summarize(runs, reference, target_counts)
+            path = write_result("quality_candidates", summary)
             test = runs[key]["test"]["model"]
             print(f"{key}: NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
                   f"stable {test['stable']['NDCG@10']:.4f}; wall {runs[key]['wall_seconds']:.0f} s -> {path}", flush=True)
-    for spec, result in sorted(comparisons.items()):
+    for spec, result in sorted(summary["paired"].items()):
         print(f"{spec} over seeds {result['seeds']}: " + ", ".join(
             f"{s} x{result[s]['ratio']:.3f} [{result[s]['ratio_95ci'][0]:.3f}, {result[s]['ratio_95ci'][1]:.3f}]"
             for s in ("all", "migrating", "stable")))
