@@ -392,3 +392,23 @@ def tf_constant(value):
     import tensorflow as tf
 
     return tf.constant(value)
+
+
+def test_quality_by_target_count_groups_ranks_by_the_targets_training_interactions():
+    import ml100k
+    import quality_candidates
+
+    assert ml100k.count_bucket_names() == ["1-19", "20-49", "50-99", "100-199", "200+"]
+    counts = np.array([0, 5, 19, 20, 150, 500])
+    ranks = np.array([0, 0, 1, 20, 0, 9])
+    table = ml100k.ndcg_by_target_count(ranks, counts)
+    assert table["1-19"] == {"NDCG@10": pytest.approx((1.0 + 1 / np.log2(3)) / 2), "count": 2}  # 0 is no bucket
+    assert table["20-49"] == {"NDCG@10": 0.0, "count": 1}  # rank 20 is past the top 10
+    assert table["100-199"]["NDCG@10"] == 1.0 and table["50-99"] == {"NDCG@10": None, "count": 0}
+    assert table["200+"]["NDCG@10"] == pytest.approx(1 / np.log2(11))
+    runs = {"a": {"variant": "a", "test_ranks": [0, 0, 0, 0, 0, 0]},
+            "a@seed1": {"variant": "a", "test_ranks": [0, 50, 50, 50, 50, 50]},
+            "b": {"variant": "b", "test_ranks": ranks.tolist()}}
+    summary = quality_candidates.by_target_count(runs, counts)
+    assert summary["a"]["seeds"] == 2 and summary["a"]["1-19"] == pytest.approx(0.5)
+    assert summary["a"]["200+"] == pytest.approx(0.5) and summary["b"]["20-49"] == 0.0
