@@ -354,3 +354,10 @@ def test_item_bias_adds_a_learned_prior_to_every_score(synthetic, encoder_factor
         scores[row, history[history > 0]] = -np.inf
     expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
     np.testing.assert_array_equal(answer["item_ids"].numpy().astype(str), run.result.vocab.ids[expected].astype(str))
+    # `explain` compares items by their embeddings without the bias column.
+    explained = module.explain(tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
+                               tf.constant(features["history_timestamps"], tf.int64))
+    unit = embeddings[:, :-1] / np.maximum(np.linalg.norm(embeddings[:, :-1], axis=1, keepdims=True), 1e-12)
+    because = run.result.vocab.index(explained["because_item_ids"].numpy().astype(str).astype(object))
+    np.testing.assert_allclose(explained["because_similarity"].numpy(),
+                               np.sum(unit[expected] * unit[because], axis=-1), rtol=1e-4, atol=1e-4)

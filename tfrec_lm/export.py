@@ -227,6 +227,7 @@ class ServingModule(tf.Module):
         embeddings = model.item_tower(everything, training=False).numpy()
         embeddings[0] = 0.0
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
+        self.similarity_width = int(model.item_tower.embedding_dim)
         counts = np.asarray(counts, dtype=np.float64).copy()
         counts[0] = -1.0
         order = most_popular(counts, num_items - 1, exclude=np.flatnonzero(~servable))
@@ -293,8 +294,9 @@ class ServingModule(tf.Module):
         """
         history = self._lookup(history_item_ids)
         items, scores = self._recommend(history, history_timestamps)
-        recommended = tf.math.l2_normalize(tf.gather(self.item_embeddings, items), axis=-1)
-        watched = tf.math.l2_normalize(tf.gather(self.item_embeddings, history), axis=-1)
+        width = self.similarity_width  # an item bias column is not part of the item's likeness
+        recommended = tf.math.l2_normalize(tf.gather(self.item_embeddings[:, :width], items), axis=-1)
+        watched = tf.math.l2_normalize(tf.gather(self.item_embeddings[:, :width], history), axis=-1)
         similarity = tf.einsum("bkd,bnd->bkn", recommended, watched)
         similarity = tf.where((history > 0)[:, None, :], similarity, LOWEST_SCORE)
         best = tf.argmax(similarity, axis=2, output_type=tf.int32)

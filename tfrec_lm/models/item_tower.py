@@ -286,11 +286,6 @@ class ItemTower(tf.keras.layers.Layer):
             return tf.ones([self.num_items - 1], tf.bool)
         return tf.constant(self.warm_items[1:])
 
-    @property
-    def output_dim(self) -> int:
-        """Width of the output embeddings: `embedding_dim`, plus the bias column with `bias`."""
-        return self.embedding_dim + int(self.bias)
-
     def bias_of(self, items):
         """Each item's score bias (cold items: the no-ID bias). int32 [...] -> float32 [...]."""
         items = tf.cast(items, tf.int32)
