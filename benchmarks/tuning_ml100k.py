@@ -44,6 +44,9 @@ def main(argv=None) -> int:
                              f"default space {SPACE}")
     parser.add_argument("--output", default="tuning_ml100k", help="result name under benchmarks/results/")
     parser.add_argument("--initial-points", type=int, default=None, help="bayesian: random trials first")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no trial: write the JSON from the search already in --directory (one that was "
+                             "stopped before its budget); its wall time is then the trials' own")
     args = parser.parse_args(argv)
 
     from tuning.search import main as search
@@ -63,8 +66,8 @@ def main(argv=None) -> int:
     for entry in space:
         command += ["--space", entry]
     start = time.monotonic()
-    code = search(command)
-    wall = time.monotonic() - start
+    code = 0 if args.report_only else search(command)
+    wall = None if args.report_only else time.monotonic() - start
     if code:
         return code
     from tuning.results import best_trial, trial_rows
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     best_val = float(best.score)
     payload = {
         "budget_minutes": args.budget_minutes, "max_trials": args.max_trials, "strategy": args.strategy,
-        "search_space": space, "search_wall_seconds": wall, "trials": rows,
+        "search_space": space, "search_wall_seconds": wall, "stopped_early": args.report_only, "trials": rows,
         "best_validation_ndcg_at_10": best_val, "best_hyperparameters": best.hyperparameters.values,
         "default_validation_ndcg_at_10": default_val, "default_reference": args.reference,
         "base_config": base_config_from_args(parsed).to_dict(),
@@ -85,8 +88,8 @@ def main(argv=None) -> int:
     }
     path = write_result(args.output, payload)
     print(f"best validation NDCG@10 {best_val:.4f} vs untuned default {default_val:.4f} "
-          f"({len(rows)} trials of at most {args.max_trials}, budget {args.budget_minutes} min, "
-          f"{wall / 60:.1f} min) -> {path}")
+          f"({len(rows)} trials of at most {args.max_trials}, budget {args.budget_minutes} min"
+          + (")" if wall is None else f", {wall / 60:.1f} min)") + f" -> {path}")
     return 0
 
 
