@@ -15,6 +15,8 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
   `history-text` tower.
 - `item_ids` is tuned only when the base config keeps the item text (`item_text`); an
   ID-only item tower needs its IDs.
+- `temperature` is tuned only for `similarity` `cosine`; raw dot products keep 1 (their
+  norms set the scale).
 """
 
 from __future__ import annotations
