@@ -83,12 +83,8 @@ def item_parts(model, counts) -> dict | None:
     if not (tower.use_text and tower.id_embedding is not None):
         return None
     items = tf.range(1, tower.num_items)
-    text = tower.projection(tower.text_vectors(items))
-    if tower.text_norm is not None:
-        text = tower.text_norm(text)
-    text = text.numpy()
-    whole = tower.representation(items).numpy()
-    ids = whole - text
+    text, ids = tower.text_part(items).numpy(), tower.id_part(items).numpy()
+    whole = text + ids
     cosine = np.sum(text * whole, 1) / np.maximum(np.linalg.norm(text, axis=1) * np.linalg.norm(whole, axis=1), 1e-12)
     buckets = count_buckets(np.asarray(counts)[1:])
     out = {}

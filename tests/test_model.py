@@ -229,6 +229,26 @@ def test_steps_per_epoch_validates_every_n_steps(synthetic, encoder_factory, tmp
         tiny_config(tmp_path, steps_per_epoch=0)
 
 
+def history_request(vocab_ids, features) -> tuple:
+    """`serving_default`'s inputs for example features: (history item ids string [B, N], timestamps int64 [B, N])."""
+    ids = vocab_ids[features["history"]]
+    return (tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
+            tf.constant(features["history_timestamps"], tf.int64))
+
+
+def numpy_top_k(users, items, history, k) -> tuple:
+    """The exact top k by dot product with padding and each row's history excluded.
+
+    Returns:
+        (np.ndarray int [B, k] item indices, np.ndarray [B, C+1] the masked scores).
+    """
+    scores = users @ items.T
+    scores[:, 0] = -np.inf
+    for row, seen in enumerate(history):
+        scores[row, seen[seen > 0]] = -np.inf
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k], scores
+
+
 def test_dot_similarity_trains_unnormalised_towers_and_exports_their_top_k(synthetic, encoder_factory, tmp_path):
     """`--similarity dot`: neither tower normalises, the model still learns the migration
     signal, and the ScaNN export (non-spherical tree for rows that are not unit length)
@@ -250,14 +270,8 @@ def test_dot_similarity_trains_unnormalised_towers_and_exports_their_top_k(synth
     assert metrics["model"]["all"]["HR@10"] >= metrics["most_popular"]["all"]["HR@10"] + 0.2, metrics
 
     module = ServingModule(model, result.vocab.ids, result.counts, top_k=5, index="scann")
-    ids = result.vocab.ids[features["history"]]
-    answer = module.retrieve(tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
-                             tf.constant(features["history_timestamps"], tf.int64))
-    scores = users @ items.T
-    scores[:, 0] = -np.inf
-    for row, history in enumerate(features["history"]):
-        scores[row, history[history > 0]] = -np.inf
-    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    answer = module.retrieve(*history_request(result.vocab.ids, features))
+    expected, scores = numpy_top_k(users, items, features["history"], 5)
     np.testing.assert_array_equal(answer["item_ids"].numpy().astype(str), result.vocab.ids[expected].astype(str))
     np.testing.assert_allclose(answer["scores"].numpy(), np.take_along_axis(scores, expected, 1), rtol=1e-4, atol=1e-4)
 
@@ -345,18 +359,12 @@ def test_item_bias_adds_a_learned_prior_to_every_score(synthetic, encoder_factor
     np.testing.assert_allclose(users @ embeddings.T, cosine + config.temperature * tower.bias_of(items).numpy(),
                                rtol=1e-5, atol=1e-5)
     module = ServingModule(model, run.result.vocab.ids, run.result.counts, top_k=5, index="brute-force")
-    ids = run.result.vocab.ids[features["history"]]
-    answer = module.retrieve(tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
-                             tf.constant(features["history_timestamps"], tf.int64))
-    scores = users @ embeddings.T
-    scores[:, 0] = -np.inf
-    for row, history in enumerate(features["history"]):
-        scores[row, history[history > 0]] = -np.inf
-    expected = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+    request = history_request(run.result.vocab.ids, features)
+    answer = module.retrieve(*request)
+    expected, _ = numpy_top_k(users, embeddings, features["history"], 5)
     np.testing.assert_array_equal(answer["item_ids"].numpy().astype(str), run.result.vocab.ids[expected].astype(str))
     # `explain` compares items by their embeddings without the bias column.
-    explained = module.explain(tf.constant(np.where(features["history"] > 0, ids, ""), tf.string),
-                               tf.constant(features["history_timestamps"], tf.int64))
+    explained = module.explain(*request)
     unit = embeddings[:, :-1] / np.maximum(np.linalg.norm(embeddings[:, :-1], axis=1, keepdims=True), 1e-12)
     because = run.result.vocab.index(explained["because_item_ids"].numpy().astype(str).astype(object))
     np.testing.assert_allclose(explained["because_similarity"].numpy(),

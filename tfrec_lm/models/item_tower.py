@@ -245,25 +245,40 @@ class ItemTower(tf.keras.layers.Layer):
             pooled = tf.gather(pooled, position)
         return tf.reshape(pooled, tf.concat([tf.shape(items), [self.encoder.hidden_size]], axis=0))
 
+    def text_part(self, items, training=False):
+        """The text's share of `representation`: the projected (and, balanced, normalised) text vector.
+
+        Returns:
+            tf.Tensor float32 or None. [..., embedding_dim]; None without text.
+        """
+        if not self.use_text:
+            return None
+        text = self.text_dropout(self.text_vectors(items, training=training), training=training)
+        vectors = self.projection(text)
+        return _norm_last_axis(self.text_norm, vectors) if self.text_norm is not None else vectors
+
+    def id_part(self, items, training=False):
+        """The ID's share of `representation`: the ID embedding, or the no-ID vector where an item
+        is cold (or dropped in training); normalised when balanced.
+
+        Returns:
+            tf.Tensor float32 or None. [..., embedding_dim]; None without IDs.
+        """
+        if self.id_embedding is None:
+            return None
+        items = tf.cast(items, tf.int32)
+        ids = self.id_embedding(items)
+        if self.id_lr_multiplier != 1.0:
+            ids = ids * self.id_lr_multiplier
+        if self.no_id_embedding is not None:
+            ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
+        return _norm_last_axis(self.id_norm, ids) if self.id_norm is not None else ids
+
     def representation(self, items, training=False):
         """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim]."""
-        vectors = None
-        if self.use_text:
-            text = self.text_dropout(self.text_vectors(items, training=training), training=training)
-            vectors = self.projection(text)
-            if self.text_norm is not None:
-                vectors = _norm_last_axis(self.text_norm, vectors)
-        if self.id_embedding is not None:
-            items = tf.cast(items, tf.int32)
-            ids = self.id_embedding(items)
-            if self.id_lr_multiplier != 1.0:
-                ids = ids * self.id_lr_multiplier
-            if self.no_id_embedding is not None:
-                ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
-            if self.id_norm is not None:
-                ids = _norm_last_axis(self.id_norm, ids)
-            vectors = ids if vectors is None else vectors + ids
-        return vectors
+        parts = [part for part in (self.text_part(items, training=training), self.id_part(items, training=training))
+                 if part is not None]
+        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
     def uses_id(self, items, training=False):
         """Whether each item is represented with its ID embedding. int32 [...] -> bool [...].
