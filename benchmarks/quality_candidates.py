@@ -61,6 +61,10 @@ CANDIDATES = {
     # the best trial of the Bayesian search when confirmation began (tuning_quality.json, trial 4)
     "tuned": {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature": 0.10025382307989233,
               "dropout": 0.1, "item_fusion": "sum"},
+    # ... and without issue 12's ID dropout: what cold-item training costs the tuned model
+    "tuned-id-dropout-0": {"learning_rate": 0.001485587596644577, "batch_size": 128,
+                           "temperature": 0.10025382307989233, "dropout": 0.1, "item_fusion": "sum",
+                           "id_dropout": 0.0},
     "dropout-0.1": {"dropout": 0.1},
     "lr-3e-3": {"learning_rate": 3e-3},
 }
