@@ -65,6 +65,8 @@ CANDIDATES = {
     "tuned-id-dropout-0": {"learning_rate": 0.001485587596644577, "batch_size": 128,
                            "temperature": 0.10025382307989233, "dropout": 0.1, "item_fusion": "sum",
                            "id_dropout": 0.0},
+    # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
+    "text-tuning-300": {"text_tuning_steps": 300},
     "dropout-0.1": {"dropout": 0.1},
     "lr-3e-3": {"learning_rate": 3e-3},
 }

@@ -114,6 +114,15 @@ class TrainConfig:
         True, "keep a frozen encoder's item text vectors on disk ($TFREC_LM_CACHE/text_vectors, keyed by the "
               "item tokens and the encoder weights), so later runs over the same catalog skip encoding it")
 
+    text_tuning_steps: int = _opt(
+        0, "before the recommender trains, tune the frozen item encoder's top --text-tuning-layers layers for "
+           "this many steps on the texts of items consumed one after the other (in-batch contrastive, lower "
+           "layers' token states cached; tfrec_lm.models.text_tuning), then freeze it again and cache its "
+           "vectors: the encoder fine-tuning that fits a CPU. 0: off")
+    text_tuning_layers: int = _opt(1, "top transformer layers of the item encoder that --text-tuning-steps tunes")
+    text_tuning_batch_size: int = _opt(128, "anchor items per text-tuning step (each with one co-consumed partner)")
+    text_tuning_learning_rate: float = _opt(1e-4, "Adam learning rate of text tuning")
+
     # Model
     user_tower: str = _opt(
         "item-sequence",
@@ -232,7 +241,8 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ConfigError(f"{field.name}={value!r} is not one of {', '.join(choices)}")
         positive = ["max_history", "max_item_tokens", "history_tokens", "embedding_dim", "num_blocks",
-                    "num_heads", "epochs", "batch_size", "top_k", "trainable_layers"]
+                    "num_heads", "epochs", "batch_size", "top_k", "trainable_layers", "text_tuning_layers",
+                    "text_tuning_batch_size"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -257,6 +267,14 @@ class TrainConfig:
             raise ConfigError(f"replay must be >= 0, got {self.replay}")
         if self.replay and self.since is None:
             raise ConfigError("--replay mixes older interactions into a refresh and needs --since")
+        if self.text_tuning_steps < 0 or self.text_tuning_learning_rate <= 0:
+            raise ConfigError("text_tuning_steps must be >= 0 and text_tuning_learning_rate > 0")
+        if self.text_tuning_steps and (self.finetune != "frozen" or not self.item_text):
+            raise ConfigError("--text-tuning-steps tunes the item encoder before training and then caches it: it "
+                              "needs --finetune frozen and the item text")
+        if self.text_tuning_steps and self.strategy != "default":
+            raise ConfigError("--text-tuning-steps runs on one device before training (workers would tune on "
+                              "different shards): use --strategy default")
         if not (self.item_text or self.item_ids):
             raise ConfigError("--no-item-text needs --item-ids: an item tower needs text, IDs or both")
         if self.data == "files" and not self.interactions:

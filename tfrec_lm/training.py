@@ -111,7 +111,7 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         data = prepare_data(config, dataset, workers)
         stages.done("data")
         recorded = finished_run(config, data)
-        model = build_for_training(config, data, encoder_factory, strategy)
+        model = build_for_training(config, data, encoder_factory, strategy, tune_text=recorded is None)
         stages.done("model")
         if recorded is not None:
             return recorded_result(config, model, data, recorded)

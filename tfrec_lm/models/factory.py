@@ -14,6 +14,7 @@ from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
 from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
 from tfrec_lm.models.item_tower import ItemTower
 from tfrec_lm.models.precision import dtype_policy
+from tfrec_lm.models.text_tuning import consecutive_pairs, tune_text_encoder
 from tfrec_lm.models.two_tower import TwoTowerModel
 from tfrec_lm.text import tokenize_items
 
@@ -52,7 +53,7 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
 
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
                 item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
-                encode_texts: bool = True) -> TwoTowerModel:
+                encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None) -> TwoTowerModel:
     """Builds towers and tasks for `config` around fresh encoder copies.
 
     Layers take the Keras global dtype policy when created: call it under
@@ -68,6 +69,10 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
             negatives). None with `text`: every item but the padding is warm.
         encode_texts: bool. fill a frozen encoder's text-vector cache now; False when the
             caller restores or fills it (a checkpoint holds it).
+        tuning_pairs: np.ndarray int or None. [P, 2] items consumed one after the other; with
+            `config.text_tuning_steps` the item encoder's top layers are tuned on them first
+            (`text_tuning.tune_text_encoder`) and the cache filled from the tuned encoder. None:
+            no tuning (a catalog update restores the tuned weights from the checkpoint).
 
     Returns:
         TwoTowerModel. With a frozen encoder and `encode_texts` the item text vectors are cached.
@@ -107,13 +112,18 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
                           item_probability=item_probability)
+    tuned = None
+    if config.text_tuning_steps and tuning_pairs is not None:
+        tuned = tune_text_encoder(item_encoder, token_rows, tuning_pairs, config.text_tuning_steps,
+                                  layers=config.text_tuning_layers, batch_size=config.text_tuning_batch_size,
+                                  learning_rate=config.text_tuning_learning_rate, seed=config.seed)
     if item_tower.text_cache is not None and encode_texts:
         cache_dir = None
         if config.cache_text_vectors:
             from tfrec_lm.assets import cache_dir as asset_cache_dir
 
             cache_dir = asset_cache_dir() / "text_vectors"
-        item_tower.refresh_cache(cache_dir=cache_dir)
+        item_tower.refresh_cache(cache_dir=cache_dir, vectors=None if tuned is None else tuned.vectors)
     return model
 
 
@@ -133,7 +143,7 @@ def create_variables(model: TwoTowerModel, features: dict) -> None:
 
 
 def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory: Optional[EncoderFactory],
-                       strategy) -> TwoTowerModel:
+                       strategy, tune_text: bool = True) -> TwoTowerModel:
     """The model stage: the model of `config`, every variable created, under `strategy` and the dtype policy.
 
     Variables (mirrored under a strategy) are created in the strategy's scope. Layers take
@@ -146,17 +156,22 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
         data: PreparedData. the data stage's result (item texts, training targets and rows).
         encoder_factory: EncoderFactory or None. the pretrained `config.encoder` when None.
         strategy: tf.distribute.Strategy. where variables live.
+        tune_text: bool. run `--text-tuning-steps` on the training rows' consecutive pairs; False
+            when a checkpoint will replace the encoder's weights anyway (a finished run).
 
     Returns:
         TwoTowerModel. built, not compiled.
     """
     encoder_factory = encoder_factory or pretrained_encoder_factory(config.encoder)
+    tuning_pairs = None
+    if config.text_tuning_steps and tune_text:
+        tuning_pairs = consecutive_pairs(data.train_examples.history, data.train_examples.target)
     target_counts = data.target_counts.astype(np.float64)
     with strategy.scope():
         with dtype_policy(config.mixed_precision):
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
                                 item_probability=target_counts / max(target_counts.sum(), 1.0),
-                                warm_items=target_counts > 0)
+                                warm_items=target_counts > 0, tuning_pairs=tuning_pairs)
             create_variables(model, examples_to_features(data.train_examples.take(np.arange(2))))
             if model.item_tower.bias:
                 model.item_tower.item_bias.assign(log_prior_bias(target_counts))

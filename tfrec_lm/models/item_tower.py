@@ -191,7 +191,8 @@ class ItemTower(tf.keras.layers.Layer):
         self.unique_items = bool(unique_items)
         self.trim_padding = bool(trim_padding)
 
-    def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None) -> bool:
+    def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None,
+                      vectors: Optional[np.ndarray] = None) -> bool:
         """Encodes every item text with the (frozen) encoder into the cache.
 
         Args:
@@ -199,6 +200,9 @@ class ItemTower(tf.keras.layers.Layer):
             cache_dir: path or None. where encoded catalogs are kept between runs, one
                 `.npy` per (token rows, encoder weights) digest; a later run of the same
                 catalog and encoder (a refresh, a tuning trial) loads instead of encoding.
+            vectors: np.ndarray float32 or None. [C+1, hidden] the encoder's vectors, already
+                computed by the caller (text tuning computes them from its cached states): used
+                (and kept in `cache_dir`) instead of encoding.
 
         Returns:
             bool. True when the vectors came from `cache_dir`.
@@ -208,7 +212,7 @@ class ItemTower(tf.keras.layers.Layer):
         path = None
         if cache_dir is not None:
             path = Path(cache_dir) / f"{text_cache_key(self.token_rows, self.encoder)}.npy"
-            if path.is_file():
+            if path.is_file() and vectors is None:
                 table = np.load(path)
                 if table.shape == tuple(self.text_cache.shape):
                     self.text_cache.assign(table)
@@ -216,7 +220,10 @@ class ItemTower(tf.keras.layers.Layer):
                     logger.info("item text vectors loaded from %s", path)
                     return True
                 logger.warning("ignoring %s: shape %s, expected %s", path, table.shape, tuple(self.text_cache.shape))
-        table = self.encoder.encode_table(self.token_rows, batch_size=batch_size)
+        if vectors is not None and np.shape(vectors) != tuple(self.text_cache.shape):
+            raise ValueError(f"vectors have shape {np.shape(vectors)}, expected {tuple(self.text_cache.shape)}")
+        table = (np.array(vectors, np.float32) if vectors is not None
+                 else self.encoder.encode_table(self.token_rows, batch_size=batch_size))
         table[0] = 0.0
         self.text_cache.assign(table)
         self._cache_ready = True
