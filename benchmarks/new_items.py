@@ -217,7 +217,10 @@ def top10_has(scores: np.ndarray, queries: dict, members: np.ndarray) -> np.ndar
 # ---------------------------------------------------------------- held-out items
 
 
-def held_out_part(dataset, workdir: Path, dropouts, seed: int) -> dict:
+def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), only=None, kept=None) -> dict:
+    """The held-out-items protocol. `tuning_steps`: each also with `--text-tuning-steps N` (for
+    every dropout); `only`: run just these variant names; `kept`: earlier results by variant
+    name (same held-out seed), kept where not run again."""
     from tfrec_lm.data.split import build_vocab
 
     vocab = build_vocab(dataset.items)
@@ -242,8 +245,12 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int) -> dict:
     is_select = np.array([u in select_users for u in queries["user"]])
     variants = {"cold-items-id": {"cold_items": "id"}}
     variants.update({f"cold-items-text-id-dropout-{d:g}": {"cold_items": "text", "id_dropout": d} for d in dropouts})
-    results = {}
+    variants.update({f"cold-items-text-id-dropout-{d:g}-text-tuning-{n}": {
+        "cold_items": "text", "id_dropout": d, "text_tuning_steps": n} for d in dropouts for n in tuning_steps})
+    results = dict(kept or {})
     for name, changes in variants.items():
+        if only and name not in only:
+            continue
         run = train_run(default_config(**changes), train_data, workdir, f"held-out/{name}")
         scores = export_scores(run["export"], queries["histories"], queries["stamps"], vocab.ids[1:])
         ranks = ranks_of(scores, queries)
@@ -369,6 +376,10 @@ def main(argv=None) -> int:
     parser.add_argument("--id-dropout", nargs="+", type=float, default=[0.0, 0.25],
                         help="held-out: --id-dropout candidates of the cold-item model")
     parser.add_argument("--held-out-seed", type=int, default=0)
+    parser.add_argument("--text-tuning-steps", nargs="*", type=int, default=[],
+                        help="held-out: also each --id-dropout candidate with --text-tuning-steps N")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="held-out: run only these variants; the file's other variants are kept")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1], help="warm: training seeds")
     parser.add_argument("--q1", type=float, default=70.0)
     parser.add_argument("--q2", type=float, default=85.0)
@@ -385,7 +396,10 @@ def main(argv=None) -> int:
     dataset = load_training_data(default_config())
     for part in args.parts:
         if part == "held-out":
-            payload["held_out"] = held_out_part(dataset, workdir, args.id_dropout, args.held_out_seed)
+            before = payload.get("held_out", {})
+            kept = before.get("variants") if args.only and before.get("seed") == args.held_out_seed else None
+            payload["held_out"] = held_out_part(dataset, workdir, args.id_dropout, args.held_out_seed,
+                                                args.text_tuning_steps, args.only, kept)
         elif part == "time":
             payload["time"] = time_part(dataset, workdir, args.q1, args.q2)
         else:
