@@ -165,17 +165,21 @@ def tune_text_encoder(encoder, token_rows: np.ndarray, pairs: np.ndarray, steps:
         neighbours[b].append(a)
     neighbours = [np.asarray(n, np.int32) for n in neighbours]
     anchors_pool = np.flatnonzero([len(n) > 0 for n in neighbours])
+    lengths = mask.sum(axis=1)
     rng = np.random.default_rng(seed)
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     hidden = states.shape[-1]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None, hidden], tf.float32),
-                                  tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
-                                  tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.bool)])
-    def step(batch_states, batch_mask, anchor_rows, partner_rows, hits):
+    chunk = [tf.TensorSpec([None, None, hidden], tf.float32), tf.TensorSpec([None, None], tf.int32)]
+
+    @tf.function(input_signature=chunk + chunk + [tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+                                                  tf.TensorSpec([None, None], tf.bool)])
+    def step(short_states, short_mask, long_states, long_mask, anchor_rows, partner_rows, hits):
         with tf.GradientTape() as tape:
             tape.watch(top.variables)
-            vectors = tf.math.l2_normalize(top(batch_states, batch_mask, training=True), axis=-1)
+            pooled = tf.concat([top(short_states, short_mask, training=True),
+                                top(long_states, long_mask, training=True)], axis=0)
+            vectors = tf.math.l2_normalize(pooled, axis=-1)
             logits = tf.matmul(tf.gather(vectors, anchor_rows), tf.gather(vectors, partner_rows),
                                transpose_b=True) / temperature
             labels = tf.range(tf.shape(logits)[0])
@@ -190,10 +194,18 @@ def tune_text_encoder(encoder, token_rows: np.ndarray, pairs: np.ndarray, steps:
     losses = []
     for _ in range(int(steps)):
         anchors, partners = sample_batch(neighbours, anchors_pool, batch_size, rng)
-        items, rows = np.unique(np.concatenate([anchors, partners]), return_inverse=True)
-        width = max(1, int(mask[items].sum(axis=1).max()))
-        losses.append(float(step(tf.constant(states[items, :width]), tf.constant(mask[items, :width]),
-                                 tf.constant(rows[:len(anchors)], tf.int32), tf.constant(rows[len(anchors):], tf.int32),
+        # The batch's distinct items, shortest text first, in two halves each cut to its own
+        # longest text: a half of short titles does not pay for the long ones' padding.
+        items = np.unique(np.concatenate([anchors, partners]))
+        items = items[np.argsort(lengths[items], kind="stable")]
+        order = np.empty(len(token_rows), np.int32)
+        order[items] = np.arange(len(items))
+        half = len(items) // 2
+        parts = []
+        for group in (items[:half], items[half:]):
+            width = max(1, int(lengths[group].max())) if len(group) else 1
+            parts += [tf.constant(states[group, :width]), tf.constant(mask[group, :width])]
+        losses.append(float(step(*parts, tf.constant(order[anchors]), tf.constant(order[partners]),
                                  tf.constant(accidental_hits(anchors, partners)))))
     vectors = np.concatenate([top(tf.constant(states[s:s + 256]), tf.constant(mask[s:s + 256])).numpy()
                               for s in range(0, len(states), 256)], axis=0).astype(np.float32)
