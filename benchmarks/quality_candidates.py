@@ -65,6 +65,10 @@ CANDIDATES = {
     "tuned-id-dropout-0": {"learning_rate": 0.001485587596644577, "batch_size": 128,
                            "temperature": 0.10025382307989233, "dropout": 0.1, "item_fusion": "sum",
                            "id_dropout": 0.0},
+    # ... and with item IDs alone (no text, no ID dropout): the language model's share of the tuned model
+    "tuned-id-only": {"learning_rate": 0.001485587596644577, "batch_size": 128,
+                      "temperature": 0.10025382307989233, "dropout": 0.1, "item_fusion": "sum",
+                      "id_dropout": 0.0, "item_text": False},
     # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
     "text-tuning-300": {"text_tuning_steps": 300},
     "dropout-0.1": {"dropout": 0.1},
