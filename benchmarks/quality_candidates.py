@@ -34,46 +34,51 @@ from _common import RESULTS, results_dir, write_result  # noqa: E402
 from ml100k import count_bucket_names, ndcg_by_target_count, run_variant  # noqa: E402
 from recency_ablation import paired, run_key  # noqa: E402
 
+# The defaults before issue 15 changed them (session 7). Candidates measured against those
+# spell them out, so every candidate stays the run it was.
+PREVIOUS_DEFAULT = {"learning_rate": 1e-3, "batch_size": 256, "temperature": 0.05, "dropout": 0.2,
+                    "id_dropout": 0.25, "epochs": 10}
+TUNED = {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature": 0.10025382307989233,
+         "dropout": 0.1, "item_fusion": "sum"}
+
 CANDIDATES = {
+    # the preset as shipped now: TUNED, ID dropout 0, at most 8 epochs
     "default": {},
+    "previous-default": PREVIOUS_DEFAULT,
     # the rating head's squared error shares the towers with retrieval
-    "no-rating-loss": {"ranking_weight": 0.0},
+    "no-rating-loss": {**PREVIOUS_DEFAULT, "ranking_weight": 0.0},
     # SASRec trains a fixed 6 epochs; ours stops after 2 epochs without a validation gain
-    "patience-4": {"patience": 4, "epochs": 12},
+    "patience-4": {**PREVIOUS_DEFAULT, "patience": 4, "epochs": 12},
     # SASRec scores raw dot products; ours L2-normalises and divides by 0.05
-    "temperature-0.1": {"temperature": 0.1},
-    "temperature-0.02": {"temperature": 0.02},
-    "temperature-0.2": {"temperature": 0.2},
+    "temperature-0.1": {**PREVIOUS_DEFAULT, "temperature": 0.1},
+    "temperature-0.02": {**PREVIOUS_DEFAULT, "temperature": 0.02},
+    "temperature-0.2": {**PREVIOUS_DEFAULT, "temperature": 0.2},
     # SASRec's score: raw dot products of unnormalised embeddings (norms may carry popularity)
-    "dot": {"similarity": "dot", "temperature": 1.0},
+    "dot": {**PREVIOUS_DEFAULT, "similarity": "dot", "temperature": 1.0},
     # SASRec takes twice the steps per epoch (batch 128)
-    "batch-128": {"batch_size": 128},
+    "batch-128": {**PREVIOUS_DEFAULT, "batch_size": 128},
     # the cost of issue 12's ID dropout on warm items
-    "id-dropout-0": {"id_dropout": 0.0},
+    "id-dropout-0": {**PREVIOUS_DEFAULT, "id_dropout": 0.0},
     # our architecture without the language model: does the text help or hurt, and where?
-    "id-only": {"item_text": False},
+    "id-only": {**PREVIOUS_DEFAULT, "item_text": False},
     # the projected text vector is ~7x the ID embedding's norm after training: items are their text
-    "balanced-fusion": {"item_fusion": "balanced"},
+    "balanced-fusion": {**PREVIOUS_DEFAULT, "item_fusion": "balanced"},
     # ... or let the IDs learn faster than the shared text projection
-    "id-lr-10": {"id_lr_multiplier": 10.0},
+    "id-lr-10": {**PREVIOUS_DEFAULT, "id_lr_multiplier": 10.0},
     # popularity as a learned per-item logit bias (initialised at the log prior), not a direction
-    "item-bias": {"item_bias": True},
+    "item-bias": {**PREVIOUS_DEFAULT, "item_bias": True},
     # the best trial of the Bayesian search when confirmation began (tuning_quality.json, trial 4)
-    "tuned": {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature": 0.10025382307989233,
-              "dropout": 0.1, "item_fusion": "sum"},
+    "tuned": {**PREVIOUS_DEFAULT, **TUNED},
     # ... and without issue 12's ID dropout: what cold-item training costs the tuned model
-    "tuned-id-dropout-0": {"learning_rate": 0.001485587596644577, "batch_size": 128,
-                           "temperature": 0.10025382307989233, "dropout": 0.1, "item_fusion": "sum",
-                           "id_dropout": 0.0},
-    # ... and with item IDs alone (no text, no ID dropout): the language model's share of the tuned model
-    "tuned-id-only": {"learning_rate": 0.001485587596644577, "batch_size": 128,
-                      "temperature": 0.10025382307989233, "dropout": 0.1, "item_fusion": "sum",
-                      "id_dropout": 0.0, "item_text": False},
+    "tuned-id-dropout-0": {**PREVIOUS_DEFAULT, **TUNED, "id_dropout": 0.0},
+    # the default with item IDs alone (no text): the language model's share of it
+    "id-only-now": {"item_text": False},
     # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
-    "text-tuning-300": {"text_tuning_steps": 300},
-    "dropout-0.1": {"dropout": 0.1},
-    "lr-3e-3": {"learning_rate": 3e-3},
+    "text-tuning-300": {**PREVIOUS_DEFAULT, "text_tuning_steps": 300},
+    "dropout-0.1": {**PREVIOUS_DEFAULT, "dropout": 0.1},
+    "lr-3e-3": {**PREVIOUS_DEFAULT, "learning_rate": 3e-3},
 }
+BASELINES = ("default", "previous-default")
 REFERENCE = "sasrec"
 
 
@@ -113,7 +118,7 @@ def summarize(runs: dict, reference: dict, target_counts) -> dict:
     everything = {**runs, **reference}
     comparisons = {}
     for variant in sorted({run["variant"] for run in runs.values()}):
-        for baseline in ("default", REFERENCE):
+        for baseline in (*BASELINES, REFERENCE):
             if variant != baseline:
                 result = paired(everything, variant, baseline)
                 if result:
