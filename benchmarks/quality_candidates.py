@@ -75,6 +75,7 @@ CANDIDATES = {
     "id-only-now": {"item_text": False},
     # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
     "text-tuning-300": {**PREVIOUS_DEFAULT, "text_tuning_steps": 300},
+    "text-tuning-300-now": {"text_tuning_steps": 300},
     "dropout-0.1": {**PREVIOUS_DEFAULT, "dropout": 0.1},
     "lr-3e-3": {**PREVIOUS_DEFAULT, "learning_rate": 3e-3},
 }
