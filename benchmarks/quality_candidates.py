@@ -78,6 +78,13 @@ CANDIDATES = {
     # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
     "text-tuning-300": {**PREVIOUS_DEFAULT, "text_tuning_steps": 300},
     "text-tuning-300-now": {"epochs": 8, "text_tuning_steps": 300},
+    # on the new default: more room for the ID embeddings, popularity as a bias, longer patience,
+    # a second transformer block, a longer history
+    "emb-128": {"embedding_dim": 128},
+    "item-bias-now": {"item_bias": True},
+    "patience-3": {"patience": 3},
+    "blocks-2": {"num_blocks": 2},
+    "history-100": {"max_history": 100},
     "dropout-0.1": {**PREVIOUS_DEFAULT, "dropout": 0.1},
     "lr-3e-3": {**PREVIOUS_DEFAULT, "learning_rate": 3e-3},
 }
