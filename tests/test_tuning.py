@@ -225,7 +225,7 @@ def test_search_space_respects_train_config_constraints():
     hypermodel.build(hp)
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=1)
     oracle.hyperparameters = hp.copy()
-    seen, recency, scores = set(), set(), set()
+    seen, recency, scores, text_tuning = set(), set(), set(), set()
     for _ in range(300):
         sample = hp.copy()
         sample.values = oracle._random_values()
@@ -236,6 +236,7 @@ def test_search_space_respects_train_config_constraints():
         seen.add((config.finetune, config.negatives, config.user_tower))
         scores.add((config.similarity, config.temperature))
         recency.add((config.user_tower, config.time_features, config.long_short, config.short_window))
+        text_tuning.add((config.finetune, config.text_tuning_steps))
     assert {("frozen", "catalog", "item-sequence"), ("frozen", "in-batch", "history-text"),
             ("top-k", "in-batch", "item-sequence"), ("full", "in-batch", "history-text")} <= seen
     assert not {s for s in seen if s[0] != "frozen" and s[1] == "catalog"}
@@ -247,6 +248,10 @@ def test_search_space_respects_train_config_constraints():
     assert {r[1] for r in sequence} == {r[2] for r in sequence} == {True, False}
     assert {r[3] for r in sequence if r[2]} == {5, 10, 20}
     assert all(not r[1] and not r[2] for r in recency if r[0] == "history-text")
+
+    # Text tuning is a knob of frozen encoders only.
+    assert text_tuning == {("frozen", 0), ("frozen", 300), ("top-k", 0), ("full", 0)}
+    assert "text_tuning_steps" not in RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True)).space
 
     # The tiny search's pins and narrowed ranges hold.
     tiny = tiny_hypermodel(Path("/tmp"))

@@ -14,7 +14,8 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
   `num_heads` only for the `item-sequence` user tower; `history_tokens` only for the
   `history-text` tower.
 - `item_ids` is tuned only when the base config keeps the item text (`item_text`); an
-  ID-only item tower needs its IDs.
+  ID-only item tower needs its IDs. `text_tuning_steps` likewise needs the item text (and
+  `--strategy default`), and is active only with a frozen encoder.
 - `temperature` is tuned only for `similarity` `cosine`; raw dot products keep 1 (their
   norms set the scale).
 """
@@ -93,6 +94,9 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "ranking_weight": [0.0, 0.01, 0.1, 0.3, 1.0],
     "item_ids": [True, False],                  # only when the base config keeps item_text
     "item_fusion": ["sum", "balanced"],
+    "id_dropout": [0.0, 0.1, 0.25],              # issue 12's cold-item training against warm quality
+    "item_bias": [False, True],
+    "text_tuning_steps": [0, 300],              # only for finetune == frozen
     # Recency: item-age embeddings and the long/short-term gate (item-sequence only).
     "time_features": [True, False],
     "long_short": [True, False],
@@ -106,6 +110,7 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "temperature": ("similarity", ("cosine",)),
     "trainable_layers": ("finetune", ("top-k",)),
     "negatives": ("finetune", ("frozen",)),
+    "text_tuning_steps": ("finetune", ("frozen",)),
     "num_blocks": ("user_tower", ("item-sequence",)),
     "num_heads": ("user_tower", ("item-sequence",)),
     "history_tokens": ("user_tower", ("history-text",)),
@@ -114,7 +119,8 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "short_window": ("long_short", (True,)),
 }
 # Value of a conditional knob where its condition does not hold (None: the base config's).
-INACTIVE_VALUE: dict[str, Any] = {"temperature": 1.0, "negatives": "in-batch", "time_features": False, "long_short": False}
+INACTIVE_VALUE: dict[str, Any] = {"temperature": 1.0, "negatives": "in-batch", "time_features": False, "long_short": False,
+                                  "text_tuning_steps": 0}
 
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 
@@ -177,6 +183,10 @@ class RecommenderHyperModel(kt.HyperModel):
             # An item tower without text needs its IDs: item_ids is not a knob then.
             del self.space["item_ids"]
             self.base = self.base.replace(item_ids=True)
+        if (not self.base.item_text or self.base.strategy != "default") and "text_tuning_steps" in self.space:
+            # Text tuning tunes the item text encoder on one device: not a knob without either.
+            del self.space["text_tuning_steps"]
+            self.base = self.base.replace(text_tuning_steps=0)
         self._check()
 
     # ---- space queries -------------------------------------------------------------
@@ -260,7 +270,8 @@ class RecommenderHyperModel(kt.HyperModel):
                  "finetune", "trainable_layers", "negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",
-                 "retrieval_weight", "ranking_weight", "item_ids", "item_fusion"]
+                 "retrieval_weight", "ranking_weight", "item_ids", "item_fusion", "id_dropout", "item_bias",
+                 "text_tuning_steps"]
         assert set(order) == set(KNOBS), "every knob has a place in build()"
         for name in order:
             chosen[name] = self._value(hp, name, chosen)
