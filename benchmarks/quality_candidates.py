@@ -42,10 +42,11 @@ TUNED = {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature"
          "dropout": 0.1, "item_fusion": "sum"}
 
 CANDIDATES = {
-    # the preset as shipped now: TUNED with ID dropout 0 (tuned-id-dropout-0)
+    # the preset as shipped now: TUNED with ID dropout 0 and patience 3
     "default": {},
-    # ... with at most 8 epochs (the 5-minute budget)
-    "default-8-epochs": {"epochs": 8},
+    # ... with patience 2 (the earlier default's), and also at most 8 epochs (the 5-minute budget)
+    "patience-2": {"patience": 2},
+    "default-8-epochs": {"patience": 2, "epochs": 8},
     "previous-default": PREVIOUS_DEFAULT,
     # the rating head's squared error shares the towers with retrieval
     "no-rating-loss": {**PREVIOUS_DEFAULT, "ranking_weight": 0.0},
@@ -74,17 +75,16 @@ CANDIDATES = {
     # ... and without issue 12's ID dropout: what cold-item training costs the tuned model
     "tuned-id-dropout-0": {**PREVIOUS_DEFAULT, **TUNED, "id_dropout": 0.0},
     # the default (at most 8 epochs) with item IDs alone (no text): the language model's share of it
-    "id-only-now": {"epochs": 8, "item_text": False},
+    "id-only-now": {"patience": 2, "epochs": 8, "item_text": False},
     # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
     "text-tuning-300": {**PREVIOUS_DEFAULT, "text_tuning_steps": 300},
-    "text-tuning-300-now": {"epochs": 8, "text_tuning_steps": 300},
-    # on the new default: more room for the ID embeddings, popularity as a bias, longer patience,
-    # a second transformer block, a longer history
-    "emb-128": {"embedding_dim": 128},
-    "item-bias-now": {"item_bias": True},
-    "patience-3": {"patience": 3},
-    "blocks-2": {"num_blocks": 2},
-    "history-100": {"max_history": 100},
+    "text-tuning-300-now": {"patience": 2, "epochs": 8, "text_tuning_steps": 300},
+    # on the new default (with patience 2, as they ran): more room for the ID embeddings,
+    # popularity as a bias, a second transformer block, a longer history
+    "emb-128": {"patience": 2, "embedding_dim": 128},
+    "item-bias-now": {"patience": 2, "item_bias": True},
+    "blocks-2": {"patience": 2, "num_blocks": 2},
+    "history-100": {"patience": 2, "max_history": 100},
     "dropout-0.1": {**PREVIOUS_DEFAULT, "dropout": 0.1},
     "lr-3e-3": {**PREVIOUS_DEFAULT, "learning_rate": 3e-3},
 }

@@ -93,8 +93,8 @@ class TrainConfig:
 
     The learning rate, batch size, temperature and dropout are the Bayesian search's best trial
     on MovieLens-100K validation (benchmarks/results/tuning_quality.json, trial 4) with ID
-    dropout 0: 1.12x the defaults before them on test over three seeds (95% CI 1.03-1.23;
-    benchmarks/results/quality_candidates.json, BUILD_NOTES.md "Issue 15 in session 7").
+    dropout 0 and patience 3 (BUILD_NOTES.md "Issue 15 in session 7";
+    benchmarks/results/quality_candidates.json: `default`).
     """
 
     # Data
@@ -198,7 +198,7 @@ class TrainConfig:
               "pass over the data (for long epochs: large data, a BERT user tower on CPU)")
     learning_rate: float = _opt(0.001485587596644577, "AdamW learning rate")
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
-    patience: int = _opt(2, "epochs without validation NDCG@10 gain before stopping")
+    patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
     time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
     seed: int = _opt(42, "random seed")
