@@ -243,7 +243,8 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
     halves = rng.permutation(users)
     select_users = set(halves[: len(users) // 2])
     is_select = np.array([u in select_users for u in queries["user"]])
-    variants = {"cold-items-id": {"cold_items": "id"}}
+    # `default`: the shipped defaults as they are when the part runs (each row records its config)
+    variants = {"default": {}, "cold-items-id": {"cold_items": "id"}}
     variants.update({f"cold-items-text-id-dropout-{d:g}": {"cold_items": "text", "id_dropout": d} for d in dropouts})
     variants.update({f"cold-items-text-id-dropout-{d:g}-text-tuning-{n}": {
         "cold_items": "text", "id_dropout": d, "text_tuning_steps": n} for d in dropouts for n in tuning_steps})
@@ -258,7 +259,7 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
         among[:, ~held_mask] = -np.inf  # rank among the held-out items only
         ranks_new = ranks_of(among, queries)
         has_new = top10_has(scores, queries, held_mask)
-        row = {"config_changes": changes, "wall_seconds": run["wall_seconds"],
+        row = {"config_changes": changes, "config": run["config"].to_dict(), "wall_seconds": run["wall_seconds"],
                "warm_test": run["result"].metrics["model"], "validation_ndcg_at_10": run["result"].validation_ndcg}
         for half, mask in (("select", is_select), ("report", ~is_select), ("all", np.ones(len(ranks), bool))):
             row[half] = {
@@ -273,7 +274,7 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
               f"HR@10 {row['report']['among_held_out']['HR@10']:.4f}, median rank "
               f"{row['report']['median_full_catalog_rank']:.0f}, warm NDCG@10 "
               f"{row['warm_test']['all']['NDCG@10']:.4f}", flush=True)
-    text = [n for n in results if n != "cold-items-id"]
+    text = [n for n in results if n not in ("cold-items-id", "default")]
     chosen = max(text, key=lambda n: results[n]["select"]["full_catalog"]["HR@10"]) if text else None
     return {"held_out_items": len(held), "eligible_items": len(eligible), "queries": len(queries["target"]),
             "seed": seed, "random_hr_at_10_full_catalog": 10 / (vocab.size - 1),
