@@ -538,15 +538,16 @@ def compare_with_prefix(causal_runs: dict, prefix_runs: dict) -> tuple[dict, dic
     return quality, timing
 
 
-def load_runs(name: str) -> dict:
+def load_runs(name: str, with_epochs: bool = True) -> dict:
     """The runs of an earlier results file: the suite's results folder first, else the committed one.
 
     Args:
         name: str. result name (`sasrec`, `sasrec_causal`).
+        with_epochs: bool. give each run `epochs` (the file's `settings` where the run has
+            none); False: the runs as stored.
 
     Returns:
-        dict. key -> run, each with `epochs` (the file's `settings` where the run has none);
-            empty when there is no such file.
+        dict. key -> run; empty when there is no such file.
     """
     from _common import RESULTS, results_dir
 
@@ -555,6 +556,8 @@ def load_runs(name: str) -> dict:
         if path.is_file():
             payload = json.loads(path.read_text())
             epochs = payload.get("settings", {}).get("epochs", SETTINGS["epochs"])
+            if not with_epochs:
+                return dict(payload["runs"])
             return {key: {"epochs": epochs, **run} for key, run in payload["runs"].items()}
     return {}
 
@@ -569,7 +572,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=None,
                         help="result name under benchmarks/results/ (default: sasrec for prefix, sasrec_causal "
                              "for causal)")
-    parser.add_argument("--fresh", action="store_true", help="causal: drop the runs of an earlier results file")
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the runs of an earlier results file (by default runs of other seeds are kept, "
+                             "so `--seeds 3 4` adds two seeds)")
     args = parser.parse_args(argv)
     from tfrec_lm.config import PRESETS, TrainConfig
     from tfrec_lm.data.prepare import prepare_data
@@ -583,9 +588,10 @@ def main(argv=None) -> int:
     if args.objective == "causal":
         prefix_runs = {key: run for key, run in load_runs(OUTPUTS["prefix"]).items()
                        if run.get("variant") == PREFIX_VARIANT}
-        if not args.fresh:
-            redo = {run_key(seed, variant) for seed in args.seeds}
-            runs = {key: run for key, run in load_runs(output).items() if key not in redo}
+    if not args.fresh:
+        redo = {run_key(seed, variant) for seed in args.seeds}
+        runs = {key: run for key, run in load_runs(output, with_epochs=args.objective == "causal").items()
+                if key not in redo}
     for seed in args.seeds:
         key = run_key(seed, variant)
         runs[key] = run_seed(data, seed, settings, objective=args.objective)
@@ -600,7 +606,7 @@ def main(argv=None) -> int:
                          for name in sorted({run["variant"] for run in runs.values()})},
                 "paired": quality, "speed": timing, "runs": runs})
         else:
-            summary = mean_over_seeds(runs)
+            summary = mean_over_seeds({k: run for k, run in runs.items() if run["variant"] == variant})
             path = write_result(output, {
                 "settings": settings, "max_history": config.max_history, "data": config.data,
                 "mean": summary, "runs": runs})
