@@ -19,6 +19,9 @@ Output: `benchmarks/results/training_throughput.json`.
     python benchmarks/training_throughput.py
     python benchmarks/training_throughput.py --quick
     python benchmarks/training_throughput.py --set mixed_precision=mixed_bfloat16   # GPU
+    # the sequence encoder's newest-position query against every position, the default's step:
+    python benchmarks/training_throughput.py --batch-size 128 --quality --output training_step_newest_query \
+        --configs item-sequence/frozen/catalog item-sequence/frozen/catalog/every-query
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,9 @@ from _common import parse_sets, write_result  # noqa: E402
 
 CONFIGS = {
     "item-sequence/frozen/catalog": {"negatives": "catalog"},
+    # Reference for the newest-position query: the sequence encoder's last block on every
+    # history position (`every_position_call`, the SequenceEncoder before 8513e93).
+    "item-sequence/frozen/catalog/every-query": {"negatives": "catalog"},
     "item-sequence/frozen/in-batch": {},
     "item-sequence/top-k/in-batch": {"finetune": "top-k"},
     "item-sequence/full/in-batch": {"finetune": "full"},
@@ -76,6 +83,27 @@ def model_flops_per_example(model, config, item_tokens: float, history_tokens: f
     return total
 
 
+def every_position_call(self, vectors, mask, ages=None, training=False):
+    """`SequenceEncoder.call` as it was before 8513e93: every block, the last one included, on every
+    position; position 0 is then read. The same values, for a reference timing."""
+    import tensorflow as tf
+
+    from tfrec_lm.layers.sequence_encoder import age_buckets
+
+    x = vectors + self.positions[None, :tf.shape(vectors)[1], :]
+    if self.time_features:
+        x = x + tf.gather(self.age_embedding, age_buckets(ages))
+    x = self.input_dropout(self.input_norm(x), training=training)
+    mask = tf.cast(mask, tf.bool)
+    attention_mask = tf.logical_and(mask[:, :, None], mask[:, None, :])
+    for block in self.blocks:
+        attended = block["attention"](x, x, attention_mask=attention_mask, training=training)
+        x = block["norm1"](x + block["drop"](attended, training=training))
+        hidden = block["ffn2"](block["ffn1"](x))
+        x = block["norm2"](x + block["drop"](hidden, training=training))
+    return (x * tf.cast(mask[:, :, None], x.dtype))[:, 0, :]
+
+
 def gpu_peak(args, policy: str):
     import tensorflow as tf
 
@@ -109,6 +137,9 @@ def throughput(args, base, split, vocab, dataset, factory) -> dict:
         model = build_model(config, dataset.items["text"].tolist(), factory)
         if name.endswith("/every-position"):
             model.item_tower.unique_items = False  # the reference: the encoder runs on every history position
+        if name.endswith("/every-query"):
+            encoder = model.user_tower.composer.sequence_encoder
+            encoder.call = types.MethodType(every_position_call, encoder)
         model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
         iterator = iter(data)
         step = model.make_train_function()
@@ -165,13 +196,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds-per-round", type=float, default=4.0)
-    parser.add_argument("--quality", nargs="*", choices=[name for name in CONFIGS if "every-position" not in name],
+    references = ("/every-position", "/every-query")
+    parser.add_argument("--quality", nargs="*", choices=[name for name in CONFIGS if not name.endswith(references)],
                         default=["item-sequence/frozen/catalog", "history-text/frozen/in-batch"])
     parser.add_argument("--target", type=float, default=0.05, help="validation NDCG@10 to reach")
     parser.add_argument("--steps-per-epoch", type=int, default=50)
     parser.add_argument("--budget-minutes", type=float, default=5.0)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the accelerator's peak, if not in the table")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config changes for every run")
+    parser.add_argument("--output", default="training_throughput",
+                        help="result file name in benchmarks/results/ (a run of some --configs beside the full one)")
     parser.add_argument("--quick", action="store_true", help="smoke run: two configs, one short round, no quality")
     args = parser.parse_args(argv)
     if args.quick:
@@ -198,6 +232,9 @@ def main(argv=None) -> int:
         a, b = f"item-sequence/{strategy}/in-batch", f"history-text/{strategy}/in-batch"
         if a in rates and b in rates:
             ratios[f"item_sequence_over_history_text_{strategy}"] = rates[a] / rates[b]
+    if "item-sequence/frozen/catalog/every-query" in rates and "item-sequence/frozen/catalog" in rates:
+        ratios["newest_query_over_every_query_frozen_catalog"] = (rates["item-sequence/frozen/catalog"]
+                                                                  / rates["item-sequence/frozen/catalog/every-query"])
     if "item-sequence/top-k/in-batch/every-position" in rates and "item-sequence/top-k/in-batch" in rates:
         ratios["unique_items_over_every_position_top_k"] = (rates["item-sequence/top-k/in-batch"]
                                                             / rates["item-sequence/top-k/in-batch/every-position"])
@@ -207,7 +244,7 @@ def main(argv=None) -> int:
                             "steps_per_epoch": args.steps_per_epoch, "budget_minutes": args.budget_minutes,
                             "base": base.to_dict()},
                "throughput": measured, "ratios": ratios, "time_to_quality": quality}
-    path = write_result("training_throughput", payload)
+    path = write_result(args.output, payload)
     print({k: round(v, 2) for k, v in ratios.items()}, "->", path)
     return 0
 
