@@ -88,6 +88,9 @@ CANDIDATES = {
     "lr-3e-3": {**PREVIOUS_DEFAULT, "learning_rate": 3e-3},
     # session 8: the faster encoder step leaves room for more epochs (validation still rose at 10)
     "epochs-20": {"epochs": 20},
+    # ... and a learning rate that decays to 0 along a cosine over the run
+    "cosine": {"lr_decay": "cosine"},
+    "cosine-20": {"epochs": 20, "lr_decay": "cosine"},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {

@@ -224,6 +224,21 @@ def test_float16_wraps_the_optimizer_in_loss_scaling():
                               tf.keras.mixed_precision.LossScaleOptimizer)
 
 
+def test_cosine_decay_runs_the_learning_rate_down_to_zero_over_the_run():
+    config = TrainConfig(learning_rate=2e-3, lr_decay="cosine")
+    optimizer = make_optimizer(config, total_steps=100)
+    weight, rates = tf.Variable([1.0]), []
+    for step in (0, 50, 100, 150):
+        optimizer.iterations.assign(step)
+        optimizer.apply_gradients([(tf.constant([0.0]), weight)])  # the rate of this step
+        rates.append(round(float(optimizer.learning_rate), 6))
+    assert rates == [2e-3, 1e-3, 0.0, 0.0]
+    assert float(make_optimizer(TrainConfig(learning_rate=2e-3), total_steps=100).learning_rate) == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="total steps"):
+        make_optimizer(config)
+    assert config_from_args(build_parser().parse_args(["--lr-decay", "cosine"])).lr_decay == "cosine"
+
+
 # ---------------------------------------------------------------- mixed precision and XLA on CPU
 
 

@@ -197,6 +197,10 @@ class TrainConfig:
         None, "validate, checkpoint and check the time budget every this many steps instead of once per "
               "pass over the data (for long epochs: large data, a BERT user tower on CPU)")
     learning_rate: float = _opt(0.001485587596644577, "AdamW learning rate")
+    lr_decay: str = _opt(
+        "constant", "learning-rate schedule: `constant`, or `cosine` (from --learning-rate down to 0 along a "
+                    "cosine over the whole run's steps, --epochs times the steps of an epoch; early stopping "
+                    "may end the run before it reaches 0)", ("constant", "cosine"))
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
     patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")

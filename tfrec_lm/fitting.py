@@ -54,10 +54,21 @@ def checkpoint_prefix(path: str, flag: str = "--warm-start") -> str:
     return str(candidate)
 
 
-def make_optimizer(config: TrainConfig):
+def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
     """AdamW with `learning_rate` and `weight_decay` (none on biases, norms and embeddings);
-    wrapped in a LossScaleOptimizer under `mixed_float16`."""
-    optimizer = tf.keras.optimizers.AdamW(learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    wrapped in a LossScaleOptimizer under `mixed_float16`.
+
+    Args:
+        config: TrainConfig. reads `learning_rate`, `lr_decay`, `weight_decay` and `mixed_precision`.
+        total_steps: int or None. the run's training steps (`--lr-decay cosine` decays over them;
+            needed then).
+    """
+    learning_rate = config.learning_rate
+    if config.lr_decay == "cosine":
+        if not total_steps or total_steps < 1:
+            raise ValueError("--lr-decay cosine needs the run's total steps")
+        learning_rate = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
+    optimizer = tf.keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm", "norm", "embedding"])
     if config.mixed_precision == "mixed_float16":
         # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
@@ -77,18 +88,19 @@ def restore_towers(model, prefix: str) -> None:
     towers.read(prefix).expect_partial().assert_existing_objects_matched()
 
 
-def warm_start_and_compile(model, config: TrainConfig) -> None:
+def warm_start_and_compile(model, config: TrainConfig, total_steps: Optional[int] = None) -> None:
     """Restores the towers and head from `--warm-start` (if any) and compiles the model.
 
     Args:
         model: TwoTowerModel. every variable already created.
         config: TrainConfig. reads `warm_start`, the optimizer options and `jit_compile`.
+        total_steps: int or None. the run's training steps (for `--lr-decay cosine`).
     """
     if config.warm_start:
         # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
         restore_towers(model, checkpoint_prefix(config.warm_start))
         logger.info("warm start from %s", config.warm_start)
-    model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
+    model.compile(optimizer=make_optimizer(config, total_steps), jit_compile=config.jit_compile)
 
 
 def training_dataset(train_examples, config: TrainConfig, start: tuple = (0, 0), batch_size: Optional[int] = None,
@@ -442,20 +454,21 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     Returns:
         FitResult. The model ends with the best validation epoch's weights.
     """
-    with strategy.scope():
-        warm_start_and_compile(model, config)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    chief = is_chief(strategy)
-    # Every worker reads the chief's backup (a non-chief's output_dir is a temporary one).
-    backup_dir = Path(config.output_dir) / BACKUP_DIR
-    prepare_backup(backup_dir, run_identity(config, data), chief)
     workers = data.workers if data.workers.sharded else None
+    identity = run_identity(config, data)
     if workers is not None:
         # Each worker trains on its own rows, batch_size / workers of them a step, repeating
         # them; an epoch (unless --steps-per-epoch) is the largest worker's pass.
         largest_pass = workers.max(math.ceil(len(data.train_examples) * workers.count / config.batch_size))
         config = config.replace(steps_per_epoch=config.steps_per_epoch or largest_pass)
     passes = math.ceil(len(data.train_examples) / config.batch_size)
+    with strategy.scope():
+        warm_start_and_compile(model, config, total_steps=config.epochs * (config.steps_per_epoch or passes))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    chief = is_chief(strategy)
+    # Every worker reads the chief's backup (a non-chief's output_dir is a temporary one).
+    backup_dir = Path(config.output_dir) / BACKUP_DIR
+    prepare_backup(backup_dir, identity, chief)
     start = backup_position(backup_dir, config.steps_per_epoch or passes)
     resume = resume_state(backup_dir, start)
     if start is not None:
