@@ -21,7 +21,8 @@ Output: `benchmarks/results/training_throughput.json`.
     python benchmarks/training_throughput.py --set mixed_precision=mixed_bfloat16   # GPU
     # the sequence encoder's newest-position query against every position, the default's step:
     python benchmarks/training_throughput.py --batch-size 128 --quality --output training_step_newest_query \
-        --configs item-sequence/frozen/catalog item-sequence/frozen/catalog/every-query
+        --configs item-sequence/frozen/catalog item-sequence/frozen/catalog/every-query \
+        item-sequence/frozen/catalog/xla
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ CONFIGS = {
     # Reference for the newest-position query: the sequence encoder's last block on every
     # history position (`every_position_call`, the SequenceEncoder before 8513e93).
     "item-sequence/frozen/catalog/every-query": {"negatives": "catalog"},
+    "item-sequence/frozen/catalog/xla": {"negatives": "catalog", "jit_compile": True},
     "item-sequence/frozen/in-batch": {},
     "item-sequence/top-k/in-batch": {"finetune": "top-k"},
     "item-sequence/full/in-batch": {"finetune": "full"},
@@ -235,6 +237,9 @@ def main(argv=None) -> int:
     if "item-sequence/frozen/catalog/every-query" in rates and "item-sequence/frozen/catalog" in rates:
         ratios["newest_query_over_every_query_frozen_catalog"] = (rates["item-sequence/frozen/catalog"]
                                                                   / rates["item-sequence/frozen/catalog/every-query"])
+    if "item-sequence/frozen/catalog/xla" in rates and "item-sequence/frozen/catalog" in rates:
+        ratios["xla_over_default_frozen_catalog"] = (rates["item-sequence/frozen/catalog/xla"]
+                                                     / rates["item-sequence/frozen/catalog"])
     if "item-sequence/top-k/in-batch/every-position" in rates and "item-sequence/top-k/in-batch" in rates:
         ratios["unique_items_over_every_position_top_k"] = (rates["item-sequence/top-k/in-batch"]
                                                             / rates["item-sequence/top-k/in-batch/every-position"])
