@@ -91,6 +91,7 @@ CANDIDATES = {
     # ... and a learning rate that decays to 0 along a cosine over the run
     "cosine": {"lr_decay": "cosine"},
     "cosine-20": {"epochs": 20, "lr_decay": "cosine"},
+    "cosine-emb-128": {"lr_decay": "cosine", "embedding_dim": 128},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
