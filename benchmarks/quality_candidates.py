@@ -37,17 +37,22 @@ from recency_ablation import paired, run_key  # noqa: E402
 # The defaults before issue 15 changed them (session 7). Candidates measured against those
 # spell them out, so every candidate stays the run it was.
 PREVIOUS_DEFAULT = {"learning_rate": 1e-3, "batch_size": 256, "temperature": 0.05, "dropout": 0.2,
-                    "id_dropout": 0.25, "epochs": 10, "patience": 2}
+                    "id_dropout": 0.25, "epochs": 10, "patience": 2, "lr_decay": "constant"}
+# The session-7 default's learning rate was constant (session 8 made it decay); the candidates
+# measured on that default spell it out.
+CONSTANT = {"lr_decay": "constant"}
 TUNED = {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature": 0.10025382307989233,
          "dropout": 0.1, "item_fusion": "sum"}
 
 CANDIDATES = {
-    # the preset as shipped now: TUNED with ID dropout 0 and patience 3
+    # the preset as shipped now: TUNED with ID dropout 0, patience 3 and a cosine learning-rate decay
     "default": {},
+    # ... with the constant learning rate of session 7 (the newest-query encoder step)
+    "constant-lr": CONSTANT,
     # ... with patience 2 (the earlier default's): `tuned` without issue 12's ID dropout, what
     # cold-item training cost the tuned model; and also at most 8 epochs (the 5-minute budget)
-    "patience-2": {"patience": 2},
-    "default-8-epochs": {"patience": 2, "epochs": 8},
+    "patience-2": {**CONSTANT, "patience": 2},
+    "default-8-epochs": {**CONSTANT, "patience": 2, "epochs": 8},
     "previous-default": PREVIOUS_DEFAULT,
     # the rating head's squared error shares the towers with retrieval
     "no-rating-loss": {**PREVIOUS_DEFAULT, "ranking_weight": 0.0},
@@ -74,22 +79,21 @@ CANDIDATES = {
     # the best trial of the Bayesian search when confirmation began (tuning_quality.json, trial 4)
     "tuned": {**PREVIOUS_DEFAULT, **TUNED},
     # the default (at most 8 epochs) with item IDs alone (no text): the language model's share of it
-    "id-only-now": {"patience": 2, "epochs": 8, "item_text": False},
+    "id-only-now": {**CONSTANT, "patience": 2, "epochs": 8, "item_text": False},
     # issue 15 item 3: the item encoder's top layer tuned on co-consumed item texts before training
     "text-tuning-300": {**PREVIOUS_DEFAULT, "text_tuning_steps": 300},
-    "text-tuning-300-now": {"patience": 2, "epochs": 8, "text_tuning_steps": 300},
+    "text-tuning-300-now": {**CONSTANT, "patience": 2, "epochs": 8, "text_tuning_steps": 300},
     # on the new default (with patience 2, as they ran): more room for the ID embeddings,
     # popularity as a bias, a second transformer block, a longer history
-    "emb-128": {"patience": 2, "embedding_dim": 128},
-    "item-bias-now": {"patience": 2, "item_bias": True},
-    "blocks-2": {"patience": 2, "num_blocks": 2},
-    "history-100": {"patience": 2, "max_history": 100},
+    "emb-128": {**CONSTANT, "patience": 2, "embedding_dim": 128},
+    "item-bias-now": {**CONSTANT, "patience": 2, "item_bias": True},
+    "blocks-2": {**CONSTANT, "patience": 2, "num_blocks": 2},
+    "history-100": {**CONSTANT, "patience": 2, "max_history": 100},
     "dropout-0.1": {**PREVIOUS_DEFAULT, "dropout": 0.1},
     "lr-3e-3": {**PREVIOUS_DEFAULT, "learning_rate": 3e-3},
     # session 8: the faster encoder step leaves room for more epochs (validation still rose at 10)
-    "epochs-20": {"epochs": 20},
-    # ... and a learning rate that decays to 0 along a cosine over the run
-    "cosine": {"lr_decay": "cosine"},
+    "epochs-20": {**CONSTANT, "epochs": 20},
+    # ... and a learning rate that decays to 0 along a cosine over the run (`default` since)
     "cosine-20": {"epochs": 20, "lr_decay": "cosine"},
     "cosine-emb-128": {"lr_decay": "cosine", "embedding_dim": 128},
 }

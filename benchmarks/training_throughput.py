@@ -142,7 +142,9 @@ def throughput(args, base, split, vocab, dataset, factory) -> dict:
         if name.endswith("/every-query"):
             encoder = model.user_tower.composer.sequence_encoder
             encoder.call = types.MethodType(every_position_call, encoder)
-        model.compile(optimizer=make_optimizer(config), jit_compile=config.jit_compile)
+        # the schedule of a run of config.epochs passes over the training split
+        steps = config.epochs * -(-len(split.train) // args.batch_size)
+        model.compile(optimizer=make_optimizer(config, total_steps=steps), jit_compile=config.jit_compile)
         iterator = iter(data)
         step = model.make_train_function()
         step(iterator)  # trace

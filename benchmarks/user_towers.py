@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     for tower in ("item-sequence", "history-text"):
         config = base.replace(user_tower=tower)
         model = build_model(config, dataset.items["text"].tolist(), factory)
-        model.compile(optimizer=make_optimizer(config))
+        model.compile(optimizer=make_optimizer(config, total_steps=args.steps + 1))
         model.fit(batches.take(1), epochs=1, verbose=0)  # trace
         start = time.perf_counter()
         model.fit(batches.skip(1), epochs=1, verbose=0)

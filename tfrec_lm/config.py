@@ -93,7 +93,8 @@ class TrainConfig:
 
     The learning rate, batch size, temperature and dropout are the Bayesian search's best trial
     on MovieLens-100K validation (benchmarks/results/tuning_quality.json, trial 4) with ID
-    dropout 0 and patience 3 (BUILD_NOTES.md "Issue 15 in session 7";
+    dropout 0 and patience 3 (BUILD_NOTES.md "Issue 15 in session 7"), the learning rate
+    decaying along a cosine (BUILD_NOTES.md "Issue 15 in session 8";
     benchmarks/results/quality_candidates.json: `default`).
     """
 
@@ -198,7 +199,7 @@ class TrainConfig:
               "pass over the data (for long epochs: large data, a BERT user tower on CPU)")
     learning_rate: float = _opt(0.001485587596644577, "AdamW learning rate")
     lr_decay: str = _opt(
-        "constant", "learning-rate schedule: `constant`, or `cosine` (from --learning-rate down to 0 along a "
+        "cosine", "learning-rate schedule: `constant`, or `cosine` (from --learning-rate down to 0 along a "
                     "cosine over the whole run's steps, --epochs times the steps of an epoch; early stopping "
                     "may end the run before it reaches 0)", ("constant", "cosine"))
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")

@@ -74,6 +74,7 @@ SpaceEntry = Union[Range, Sequence[Any]]
 # A one-element list pins the knob. Ranges are sized for the MovieLens-100K CPU/GPU runs.
 DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "learning_rate": Range(1e-5, 3e-3, sampling="log"),
+    "lr_decay": ["constant", "cosine"],
     "weight_decay": Range(1e-6, 1e-2, sampling="log"),
     "similarity": ["cosine", "dot"],
     "temperature": Range(0.02, 0.5, sampling="log"),   # only for similarity == cosine (dot: 1)
@@ -265,7 +266,7 @@ class RecommenderHyperModel(kt.HyperModel):
             TrainConfig. validated.
         """
         chosen: dict[str, Any] = {}
-        order = ["learning_rate", "weight_decay", "batch_size", "similarity", "temperature", "embedding_dim",
+        order = ["learning_rate", "lr_decay", "weight_decay", "batch_size", "similarity", "temperature", "embedding_dim",
                  "dropout",
                  "finetune", "trainable_layers", "negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
