@@ -96,6 +96,8 @@ CANDIDATES = {
     # ... and a learning rate that decays to 0 along a cosine over the run (`default` since)
     "cosine-20": {"epochs": 20, "lr_decay": "cosine"},
     "cosine-emb-128": {"lr_decay": "cosine", "embedding_dim": 128},
+    # the cosine's last epoch instead of the best on a noisy validation (seed 3 kept epoch 3 of 10)
+    "keep-last": {"keep_weights": "last"},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {

@@ -229,6 +229,36 @@ def test_steps_per_epoch_validates_every_n_steps(synthetic, encoder_factory, tmp
         tiny_config(tmp_path, steps_per_epoch=0)
 
 
+def test_keep_weights_last_trains_every_epoch_and_keeps_the_last(synthetic, encoder_factory, tmp_path, monkeypatch):
+    """Validation NDCG@10 falls after the first epoch: `best` stops after --patience and keeps
+    epoch 1; `last` trains every epoch and keeps (and checkpoints) the last one."""
+    from tfrec_lm.evaluation import scoring
+    from tfrec_lm.training import train
+
+    real, calls = scoring.ranking_metrics, []
+
+    def falling(ranks, ks=(10,), **kwargs):  # the validation callback's calls; the test stage's are real
+        if len(calls) < 3:
+            calls.append(None)
+            return {"NDCG@10": 0.5 - 0.1 * len(calls)}
+        return real(ranks, ks=ks, **kwargs)
+
+    monkeypatch.setattr(scoring, "ranking_metrics", falling)
+    kept = {}
+    for keep in ("best", "last"):
+        calls.clear()
+        config = tiny_config(tmp_path / keep, epochs=3, patience=1, steps_per_epoch=2, batch_size=16,
+                             keep_weights=keep)
+        result = train(config, dataset=synthetic, encoder_factory=encoder_factory)
+        kept[keep] = [w.copy() for w in result.model.get_weights()]
+        assert int(result.model.optimizer.iterations.numpy()) == {"best": 4, "last": 6}[keep]
+        result.model.load_weights(str(tmp_path / keep / "run" / "checkpoints" / "best.weights")).expect_partial()
+        assert all(np.array_equal(a, b) for a, b in zip(kept[keep], result.model.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(kept["best"], kept["last"]))
+    with pytest.raises(ConfigError, match="keep_weights"):
+        tiny_config(tmp_path, keep_weights="first")
+
+
 def history_request(vocab_ids, features) -> tuple:
     """`serving_default`'s inputs for example features: (history item ids string [B, N], timestamps int64 [B, N])."""
     ids = vocab_ids[features["history"]]

@@ -204,6 +204,10 @@ class TrainConfig:
                     "may end the run before it reaches 0)", ("constant", "cosine"))
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
     patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
+    keep_weights: str = _opt(
+        "best", "the epoch whose weights the run keeps (its checkpoint, test metrics and export): `best` "
+                "validation NDCG@10, training stopping after --patience epochs without a gain, or `last` (all "
+                "--epochs train, --patience is unused; validation NDCG@10 is still logged)", ("best", "last"))
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
     time_budget_minutes: Optional[float] = _opt(None, "stop training after this many minutes (checked per epoch)")
     seed: int = _opt(42, "random seed")

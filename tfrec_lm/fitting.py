@@ -416,7 +416,7 @@ def resume_state(directory: Path, start: Optional[tuple]) -> Optional[dict]:
 
 @dataclasses.dataclass
 class FitResult:
-    """What the fit stage produced (the model itself holds the best validation weights).
+    """What the fit stage produced (the model itself holds the kept epoch's weights, `--keep-weights`).
 
     Attributes:
         validation_ndcg: list of float. validation NDCG@10 after each epoch.
@@ -432,6 +432,15 @@ class FitResult:
     train_seconds: float
     history: dict
     validation_scoring_seconds: float = 0.0
+
+
+EPOCHS_TRAINED = "epochs_trained"
+
+
+def log_epochs_trained(epoch: int, logs: Optional[dict]) -> None:
+    """Adds the epochs trained so far to an epoch's logs (what `--keep-weights last` keeps the latest of)."""
+    if logs is not None:
+        logs[EPOCHS_TRAINED] = float(epoch + 1)
 
 
 def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Path, verbose: int = 0) -> FitResult:
@@ -477,15 +486,19 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     validation = ValidationNDCG(refresh_validation(data.split.validation, config.since),
                                 None if config.time_budget_minutes is None else 60 * config.time_budget_minutes,
                                 workers=workers)
-    early_stopping = tf.keras.callbacks.EarlyStopping(monitor="val_ndcg_at_10", mode="max", patience=config.patience,
+    # `--keep-weights last`: the callbacks that keep the best epoch watch the epoch count,
+    # which every epoch improves, so the kept epoch is the latest and nothing stops early.
+    monitor = "val_ndcg_at_10" if config.keep_weights == "best" else EPOCHS_TRAINED
+    early_stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience,
                                                       restore_best_weights=True)
     # Under a multi-worker strategy both callbacks write on the chief only (Keras).
     checkpoint = tf.keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights"),
-                                                    monitor="val_ndcg_at_10", mode="max", save_best_only=True,
+                                                    monitor=monitor, mode="max", save_best_only=True,
                                                     save_weights_only=True)
     backup = ResumableBackup(backup_dir, config.backup_steps, chief, validation, early_stopping, checkpoint, resume)
     callbacks = [
         validation,
+        tf.keras.callbacks.LambdaCallback(on_epoch_end=log_epochs_trained),
         early_stopping,
         checkpoint,
         backup,  # after the callbacks whose states it backs up
@@ -505,7 +518,8 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
                            steps_per_epoch=resume_steps_per_epoch(data.train_examples, config, start),
                            callbacks=callbacks, verbose=verbose)
         history = dict(fitted.history) if resume is None and start == (0, 0) else dict(backup.history)
-        if validation.history and len(validation.history) - 1 != int(np.argmax(validation.history)):
+        if (config.keep_weights == "best" and validation.history
+                and len(validation.history) - 1 != int(np.argmax(validation.history))):
             # EarlyStopping restores the best weights only when it stops early; make it
             # unconditional (from memory: a non-chief worker has no checkpoint file).
             model.set_weights(early_stopping.best_weights)
