@@ -93,9 +93,9 @@ class TrainConfig:
 
     The learning rate, batch size, temperature and dropout are the Bayesian search's best trial
     on MovieLens-100K validation (benchmarks/results/tuning_quality.json, trial 4) with ID
-    dropout 0 and patience 3 (BUILD_NOTES.md "Issue 15 in session 7"), the learning rate
-    decaying along a cosine (BUILD_NOTES.md "Issue 15 in session 8";
-    benchmarks/results/quality_candidates.json: `default`).
+    dropout 0 (BUILD_NOTES.md "Issue 15 in session 7"), the learning rate decaying along a
+    cosine over 10 epochs and the last epoch's weights kept (BUILD_NOTES.md "Issue 15 in
+    session 8"; benchmarks/results/quality_candidates.json: `default`).
     """
 
     # Data
@@ -205,7 +205,7 @@ class TrainConfig:
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
     patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
     keep_weights: str = _opt(
-        "best", "the epoch whose weights the run keeps (its checkpoint, test metrics and export): `best` "
+        "last", "the epoch whose weights the run keeps (its checkpoint, test metrics and export): `best` "
                 "validation NDCG@10, training stopping after --patience epochs without a gain, or `last` (all "
                 "--epochs train, --patience is unused; validation NDCG@10 is still logged)", ("best", "last"))
     max_train_examples: Optional[int] = _opt(None, "subsample training examples (most recent first kept)")
@@ -339,9 +339,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "epochs": 10, "mixed_precision": "mixed_bfloat16"},
     # Best trial of the budgeted Bayesian KerasTuner search on MovieLens-100K validation NDCG@10
     # (benchmarks/results/tuning_quality.json, trial 4) as the search ran it: the default's values
-    # with issue 12's ID dropout 0.25.
+    # with issue 12's ID dropout 0.25, a constant learning rate and the best validation epoch kept.
     "ml100k-tuned": {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature": 0.10025382307989233,
-                     "dropout": 0.1, "id_dropout": 0.25},
+                     "dropout": 0.1, "id_dropout": 0.25, "lr_decay": "constant", "keep_weights": "best"},
     # Seconds-long runs for tests and the notebook.
     "tiny": {"epochs": 1, "batch_size": 64, "max_history": 10, "embedding_dim": 16,
              "max_item_tokens": 12, "history_tokens": 48, "patience": 1},

@@ -193,9 +193,11 @@ class TrainingTunerMixin:
                 shutil.rmtree(Path(config.output_dir) / "checkpoints", ignore_errors=True)
         if not history:
             raise kt.errors.FailedTrialError("training ran no epoch: no validation NDCG@10")
-        # A non-finite value (a diverged epoch) never wins; all non-finite -> NaN -> the
-        # oracle marks the trial invalid.
-        best = max((v for v in history if math.isfinite(v)), default=float("nan"))
+        # The objective is the validation NDCG@10 of the epoch the run keeps (`--keep-weights`:
+        # the last, or the best). A non-finite value (a diverged epoch) never wins; all
+        # non-finite -> NaN -> the oracle marks the trial invalid.
+        kept = history[-1:] if config.keep_weights == "last" else history
+        best = max((v for v in kept if math.isfinite(v)), default=float("nan"))
         if not math.isfinite(best):
             logger.warning("trial %s: no finite validation NDCG@10 (%s)", trial.trial_id, history)
         return {OBJECTIVE_NAME: best}
