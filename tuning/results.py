@@ -22,7 +22,7 @@ class TrialRow:
     Attributes:
         trial_id: str.
         status: str. KerasTuner's status (COMPLETED, RUNNING, FAILED, INVALID, ...).
-        score: float or None. best validation NDCG@10 of the trial.
+        score: float or None. the trial's objective: validation NDCG@10 of the epoch it kept.
         hyperparameters: dict. the trial's active hyperparameter values (incl. `tuner/*`).
         epochs: int or None. epochs trained (from the trial's metrics.json).
         train_seconds: float or None. wall time of `fit`.

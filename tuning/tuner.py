@@ -4,8 +4,9 @@ KerasTuner 1.4.8 checks models against Keras 3 (`keras.models.Model`) in its def
 `Tuner.run_trial`, and tfrec_lm's models are tf-keras (`TF_USE_LEGACY_KERAS=1`), so the
 stock path rejects them ("Expected ... a valid Keras Model instance"). The tuners here
 override `run_trial`: build the trial's `TrainConfig` with the hypermodel, call the same
-`train()` the CLI calls, return `{"val_ndcg_at_10": best validation NDCG@10}` (SPEC §2:
-full catalog, history excluded, validation targets, never test).
+`train()` the CLI calls, return `{"val_ndcg_at_10": the validation NDCG@10 of the epoch the
+run keeps}` (`--keep-weights`: the last, or the best; SPEC §2: full catalog, history
+excluded, validation targets, never test).
 
 Everything lives under `directory/project_name` (KerasTuner's own layout):
 
