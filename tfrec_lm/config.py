@@ -200,8 +200,8 @@ class TrainConfig:
     learning_rate: float = _opt(0.001485587596644577, "AdamW learning rate")
     lr_decay: str = _opt(
         "cosine", "learning-rate schedule: `constant`, or `cosine` (from --learning-rate down to 0 along a "
-                    "cosine over the whole run's steps, --epochs times the steps of an epoch; early stopping "
-                    "may end the run before it reaches 0)", ("constant", "cosine"))
+                    "cosine over the whole run's steps, --epochs times the steps of an epoch; with --keep-weights "
+                    "best, early stopping may end the run before it reaches 0)", ("constant", "cosine"))
     weight_decay: float = _opt(1e-4, "AdamW decoupled weight decay")
     patience: int = _opt(3, "epochs without validation NDCG@10 gain before stopping")
     keep_weights: str = _opt(

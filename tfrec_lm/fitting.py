@@ -444,7 +444,8 @@ def log_epochs_trained(epoch: int, logs: Optional[dict]) -> None:
 
 
 def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Path, verbose: int = 0) -> FitResult:
-    """The fit stage: warm start and compile, then train with early stopping on validation NDCG@10.
+    """The fit stage: warm start and compile, then train, validating NDCG@10 after every epoch, and
+    keep the last epoch's weights or (`--keep-weights best`, with early stopping) the best one's.
 
     A run that died resumes: `<config.output_dir>/backup` (`ResumableBackup`) holds the
     model, the optimizer, the epoch and step, the other callbacks' states and the epoch
@@ -461,7 +462,7 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
         verbose: int. Keras progress output.
 
     Returns:
-        FitResult. The model ends with the best validation epoch's weights.
+        FitResult. The model ends with the kept epoch's weights.
     """
     workers = data.workers if data.workers.sharded else None
     identity = run_identity(config, data)

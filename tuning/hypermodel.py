@@ -266,8 +266,8 @@ class RecommenderHyperModel(kt.HyperModel):
             TrainConfig. validated.
         """
         chosen: dict[str, Any] = {}
-        order = ["learning_rate", "lr_decay", "weight_decay", "batch_size", "similarity", "temperature", "embedding_dim",
-                 "dropout",
+        order = ["learning_rate", "lr_decay", "weight_decay", "batch_size", "similarity", "temperature",
+                 "embedding_dim", "dropout",
                  "finetune", "trainable_layers", "negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",
