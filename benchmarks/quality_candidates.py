@@ -104,6 +104,9 @@ CANDIDATES = {
     # the cosine's last epoch instead of the best on a noisy validation (`default` since)
     # a longer cosine, the last epoch kept
     "epochs-15": {"epochs": 15},
+    # a decaying rate may start higher; a sharper softmax
+    "cosine-lr-3e-3": {"learning_rate": 3e-3},
+    "cosine-temperature-0.07": {"temperature": 0.07},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
