@@ -101,7 +101,8 @@ CANDIDATES = {
     # ... and a learning rate that decays to 0 along a cosine over the run (`keep-best` since)
     "cosine-20": {"epochs": 20, "lr_decay": "cosine", "keep_weights": "best"},
     "cosine-emb-128": {"lr_decay": "cosine", "embedding_dim": 128, "keep_weights": "best"},
-    # the cosine's last epoch instead of the best on a noisy validation (`default` since)
+    # (`keep-last`, the cosine's last epoch instead of the best on a noisy validation, is
+    # `default` since: its runs are the default's)
     # a longer cosine, the last epoch kept
     "epochs-15": {"epochs": 15},
     # a decaying rate may start higher; a sharper softmax
