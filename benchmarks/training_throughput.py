@@ -55,6 +55,14 @@ CONFIGS = {
     "history-text/top-k/in-batch": {"user_tower": "history-text", "finetune": "top-k"},
     "history-text/full/in-batch": {"user_tower": "history-text", "finetune": "full"},
 }
+# Ratio name -> (configuration, its reference), both measured in the same run.
+RATIOS = {
+    "newest_query_over_every_query_frozen_catalog": ("item-sequence/frozen/catalog",
+                                                     "item-sequence/frozen/catalog/every-query"),
+    "xla_over_default_frozen_catalog": ("item-sequence/frozen/catalog/xla", "item-sequence/frozen/catalog"),
+    "unique_items_over_every_position_top_k": ("item-sequence/top-k/in-batch",
+                                               "item-sequence/top-k/in-batch/every-position"),
+}
 # Dense peak TFLOP/s by compute dtype (vendor datasheets, SXM parts).
 PEAK_TFLOPS = {"H100": {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.4, "float16": 989.4},
                "H200": {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.4, "float16": 989.4},
@@ -236,15 +244,9 @@ def main(argv=None) -> int:
         a, b = f"item-sequence/{strategy}/in-batch", f"history-text/{strategy}/in-batch"
         if a in rates and b in rates:
             ratios[f"item_sequence_over_history_text_{strategy}"] = rates[a] / rates[b]
-    if "item-sequence/frozen/catalog/every-query" in rates and "item-sequence/frozen/catalog" in rates:
-        ratios["newest_query_over_every_query_frozen_catalog"] = (rates["item-sequence/frozen/catalog"]
-                                                                  / rates["item-sequence/frozen/catalog/every-query"])
-    if "item-sequence/frozen/catalog/xla" in rates and "item-sequence/frozen/catalog" in rates:
-        ratios["xla_over_default_frozen_catalog"] = (rates["item-sequence/frozen/catalog/xla"]
-                                                     / rates["item-sequence/frozen/catalog"])
-    if "item-sequence/top-k/in-batch/every-position" in rates and "item-sequence/top-k/in-batch" in rates:
-        ratios["unique_items_over_every_position_top_k"] = (rates["item-sequence/top-k/in-batch"]
-                                                            / rates["item-sequence/top-k/in-batch/every-position"])
+    for name, (measured_config, reference) in RATIOS.items():
+        if measured_config in rates and reference in rates:
+            ratios[name] = rates[measured_config] / rates[reference]
     quality = time_to_quality(args, base, dataset, factory, Path(tempfile.mkdtemp(prefix="tfrec_lm_ttq_")))
     payload = {"settings": {"batch_size": args.batch_size, "rounds": args.rounds,
                             "seconds_per_round": args.seconds_per_round, "target": args.target,
