@@ -412,3 +412,23 @@ def test_quality_by_target_count_groups_ranks_by_the_targets_training_interactio
     summary = quality_candidates.by_target_count(runs, counts)
     assert summary["a"]["seeds"] == 2 and summary["a"]["1-19"] == pytest.approx(0.5)
     assert summary["a"]["200+"] == pytest.approx(0.5) and summary["b"]["20-49"] == 0.0
+
+
+@pytest.mark.parametrize("num_blocks", [1, 3])
+def test_sequence_encoder_newest_query_equals_the_every_position_reference(num_blocks):
+    """The shipped encoder computes only the newest position of its last block; the throughput
+    benchmark's reference (`every_position_call`, the code before) runs every position and reads
+    position 0: the same values (same weights), so the 2.09x ratio compares equal functions."""
+    import tensorflow as tf
+    from training_throughput import every_position_call
+
+    from tfrec_lm.layers.sequence_encoder import SequenceEncoder
+
+    layer = SequenceEncoder(max_length=6, num_blocks=num_blocks, num_heads=2, dropout=0.1, time_features=True)
+    rng = np.random.default_rng(3)
+    vectors = tf.constant(rng.standard_normal((4, 6, 8)).astype(np.float32))
+    mask = tf.constant(np.array([[1] * 6, [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6], bool))
+    ages = tf.constant(rng.integers(0, 10**7, (4, 6)) * mask.numpy())
+    out = layer(vectors, mask, ages=ages).numpy()
+    np.testing.assert_allclose(out, every_position_call(layer, vectors, mask, ages).numpy(), atol=1e-5)
+    assert np.abs(out[:3]).sum(axis=1).min() > 0 and not out[3].any()  # an empty history gives zeros

@@ -13,7 +13,7 @@ from tfrec_lm.layers.catalog_top_k import CatalogTopK
 from tfrec_lm.layers.history_ops import compact_newest_first, newest_first
 from tfrec_lm.layers.history_text_composer import HistoryTextComposer
 from tfrec_lm.layers.pooling import masked_mean
-from tfrec_lm.layers.sequence_encoder import SequenceEncoder, age_buckets
+from tfrec_lm.layers.sequence_encoder import SequenceEncoder
 from tfrec_lm.models.item_tower import ItemTower
 
 CLS, SEP = 2, 3
@@ -268,29 +268,6 @@ def test_sequence_encoder_ignores_masked_positions():
     touched = vectors.copy()
     touched[0, 2] = rng.standard_normal(8)  # a real (older) item: the newest position attends to it
     assert not np.allclose(layer(tf.constant(touched), tf.constant(mask)).numpy()[0], out[0], atol=1e-5)
-
-
-def every_position_reference(layer, vectors, mask, ages):
-    """The encoder's transformer run on every position (what `newest` reads position 0 of), same weights."""
-    x = vectors + layer.positions[None, :vectors.shape[1], :]
-    x = layer.input_norm(x + tf.gather(layer.age_embedding, age_buckets(ages)))
-    attention_mask = tf.logical_and(mask[:, :, None], mask[:, None, :])
-    for block in layer.blocks:
-        x = block["norm1"](x + block["attention"](x, x, attention_mask=attention_mask))
-        x = block["norm2"](x + block["ffn2"](block["ffn1"](x)))
-    return (x * tf.cast(mask[:, :, None], x.dtype))[:, 0, :]
-
-
-@pytest.mark.parametrize("num_blocks", [1, 3])
-def test_sequence_encoder_newest_computes_only_position_zero_with_the_same_values(num_blocks):
-    layer = SequenceEncoder(max_length=6, num_blocks=num_blocks, num_heads=2, dropout=0.1, time_features=True)
-    rng = np.random.default_rng(3)
-    vectors = tf.constant(rng.standard_normal((4, 6, 8)).astype(np.float32))
-    mask = tf.constant(np.array([[1] * 6, [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6], bool))
-    ages = tf.constant(rng.integers(0, 10**7, (4, 6)) * mask.numpy())
-    out = layer(vectors, mask, ages=ages).numpy()
-    np.testing.assert_allclose(out, every_position_reference(layer, vectors, mask, ages).numpy(), atol=1e-5)
-    assert np.abs(out[:3]).sum(axis=1).min() > 0 and not out[3].any()  # an empty history gives zeros
 
 
 def test_sequence_encoder_rejects_indivisible_width():
