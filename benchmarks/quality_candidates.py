@@ -108,6 +108,10 @@ CANDIDATES = {
     # a decaying rate may start higher; a sharper softmax
     "cosine-lr-3e-3": {"learning_rate": 3e-3},
     "cosine-temperature-0.07": {"temperature": 0.07},
+    # session 9, on the cosine default: SASRec's second block, a longer history, more dropout
+    "cosine-blocks-2": {"num_blocks": 2},
+    "cosine-history-100": {"max_history": 100},
+    "cosine-dropout-0.2": {"dropout": 0.2},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
