@@ -284,8 +284,41 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
 # ---------------------------------------------------------------- time-based
 
 
-def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
-    from tfrec_lm.catalog.update import update_catalog
+def windowed_popular_top10(dataset, vocab_ids, queries: dict, window_seconds: int) -> np.ndarray:
+    """Each query's 10 most interacted-with items in the `window_seconds` before its time, history excluded.
+
+    Args:
+        dataset: Dataset. all interactions (those strictly before a query's time and inside its window count).
+        vocab_ids: np.ndarray of str. [C+1] the full catalog (index 0 padding).
+        queries: dict. from `queries_of`; its `time` need not be sorted.
+        window_seconds: int. the window's length.
+
+    Returns:
+        np.ndarray of int64. [n, 10] vocabulary indices (an item with no interaction in the window
+        ranks after every item with one, in vocabulary order).
+    """
+    index = {item: i for i, item in enumerate(vocab_ids)}
+    frame = dataset.interactions.sort_values("timestamp", kind="stable")
+    stamps = frame["timestamp"].to_numpy(np.int64)
+    items = np.array([index[i] for i in frame["item_id"]], np.int64)
+    counts = np.zeros(len(vocab_ids), np.int64)
+    top = np.zeros((len(queries["target"]), 10), np.int64)
+    enter = leave = 0
+    for row in np.argsort(queries["time"], kind="stable"):
+        now = queries["time"][row]
+        while enter < len(stamps) and stamps[enter] < now:
+            counts[items[enter]] += 1
+            enter += 1
+        while leave < enter and stamps[leave] < now - window_seconds:
+            counts[items[leave]] -= 1
+            leave += 1
+        order = np.argsort(-counts[1:], kind="stable") + 1
+        top[row] = order[~np.isin(order, queries["exclude"][row])][:10]
+    return top
+
+
+def time_setup(dataset, q1: float, q2: float) -> dict:
+    """The time-based protocol's split, queries and a `report` of top-10 lists (shared by its parts)."""
     from tfrec_lm.data.split import build_vocab
 
     vocab = build_vocab(dataset.items)
@@ -294,15 +327,12 @@ def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
     before_t1 = dataset.interactions[stamps < t1]
     known = set(before_t1["item_id"])
     new_ids = sorted(set(dataset.interactions["item_id"]) - known)
-    known_items = dataset.items[dataset.items["item_id"].isin(known)]
-    data_t1 = subset(dataset, before_t1, items=known_items, name="ml-100k<T1")
     queries = queries_of(dataset, vocab.ids, lambda rows: rows["timestamp"].to_numpy() >= t1)
     new_mask = np.isin(vocab.ids, new_ids)
     is_new = new_mask[queries["target"]]
     after_t2 = queries["time"] >= t2
     first_query = np.zeros(len(queries["user"]), bool)
     first_query[np.unique(queries["user"], return_index=True)[1]] = True
-    empty = np.array([len(h) == 0 for h in queries["histories"]])
 
     def report(top) -> dict:
         """Metrics of top-10 lists [n, 10] (vocabulary indices)."""
@@ -317,6 +347,21 @@ def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
                          "share_of_queries_with_a_new_item_in_top10": float(has_new[span_mask].mean())}
         return out
 
+    return {"vocab": vocab, "t1": t1, "t2": t2, "before_t1": before_t1, "known": known, "new_ids": new_ids,
+            "queries": queries, "is_new": is_new, "after_t2": after_t2, "report": report}
+
+
+def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
+    from tfrec_lm.catalog.update import update_catalog
+
+    setup = time_setup(dataset, q1, q2)
+    vocab, t1, t2, queries, report = setup["vocab"], setup["t1"], setup["t2"], setup["queries"], setup["report"]
+    before_t1, known, new_ids = setup["before_t1"], setup["known"], setup["new_ids"]
+    is_new, after_t2 = setup["is_new"], setup["after_t2"]
+    stamps = dataset.interactions["timestamp"]
+    known_items = dataset.items[dataset.items["item_id"].isin(known)]
+    data_t1 = subset(dataset, before_t1, items=known_items, name="ml-100k<T1")
+    empty = np.array([len(h) == 0 for h in queries["histories"]])
     models = {}
     stale = train_run(default_config(), data_t1, workdir, "time/before-t1")
     models["before_update"] = {"wall_seconds": stale["wall_seconds"],
@@ -350,6 +395,25 @@ def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
             "models": models}
 
 
+def time_popularity_part(dataset, q1: float, q2: float, window_days: int) -> dict:
+    """What popularity alone reaches on the time-based protocol's new-item targets (no model is trained).
+
+    `trending` counts the interactions of the `window_days` before each query, so it has seen
+    the new items' own interactions after T1, which a catalog update at T1 cannot: it is an
+    upper reference of what a popularity signal refreshed from the interaction log would give.
+    """
+    setup = time_setup(dataset, q1, q2)
+    targets = setup["queries"]["target"][setup["is_new"]]
+    per_item = np.sort(np.bincount(targets))[::-1]
+    top = windowed_popular_top10(dataset, setup["vocab"].ids, setup["queries"], window_days * 86400)
+    return {"q1": q1, "q2": q2, "window_days": window_days, "new_items": len(setup["new_ids"]),
+            "new_item_queries": int(setup["is_new"].sum()),
+            "new_items_with_a_target": int((per_item > 0).sum()),
+            "share_of_new_item_targets_on_the_most_targeted_new_item": float(per_item[0] / per_item.sum()),
+            "share_of_new_item_targets_on_the_10_most_targeted_new_items": float(per_item[:10].sum() / per_item.sum()),
+            "trending": setup["report"](top)}
+
+
 # ---------------------------------------------------------------- warm quality
 
 
@@ -373,7 +437,8 @@ def warm_part(workdir: Path, seeds) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", nargs="+", default=["held-out", "time", "warm"], choices=["held-out", "time", "warm"])
+    parser.add_argument("--parts", nargs="+", default=["held-out", "time", "time-popularity", "warm"],
+                        choices=["held-out", "time", "time-popularity", "warm"])
     parser.add_argument("--id-dropout", nargs="+", type=float, default=[0.0, 0.25],
                         help="held-out: --id-dropout candidates of the cold-item model")
     parser.add_argument("--held-out-seed", type=int, default=0)
@@ -384,6 +449,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1], help="warm: training seeds")
     parser.add_argument("--q1", type=float, default=70.0)
     parser.add_argument("--q2", type=float, default=85.0)
+    parser.add_argument("--window-days", type=int, default=7, help="time-popularity: the trending window")
     parser.add_argument("--workdir", default=None, help="where runs and exports go (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -393,7 +459,8 @@ def main(argv=None) -> int:
     previous = results_dir() / f"{RESULT}.json"
     payload = {}
     if previous.is_file():
-        payload = {k: v for k, v in json.loads(previous.read_text()).items() if k in ("held_out", "time", "warm")}
+        payload = {k: v for k, v in json.loads(previous.read_text()).items()
+                   if k in ("held_out", "time", "time_popularity", "warm")}
     dataset = load_training_data(default_config())
     for part in args.parts:
         if part == "held-out":
@@ -403,6 +470,8 @@ def main(argv=None) -> int:
                                                 args.text_tuning_steps, args.only, kept)
         elif part == "time":
             payload["time"] = time_part(dataset, workdir, args.q1, args.q2)
+        elif part == "time-popularity":
+            payload["time_popularity"] = time_popularity_part(dataset, args.q1, args.q2, args.window_days)
         else:
             payload["warm"] = warm_part(workdir, args.seeds)
         path = write_result(RESULT, payload)

@@ -240,6 +240,30 @@ def test_new_item_queries_carry_the_full_prior_history_and_popularity_excludes_i
         assert top[row].tolist() == expected
 
 
+def test_trending_counts_only_the_window_before_each_query_and_excludes_the_history():
+    import new_items
+
+    from tfrec_lm.data.split import build_vocab
+    from tfrec_lm.data.synthetic import synthetic_migration
+
+    dataset, _ = synthetic_migration(num_users=8, length=6)
+    vocab = build_vocab(dataset.items)
+    queries = new_items.queries_of(dataset, vocab.ids, lambda rows: np.arange(len(rows)) >= 3)
+    frame = dataset.interactions
+    window = int(np.percentile(frame["timestamp"], 60) - frame["timestamp"].min())
+    top = new_items.windowed_popular_top10(dataset, vocab.ids, queries, window)
+    index = {item: i for i, item in enumerate(vocab.ids)}
+    for row, now in enumerate(queries["time"]):
+        inside = frame[(frame["timestamp"] < now) & (frame["timestamp"] >= now - window)]
+        counts = np.zeros(vocab.size, np.int64)
+        for item in inside["item_id"]:
+            counts[index[item]] += 1
+        order = np.argsort(-counts[1:], kind="stable") + 1
+        expected = [i for i in order if i not in set(queries["exclude"][row])][:10]
+        assert top[row].tolist() == expected
+    assert top.min() >= 1  # never the padding index
+
+
 def test_sasrec_baseline_learns_the_synthetic_migration():
     """The SASRec reference trains on the package's split and beats popularity on migrating users."""
     import sasrec
