@@ -114,6 +114,8 @@ CANDIDATES = {
     "cosine-dropout-0.2": {"dropout": 0.2},
     # wider embeddings (cosine-emb-128 gained on seed 42 but took too long) with half the steps
     "cosine-emb-128-batch-256": {"embedding_dim": 128, "batch_size": 256},
+    # the rating loss on the cosine default
+    "cosine-no-rating-loss": {"ranking_weight": 0.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
