@@ -22,13 +22,17 @@ Two ways new items arrive, both on MovieLens-100K, both scored through the expor
   everything before T2 (85th percentile, the full catalog: it has seen the new items'
   interactions in [T1, T2)), compared on the targets at or after T2. Wall time of the
   catalog update against the retrain.
+- `time-popularity`: no model is trained. On the `time` queries, a trending list (the items
+  most interacted with in the `--window-days` before each query, history excluded; it sees
+  the new items' own interactions, which a catalog update at T1 cannot), and how
+  concentrated the new-item targets are on a few items.
 - `warm`: the default against the model before cold items (`--cold-items id`) on the SPEC
   leave-one-out split, over `--seeds`, paired by user (bootstrap over test users).
 
 Output: `benchmarks/results/new_items.json`, one key per part (a part run again replaces
 its key; the others are kept).
 
-    python benchmarks/new_items.py --parts held-out time warm
+    python benchmarks/new_items.py --parts held-out time time-popularity warm
 """
 
 from __future__ import annotations
