@@ -248,7 +248,7 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
     select_users = set(halves[: len(users) // 2])
     is_select = np.array([u in select_users for u in queries["user"]])
     # `default`: the shipped defaults as they are when the part runs (each row records its config)
-    variants = {"default": {}, "cold-items-id": {"cold_items": "id"}}
+    variants = {"default": {}, "cold-items-id": {"cold_items": "id"}, "cold-neighbours-0": {"cold_neighbours": 0}}
     variants.update({f"cold-items-text-id-dropout-{d:g}": {"cold_items": "text", "id_dropout": d} for d in dropouts})
     variants.update({f"cold-items-text-id-dropout-{d:g}-text-tuning-{n}": {
         "cold_items": "text", "id_dropout": d, "text_tuning_steps": n} for d in dropouts for n in tuning_steps})
@@ -278,7 +278,7 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
               f"HR@10 {row['report']['among_held_out']['HR@10']:.4f}, median rank "
               f"{row['report']['median_full_catalog_rank']:.0f}, warm NDCG@10 "
               f"{row['warm_test']['all']['NDCG@10']:.4f}", flush=True)
-    text = [n for n in results if n not in ("cold-items-id", "default")]
+    text = [n for n in results if n.startswith("cold-items-text-")]
     chosen = max(text, key=lambda n: results[n]["select"]["full_catalog"]["HR@10"]) if text else None
     return {"held_out_items": len(held), "eligible_items": len(eligible), "queries": len(queries["target"]),
             "seed": seed, "random_hr_at_10_full_catalog": 10 / (vocab.size - 1),
@@ -355,7 +355,7 @@ def time_setup(dataset, q1: float, q2: float) -> dict:
             "queries": queries, "is_new": is_new, "after_t2": after_t2, "report": report}
 
 
-def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
+def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> dict:
     from tfrec_lm.catalog.update import update_catalog
 
     setup = time_setup(dataset, q1, q2)
@@ -367,17 +367,22 @@ def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
     data_t1 = subset(dataset, before_t1, items=known_items, name="ml-100k<T1")
     empty = np.array([len(h) == 0 for h in queries["histories"]])
     models = {}
-    stale = train_run(default_config(), data_t1, workdir, "time/before-t1")
+    stale = train_run(default_config(seed=seed), data_t1, workdir, f"time-{seed}/before-t1")
     models["before_update"] = {"wall_seconds": stale["wall_seconds"],
                                **report(export_top10(stale["export"], queries, vocab.ids))}
-    items_path = workdir / "time" / "new_items.csv"
+    items_path = workdir / f"time-{seed}" / "new_items.csv"
     new_rows = dataset.items[dataset.items["item_id"].isin(new_ids)]
     new_rows.assign(genres=["|".join(g) for g in new_rows["genres"]])[["item_id", "title", "year", "genres"]] \
         .to_csv(items_path, index=False)
     update = update_catalog(stale["run"], items_path=items_path)
     models["after_update"] = {"catalog_update_seconds": update.seconds, "encoded": update.encoded,
                               **report(export_top10(update.export_path, queries, vocab.ids))}
-    id_only = train_run(default_config(item_text=False), data_t1, workdir, "time/id-only-before-t1")
+    # The same run and items, new items placed by their text and the no-ID vector (the update before
+    # `--cold-neighbours`): the update's own option, no training.
+    plain = update_catalog(stale["run"], items_path=items_path, export_base=str(workdir / f"time-{seed}" / "plain"),
+                           cold_neighbours=0)
+    models["after_update_cold_neighbours_0"] = report(export_top10(plain.export_path, queries, vocab.ids))
+    id_only = train_run(default_config(item_text=False, seed=seed), data_t1, workdir, f"time-{seed}/id-only-before-t1")
     models["id_only"] = {"wall_seconds": id_only["wall_seconds"],
                          **report(export_top10(id_only["export"], queries, vocab.ids))}
     popularity = np.zeros(vocab.size, np.float32)
@@ -386,12 +391,12 @@ def time_part(dataset, workdir: Path, q1: float, q2: float) -> dict:
     popularity[1:][~np.isin(vocab.ids[1:], list(known))] = np.finfo(np.float32).min  # unknown before T1
     popularity[0] = -np.inf
     models["most_popular_before_t1"] = report(popular_top10(popularity, queries))
-    retrained = train_run(default_config(), subset(dataset, dataset.interactions[stamps < t2], name="ml-100k<T2"),
-                          workdir, "time/retrained-before-t2")
+    retrained = train_run(default_config(seed=seed), subset(dataset, dataset.interactions[stamps < t2],
+                                                            name="ml-100k<T2"), workdir, f"time-{seed}/retrained-before-t2")
     retrained_report = report(export_top10(retrained["export"], queries, vocab.ids))
     retrained_report.pop("from_t1")  # it trained on [T1, T2): only the targets after T2 are fair
     models["retrained_before_t2"] = {"wall_seconds": retrained["wall_seconds"], **retrained_report}
-    return {"q1": q1, "q2": q2, "t1": t1, "t2": t2, "new_items": len(new_ids), "queries": int(len(queries["target"])),
+    return {"seed": seed, "q1": q1, "q2": q2, "t1": t1, "t2": t2, "new_items": len(new_ids), "queries": int(len(queries["target"])),
             "new_item_queries": int(is_new.sum()), "queries_from_t2": int(after_t2.sum()),
             "new_item_queries_from_t2": int((is_new & after_t2).sum()), "empty_history_queries": int(empty.sum()),
             "random_hr_at_10": 10 / (vocab.size - 1),
@@ -451,6 +456,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None,
                         help="held-out: run only these variants; the file's other variants are kept")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 1], help="warm: training seeds")
+    parser.add_argument("--time-seed", type=int, default=42,
+                        help="time: the training seed (results of a seed other than 42 go to `time@seedN`)")
     parser.add_argument("--q1", type=float, default=70.0)
     parser.add_argument("--q2", type=float, default=85.0)
     parser.add_argument("--window-days", type=int, default=7, help="time-popularity: the trending window")
@@ -464,16 +471,18 @@ def main(argv=None) -> int:
     payload = {}
     if previous.is_file():
         payload = {k: v for k, v in json.loads(previous.read_text()).items()
-                   if k in ("held_out", "time", "time_popularity", "warm")}
+                   if k.startswith(("held_out", "time", "warm"))}
     dataset = load_training_data(default_config())
     for part in args.parts:
         if part == "held-out":
-            before = payload.get("held_out", {})
+            key = "held_out" if args.held_out_seed == 0 else f"held_out@seed{args.held_out_seed}"
+            before = payload.get(key, {})
             kept = before.get("variants") if args.only and before.get("seed") == args.held_out_seed else None
-            payload["held_out"] = held_out_part(dataset, workdir, args.id_dropout, args.held_out_seed,
+            payload[key] = held_out_part(dataset, workdir, args.id_dropout, args.held_out_seed,
                                                 args.text_tuning_steps, args.only, kept)
         elif part == "time":
-            payload["time"] = time_part(dataset, workdir, args.q1, args.q2)
+            key = "time" if args.time_seed == 42 else f"time@seed{args.time_seed}"
+            payload[key] = time_part(dataset, workdir, args.q1, args.q2, args.time_seed)
         elif part == "time-popularity":
             payload["time_popularity"] = time_popularity_part(dataset, args.q1, args.q2, args.window_days)
         else:

@@ -93,7 +93,7 @@ def test_add_change_retire_writes_the_next_version(trained, encoder_factory, tmp
     new = tf.saved_model.load(str(update.export_path))
     old_vectors, new_vectors = old.item_embeddings.numpy(), new.item_embeddings.numpy()
     rows = len(old_vectors)
-    same = np.ones(rows, bool)
+    same = np.concatenate([[True], catalog["warm"].to_numpy(bool)])  # cold rows follow their text neighbours
     same[[5 + 1]] = False  # the changed item (vocabulary index = catalog row + 1)
     np.testing.assert_allclose(new_vectors[:rows][same], old_vectors[same], atol=1e-6)
     assert not np.allclose(new_vectors[6], old_vectors[6])
@@ -212,6 +212,30 @@ def test_bad_input_stops_with_a_clear_error(trained, encoder_factory, tmp_path, 
         update_catalog(run, items_path=items, retire=retire, export_base=str(tmp_path / "exports"),
                        encoder_factory=encoder_factory)
     assert not (tmp_path / "exports").exists()  # nothing half-written
+
+
+def test_new_items_take_after_their_text_neighbours_and_the_update_can_turn_it_off(trained, encoder_factory,
+                                                                                     tmp_path):
+    rows = [("new-a", "red sneakers 40", "sneakers"), ("new-b", "blue novels 41", "novels")]
+    imputed = update_catalog(trained["run"], items_path=items_file(tmp_path / "a.csv", rows),
+                             export_base=str(tmp_path / "a"), encoder_factory=encoder_factory)
+    plain = update_catalog(trained["run"], items_path=items_file(tmp_path / "b.csv", rows),
+                           export_base=str(tmp_path / "b"), encoder_factory=encoder_factory, cold_neighbours=0)
+    assert trained["config"].cold_neighbours > 0
+    metadata = json.loads((plain.export_path / "assets.extra" / "tfrec_lm.json").read_text())
+    assert metadata["config"]["cold_neighbours"] == 0
+    with_mix = tf.saved_model.load(str(imputed.export_path)).item_embeddings.numpy()
+    without = tf.saved_model.load(str(plain.export_path)).item_embeddings.numpy()
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    warm = np.concatenate([[False], catalog["warm"].to_numpy(bool)])
+    rows_before = len(warm)
+    np.testing.assert_allclose(with_mix[:rows_before][warm], without[:rows_before][warm], atol=1e-6)
+    cold = np.concatenate([np.flatnonzero(~warm)[1:], np.arange(rows_before, len(with_mix))])
+    assert len(cold) == len(COLD) + 2
+    assert np.abs(with_mix[cold] - without[cold]).max(axis=1).min() > 1e-3  # every cold item moved
+    assert catalog_main(["--run", str(trained["run"]), "--retire", COLD[0], "--cold-neighbours", "-1",
+                         "--export-base", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "c").exists()
 
 
 def test_cli_reports_errors_with_exit_code_2(trained, tmp_path, capsys):

@@ -1,8 +1,9 @@
 """Items without training positives (issue 12): represented by their text, never buried.
 
-A cold item's vector is its text projection plus a learned "no ID yet" vector (never its
-untrained ID embedding); with `id_dropout` warm items take that path in training too; and
-the exact catalog softmax leaves cold items out of the negatives.
+A cold item's vector is its text projection plus, in training, a learned "no ID yet" vector
+(never its untrained ID embedding) and, outside training, the mix of its text neighbours'
+trained ID embeddings (`cold_neighbours`); with `id_dropout` warm items take the no-ID path
+in training too; and the exact catalog softmax leaves cold items out of the negatives.
 """
 
 import tfrec_lm  # noqa: F401  (before TensorFlow)
@@ -33,9 +34,9 @@ def rows():
     return table
 
 
-def tower(warm_items=WARM, id_dropout=0.0):
+def tower(warm_items=WARM, id_dropout=0.0, **kwargs):
     item_tower = ItemTower(BertTextEncoder(tiny_bert(VOCAB, seed=4), finetune="frozen"), rows(), embedding_dim=8,
-                           dropout=0.0, warm_items=warm_items, id_dropout=id_dropout)
+                           dropout=0.0, warm_items=warm_items, id_dropout=id_dropout, **kwargs)
     item_tower.refresh_cache()
     item_tower(tf.constant([1]))
     item_tower.id_embedding.embeddings.assign(tf.random.stateless_normal([len(WARM), 8], seed=[1, 2]))
@@ -59,6 +60,53 @@ def test_cold_items_are_their_text_and_the_no_id_vector():
     assert not uses[:, 4].any() and not uses[:, 0].any()
     assert 0.4 < uses[:, WARM].mean() < 0.6
     assert dropping.uses_id(tf.range(len(WARM)), training=False).numpy().tolist() == WARM.tolist()
+
+
+COUNTS = np.array([0, 1, 6, 2, 0, 4])
+
+
+def expected_cold_id(item_tower, item, k, power):
+    """The mix of the ID embeddings of `item`'s k nearest warm items (encoder-text cosine), in numpy."""
+    text = item_tower.text_cache.numpy()
+    text = text / np.linalg.norm(text, axis=1, keepdims=True).clip(1e-12)
+    warm_rows = np.flatnonzero(WARM)
+    nearest = warm_rows[np.argsort(-(text[warm_rows] @ text[item]), kind="stable")[:k]]
+    weights = COUNTS[nearest] ** power
+    return (weights[:, None] * item_tower.id_embedding.embeddings.numpy()[nearest]).sum(0) / weights.sum()
+
+
+@pytest.mark.parametrize("k, power", [(2, 1.0), (3, 0.0), (10, 2.0)])
+def test_cold_items_take_the_ids_of_their_text_neighbours_outside_training(k, power):
+    item_tower = tower(cold_neighbours=k, cold_popularity=power, item_counts=COUNTS)
+    assert item_tower.imputes_cold_ids
+    items = tf.range(len(WARM))
+    text = item_tower.projection(item_tower.text_vectors(items)).numpy()
+    ids = item_tower.id_embedding(items).numpy()
+    got = item_tower.representation(items).numpy()
+    np.testing.assert_allclose(got[WARM], (text + ids)[WARM], atol=1e-6)  # warm items are untouched
+    mix = expected_cold_id(item_tower, 4, k, power)
+    np.testing.assert_allclose(got[4], text[4] + mix, atol=1e-5)
+    assert not np.allclose(mix, 0.5)
+    # Training still represents a cold (or ID-dropped) item by the no-ID vector.
+    np.testing.assert_allclose(item_tower.representation(items, training=True).numpy()[4], text[4] + 0.5, atol=1e-6)
+    # The history path reads the same vectors.
+    np.testing.assert_allclose(item_tower.representation(tf.constant([[4, 1]])).numpy()[0], got[[4, 1]], atol=1e-6)
+
+
+def test_a_high_popularity_power_takes_after_the_most_consumed_neighbour():
+    item_tower = tower(cold_neighbours=4, cold_popularity=30.0, item_counts=COUNTS)
+    got = item_tower.id_part(tf.constant([4])).numpy()[0]
+    np.testing.assert_allclose(got, item_tower.id_embedding.embeddings.numpy()[2], atol=1e-4)  # count 6 of 1/6/2/4
+
+
+def test_no_neighbours_keeps_the_no_id_vector():
+    item_tower = tower(cold_neighbours=0, item_counts=COUNTS)
+    assert not item_tower.imputes_cold_ids
+    np.testing.assert_allclose(item_tower.id_part(tf.constant([4])).numpy()[0], np.full(8, 0.5))
+    with pytest.raises(ValueError, match="cold_neighbours"):
+        tower(cold_neighbours=-1)
+    with pytest.raises(ValueError, match="item_counts"):
+        tower(cold_neighbours=2, item_counts=COUNTS[:3])
 
 
 def test_without_warm_items_every_item_uses_its_id():
@@ -109,6 +157,9 @@ def test_training_marks_items_without_training_positives_cold(synthetic, encoder
     targets = np.unique(prepared.split.train.target)
     assert warm[targets].all() and warm.sum() == len(targets)
     assert net.item_tower.no_id_embedding.trainable
+    # Cold items take their ID part from text neighbours, weighed by the training counts.
+    assert net.item_tower.imputes_cold_ids and net.item_tower.cold_neighbours == config.cold_neighbours
+    np.testing.assert_array_equal(net.item_tower.item_counts, prepared.counts)
     # `--cold-items id` is the tower before cold items.
     legacy = build_for_training(config.replace(cold_items="id"), prepared, encoder_factory,
                                 tf.distribute.get_strategy())
@@ -118,5 +169,9 @@ def test_training_marks_items_without_training_positives_cold(synthetic, encoder
 def test_id_dropout_must_be_a_probability():
     with pytest.raises(ConfigError, match="id_dropout"):
         TrainConfig(id_dropout=1.0).validate()
+    with pytest.raises(ConfigError, match="cold_neighbours"):
+        TrainConfig(cold_neighbours=-1).validate()
+    with pytest.raises(ConfigError, match="cold_popularity"):
+        TrainConfig(cold_popularity=-0.5).validate()
     with pytest.raises(ConfigError, match="cold_items"):
         TrainConfig.from_dict({"cold_items": "maybe"})

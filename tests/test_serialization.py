@@ -161,3 +161,12 @@ def test_item_tower_with_cold_items():
     assert layer.get_config()["warm_items"] == warm.tolist() and layer.get_config()["id_dropout"] == 0.25
     layer.no_id_embedding.assign(np.arange(8, dtype=np.float32))  # a trained value must survive the copy
     assert_round_trip(layer, lambda tower: built(tower)(tf.constant([[1, 3], [5, 0]])))
+
+
+def test_item_tower_with_cold_items_from_text_neighbours():
+    warm = np.array([False, True, True, False, True, True])
+    layer = item_tower(warm_items=warm, cold_neighbours=2, cold_popularity=1.5, item_counts=[0, 4, 1, 0, 2, 9])
+    config = layer.get_config()
+    assert (config["cold_neighbours"], config["cold_popularity"]) == (2, 1.5)
+    assert config["item_counts"] == [0, 4, 1, 0, 2, 9]
+    assert_round_trip(layer, lambda tower: built(tower)(tf.constant([[1, 3], [5, 0]])))

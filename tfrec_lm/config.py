@@ -149,6 +149,15 @@ class TrainConfig:
     id_dropout: float = _opt(
         0.0, "with --cold-items text: chance that a training step represents a warm item as a cold one (text "
               "and the no-ID vector), so the text-only path that new items take is trained to stand on its own")
+    cold_neighbours: int = _opt(
+        5, "with --cold-items text, where the model is used (evaluation, export, catalog updates; not in "
+            "training; a frozen encoder): a cold item's ID part is the mix of the trained ID embeddings of the "
+            "warm items whose encoder text vectors are nearest to its own (cosine), this many of them, weighted by "
+            "count ** --cold-popularity; 0: the learned no-ID vector (the model before)")
+    cold_popularity: float = _opt(
+        2.0, "with --cold-neighbours: the power of each neighbour's training interaction count in the mix; "
+             "0 weighs the neighbours equally, larger values let a new item take after its most consumed "
+             "look-alikes (and surface more often)")
     item_fusion: str = _opt(
         "sum", "how an item's text and ID parts add up: `sum` (the projected text vector plus the ID embedding) "
                "or `balanced` (each part LayerNorm-ed before the sum, so the text's larger scale does not drown "
@@ -270,6 +279,10 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.id_lr_multiplier <= 0:
             raise ConfigError(f"id_lr_multiplier must be > 0, got {self.id_lr_multiplier}")
+        if self.cold_neighbours < 0:
+            raise ConfigError(f"cold_neighbours must be >= 0, got {self.cold_neighbours}")
+        if self.cold_popularity < 0:
+            raise ConfigError(f"cold_popularity must be >= 0, got {self.cold_popularity}")
         if not 0.0 <= self.id_dropout < 1.0:
             raise ConfigError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.temperature <= 0 or self.learning_rate <= 0:

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-name", help="default: the run's --model-name")
     parser.add_argument("--index", choices=("scann", "brute-force"), help="default: the run's --index")
     parser.add_argument("--top-k", type=int, help="K of serving_default (default: the run's --top-k)")
+    parser.add_argument("--cold-neighbours", type=int,
+                        help="cold items take the ID part of this many text neighbours (0: the learned no-ID "
+                             "vector; default: the run's --cold-neighbours)")
+    parser.add_argument("--cold-popularity", type=float,
+                        help="power of each neighbour's training count in that mix (default: the run's)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return parser
 
@@ -64,7 +69,8 @@ def main(argv=None) -> int:
         from tfrec_lm.catalog.update import update_catalog
 
         update = update_catalog(args.run, items_path=args.items, retire=retire, export_base=args.export_base,
-                                model_name=args.model_name, index=args.index, top_k=args.top_k)
+                                model_name=args.model_name, index=args.index, top_k=args.top_k,
+                                cold_neighbours=args.cold_neighbours, cold_popularity=args.cold_popularity)
     except (ConfigError, DataError, AssetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

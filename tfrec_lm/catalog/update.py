@@ -5,8 +5,9 @@ model on the new catalog, copies every trained weight across (the item tables ro
 row: an update only appends rows), encodes only the texts that are new or changed since
 training with the run's frozen encoder, and writes the next export version beside the
 previous ones (atomically, as training does), where `tfrec_lm.serve` and TF Serving
-pick it up like any version. New items are cold: their text and the learned no-ID
-vector place them (`--cold-items text`, the default). Retired items stay known in
+pick it up like any version. New items are cold: their text places them, and their ID
+part is the mix of the trained ID embeddings of their nearest warm look-alikes
+(`--cold-neighbours`, `--cold-popularity`; with `--cold-neighbours 0` the learned no-ID vector). Retired items stay known in
 request histories but never come back in `serving_default`.
 
 Updates accumulate: the catalog of the newest export of the same run under
@@ -197,7 +198,8 @@ def transfer_weights(old, new, encode_rows: np.ndarray) -> int:
 
 def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_base: Optional[str] = None,
                    model_name: Optional[str] = None, index: Optional[str] = None, top_k: Optional[int] = None,
-                   encoder_factory=None) -> CatalogUpdate:
+                   encoder_factory=None, cold_neighbours: Optional[int] = None,
+                   cold_popularity: Optional[float] = None) -> CatalogUpdate:
     """Writes the next export version of a trained run with new, changed and retired items.
 
     No training step runs: the towers are the run's checkpoint, and only item texts that
@@ -213,6 +215,9 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
         index: str or None. `scann` or `brute-force` (default: the run's `--index`).
         top_k: int or None. K of `serving_default` (default: the run's `--top-k`).
         encoder_factory: EncoderFactory or None. the run's pretrained `--encoder` when None.
+        cold_neighbours: int or None. how cold items take their ID part (`--cold-neighbours`;
+            it needs no training, so an update may change it; default: the run's).
+        cold_popularity: float or None. `--cold-popularity` (default: the run's).
 
     Returns:
         CatalogUpdate.
@@ -230,7 +235,8 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     changes_to = {key: value for key, value in
-                  {"export_base": export_base, "model_name": model_name, "index": index, "top_k": top_k}.items()
+                  {"export_base": export_base, "model_name": model_name, "index": index, "top_k": top_k,
+                   "cold_neighbours": cold_neighbours, "cold_popularity": cold_popularity}.items()
                   if value is not None}
     config = config.replace(**changes_to)
     prefix = checkpoint_prefix(str(run_dir), flag="--run")
@@ -252,11 +258,13 @@ def update_catalog(run_dir, items_path=None, retire: Iterable[str] = (), export_
     factory = encoder_factory or pretrained_encoder_factory(config.encoder)
     with dtype_policy(config.mixed_precision):
         old = build_model(config, trained_texts.tolist(), factory,
-                          warm_items=np.concatenate([[False], trained["warm"].to_numpy(bool)]), encode_texts=False)
+                          warm_items=np.concatenate([[False], trained["warm"].to_numpy(bool)]), encode_texts=False,
+                          item_counts=np.concatenate([[0], trained["count"].to_numpy(np.int64)]))
         create_variables(old, _probe_features(config.max_history))
         restore_towers(old, prefix)
         new = build_model(config, catalog_texts.tolist(), factory,
-                          warm_items=np.concatenate([[False], catalog["warm"].to_numpy(bool)]), encode_texts=False)
+                          warm_items=np.concatenate([[False], catalog["warm"].to_numpy(bool)]), encode_texts=False,
+                          item_counts=np.concatenate([[0], catalog["count"].to_numpy(np.int64)]))
         create_variables(new, _probe_features(config.max_history))
     encoded = transfer_weights(old, new, encode_rows)
 

@@ -53,7 +53,8 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
 
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
                 item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
-                encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None) -> TwoTowerModel:
+                encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None,
+                item_counts: Optional[np.ndarray] = None) -> TwoTowerModel:
     """Builds towers and tasks for `config` around fresh encoder copies.
 
     Layers take the Keras global dtype policy when created: call it under
@@ -73,6 +74,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
             `config.text_tuning_steps` the item encoder's top layers are tuned on them first
             (`text_tuning.tune_text_encoder`) and the cache filled from the tuned encoder. None:
             no tuning (a catalog update restores the tuned weights from the checkpoint).
+        item_counts: np.ndarray or None. [C+1] training interactions per item: the weights of
+            `config.cold_neighbours`' mix (None: equal).
 
     Returns:
         TwoTowerModel. With a frozen encoder and `encode_texts` the item text vectors are cached.
@@ -91,7 +94,9 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            warm_items=warm_items if config.cold_items == "text" else None,
                            id_dropout=config.id_dropout if config.cold_items == "text" else 0.0,
                            fusion=config.item_fusion, id_lr_multiplier=config.id_lr_multiplier,
-                           bias=config.item_bias, bias_scale=config.temperature, name="item_tower")
+                           bias=config.item_bias, bias_scale=config.temperature,
+                           cold_neighbours=config.cold_neighbours if config.cold_items == "text" else 0,
+                           cold_popularity=config.cold_popularity, item_counts=item_counts, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
@@ -171,7 +176,7 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
         with dtype_policy(config.mixed_precision):
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
                                 item_probability=target_counts / max(target_counts.sum(), 1.0),
-                                warm_items=target_counts > 0, tuning_pairs=tuning_pairs)
+                                warm_items=target_counts > 0, tuning_pairs=tuning_pairs, item_counts=data.counts)
             create_variables(model, examples_to_features(data.train_examples.take(np.arange(2))))
             if model.item_tower.bias:
                 model.item_tower.item_bias.assign(log_prior_bias(target_counts))

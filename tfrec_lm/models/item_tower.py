@@ -111,6 +111,15 @@ class ItemTower(tf.keras.layers.Layer):
             then needs no direction of its own in the embedding space.
         bias_scale: float. the bias column's factor: the retrieval temperature, so the
             softmax logit gains exactly `b_item`.
+        cold_neighbours: int. outside training, a cold item's ID part is the mix of the
+            trained ID embeddings of the `cold_neighbours` warm items whose encoder text
+            vectors are nearest to its own (cosine), instead of the no-ID vector; 0: the
+            no-ID vector. Computed from the current weights at each call, so it follows
+            training and a catalog update's new rows without a table to keep in step. Needs
+            a frozen encoder (its cached text vectors).
+        cold_popularity: float. the mix weighs each neighbour by `count ** cold_popularity`.
+        item_counts: np.ndarray or None. [C+1] training interactions per item, for the mix's
+            weights (None: every warm item counts 1).
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -125,7 +134,8 @@ class ItemTower(tf.keras.layers.Layer):
     def __init__(self, encoder, token_rows, embedding_dim: int = 64, use_item_ids: bool = True,
                  dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
-                 id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0, **kwargs):
+                 id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0,
+                 cold_neighbours: int = 0, cold_popularity: float = 1.0, item_counts=None, **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -151,6 +161,14 @@ class ItemTower(tf.keras.layers.Layer):
         self.id_dropout = float(id_dropout)
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+        self.cold_neighbours = int(cold_neighbours)
+        self.cold_popularity = float(cold_popularity)
+        if self.cold_neighbours < 0 or self.cold_popularity < 0:
+            raise ValueError(f"cold_neighbours and cold_popularity must be >= 0, got {cold_neighbours}, "
+                             f"{cold_popularity}")
+        self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.float64)
+        if self.item_counts is not None and self.item_counts.shape != (self.num_items,):
+            raise ValueError(f"item_counts has shape {self.item_counts.shape}, expected ({self.num_items},)")
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
@@ -278,8 +296,47 @@ class ItemTower(tf.keras.layers.Layer):
         if self.id_lr_multiplier != 1.0:
             ids = ids * self.id_lr_multiplier
         if self.no_id_embedding is not None:
-            ids = tf.where(self.uses_id(items, training=training)[..., None], ids, self.no_id_embedding)
+            cold = self.no_id_embedding
+            if not training and self.imputes_cold_ids:
+                cold = tf.gather(self.cold_id_table(), items)
+            ids = tf.where(self.uses_id(items, training=training)[..., None], ids, cold)
         return _norm_last_axis(self.id_norm, ids) if self.id_norm is not None else ids
+
+    @property
+    def imputes_cold_ids(self) -> bool:
+        """Whether cold items take their ID part from text neighbours (`cold_neighbours`) outside training."""
+        return bool(self.cold_neighbours and self.text_cache is not None and self.no_id_embedding is not None
+                    and self.warm_items is not None and self.warm_items[1:].any()
+                    and not self.warm_items[1:].all())
+
+    def cold_id_table(self):
+        """Every cold item's ID part taken from its text neighbours; zero rows for the other items.
+
+        For a cold item c, with N(c) the `cold_neighbours` warm items whose encoder text
+        vectors (the frozen encoder's cache) have the highest cosine with c's, and n_j each
+        one's training interactions: `sum_j w_j * id_j` over N(c), `w_j = n_j ** p / sum n ** p`
+        with p = `cold_popularity`. An item that reads like the catalog's most consumed
+        items takes after their collaborative vectors (the no-ID vector would leave it
+        without any), so it can compete with warm items in a top-k.
+
+        Returns:
+            tf.Tensor float32. [C+1, embedding_dim].
+        """
+        warm_rows = np.flatnonzero(self.warm_items[1:]) + 1
+        cold_rows = np.flatnonzero(~self.warm_items[1:]) + 1
+        counts = np.ones(self.num_items) if self.item_counts is None else np.maximum(self.item_counts, 1.0)
+        weights = tf.constant((counts[warm_rows] ** self.cold_popularity).astype(np.float32))
+        text = tf.math.l2_normalize(self.text_vectors(tf.range(self.num_items)), axis=-1)
+        similarity = tf.matmul(tf.gather(text, cold_rows), tf.gather(text, warm_rows), transpose_b=True)
+        _, nearest = tf.math.top_k(similarity, k=min(self.cold_neighbours, len(warm_rows)))  # [cold, k]
+        mix = tf.gather(weights, nearest)
+        mix = mix / tf.reduce_sum(mix, axis=-1, keepdims=True)
+        ids = tf.gather(self.id_embedding.embeddings, tf.gather(tf.constant(warm_rows, tf.int32), nearest))
+        if self.id_lr_multiplier != 1.0:
+            ids = ids * self.id_lr_multiplier
+        imputed = tf.einsum("ck,ckd->cd", mix, ids)
+        return tf.scatter_nd(tf.constant(cold_rows[:, None], tf.int32), imputed,
+                             [self.num_items, self.embedding_dim])
 
     def representation(self, items, training=False):
         """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim]."""
@@ -354,6 +411,9 @@ class ItemTower(tf.keras.layers.Layer):
             "id_lr_multiplier": self.id_lr_multiplier,
             "bias": self.bias,
             "bias_scale": self.bias_scale,
+            "cold_neighbours": self.cold_neighbours,
+            "cold_popularity": self.cold_popularity,
+            "item_counts": None if self.item_counts is None else self.item_counts.tolist(),
         })
         return config
 
