@@ -321,6 +321,35 @@ def windowed_popular_top10(dataset, vocab_ids, queries: dict, window_seconds: in
     return top
 
 
+def paired_hits(top_a: np.ndarray, top_b: np.ndarray, targets: np.ndarray, users: np.ndarray,
+                samples: int = 2000) -> dict:
+    """HR@10 of top-10 lists `a` against `b` on the same queries, with a bootstrap over users.
+
+    Args:
+        top_a, top_b: np.ndarray int. [n, 10] vocabulary indices of each query's lists.
+        targets: np.ndarray int. [n] each query's target.
+        users: np.ndarray. [n] each query's user (the unit resampled: a user's queries move together).
+        samples: int. bootstrap draws.
+
+    Returns:
+        dict. `hr_a`, `hr_b`, their `ratio` and its 95% interval, `queries`, `users`.
+    """
+    if not len(targets):
+        return {"queries": 0}
+    hits_a = (top_a == targets[:, None]).any(axis=1).astype(np.float64)
+    hits_b = (top_b == targets[:, None]).any(axis=1).astype(np.float64)
+    names, user_index = np.unique(users, return_inverse=True)
+    sum_a = np.bincount(user_index, hits_a, len(names))
+    sum_b = np.bincount(user_index, hits_b, len(names))
+    count = np.bincount(user_index, minlength=len(names)).astype(np.float64)
+    draws = np.random.default_rng(0).integers(0, len(names), size=(samples, len(names)))
+    ratios = sum_a[draws].sum(axis=1) / np.maximum(sum_b[draws].sum(axis=1), 1e-12)
+    return {"hr_a": float(hits_a.mean()), "hr_b": float(hits_b.mean()),
+            "ratio": float(hits_a.sum() / max(hits_b.sum(), 1e-12)),
+            "ratio_95ci": [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))],
+            "queries": int(len(targets)), "users": int(len(names)), "mean_queries_per_user": float(count.mean())}
+
+
 def time_setup(dataset, q1: float, q2: float) -> dict:
     """The time-based protocol's split, queries and a `report` of top-10 lists (shared by its parts)."""
     from tfrec_lm.data.split import build_vocab
@@ -368,20 +397,29 @@ def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> d
     empty = np.array([len(h) == 0 for h in queries["histories"]])
     models = {}
     stale = train_run(default_config(seed=seed), data_t1, workdir, f"time-{seed}/before-t1")
-    models["before_update"] = {"wall_seconds": stale["wall_seconds"],
-                               **report(export_top10(stale["export"], queries, vocab.ids))}
+    top_before = export_top10(stale["export"], queries, vocab.ids)
+    models["before_update"] = {"wall_seconds": stale["wall_seconds"], **report(top_before)}
     items_path = workdir / f"time-{seed}" / "new_items.csv"
     new_rows = dataset.items[dataset.items["item_id"].isin(new_ids)]
     new_rows.assign(genres=["|".join(g) for g in new_rows["genres"]])[["item_id", "title", "year", "genres"]] \
         .to_csv(items_path, index=False)
     update = update_catalog(stale["run"], items_path=items_path)
+    top_after = export_top10(update.export_path, queries, vocab.ids)
     models["after_update"] = {"catalog_update_seconds": update.seconds, "encoded": update.encoded,
-                              **report(export_top10(update.export_path, queries, vocab.ids))}
+                              **report(top_after)}
     # The same run and items, new items placed by their text and the no-ID vector (the update before
     # `--cold-neighbours`): the update's own option, no training.
     plain = update_catalog(stale["run"], items_path=items_path, export_base=str(workdir / f"time-{seed}" / "plain"),
                            cold_neighbours=0)
-    models["after_update_cold_neighbours_0"] = report(export_top10(plain.export_path, queries, vocab.ids))
+    top_plain = export_top10(plain.export_path, queries, vocab.ids)
+    models["after_update_cold_neighbours_0"] = report(top_plain)
+    known = ~is_new
+    paired = {"known_item_targets_after_update_vs_before": paired_hits(
+                  top_after[known], top_before[known], queries["target"][known], queries["user"][known]),
+              "known_item_targets_cold_neighbours_0_vs_before": paired_hits(
+                  top_plain[known], top_before[known], queries["target"][known], queries["user"][known]),
+              "new_item_targets_after_update_vs_cold_neighbours_0": paired_hits(
+                  top_after[is_new], top_plain[is_new], queries["target"][is_new], queries["user"][is_new])}
     id_only = train_run(default_config(item_text=False, seed=seed), data_t1, workdir, f"time-{seed}/id-only-before-t1")
     models["id_only"] = {"wall_seconds": id_only["wall_seconds"],
                          **report(export_top10(id_only["export"], queries, vocab.ids))}
@@ -401,7 +439,7 @@ def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> d
             "new_item_queries_from_t2": int((is_new & after_t2).sum()), "empty_history_queries": int(empty.sum()),
             "random_hr_at_10": 10 / (vocab.size - 1),
             "catalog_update_over_retrain_wall": update.seconds / retrained["wall_seconds"],
-            "models": models}
+            "models": models, "paired": paired}
 
 
 def time_popularity_part(dataset, q1: float, q2: float, window_days: int) -> dict:

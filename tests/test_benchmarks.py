@@ -456,3 +456,22 @@ def test_sequence_encoder_newest_query_equals_the_every_position_reference(num_b
     out = layer(vectors, mask, ages=ages).numpy()
     np.testing.assert_allclose(out, every_position_call(layer, vectors, mask, ages).numpy(), atol=1e-5)
     assert np.abs(out[:3]).sum(axis=1).min() > 0 and not out[3].any()  # an empty history gives zeros
+
+
+def test_paired_hits_resamples_users_and_compares_the_same_queries():
+    import new_items
+
+    targets = np.array([1, 2, 3, 4, 5, 6])
+    users = np.array(["u", "u", "v", "v", "w", "w"])
+    hit_all = np.repeat(targets[:, None], 10, axis=1)
+    hit_first = hit_all.copy()
+    hit_first[1::2] = 0  # each user's second query misses
+    out = new_items.paired_hits(hit_all, hit_first, targets, users)
+    assert (out["hr_a"], out["hr_b"], out["ratio"]) == (1.0, 0.5, 2.0)
+    assert out["ratio_95ci"] == [2.0, 2.0]  # every user has the same ratio: no resample moves it
+    assert (out["queries"], out["users"], out["mean_queries_per_user"]) == (6, 3, 2.0)
+    skewed = hit_first.copy()
+    skewed[users == "w"] = 0  # w never hits in b: resamples without u and v would divide by zero
+    spread = new_items.paired_hits(hit_all, skewed, targets, users)["ratio_95ci"]
+    assert spread[0] < spread[1]
+    assert new_items.paired_hits(hit_all[:0], hit_first[:0], targets[:0], users[:0]) == {"queries": 0}
