@@ -22,6 +22,8 @@ Two ways new items arrive, both on MovieLens-100K, both scored through the expor
   everything before T2 (85th percentile, the full catalog: it has seen the new items'
   interactions in [T1, T2)), compared on the targets at or after T2. Wall time of the
   catalog update against the retrain.
+- `cold-grid`: no training: the default runs of `held-out` and `time` must be in `--workdir`: each `--cold-neighbours` x `--cold-popularity` setting is one catalog update
+  of those runs, scored on both protocols (new-item HR@10 and warm quality).
 - `time-popularity`: no model is trained. On the `time` queries, a trending list (the items
   most interacted with in the `--window-days` before each query, history excluded; it sees
   the new items' own interactions, which a catalog update at T1 cannot), and how
@@ -33,6 +35,7 @@ Output: `benchmarks/results/new_items.json`, one key per part (a part run again 
 its key; the others are kept).
 
     python benchmarks/new_items.py --parts held-out time time-popularity warm
+    python benchmarks/new_items.py --parts cold-grid --workdir DIR   # DIR: the earlier parts' --workdir
 """
 
 from __future__ import annotations
@@ -221,10 +224,9 @@ def top10_has(scores: np.ndarray, queries: dict, members: np.ndarray) -> np.ndar
 # ---------------------------------------------------------------- held-out items
 
 
-def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), only=None, kept=None) -> dict:
-    """The held-out-items protocol. `tuning_steps`: each also with `--text-tuning-steps N` (for
-    every dropout); `only`: run just these variant names; `kept`: earlier results by variant
-    name (same held-out seed), kept where not run again."""
+def held_out_setup(dataset, seed: int) -> dict:
+    """The held-out-items protocol's split: the held-out items, the training data without them, the
+    queries (each user's first held-out interaction) and the `select` half of their users."""
     from tfrec_lm.data.split import build_vocab
 
     vocab = build_vocab(dataset.items)
@@ -233,7 +235,6 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
     rng = np.random.default_rng(seed)
     held = set(rng.choice(eligible, size=int(round(HELD_OUT_SHARE * len(eligible))), replace=False))
     train_data = subset(dataset, dataset.interactions[~dataset.interactions["item_id"].isin(held)], name="ml-100k-held-out")
-    held_mask = np.isin(vocab.ids, list(held))
 
     def first_held(rows):
         hits = rows["item_id"].isin(held).to_numpy()
@@ -246,7 +247,18 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
     users = np.unique(queries["user"])
     halves = rng.permutation(users)
     select_users = set(halves[: len(users) // 2])
-    is_select = np.array([u in select_users for u in queries["user"]])
+    return {"vocab": vocab, "held": held, "eligible": eligible, "train_data": train_data,
+            "held_mask": np.isin(vocab.ids, list(held)), "queries": queries,
+            "is_select": np.array([u in select_users for u in queries["user"]])}
+
+
+def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), only=None, kept=None) -> dict:
+    """The held-out-items protocol. `tuning_steps`: each also with `--text-tuning-steps N` (for
+    every dropout); `only`: run just these variant names; `kept`: earlier results by variant
+    name (same held-out seed), kept where not run again."""
+    setup = held_out_setup(dataset, seed)
+    vocab, held, eligible, train_data = setup["vocab"], setup["held"], setup["eligible"], setup["train_data"]
+    held_mask, queries, is_select = setup["held_mask"], setup["queries"], setup["is_select"]
     # `default`: the shipped defaults as they are when the part runs (each row records its config)
     variants = {"default": {}, "cold-items-id": {"cold_items": "id"}, "cold-neighbours-0": {"cold_neighbours": 0}}
     variants.update({f"cold-items-text-id-dropout-{d:g}": {"cold_items": "text", "id_dropout": d} for d in dropouts})
@@ -399,10 +411,7 @@ def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> d
     stale = train_run(default_config(seed=seed), data_t1, workdir, f"time-{seed}/before-t1")
     top_before = export_top10(stale["export"], queries, vocab.ids)
     models["before_update"] = {"wall_seconds": stale["wall_seconds"], **report(top_before)}
-    items_path = workdir / f"time-{seed}" / "new_items.csv"
-    new_rows = dataset.items[dataset.items["item_id"].isin(new_ids)]
-    new_rows.assign(genres=["|".join(g) for g in new_rows["genres"]])[["item_id", "title", "year", "genres"]] \
-        .to_csv(items_path, index=False)
+    items_path = items_csv(dataset.items[dataset.items["item_id"].isin(new_ids)], workdir / f"time-{seed}" / "new_items.csv")
     update = update_catalog(stale["run"], items_path=items_path)
     top_after = export_top10(update.export_path, queries, vocab.ids)
     models["after_update"] = {"catalog_update_seconds": update.seconds, "encoded": update.encoded,
@@ -461,6 +470,91 @@ def time_popularity_part(dataset, q1: float, q2: float, window_days: int) -> dic
             "trending": setup["report"](top)}
 
 
+# ---------------------------------------------------------------- cold-neighbour grid
+
+COLD_GRID = ((0, 0.0), (5, 0.0), (3, 1.0), (5, 1.0), (10, 1.0), (3, 1.5), (5, 1.5), (10, 1.5),
+             (3, 2.0), (5, 2.0), (10, 2.0), (20, 2.0))
+
+
+def items_csv(items, path: Path) -> Path:
+    """Writes catalog rows as a `tfrec_lm.catalog --items` file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    items.assign(genres=["|".join(g) for g in items["genres"]])[["item_id", "title", "year", "genres"]] \
+        .to_csv(path, index=False)
+    return path
+
+
+def finished_run(workdir: Path, name: str) -> dict:
+    """The run dir and export of an earlier part's finished run `workdir/name`.
+
+    Raises:
+        SystemExit: no finished run there.
+    """
+    run_dir = workdir / name / "run"
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise SystemExit(f"{run_dir} holds no finished run: run `--parts held-out time` with --workdir {workdir} first "
+                         "(held-out seed 0, time seed 42)")
+    return {"run": run_dir, "export": Path(json.loads(metrics.read_text())["export_path"])}
+
+
+def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: int) -> dict:
+    """`--cold-neighbours` x `--cold-popularity` through the catalog command, on both protocols.
+
+    No training: the default's run of each protocol must be in `workdir` (`finished_run`; the
+    folders may be links to other parts' workdirs). Each setting is one `update_catalog` of
+    that run. Time-based: the new items are added at T1. Held-out: the held-out items are sent
+    again unchanged, which re-exports the run with the setting (they are already cold in its
+    catalog). Reported per setting: HR@10
+    of the new- (held-out-) item targets, warm quality (time: known-item targets, paired with
+    the export before the update; held-out: the SPEC leave-one-out test targets of the
+    training data, through the export), and how often a new item is in a top 10.
+    """
+    from tfrec_lm.catalog.update import update_catalog
+
+    split = time_setup(dataset, q1, q2)
+    queries, is_new = split["queries"], split["is_new"]
+    stale = finished_run(workdir, "time-42/before-t1")
+    new_path = items_csv(dataset.items[dataset.items["item_id"].isin(split["new_ids"])], workdir / "grid" / "new.csv")
+    top_before = export_top10(stale["export"], queries, split["vocab"].ids)
+    held = held_out_setup(dataset, held_out_seed)
+    run = finished_run(workdir, "held-out/default")
+    held_path = items_csv(dataset.items[dataset.items["item_id"].isin(held["held"])], workdir / "grid" / "held.csv")
+    warm_queries = queries_of(held["train_data"], held["vocab"].ids, lambda rows: np.arange(len(rows)) == len(rows) - 1)
+    rows = {}
+    for neighbours, power in COLD_GRID:
+        name = f"neighbours-{neighbours}-power-{power:g}"
+        options = {"cold_neighbours": neighbours, "cold_popularity": power}
+        update = update_catalog(stale["run"], items_path=new_path, export_base=str(workdir / "grid" / "time" / name),
+                                **options)
+        top = export_top10(update.export_path, queries, split["vocab"].ids)
+        span = split["report"](top)["from_t1"]
+        known = ~is_new
+        update = update_catalog(run["run"], items_path=held_path, export_base=str(workdir / "grid" / "held" / name),
+                                **options)
+        held_encoded = update.encoded  # 0: the held-out texts are the catalog's, nothing re-encoded
+        held_top = export_top10(update.export_path, held["queries"], held["vocab"].ids)
+        held_hits = (held_top == held["queries"]["target"][:, None]).any(axis=1)
+        warm_top = export_top10(update.export_path, warm_queries, held["vocab"].ids)
+        rows[name] = {
+            **options,
+            "time": {"new_item_targets": span["new_item_targets"], "known_item_targets": span["known_item_targets"],
+                     "share_of_queries_with_a_new_item_in_top10": span["share_of_queries_with_a_new_item_in_top10"],
+                     "known_item_targets_vs_before_update": paired_hits(
+                         top[known], top_before[known], queries["target"][known], queries["user"][known])},
+            "held_out": {"encoded": held_encoded, "select_hr_at_10": float(held_hits[held["is_select"]].mean()),
+                         "report_hr_at_10": float(held_hits[~held["is_select"]].mean()),
+                         "share_with_held_out_item_in_top10": float(held["held_mask"][held_top].any(axis=1).mean()),
+                         "warm_test": rank_metrics(top10_ranks(warm_top, warm_queries["target"]))},
+        }
+        print(f"cold grid {name}: time new HR@10 {span['new_item_targets']['HR@10']:.4f}, known "
+              f"{span['known_item_targets']['HR@10']:.4f}; held-out select "
+              f"{rows[name]['held_out']['select_hr_at_10']:.4f}, report {rows[name]['held_out']['report_hr_at_10']:.4f}, "
+              f"warm NDCG@10 {rows[name]['held_out']['warm_test']['NDCG@10']:.4f}", flush=True)
+    return {"held_out_seed": held_out_seed, "before_update_known_item_targets":
+            split["report"](top_before)["from_t1"]["known_item_targets"], "settings": rows}
+
+
 # ---------------------------------------------------------------- warm quality
 
 
@@ -485,7 +579,7 @@ def warm_part(workdir: Path, seeds) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["held-out", "time", "time-popularity", "warm"],
-                        choices=["held-out", "time", "time-popularity", "warm"])
+                        choices=["held-out", "time", "time-popularity", "cold-grid", "warm"])
     parser.add_argument("--id-dropout", nargs="+", type=float, default=[0.0, 0.25],
                         help="held-out: --id-dropout candidates of the cold-item model")
     parser.add_argument("--held-out-seed", type=int, default=0)
@@ -509,7 +603,7 @@ def main(argv=None) -> int:
     payload = {}
     if previous.is_file():
         payload = {k: v for k, v in json.loads(previous.read_text()).items()
-                   if k.startswith(("held_out", "time", "warm"))}
+                   if k.startswith(("held_out", "time", "cold_grid", "warm"))}
     dataset = load_training_data(default_config())
     for part in args.parts:
         if part == "held-out":
@@ -521,6 +615,8 @@ def main(argv=None) -> int:
         elif part == "time":
             key = "time" if args.time_seed == 42 else f"time@seed{args.time_seed}"
             payload[key] = time_part(dataset, workdir, args.q1, args.q2, args.time_seed)
+        elif part == "cold-grid":
+            payload["cold_grid"] = cold_grid_part(dataset, workdir, args.q1, args.q2, args.held_out_seed)
         elif part == "time-popularity":
             payload["time_popularity"] = time_popularity_part(dataset, args.q1, args.q2, args.window_days)
         else:
