@@ -396,6 +396,17 @@ def time_setup(dataset, q1: float, q2: float) -> dict:
             "queries": queries, "is_new": is_new, "after_t2": after_t2, "report": report}
 
 
+def popular_before_t1_top10(setup: dict) -> np.ndarray:
+    """Each time-protocol query's 10 items most interacted with before T1 (history excluded). [n, 10]."""
+    vocab = setup["vocab"]
+    popularity = np.zeros(vocab.size, np.float32)
+    counts = setup["before_t1"]["item_id"].value_counts()
+    popularity[1:] = [counts.get(i, 0) for i in vocab.ids[1:]]
+    popularity[1:][~np.isin(vocab.ids[1:], list(setup["known"]))] = np.finfo(np.float32).min  # unknown before T1
+    popularity[0] = -np.inf
+    return popular_top10(popularity, setup["queries"])
+
+
 def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> dict:
     from tfrec_lm.catalog.update import update_catalog
 
@@ -422,22 +433,19 @@ def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> d
                            cold_neighbours=0)
     top_plain = export_top10(plain.export_path, queries, vocab.ids)
     models["after_update_cold_neighbours_0"] = report(top_plain)
-    known = ~is_new
+    known_target = ~is_new  # (`known` is the set of item ids known before T1)
     paired = {"known_item_targets_after_update_vs_before": paired_hits(
-                  top_after[known], top_before[known], queries["target"][known], queries["user"][known]),
+                  top_after[known_target], top_before[known_target], queries["target"][known_target],
+                  queries["user"][known_target]),
               "known_item_targets_cold_neighbours_0_vs_before": paired_hits(
-                  top_plain[known], top_before[known], queries["target"][known], queries["user"][known]),
+                  top_plain[known_target], top_before[known_target], queries["target"][known_target],
+                  queries["user"][known_target]),
               "new_item_targets_after_update_vs_cold_neighbours_0": paired_hits(
                   top_after[is_new], top_plain[is_new], queries["target"][is_new], queries["user"][is_new])}
     id_only = train_run(default_config(item_text=False, seed=seed), data_t1, workdir, f"time-{seed}/id-only-before-t1")
     models["id_only"] = {"wall_seconds": id_only["wall_seconds"],
                          **report(export_top10(id_only["export"], queries, vocab.ids))}
-    popularity = np.zeros(vocab.size, np.float32)
-    counts = before_t1["item_id"].value_counts()
-    popularity[1:] = [counts.get(i, 0) for i in vocab.ids[1:]]
-    popularity[1:][~np.isin(vocab.ids[1:], list(known))] = np.finfo(np.float32).min  # unknown before T1
-    popularity[0] = -np.inf
-    models["most_popular_before_t1"] = report(popular_top10(popularity, queries))
+    models["most_popular_before_t1"] = report(popular_before_t1_top10(setup))
     retrained = train_run(default_config(seed=seed), subset(dataset, dataset.interactions[stamps < t2],
                                                             name="ml-100k<T2"), workdir, f"time-{seed}/retrained-before-t2")
     retrained_report = report(export_top10(retrained["export"], queries, vocab.ids))
@@ -472,8 +480,8 @@ def time_popularity_part(dataset, q1: float, q2: float, window_days: int) -> dic
 
 # ---------------------------------------------------------------- cold-neighbour grid
 
-COLD_GRID = ((0, 0.0), (5, 0.0), (3, 1.0), (5, 1.0), (10, 1.0), (3, 1.5), (5, 1.5), (10, 1.5),
-             (3, 2.0), (5, 2.0), (10, 2.0), (20, 2.0))
+COLD_GRID = ((0, 0.0), (5, 0.0), (5, 1.0), (3, 1.5), (5, 1.5), (3, 2.0), (5, 2.0), (10, 2.0), (20, 2.0),
+             (10, 3.0), (20, 3.0), (50, 3.0), (200, 3.0), (200, 4.0))
 
 
 def items_csv(items, path: Path) -> Path:
@@ -535,6 +543,10 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
         held_encoded = update.encoded  # 0: the held-out texts are the catalog's, nothing re-encoded
         held_top = export_top10(update.export_path, held["queries"], held["vocab"].ids)
         held_hits = (held_top == held["queries"]["target"][:, None]).any(axis=1)
+        among = export_scores(update.export_path, held["queries"]["histories"], held["queries"]["stamps"],
+                              held["vocab"].ids[1:])
+        among[:, ~held["held_mask"]] = -np.inf  # rank among the held-out items only
+        among_hits = ranks_of(among, held["queries"]) < 10
         warm_top = export_top10(update.export_path, warm_queries, held["vocab"].ids)
         rows[name] = {
             **options,
@@ -544,12 +556,14 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
                          top[known], top_before[known], queries["target"][known], queries["user"][known])},
             "held_out": {"encoded": held_encoded, "select_hr_at_10": float(held_hits[held["is_select"]].mean()),
                          "report_hr_at_10": float(held_hits[~held["is_select"]].mean()),
+                         "report_hr_at_10_among_held_out": float(among_hits[~held["is_select"]].mean()),
                          "share_with_held_out_item_in_top10": float(held["held_mask"][held_top].any(axis=1).mean()),
                          "warm_test": rank_metrics(top10_ranks(warm_top, warm_queries["target"]))},
         }
         print(f"cold grid {name}: time new HR@10 {span['new_item_targets']['HR@10']:.4f}, known "
               f"{span['known_item_targets']['HR@10']:.4f}; held-out select "
               f"{rows[name]['held_out']['select_hr_at_10']:.4f}, report {rows[name]['held_out']['report_hr_at_10']:.4f}, "
+              f"among held-out {rows[name]['held_out']['report_hr_at_10_among_held_out']:.4f}, "
               f"warm NDCG@10 {rows[name]['held_out']['warm_test']['NDCG@10']:.4f}", flush=True)
     return {"held_out_seed": held_out_seed, "before_update_known_item_targets":
             split["report"](top_before)["from_t1"]["known_item_targets"], "settings": rows}
