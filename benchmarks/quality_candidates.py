@@ -122,6 +122,9 @@ RETIRED = {
     "default-s7": "the default of session 7 (6da9cc7): the same options, before the SequenceEncoder computed only "
                   "the newest position's query in its last block (8513e93); the same function, but its dropout "
                   "drew masks over every position, so each seed's numbers differ",
+    "default-s8": "the default of sessions 8 and 9 (4544252): the same training, but outside training cold items "
+                  "(the 4 items without a training target) were placed by their text and the no-ID vector, before "
+                  "--cold-neighbours 5 --cold-popularity 2 (session 10) gave them their text neighbours' IDs",
 }
 BASELINES = ("default", "previous-default")
 REFERENCE = "sasrec"

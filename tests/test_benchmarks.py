@@ -264,6 +264,25 @@ def test_trending_counts_only_the_window_before_each_query_and_excludes_the_hist
     assert top.min() >= 1  # never the padding index
 
 
+def test_most_popular_before_t1_counts_only_items_known_before_t1():
+    import new_items
+
+    from tfrec_lm.data.synthetic import synthetic_migration
+
+    dataset, _ = synthetic_migration(num_users=12, length=8)
+    setup = new_items.time_setup(dataset, 70.0, 85.0)
+    top = new_items.popular_before_t1_top10(setup)
+    ids = setup["vocab"].ids
+    counts = setup["before_t1"]["item_id"].value_counts()
+    assert set(ids[top.ravel()]) <= setup["known"]  # never an item first seen at or after T1
+    for row, excluded in enumerate(setup["queries"]["exclude"]):
+        chosen = counts.reindex(ids[top[row]]).to_numpy()
+        assert (np.diff(chosen) <= 0).all()  # most interacted with first
+        assert not set(top[row]) & set(excluded)
+        others = [counts[i] for i in setup["known"] if setup["vocab"].index([i])[0] not in set(top[row]) | set(excluded)]
+        assert max(others, default=0) <= chosen.min()
+
+
 def test_sasrec_baseline_learns_the_synthetic_migration():
     """The SASRec reference trains on the package's split and beats popularity on migrating users."""
     import sasrec

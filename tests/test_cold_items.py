@@ -99,6 +99,19 @@ def test_a_high_popularity_power_takes_after_the_most_consumed_neighbour():
     np.testing.assert_allclose(got, item_tower.id_embedding.embeddings.numpy()[2], atol=1e-4)  # count 6 of 1/6/2/4
 
 
+def test_a_huge_popularity_power_neither_overflows_nor_divides_by_zero():
+    counts = np.array([0, 1, 10**6, 2, 0, 4])
+    item_tower = tower(cold_neighbours=3, cold_popularity=40.0, item_counts=counts)
+    got = item_tower.id_part(tf.constant([4])).numpy()[0]
+    assert np.isfinite(got).all()
+    text = item_tower.text_cache.numpy()
+    text = text / np.linalg.norm(text, axis=1, keepdims=True).clip(1e-12)  # row 0: padding
+    warm_rows = np.array([1, 2, 3, 5])
+    nearest = warm_rows[np.argsort(-(text[warm_rows] @ text[4]), kind="stable")[:3]]
+    top = nearest[np.argmax(counts[nearest])]  # the most consumed neighbour takes the whole mix
+    np.testing.assert_allclose(got, item_tower.id_embedding.embeddings.numpy()[top], atol=1e-5)
+
+
 def test_no_neighbours_keeps_the_no_id_vector():
     item_tower = tower(cold_neighbours=0, item_counts=COUNTS)
     assert not item_tower.imputes_cold_ids

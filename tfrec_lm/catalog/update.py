@@ -7,8 +7,9 @@ training with the run's frozen encoder, and writes the next export version besid
 previous ones (atomically, as training does), where `tfrec_lm.serve` and TF Serving
 pick it up like any version. New items are cold: their text places them, and their ID
 part is the mix of the trained ID embeddings of their nearest warm look-alikes
-(`--cold-neighbours`, `--cold-popularity`; with `--cold-neighbours 0` the learned no-ID vector). Retired items stay known in
-request histories but never come back in `serving_default`.
+(`--cold-neighbours`, `--cold-popularity`; with `--cold-neighbours 0` the learned no-ID
+vector). Retired items stay known in request histories but never come back in
+`serving_default`.
 
 Updates accumulate: the catalog of the newest export of the same run under
 `<export_base>/<model_name>` is the starting point, else the run's own catalog.

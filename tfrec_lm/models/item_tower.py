@@ -325,7 +325,8 @@ class ItemTower(tf.keras.layers.Layer):
         warm_rows = np.flatnonzero(self.warm_items[1:]) + 1
         cold_rows = np.flatnonzero(~self.warm_items[1:]) + 1
         counts = np.ones(self.num_items) if self.item_counts is None else np.maximum(self.item_counts, 1.0)
-        weights = tf.constant((counts[warm_rows] ** self.cold_popularity).astype(np.float32))
+        scaled = counts[warm_rows] / counts[warm_rows].max()  # a large power stays within float32
+        weights = tf.constant(np.maximum(scaled ** self.cold_popularity, 1e-30).astype(np.float32))
         text = tf.math.l2_normalize(self.text_vectors(tf.range(self.num_items)), axis=-1)
         similarity = tf.matmul(tf.gather(text, cold_rows), tf.gather(text, warm_rows), transpose_b=True)
         _, nearest = tf.math.top_k(similarity, k=min(self.cold_neighbours, len(warm_rows)))  # [cold, k]
