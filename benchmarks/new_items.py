@@ -22,7 +22,8 @@ Two ways new items arrive, both on MovieLens-100K, both scored through the expor
   everything before T2 (85th percentile, the full catalog: it has seen the new items'
   interactions in [T1, T2)), compared on the targets at or after T2. Wall time of the
   catalog update against the retrain.
-- `cold-grid`: no training: the default runs of `held-out` and `time` must be in `--workdir`: each `--cold-neighbours` x `--cold-popularity` setting is one catalog update
+- `cold-grid`: no training: the default runs of `held-out` and `time` must be in `--workdir`;
+  each `--cold-neighbours` x `--cold-popularity` setting is one catalog update
   of those runs, scored on both protocols (new-item HR@10 and warm quality).
 - `time-popularity`: no model is trained. On the `time` queries, a trending list (the items
   most interacted with in the `--window-days` before each query, history excluded; it sees
@@ -422,7 +423,8 @@ def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> d
     stale = train_run(default_config(seed=seed), data_t1, workdir, f"time-{seed}/before-t1")
     top_before = export_top10(stale["export"], queries, vocab.ids)
     models["before_update"] = {"wall_seconds": stale["wall_seconds"], **report(top_before)}
-    items_path = items_csv(dataset.items[dataset.items["item_id"].isin(new_ids)], workdir / f"time-{seed}" / "new_items.csv")
+    items_path = items_csv(dataset.items[dataset.items["item_id"].isin(new_ids)],
+                           workdir / f"time-{seed}" / "new_items.csv")
     update = update_catalog(stale["run"], items_path=items_path)
     top_after = export_top10(update.export_path, queries, vocab.ids)
     models["after_update"] = {"catalog_update_seconds": update.seconds, "encoded": update.encoded,
@@ -446,12 +448,13 @@ def time_part(dataset, workdir: Path, q1: float, q2: float, seed: int = 42) -> d
     models["id_only"] = {"wall_seconds": id_only["wall_seconds"],
                          **report(export_top10(id_only["export"], queries, vocab.ids))}
     models["most_popular_before_t1"] = report(popular_before_t1_top10(setup))
-    retrained = train_run(default_config(seed=seed), subset(dataset, dataset.interactions[stamps < t2],
-                                                            name="ml-100k<T2"), workdir, f"time-{seed}/retrained-before-t2")
+    before_t2 = subset(dataset, dataset.interactions[stamps < t2], name="ml-100k<T2")
+    retrained = train_run(default_config(seed=seed), before_t2, workdir, f"time-{seed}/retrained-before-t2")
     retrained_report = report(export_top10(retrained["export"], queries, vocab.ids))
     retrained_report.pop("from_t1")  # it trained on [T1, T2): only the targets after T2 are fair
     models["retrained_before_t2"] = {"wall_seconds": retrained["wall_seconds"], **retrained_report}
-    return {"seed": seed, "q1": q1, "q2": q2, "t1": t1, "t2": t2, "new_items": len(new_ids), "queries": int(len(queries["target"])),
+    return {"seed": seed, "q1": q1, "q2": q2, "t1": t1, "t2": t2, "new_items": len(new_ids),
+            "queries": int(len(queries["target"])),
             "new_item_queries": int(is_new.sum()), "queries_from_t2": int(after_t2.sum()),
             "new_item_queries_from_t2": int((is_new & after_t2).sum()), "empty_history_queries": int(empty.sum()),
             "random_hr_at_10": 10 / (vocab.size - 1),
@@ -513,15 +516,15 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
     folders may be links to other parts' workdirs). Each setting is one `update_catalog` of
     that run. Time-based: the new items are added at T1. Held-out: the held-out items are sent
     again unchanged, which re-exports the run with the setting (they are already cold in its
-    catalog). Reported per setting: HR@10
-    of the new- (held-out-) item targets, warm quality (time: known-item targets, paired with
-    the export before the update; held-out: the SPEC leave-one-out test targets of the
-    training data, through the export), and how often a new item is in a top 10.
+    catalog). Reported per setting: HR@10 of the new- (held-out-) item targets, warm quality
+    (time: known-item targets, paired with the export before the update; held-out: the SPEC
+    leave-one-out test targets of the training data, through the export), and how often a
+    new item is in a top 10.
     """
     from tfrec_lm.catalog.update import update_catalog
 
     split = time_setup(dataset, q1, q2)
-    queries, is_new = split["queries"], split["is_new"]
+    queries, known_target = split["queries"], ~split["is_new"]
     stale = finished_run(workdir, "time-42/before-t1")
     new_path = items_csv(dataset.items[dataset.items["item_id"].isin(split["new_ids"])], workdir / "grid" / "new.csv")
     top_before = export_top10(stale["export"], queries, split["vocab"].ids)
@@ -537,7 +540,6 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
                                 **options)
         top = export_top10(update.export_path, queries, split["vocab"].ids)
         span = split["report"](top)["from_t1"]
-        known = ~is_new
         update = update_catalog(run["run"], items_path=held_path, export_base=str(workdir / "grid" / "held" / name),
                                 **options)
         held_encoded = update.encoded  # 0: the held-out texts are the catalog's, nothing re-encoded
@@ -553,7 +555,8 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
             "time": {"new_item_targets": span["new_item_targets"], "known_item_targets": span["known_item_targets"],
                      "share_of_queries_with_a_new_item_in_top10": span["share_of_queries_with_a_new_item_in_top10"],
                      "known_item_targets_vs_before_update": paired_hits(
-                         top[known], top_before[known], queries["target"][known], queries["user"][known])},
+                         top[known_target], top_before[known_target], queries["target"][known_target],
+                         queries["user"][known_target])},
             "held_out": {"encoded": held_encoded, "select_hr_at_10": float(held_hits[held["is_select"]].mean()),
                          "report_hr_at_10": float(held_hits[~held["is_select"]].mean()),
                          "report_hr_at_10_among_held_out": float(among_hits[~held["is_select"]].mean()),
@@ -562,7 +565,8 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
         }
         print(f"cold grid {name}: time new HR@10 {span['new_item_targets']['HR@10']:.4f}, known "
               f"{span['known_item_targets']['HR@10']:.4f}; held-out select "
-              f"{rows[name]['held_out']['select_hr_at_10']:.4f}, report {rows[name]['held_out']['report_hr_at_10']:.4f}, "
+              f"{rows[name]['held_out']['select_hr_at_10']:.4f}, "
+              f"report {rows[name]['held_out']['report_hr_at_10']:.4f}, "
               f"among held-out {rows[name]['held_out']['report_hr_at_10_among_held_out']:.4f}, "
               f"warm NDCG@10 {rows[name]['held_out']['warm_test']['NDCG@10']:.4f}", flush=True)
     return {"held_out_seed": held_out_seed, "before_update_known_item_targets":
