@@ -504,12 +504,12 @@ def finished_run(workdir: Path, name: str) -> dict:
     run_dir = workdir / name / "run"
     metrics = run_dir / "metrics.json"
     if not metrics.is_file():
-        raise SystemExit(f"{run_dir} holds no finished run: run `--parts held-out time` with --workdir {workdir} first "
-                         "(held-out seed 0, time seed 42)")
+        raise SystemExit(f"{run_dir} holds no finished run: run `--parts held-out time` with --workdir {workdir} "
+                         "and the same --held-out-seed and --time-seed first")
     return {"run": run_dir, "export": Path(json.loads(metrics.read_text())["export_path"])}
 
 
-def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: int) -> dict:
+def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: int, time_seed: int = 42) -> dict:
     """`--cold-neighbours` x `--cold-popularity` through the catalog command, on both protocols.
 
     No training: the default's run of each protocol must be in `workdir` (`finished_run`; the
@@ -525,7 +525,7 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
 
     split = time_setup(dataset, q1, q2)
     queries, known_target = split["queries"], ~split["is_new"]
-    stale = finished_run(workdir, "time-42/before-t1")
+    stale = finished_run(workdir, f"time-{time_seed}/before-t1")
     new_path = items_csv(dataset.items[dataset.items["item_id"].isin(split["new_ids"])], workdir / "grid" / "new.csv")
     top_before = export_top10(stale["export"], queries, split["vocab"].ids)
     held = held_out_setup(dataset, held_out_seed)
@@ -569,7 +569,7 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
               f"report {rows[name]['held_out']['report_hr_at_10']:.4f}, "
               f"among held-out {rows[name]['held_out']['report_hr_at_10_among_held_out']:.4f}, "
               f"warm NDCG@10 {rows[name]['held_out']['warm_test']['NDCG@10']:.4f}", flush=True)
-    return {"held_out_seed": held_out_seed, "before_update_known_item_targets":
+    return {"held_out_seed": held_out_seed, "time_seed": time_seed, "before_update_known_item_targets":
             split["report"](top_before)["from_t1"]["known_item_targets"], "settings": rows}
 
 
@@ -634,7 +634,9 @@ def main(argv=None) -> int:
             key = "time" if args.time_seed == 42 else f"time@seed{args.time_seed}"
             payload[key] = time_part(dataset, workdir, args.q1, args.q2, args.time_seed)
         elif part == "cold-grid":
-            payload["cold_grid"] = cold_grid_part(dataset, workdir, args.q1, args.q2, args.held_out_seed)
+            key = ("cold_grid" if (args.held_out_seed, args.time_seed) == (0, 42)
+                   else f"cold_grid@held-out-seed{args.held_out_seed}-time-seed{args.time_seed}")
+            payload[key] = cold_grid_part(dataset, workdir, args.q1, args.q2, args.held_out_seed, args.time_seed)
         elif part == "time-popularity":
             payload["time_popularity"] = time_popularity_part(dataset, args.q1, args.q2, args.window_days)
         else:
