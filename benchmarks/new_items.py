@@ -24,7 +24,8 @@ Two ways new items arrive, both on MovieLens-100K, both scored through the expor
   catalog update against the retrain.
 - `cold-grid`: no training: the default runs of `held-out` and `time` must be in `--workdir`;
   each `--cold-neighbours` x `--cold-popularity` setting is one catalog update
-  of those runs, scored on both protocols (new-item HR@10 and warm quality).
+  of those runs, scored on both protocols (new-item HR@10 and warm quality); `--held-out-seed`
+  and `--time-seed` pick the runs.
 - `time-popularity`: no model is trained. On the `time` queries, a trending list (the items
   most interacted with in the `--window-days` before each query, history excluded; it sees
   the new items' own interactions, which a catalog update at T1 cannot), and how
