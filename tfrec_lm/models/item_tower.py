@@ -169,6 +169,15 @@ class ItemTower(tf.keras.layers.Layer):
         self.item_counts = None if item_counts is None else np.asarray(item_counts, dtype=np.float64)
         if self.item_counts is not None and self.item_counts.shape != (self.num_items,):
             raise ValueError(f"item_counts has shape {self.item_counts.shape}, expected ({self.num_items},)")
+        # What `cold_id_table` needs from the constructor data, derived once: the warm and cold
+        # rows and each warm item's weight in a mix (counts scaled to the largest first, so a
+        # large power stays within float32).
+        if self.warm_items is not None:
+            self._warm_rows = np.flatnonzero(self.warm_items[1:]) + 1
+            self._cold_rows = np.flatnonzero(~self.warm_items[1:]) + 1
+            counts = np.ones(self.num_items) if self.item_counts is None else np.maximum(self.item_counts, 1.0)
+            scaled = counts[self._warm_rows] / counts[self._warm_rows].max() if len(self._warm_rows) else counts[:0]
+            self._mix_weights = np.maximum(scaled ** self.cold_popularity, 1e-30).astype(np.float32)
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
@@ -306,8 +315,7 @@ class ItemTower(tf.keras.layers.Layer):
     def imputes_cold_ids(self) -> bool:
         """Whether cold items take their ID part from text neighbours (`cold_neighbours`) outside training."""
         return bool(self.cold_neighbours and self.text_cache is not None and self.no_id_embedding is not None
-                    and self.warm_items is not None and self.warm_items[1:].any()
-                    and not self.warm_items[1:].all())
+                    and self.warm_items is not None and len(self._warm_rows) and len(self._cold_rows))
 
     def cold_id_table(self):
         """Every cold item's ID part taken from its text neighbours; zero rows for the other items.
@@ -322,11 +330,8 @@ class ItemTower(tf.keras.layers.Layer):
         Returns:
             tf.Tensor float32. [C+1, embedding_dim].
         """
-        warm_rows = np.flatnonzero(self.warm_items[1:]) + 1
-        cold_rows = np.flatnonzero(~self.warm_items[1:]) + 1
-        counts = np.ones(self.num_items) if self.item_counts is None else np.maximum(self.item_counts, 1.0)
-        scaled = counts[warm_rows] / counts[warm_rows].max()  # a large power stays within float32
-        weights = tf.constant(np.maximum(scaled ** self.cold_popularity, 1e-30).astype(np.float32))
+        warm_rows, cold_rows = self._warm_rows, self._cold_rows
+        weights = tf.constant(self._mix_weights)
         text = tf.math.l2_normalize(self.text_vectors(tf.range(self.num_items)), axis=-1)
         similarity = tf.matmul(tf.gather(text, cold_rows), tf.gather(text, warm_rows), transpose_b=True)
         _, nearest = tf.math.top_k(similarity, k=min(self.cold_neighbours, len(warm_rows)))  # [cold, k]
