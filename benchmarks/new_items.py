@@ -254,13 +254,35 @@ def held_out_setup(dataset, seed: int) -> dict:
             "is_select": np.array([u in select_users for u in queries["user"]])}
 
 
+def held_out_scores(export_path, setup: dict) -> dict:
+    """The held-out protocol's metrics of one export, per half of the users (`select`, `report`, `all`).
+
+    One pass of the export's `rank` over the full catalog: the target's full-catalog rank, its
+    rank among the held-out items, and whether a held-out item is in the top 10 (history
+    excluded throughout).
+    """
+    queries, held_mask, is_select = setup["queries"], setup["held_mask"], setup["is_select"]
+    scores = export_scores(export_path, queries["histories"], queries["stamps"], setup["vocab"].ids[1:])
+    ranks = ranks_of(scores, queries)
+    among = scores.copy()
+    among[:, ~held_mask] = -np.inf  # rank among the held-out items only
+    ranks_new = ranks_of(among, queries)
+    has_new = top10_has(scores, queries, held_mask)
+    return {half: {"users": int(mask.sum()),
+                   "full_catalog": rank_metrics(ranks[mask]),
+                   "among_held_out": rank_metrics(ranks_new[mask]),
+                   "median_full_catalog_rank": float(np.median(ranks[mask]) + 1),
+                   "share_with_held_out_item_in_top10": float(has_new[mask].mean())}
+            for half, mask in (("select", is_select), ("report", ~is_select), ("all", np.ones(len(ranks), bool)))}
+
+
 def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), only=None, kept=None) -> dict:
     """The held-out-items protocol. `tuning_steps`: each also with `--text-tuning-steps N` (for
     every dropout); `only`: run just these variant names; `kept`: earlier results by variant
     name (same held-out seed), kept where not run again."""
     setup = held_out_setup(dataset, seed)
     vocab, held, eligible, train_data = setup["vocab"], setup["held"], setup["eligible"], setup["train_data"]
-    held_mask, queries, is_select = setup["held_mask"], setup["queries"], setup["is_select"]
+    queries = setup["queries"]
     # `default`: the shipped defaults as they are when the part runs (each row records its config)
     variants = {"default": {}, "cold-items-id": {"cold_items": "id"}, "cold-neighbours-0": {"cold_neighbours": 0}}
     variants.update({f"cold-items-text-id-dropout-{d:g}": {"cold_items": "text", "id_dropout": d} for d in dropouts})
@@ -271,22 +293,9 @@ def held_out_part(dataset, workdir: Path, dropouts, seed: int, tuning_steps=(), 
         if only and name not in only:
             continue
         run = train_run(default_config(**changes), train_data, workdir, f"held-out/{name}")
-        scores = export_scores(run["export"], queries["histories"], queries["stamps"], vocab.ids[1:])
-        ranks = ranks_of(scores, queries)
-        among = scores.copy()
-        among[:, ~held_mask] = -np.inf  # rank among the held-out items only
-        ranks_new = ranks_of(among, queries)
-        has_new = top10_has(scores, queries, held_mask)
         row = {"config_changes": changes, "config": run["config"].to_dict(), "wall_seconds": run["wall_seconds"],
-               "warm_test": run["result"].metrics["model"], "validation_ndcg_at_10": run["result"].validation_ndcg}
-        for half, mask in (("select", is_select), ("report", ~is_select), ("all", np.ones(len(ranks), bool))):
-            row[half] = {
-                "users": int(mask.sum()),
-                "full_catalog": rank_metrics(ranks[mask]),
-                "among_held_out": rank_metrics(ranks_new[mask]),
-                "median_full_catalog_rank": float(np.median(ranks[mask]) + 1),
-                "share_with_held_out_item_in_top10": float(has_new[mask].mean()),
-            }
+               "warm_test": run["result"].metrics["model"], "validation_ndcg_at_10": run["result"].validation_ndcg,
+               **held_out_scores(run["export"], setup)}
         results[name] = row
         print(f"held-out {name}: full-catalog HR@10 {row['report']['full_catalog']['HR@10']:.4f}, among held-out "
               f"HR@10 {row['report']['among_held_out']['HR@10']:.4f}, median rank "
@@ -543,13 +552,7 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
         span = split["report"](top)["from_t1"]
         update = update_catalog(run["run"], items_path=held_path, export_base=str(workdir / "grid" / "held" / name),
                                 **options)
-        held_encoded = update.encoded  # 0: the held-out texts are the catalog's, nothing re-encoded
-        held_top = export_top10(update.export_path, held["queries"], held["vocab"].ids)
-        held_hits = (held_top == held["queries"]["target"][:, None]).any(axis=1)
-        among = export_scores(update.export_path, held["queries"]["histories"], held["queries"]["stamps"],
-                              held["vocab"].ids[1:])
-        among[:, ~held["held_mask"]] = -np.inf  # rank among the held-out items only
-        among_hits = ranks_of(among, held["queries"]) < 10
+        held_scores = held_out_scores(update.export_path, held)
         warm_top = export_top10(update.export_path, warm_queries, held["vocab"].ids)
         rows[name] = {
             **options,
@@ -558,17 +561,15 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
                      "known_item_targets_vs_before_update": paired_hits(
                          top[known_target], top_before[known_target], queries["target"][known_target],
                          queries["user"][known_target])},
-            "held_out": {"encoded": held_encoded, "select_hr_at_10": float(held_hits[held["is_select"]].mean()),
-                         "report_hr_at_10": float(held_hits[~held["is_select"]].mean()),
-                         "report_hr_at_10_among_held_out": float(among_hits[~held["is_select"]].mean()),
-                         "share_with_held_out_item_in_top10": float(held["held_mask"][held_top].any(axis=1).mean()),
+            # encoded 0: the held-out texts are the catalog's, nothing is re-encoded
+            "held_out": {"encoded": update.encoded, **held_scores,
                          "warm_test": rank_metrics(top10_ranks(warm_top, warm_queries["target"]))},
         }
         print(f"cold grid {name}: time new HR@10 {span['new_item_targets']['HR@10']:.4f}, known "
               f"{span['known_item_targets']['HR@10']:.4f}; held-out select "
-              f"{rows[name]['held_out']['select_hr_at_10']:.4f}, "
-              f"report {rows[name]['held_out']['report_hr_at_10']:.4f}, "
-              f"among held-out {rows[name]['held_out']['report_hr_at_10_among_held_out']:.4f}, "
+              f"{held_scores['select']['full_catalog']['HR@10']:.4f}, "
+              f"report {held_scores['report']['full_catalog']['HR@10']:.4f}, "
+              f"among held-out {held_scores['report']['among_held_out']['HR@10']:.4f}, "
               f"warm NDCG@10 {rows[name]['held_out']['warm_test']['NDCG@10']:.4f}", flush=True)
     return {"held_out_seed": held_out_seed, "time_seed": time_seed, "before_update_known_item_targets":
             split["report"](top_before)["from_t1"]["known_item_targets"], "settings": rows}
