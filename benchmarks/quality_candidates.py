@@ -116,6 +116,9 @@ CANDIDATES = {
     "cosine-emb-128-batch-256": {"embedding_dim": 128, "batch_size": 256},
     # the rating loss on the cosine default
     "cosine-no-rating-loss": {"ranking_weight": 0.0},
+    # session 11: ID embeddings that move faster than the shared text projection (the tail,
+    # where SASRec leads, is where the ID part has to separate items with similar texts)
+    "cosine-id-lr-3": {"id_lr_multiplier": 3.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
