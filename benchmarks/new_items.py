@@ -26,6 +26,10 @@ Two ways new items arrive, both on MovieLens-100K, both scored through the expor
   each `--cold-neighbours` x `--cold-popularity` setting is one catalog update
   of those runs, scored on both protocols (new-item HR@10 and warm quality); `--held-out-seed`
   and `--time-seed` pick the runs.
+- `trade`: no training: the `time` part's runs of `--time-seed` must be in `--workdir`. What the
+  new items in the top 10 cost the known-item targets, in hits, for the catalog update
+  (default and `--cold-neighbours 0`) and for the model retrained before T2, each against the
+  export before the update on the same queries (`exposure_trade`).
 - `time-popularity`: no model is trained. On the `time` queries, a trending list (the items
   most interacted with in the `--window-days` before each query, history excluded; it sees
   the new items' own interactions, which a catalog update at T1 cannot), and how
@@ -38,6 +42,7 @@ its key; the others are kept).
 
     python benchmarks/new_items.py --parts held-out time time-popularity warm
     python benchmarks/new_items.py --parts cold-grid --workdir DIR   # DIR: the earlier parts' --workdir
+    python benchmarks/new_items.py --parts trade --time-seed 42 --workdir DIR
 """
 
 from __future__ import annotations
@@ -575,6 +580,75 @@ def cold_grid_part(dataset, workdir: Path, q1: float, q2: float, held_out_seed: 
             split["report"](top_before)["from_t1"]["known_item_targets"], "settings": rows}
 
 
+def exposure_trade(top: np.ndarray, top_before: np.ndarray, targets: np.ndarray, is_new: np.ndarray) -> dict:
+    """What new items in the top 10 cost the known items, in hits, against a model without them.
+
+    Every slot a new item takes in a query's top 10 is a slot a known item loses, so a known-item
+    target can only fall out of the list (or move in through a changed history). This counts both
+    sides on the same queries.
+
+    Args:
+        top, top_before: np.ndarray int. [n, 10] vocabulary indices: the model with new items, and
+            the reference without them (the export before the update).
+        targets: np.ndarray int. [n] each query's target.
+        is_new: np.ndarray bool. [n] whether the target is a new item.
+
+    Returns:
+        dict. `new_item_hits`, `known_item_hits` and `known_item_hits_before`, `known_hits_lost`
+        (before minus after), `known_hits_lost_per_new_hit` (None without a new hit) and
+        `net_hits` (all hits, after minus before).
+    """
+    hits = (top == targets[:, None]).any(axis=1)
+    hits_before = (top_before == targets[:, None]).any(axis=1)
+    new_hits = int(hits[is_new].sum())
+    lost = int(hits_before[~is_new].sum()) - int(hits[~is_new].sum())
+    return {"new_item_hits": new_hits, "known_item_hits": int(hits[~is_new].sum()),
+            "known_item_hits_before": int(hits_before[~is_new].sum()), "known_hits_lost": lost,
+            "known_hits_lost_per_new_hit": lost / new_hits if new_hits else None,
+            "net_hits": int(hits.sum()) - int(hits_before.sum())}
+
+
+def trade_part(dataset, workdir: Path, q1: float, q2: float, time_seed: int = 42) -> dict:
+    """The time protocol's exposure trade, from the runs `--parts time` left in `workdir` (no training).
+
+    For the catalog update (the default and `--cold-neighbours 0`) from T1 and from T2, and for the
+    issue's upper reference, the model retrained before T2 with the new items' interactions (from
+    T2, the targets it did not train on): `exposure_trade` against the export before the update,
+    and the known-item targets' HR@10 paired with it by user.
+    """
+    from tfrec_lm.catalog.update import update_catalog
+
+    split = time_setup(dataset, q1, q2)
+    queries, is_new, after_t2 = split["queries"], split["is_new"], split["after_t2"]
+    stale = finished_run(workdir, f"time-{time_seed}/before-t1")
+    retrained = finished_run(workdir, f"time-{time_seed}/retrained-before-t2")
+    new_path = items_csv(dataset.items[dataset.items["item_id"].isin(split["new_ids"])],
+                         workdir / "trade" / f"new-{time_seed}.csv")
+    tops = {"before_update": export_top10(stale["export"], queries, split["vocab"].ids)}
+    for name, options in (("after_update", {}), ("after_update_cold_neighbours_0", {"cold_neighbours": 0})):
+        update = update_catalog(stale["run"], items_path=new_path,
+                                export_base=str(workdir / "trade" / f"{time_seed}-{name}"), **options)
+        tops[name] = export_top10(update.export_path, queries, split["vocab"].ids)
+    tops["retrained_before_t2"] = export_top10(retrained["export"], queries, split["vocab"].ids)
+    out = {"time_seed": time_seed}
+    for span, mask in (("from_t1", np.ones(len(is_new), bool)), ("from_t2", after_t2)):
+        rows = {}
+        for name, top in tops.items():
+            if name == "before_update" or (name == "retrained_before_t2" and span == "from_t1"):
+                continue  # the retrained model trained on [T1, T2)
+            known = mask & ~is_new
+            rows[name] = {**exposure_trade(top[mask], tops["before_update"][mask], queries["target"][mask],
+                                           is_new[mask]),
+                          "known_item_targets_vs_before_update": paired_hits(
+                              top[known], tops["before_update"][known], queries["target"][known],
+                              queries["user"][known])}
+            print(f"trade {span} {name}: {rows[name]['new_item_hits']} new-item hits, "
+                  f"{rows[name]['known_hits_lost']} known-item hits lost, known HR@10 "
+                  f"{rows[name]['known_item_targets_vs_before_update']['ratio']:.3f}x", flush=True)
+        out[span] = rows
+    return out
+
+
 # ---------------------------------------------------------------- warm quality
 
 
@@ -599,7 +673,7 @@ def warm_part(workdir: Path, seeds) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["held-out", "time", "time-popularity", "warm"],
-                        choices=["held-out", "time", "time-popularity", "cold-grid", "warm"])
+                        choices=["held-out", "time", "time-popularity", "cold-grid", "trade", "warm"])
     parser.add_argument("--id-dropout", nargs="+", type=float, default=[0.0, 0.25],
                         help="held-out: --id-dropout candidates of the cold-item model")
     parser.add_argument("--held-out-seed", type=int, default=0)
@@ -623,7 +697,7 @@ def main(argv=None) -> int:
     payload = {}
     if previous.is_file():
         payload = {k: v for k, v in json.loads(previous.read_text()).items()
-                   if k.startswith(("held_out", "time", "cold_grid", "warm"))}
+                   if k.startswith(("held_out", "time", "cold_grid", "trade", "warm"))}
     dataset = load_training_data(default_config())
     for part in args.parts:
         if part == "held-out":
@@ -639,6 +713,9 @@ def main(argv=None) -> int:
             key = ("cold_grid" if (args.held_out_seed, args.time_seed) == (0, 42)
                    else f"cold_grid@held-out-seed{args.held_out_seed}-time-seed{args.time_seed}")
             payload[key] = cold_grid_part(dataset, workdir, args.q1, args.q2, args.held_out_seed, args.time_seed)
+        elif part == "trade":
+            key = "trade" if args.time_seed == 42 else f"trade@seed{args.time_seed}"
+            payload[key] = trade_part(dataset, workdir, args.q1, args.q2, args.time_seed)
         elif part == "time-popularity":
             payload["time_popularity"] = time_popularity_part(dataset, args.q1, args.q2, args.window_days)
         else:

@@ -494,3 +494,20 @@ def test_paired_hits_resamples_users_and_compares_the_same_queries():
     spread = new_items.paired_hits(hit_all, skewed, targets, users)["ratio_95ci"]
     assert spread[0] < spread[1]
     assert new_items.paired_hits(hit_all[:0], hit_first[:0], targets[:0], users[:0]) == {"queries": 0}
+
+
+def test_exposure_trade_counts_known_hits_lost_to_new_items():
+    import new_items
+
+    targets = np.array([1, 2, 3, 9])
+    is_new = np.array([False, False, False, True])  # item 9 is new
+    before = np.array([[1, 5, 6], [2, 5, 6], [7, 5, 6], [5, 6, 7]])  # known hits on queries 0 and 1
+    after = np.array([[9, 1, 5], [9, 5, 6], [3, 9, 5], [9, 5, 6]])  # 9 pushes 2 out, 3 comes in, 9 hits
+    out = new_items.exposure_trade(after, before, targets, is_new)
+    assert out == {"new_item_hits": 1, "known_item_hits": 2, "known_item_hits_before": 2, "known_hits_lost": 0,
+                   "known_hits_lost_per_new_hit": 0.0, "net_hits": 1}
+    after[2, 0] = 8  # query 2 loses the known hit it gained
+    out = new_items.exposure_trade(after, before, targets, is_new)
+    assert (out["known_hits_lost"], out["known_hits_lost_per_new_hit"], out["net_hits"]) == (1, 1.0, 0)
+    after[3, 0] = 4  # no new hit left: no ratio
+    assert new_items.exposure_trade(after, before, targets, is_new)["known_hits_lost_per_new_hit"] is None
