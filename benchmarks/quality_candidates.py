@@ -119,6 +119,9 @@ CANDIDATES = {
     # session 11: ID embeddings that move faster than the shared text projection (the tail,
     # where SASRec leads, is where the ID part has to separate items with similar texts)
     "cosine-id-lr-3": {"id_lr_multiplier": 3.0},
+    # session 12: either side of 3, to see whether 3 sits on a slope
+    "cosine-id-lr-2": {"id_lr_multiplier": 2.0},
+    "cosine-id-lr-5": {"id_lr_multiplier": 5.0},
     # session 12, item 3 over three seeds: the encoder's top layer tuned on co-consumed item
     # texts before training (screened on one seed of the session-6 default only)
     "cosine-text-tuning-300": {"text_tuning_steps": 300},
