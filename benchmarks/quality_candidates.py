@@ -198,7 +198,8 @@ def main(argv=None) -> int:
         for name, changes in CANDIDATES.items():
             print(f"{name}: {changes}")
         return 0
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_quality_"))
+    # (a merge alone runs nothing and leaves no empty temp dir behind)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_quality_")) if args.candidate else None
     previous = results_dir() / "quality_candidates.json"
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
     for other in args.merge:
