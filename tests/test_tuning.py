@@ -225,7 +225,7 @@ def test_search_space_respects_train_config_constraints():
     hypermodel.build(hp)
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=1)
     oracle.hyperparameters = hp.copy()
-    seen, recency, scores, text_tuning = set(), set(), set(), set()
+    seen, recency, scores, text_tuning, id_rates = set(), set(), set(), set(), set()
     for _ in range(300):
         sample = hp.copy()
         sample.values = oracle._random_values()
@@ -237,6 +237,7 @@ def test_search_space_respects_train_config_constraints():
         scores.add((config.similarity, config.temperature))
         recency.add((config.user_tower, config.time_features, config.long_short, config.short_window))
         text_tuning.add((config.finetune, config.text_tuning_steps))
+        id_rates.add((config.item_ids, config.id_lr_multiplier))
     assert {("frozen", "catalog", "item-sequence"), ("frozen", "in-batch", "history-text"),
             ("top-k", "in-batch", "item-sequence"), ("full", "in-batch", "history-text")} <= seen
     assert not {s for s in seen if s[0] != "frozen" and s[1] == "catalog"}
@@ -252,6 +253,9 @@ def test_search_space_respects_train_config_constraints():
     # Text tuning is a knob of frozen encoders only.
     assert text_tuning == {("frozen", 0), ("frozen", 300), ("top-k", 0), ("full", 0)}
     assert "text_tuning_steps" not in RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True)).space
+
+    # The ID learning-rate multiplier is a knob of towers with IDs only.
+    assert id_rates == {(True, 1.0), (True, 2.0), (True, 3.0), (False, 1.0)}
 
     # The tiny search's pins and narrowed ranges hold.
     tiny = tiny_hypermodel(Path("/tmp"))
