@@ -122,7 +122,8 @@ CANDIDATES = {
     # session 12: either side of 3, to see whether 3 sits on a slope
     "cosine-id-lr-2": {"id_lr_multiplier": 2.0},
     "cosine-id-lr-5": {"id_lr_multiplier": 5.0},
-    # ... and the plateau's 2 with the longer cosine of `epochs-15` (both level alone, both ahead)
+    # ... and the plateau's 2 with the longer cosine of `epochs-15` (each ahead of the default
+    # alone, within noise)
     "cosine-id-lr-2-epochs-15": {"id_lr_multiplier": 2.0, "epochs": 15},
     # session 12, item 3 over three seeds: the encoder's top layer tuned on co-consumed item
     # texts before training (screened on one seed of the session-6 default only)
