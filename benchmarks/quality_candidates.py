@@ -128,6 +128,9 @@ CANDIDATES = {
     # session 12, item 3 over three seeds: the encoder's top layer tuned on co-consumed item
     # texts before training (screened on one seed of the session-6 default only)
     "cosine-text-tuning-300": {"text_tuning_steps": 300},
+    # session 13: a query's own history items out of its softmax negatives (the evaluation and
+    # the served top-k never rank them; the softmax pushed down the items most like the next one)
+    "cosine-no-history-negatives": {"history_negatives": False},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {

@@ -197,6 +197,10 @@ class TrainConfig:
         "encoder) or `in-batch` (the batch's items, with popularity log-Q correction)",
         ("catalog", "in-batch"),
     )
+    history_negatives: bool = _opt(
+        True, "the query's own history items are negatives of its retrieval softmax; with "
+              "--no-history-negatives they are left out, as the evaluation and the served top-k leave them out "
+              "of the ranking, so training does not push down the items most like the next one")
     retrieval_weight: float = _opt(1.0, "weight of the TFRS Retrieval loss")
     ranking_weight: float = _opt(0.1, "weight of the TFRS Ranking (rating regression) loss")
 

@@ -25,6 +25,9 @@ class TwoTowerModel(tfrs.Model):
         ranking_weight: float. weight of the rating regression loss.
         item_probability: np.ndarray. [C+1] sampling probability of each item as
             an in-batch negative (its share of training targets), for log-Q.
+        history_negatives: bool. whether a query's own history items are negatives of its
+            softmax; False leaves them out (the evaluation and the served top-k never rank
+            them), either way the query's own positive stays.
         metrics_k: tuple of int. k values of the FactorizedTopK metrics.
 
     Features (dict):
@@ -34,7 +37,7 @@ class TwoTowerModel(tfrs.Model):
 
     def __init__(self, user_tower, item_tower, negatives: str = "catalog", temperature: float = 0.05,
                  retrieval_weight: float = 1.0, ranking_weight: float = 0.1, item_probability=None,
-                 metrics_k=(10, 50), **kwargs):
+                 history_negatives: bool = True, metrics_k=(10, 50), **kwargs):
         super().__init__(**kwargs)
         ks = [k for k in metrics_k if k < item_tower.num_items - 1] or [1]
         self.user_tower = user_tower
@@ -42,6 +45,7 @@ class TwoTowerModel(tfrs.Model):
         self.negatives = negatives
         self.retrieval_weight = float(retrieval_weight)
         self.ranking_weight = float(ranking_weight)
+        self.history_negatives = bool(history_negatives)
         # Per-example losses: `compute_loss` averages them over the *global* batch itself,
         # so a step's gradient is the same on one replica or many (Keras' mean reductions
         # would average over each replica's share, and refuse to run under a strategy).
@@ -146,6 +150,9 @@ class TwoTowerModel(tfrs.Model):
             batch = tf.shape(target)[0]
             negatives = tf.logical_and(tf.not_equal(catalog_ids[None, :], target[:, None]),
                                        self.item_tower.negative_mask()[None, :])
+            if not self.history_negatives:
+                negatives = tf.logical_and(negatives, tf.logical_not(
+                    seen_items(features["history"], self.item_tower.num_items)[:, 1:]))
             score_mask = tf.concat([tf.cast(tf.eye(batch), tf.bool), negatives], axis=1)
             retrieval_loss = self.retrieval_task(
                 users, tf.concat([positives, catalog], axis=0), score_mask=score_mask,
@@ -155,10 +162,15 @@ class TwoTowerModel(tfrs.Model):
             users, positives = self(features, training=training)
             # Each query scores the positives of the whole global batch, as on one replica.
             candidates, candidate_ids = gather_across_replicas(positives, target)
+            score_mask = None
+            if not self.history_negatives:
+                seen = tf.gather(seen_items(features["history"], self.item_tower.num_items), candidate_ids, axis=1)
+                own = tf.cast(tf.eye(tf.shape(target)[0], tf.shape(candidate_ids)[0]), tf.bool)
+                score_mask = tf.logical_or(tf.logical_not(seen), own)
             retrieval_loss = self.retrieval_task(
                 users, candidates, candidate_ids=candidate_ids,
                 candidate_sampling_probability=tf.gather(self.item_probability, candidate_ids),
-                compute_metrics=False, compute_batch_metrics=False,
+                compute_metrics=False, compute_batch_metrics=False, score_mask=score_mask,
             )
         if not training:
             for metric in self.retrieval_task.factorized_metrics:
@@ -173,6 +185,25 @@ class TwoTowerModel(tfrs.Model):
         per_example = self.retrieval_weight * retrieval_loss + self.ranking_weight * ranking_loss
         global_batch = _sum_over_replicas(tf.cast(tf.shape(target)[0], tf.float32))
         return tf.math.divide_no_nan(tf.reduce_sum(per_example), global_batch)
+
+
+def seen_items(history, num_items):
+    """Which items each history holds.
+
+    Args:
+        history: tf.Tensor int. [B, N] item indices, 0 = padding.
+        num_items: int. C+1, the catalog with the padding index.
+
+    Returns:
+        tf.Tensor bool. [B, C+1], True where the row's history holds the item (column 0,
+        the padding, is True wherever a row has padding).
+    """
+    history = tf.cast(history, tf.int32)
+    rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, None], tf.shape(history))
+    indices = tf.reshape(tf.stack([rows, history], axis=-1), [-1, 2])
+    counts = tf.scatter_nd(indices, tf.ones([tf.shape(indices)[0]], tf.int32),
+                           tf.stack([tf.shape(history)[0], num_items]))
+    return counts > 0
 
 
 def _replica_context():
