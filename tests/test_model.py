@@ -399,3 +399,47 @@ def test_item_bias_adds_a_learned_prior_to_every_score(synthetic, encoder_factor
     because = run.result.vocab.index(explained["because_item_ids"].numpy().astype(str).astype(object))
     np.testing.assert_allclose(explained["because_similarity"].numpy(),
                                np.sum(unit[expected] * unit[because], axis=-1), rtol=1e-4, atol=1e-4)
+
+
+def retrieval_loss(model, features, history_negatives):
+    """`compute_loss` with the rating loss off and `history_negatives` set as given."""
+    saved = model.ranking_weight, model.history_negatives
+    model.ranking_weight, model.history_negatives = 0.0, history_negatives
+    try:
+        return float(model.compute_loss(features, training=False))
+    finally:
+        model.ranking_weight, model.history_negatives = saved
+
+
+@pytest.mark.parametrize("name", ["item_sequence_run", "in_batch_top_k_run"])
+def test_no_history_negatives_leaves_the_history_out_of_the_softmax(name, request):
+    """`--no-history-negatives`: a query's own history items are no negatives of its softmax
+    (catalog and in-batch negatives alike); its positive stays, even when it is in the history."""
+    run = request.getfixturevalue(name)
+    model = run.model
+    features = {k: tf.constant(v) for k, v in
+                examples_to_features(run.result.split.train.take(np.arange(32))).items()}
+    with_history = retrieval_loss(model, features, True)
+    without = retrieval_loss(model, features, False)
+    assert without < with_history - 1e-4, (without, with_history)
+    history, target = features["history"].numpy(), features["target"].numpy()
+    if model.negatives == "catalog":
+        # The exact softmax over the positive and the catalog minus the target, the
+        # cold items and the row's own history.
+        table = model.item_tower.representation(tf.range(model.item_tower.num_items))
+        users = model.user_tower(features["history"], features.get("history_timestamps"), item_table=table).numpy()
+        embeddings = model.item_tower.finalize(table, tf.range(model.item_tower.num_items)).numpy()
+        logits = users @ embeddings.T / model.retrieval_task._temperature
+        allowed = np.broadcast_to(np.append(False, model.item_tower.negative_mask().numpy()), logits.shape).copy()
+        for row in range(len(target)):
+            allowed[row, history[row]] = False
+            allowed[row, target[row]] = False
+        positive = logits[np.arange(len(target)), target]
+        expected = np.mean([np.logaddexp(positive[row], np.logaddexp.reduce(logits[row][allowed[row]]))
+                            - positive[row] for row in range(len(target))])
+        np.testing.assert_allclose(without, expected, rtol=1e-4)
+    # A positive inside its own history (repeat consumption) is still the positive.
+    history[:, 0] = target
+    features["history"] = tf.constant(history)
+    assert np.isfinite(retrieval_loss(model, features, False))
+    assert run.config.history_negatives and model.history_negatives  # the default keeps them
