@@ -31,6 +31,11 @@ objectives (`--objective`):
     python benchmarks/sasrec.py                    # prefix, seeds 42 1 2 -> sasrec.json
     python benchmarks/sasrec.py --seeds 42 --epochs 6
     python benchmarks/sasrec.py --objective causal # seeds 42 1 2 -> sasrec_causal.json
+    python benchmarks/sasrec.py --no-history-negatives  # -> sasrec_no_history_negatives.json
+
+`--no-history-negatives` (prefix only) leaves each example's own history items out of its
+softmax, as the package's `--no-history-negatives` does (the evaluation never ranks them):
+the reference given the same training change, to tell that change from the architecture.
 
 Output: `benchmarks/results/sasrec.json` (`prefix`): per seed the test metrics (all /
 migrating / stable users, plus the most-popular baseline), per-user test ranks and slice
@@ -66,7 +71,9 @@ SETTINGS = {"dim": 64, "heads": 2, "dropout": 0.2, "learning_rate": 1e-3, "batch
 OBJECTIVES = ("prefix", "causal")
 PREFIX_VARIANT = "sasrec"
 CAUSAL_VARIANT = "sasrec-causal"
-OUTPUTS = {"prefix": "sasrec", "causal": "sasrec_causal"}  # result names under benchmarks/results/
+UNSEEN_VARIANT = "sasrec-no-history-negatives"
+# result names under benchmarks/results/
+OUTPUTS = {"prefix": "sasrec", "causal": "sasrec_causal", UNSEEN_VARIANT: "sasrec_no_history_negatives"}
 
 
 def run_key(seed: int, variant: str = PREFIX_VARIANT) -> str:
@@ -82,18 +89,20 @@ def run_key(seed: int, variant: str = PREFIX_VARIANT) -> str:
     return variant if seed == DEFAULT_SEEDS[0] else f"{variant}@seed{seed}"
 
 
-def variant_name(objective: str, epochs: int) -> str:
-    """The runs' variant: `sasrec` for prefix; `sasrec-causal`, or `sasrec-causal-e<E>` off the default epochs.
+def variant_name(objective: str, epochs: int, history_negatives: bool = True) -> str:
+    """The runs' variant: `sasrec` for prefix (`sasrec-no-history-negatives` without history
+    negatives); `sasrec-causal`, or `sasrec-causal-e<E>` off the default epochs.
 
     Args:
         objective: str. `prefix` or `causal`.
         epochs: int. training epochs.
+        history_negatives: bool. prefix only: False names the runs without history negatives.
 
     Returns:
         str.
     """
     if objective == "prefix":
-        return PREFIX_VARIANT
+        return PREFIX_VARIANT if history_negatives else UNSEEN_VARIANT
     return CAUSAL_VARIANT if epochs == SETTINGS["epochs"] else f"{CAUSAL_VARIANT}-e{epochs}"
 
 
@@ -190,13 +199,18 @@ class SASRec(tf.keras.Model):
         causal: bool. causal attention mask and the every-position training step
             (`train_step` takes (inputs [B, H], targets [B, H]) windows); else every query
             attends to every non-padding key and training is Keras's (one target per row).
+        history_negatives: bool. prefix only: False leaves each row's own history items
+            (but not its target) out of its training softmax.
     """
 
     def __init__(self, vocab_size: int, max_history: int, dim: int = 64, heads: int = 2, dropout: float = 0.2,
-                 causal: bool = False, **kwargs):
+                 causal: bool = False, history_negatives: bool = True, **kwargs):
         super().__init__(**kwargs)
+        if causal and not history_negatives:
+            raise ValueError("history_negatives=False is for the prefix objective")
         self.dim = dim
         self.causal = causal
+        self.history_negatives = history_negatives
         self.items = tf.keras.layers.Embedding(vocab_size, dim, name="items")
         self.positions = tf.keras.layers.Embedding(max_history, dim, name="positions")
         self.input_dropout = tf.keras.layers.Dropout(dropout)
@@ -291,13 +305,34 @@ class SASRec(tf.keras.Model):
         return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
             tf.boolean_mask(targets, real), logits, from_logits=True))
 
+    def unseen_loss(self, history, target, training=False):
+        """Mean softmax cross-entropy of prefix rows with each row's history items out of its softmax.
+
+        Args:
+            history: tf.Tensor. int32 [B, H] left-padded histories, newest last.
+            target: tf.Tensor. int32 [B] the next items (kept in the softmax even when in the history).
+            training: bool. dropout on.
+
+        Returns:
+            tf.Tensor. float32 scalar.
+        """
+        logits = self(history, training=training)
+        seen = tf.reduce_max(tf.one_hot(history, tf.shape(logits)[1]), axis=1) > 0  # [B, C+1]
+        seen = tf.logical_and(seen, tf.logical_not(tf.cast(tf.one_hot(target, tf.shape(logits)[1]), tf.bool)))
+        return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+            target, tf.where(seen, -1e9, logits), from_logits=True))
+
     def train_step(self, data):
-        """Keras's step for the prefix objective; for `causal`, one step over (inputs, targets) windows."""
-        if not self.causal:
+        """Keras's step for the prefix objective (or `unseen_loss` without history negatives); for
+        `causal`, one step over (inputs, targets) windows."""
+        if not self.causal and self.history_negatives:
             return super().train_step(data)
         inputs, targets = data
         with tf.GradientTape() as tape:
-            loss = self.causal_loss(inputs, targets, training=True)
+            if self.causal:
+                loss = self.causal_loss(inputs, targets, training=True)
+            else:
+                loss = self.unseen_loss(inputs, tf.cast(targets, tf.int32), training=True)
         self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
         return {"loss": loss}
 
@@ -318,7 +353,8 @@ class EpochTimer(tf.keras.callbacks.Callback):
 def train_sasrec(examples, vocab_size: int, max_history: int, seed: int, epochs: int = SETTINGS["epochs"],
                  batch_size: int = SETTINGS["batch_size"], learning_rate: float = SETTINGS["learning_rate"],
                  dim: int = SETTINGS["dim"], heads: int = SETTINGS["heads"], dropout: float = SETTINGS["dropout"],
-                 verbose: int = 0, objective: str = "prefix", callbacks=None) -> tuple[SASRec, float]:
+                 verbose: int = 0, objective: str = "prefix", callbacks=None,
+                 history_negatives: bool = True) -> tuple[SASRec, float]:
     """Builds and trains the baseline on (history prefix, next item) examples or on causal windows of them.
 
     Args:
@@ -336,6 +372,7 @@ def train_sasrec(examples, vocab_size: int, max_history: int, seed: int, epochs:
         verbose: int. Keras fit verbosity.
         objective: str. `prefix` (one target per example) or `causal` (`causal_windows`).
         callbacks: list or None. Keras callbacks for `fit`.
+        history_negatives: bool. prefix only: False leaves each row's history out of its softmax.
 
     Returns:
         tuple (SASRec, float). the trained model and the seconds `fit` took.
@@ -343,7 +380,8 @@ def train_sasrec(examples, vocab_size: int, max_history: int, seed: int, epochs:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     tf.keras.utils.set_random_seed(seed)
-    model = SASRec(vocab_size, max_history, dim=dim, heads=heads, dropout=dropout, causal=objective == "causal")
+    model = SASRec(vocab_size, max_history, dim=dim, heads=heads, dropout=dropout, causal=objective == "causal",
+                   history_negatives=history_negatives)
     model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
                   loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if objective == "causal":
@@ -445,7 +483,8 @@ def run_seed(data, seed: int, settings: dict, verbose: int = 2, objective: str =
     model, seconds = train_sasrec(train, data.vocab.size, width, seed, verbose=verbose, objective=objective,
                                   callbacks=[timer] if timer else None, **settings)
     result = evaluate(model, data)
-    run = {"variant": variant_name(objective, settings["epochs"]), "seed": seed, "config": {"seed": seed},
+    variant = variant_name(objective, settings["epochs"], settings.get("history_negatives", True))
+    run = {"variant": variant, "seed": seed, "config": {"seed": seed},
            "train_seconds": seconds, "wall_seconds": time.monotonic() - start, "train_examples": len(train),
            **result}
     if objective == "causal":  # prefix runs keep the committed layout
@@ -534,7 +573,8 @@ def compare_with_prefix(causal_runs: dict, prefix_runs: dict) -> tuple[dict, dic
         result = paired({**prefix_runs, **causal_runs}, variant, PREFIX_VARIANT)
         if result:
             quality[spec] = result
-            timing[spec] = speed(causal_runs, prefix_runs, variant)
+            if variant.startswith(CAUSAL_VARIANT):
+                timing[spec] = speed(causal_runs, prefix_runs, variant)
     return quality, timing
 
 
@@ -569,9 +609,12 @@ def main(argv=None) -> int:
     parser.add_argument("--objective", choices=OBJECTIVES, default="prefix",
                         help="prefix: one target per history prefix (the reference); causal: SASRec's windows, "
                              "every position a target")
+    parser.add_argument("--no-history-negatives", dest="history_negatives", action="store_false",
+                        help="prefix only: leave each example's own history items out of its softmax (the "
+                             "package's --no-history-negatives), runs paired against the reference")
     parser.add_argument("--output", default=None,
                         help="result name under benchmarks/results/ (default: sasrec for prefix, sasrec_causal "
-                             "for causal)")
+                             "for causal, sasrec_no_history_negatives without history negatives)")
     parser.add_argument("--fresh", action="store_true",
                         help="drop the runs of an earlier results file (by default runs of other seeds are kept, "
                              "so `--seeds 3 4` adds two seeds)")
@@ -579,13 +622,19 @@ def main(argv=None) -> int:
     from tfrec_lm.config import PRESETS, TrainConfig
     from tfrec_lm.data.prepare import prepare_data
 
-    output = args.output or OUTPUTS[args.objective]
+    if args.objective == "causal" and not args.history_negatives:
+        parser.error("--no-history-negatives is for the prefix objective")
+    settings = {**SETTINGS, "epochs": args.epochs}
+    if not args.history_negatives:
+        settings["history_negatives"] = False
+    variant = variant_name(args.objective, args.epochs, args.history_negatives)
+    # every variant but the reference itself is written with its pairing against the reference
+    compared = variant != PREFIX_VARIANT
+    output = args.output or OUTPUTS[UNSEEN_VARIANT if not args.history_negatives else args.objective]
     config = TrainConfig.from_dict(dict(PRESETS["cpu"]))
     data = prepare_data(config)
-    settings = {**SETTINGS, "epochs": args.epochs}
-    variant = variant_name(args.objective, args.epochs)
     runs, prefix_runs = {}, {}
-    if args.objective == "causal":
+    if compared:
         prefix_runs = {key: run for key, run in load_runs(OUTPUTS["prefix"]).items()
                        if run.get("variant") == PREFIX_VARIANT}
     if not args.fresh:
@@ -595,12 +644,12 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         key = run_key(seed, variant)
         runs[key] = run_seed(data, seed, settings, objective=args.objective)
-        if args.objective == "causal":
+        if compared:
             mine = {k: run for k, run in runs.items() if run["variant"] == variant}
             quality, timing = compare_with_prefix(runs, prefix_runs)
             summary = mean_over_seeds(mine)
             path = write_result(output, {
-                "objective": "causal", "settings": settings, "max_history": config.max_history,
+                "objective": args.objective, "settings": settings, "max_history": config.max_history,
                 "data": config.data, "baseline": f"{OUTPUTS['prefix']}.json runs (variant {PREFIX_VARIANT})",
                 "mean": {name: mean_over_seeds({k: run for k, run in runs.items() if run["variant"] == name})
                          for name in sorted({run["variant"] for run in runs.values()})},
@@ -614,7 +663,7 @@ def main(argv=None) -> int:
         print(f"{key}: test NDCG@10 all {test['all']['NDCG@10']:.4f}, migrating {test['migrating']['NDCG@10']:.4f}, "
               f"stable {test['stable']['NDCG@10']:.4f}; train {runs[key]['train_seconds']:.0f} s -> {path}",
               flush=True)
-        if args.objective == "causal":
+        if compared:
             spec = f"{variant}:{PREFIX_VARIANT}"
             for slice_name in SLICES if spec in quality else ():
                 row = quality[spec][slice_name]

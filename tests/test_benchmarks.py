@@ -380,6 +380,33 @@ def test_sasrec_causal_mask_keeps_position_t_from_seeing_later_items():
                                rtol=1e-5, atol=1e-4)
 
 
+def test_sasrec_without_history_negatives_leaves_the_history_out_of_its_softmax():
+    """`--no-history-negatives` for the reference: each row's history items (not its target)
+    drop out of the softmax, and its training step takes that loss."""
+    import sasrec
+    import tensorflow as tf
+
+    model = sasrec.SASRec(12, 6, dim=8, heads=2, dropout=0.0, history_negatives=False)
+    history = np.array([[0, 0, 3, 4, 5, 6], [0, 0, 0, 0, 7, 2]], dtype=np.int32)
+    target = np.array([8, 7], dtype=np.int32)  # the second row's target is in its own history
+    logits = model(tf_constant(history)).numpy()
+    allowed = np.ones_like(logits, dtype=bool)
+    allowed[0, [3, 4, 5, 6]] = False
+    allowed[1, [2]] = False  # 7 stays: it is the target
+    allowed[:, 0] = False  # the padding column is -1e9 in every logit row
+    expected = np.mean([np.logaddexp.reduce(logits[row][allowed[row]]) - logits[row, target[row]] for row in (0, 1)])
+    np.testing.assert_allclose(float(model.unseen_loss(tf_constant(history), tf_constant(target))), expected,
+                               rtol=1e-5)
+    assert float(model.unseen_loss(tf_constant(history), tf_constant(target))) < float(np.mean(
+        tf.keras.losses.sparse_categorical_crossentropy(target, logits, from_logits=True)))
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+    logs = model.train_step((tf_constant(history), tf_constant(target)))
+    np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-5)
+    assert sasrec.variant_name("prefix", 6, history_negatives=False) == "sasrec-no-history-negatives"
+    with pytest.raises(ValueError, match="prefix"):
+        sasrec.SASRec(12, 6, causal=True, history_negatives=False)
+
+
 def test_sasrec_causal_objective_learns_the_synthetic_migration():
     """Every window position a target, padding out of the loss: it learns like the prefix objective."""
     import sasrec
