@@ -225,7 +225,7 @@ def test_search_space_respects_train_config_constraints():
     hypermodel.build(hp)
     oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=1)
     oracle.hyperparameters = hp.copy()
-    seen, recency, scores, text_tuning, id_rates = set(), set(), set(), set(), set()
+    seen, recency, scores, text_tuning, id_rates, unseen = set(), set(), set(), set(), set(), set()
     for _ in range(300):
         sample = hp.copy()
         sample.values = oracle._random_values()
@@ -238,6 +238,7 @@ def test_search_space_respects_train_config_constraints():
         recency.add((config.user_tower, config.time_features, config.long_short, config.short_window))
         text_tuning.add((config.finetune, config.text_tuning_steps))
         id_rates.add((config.item_ids, config.id_lr_multiplier))
+        unseen.add((config.negatives, config.history_negatives))
     assert {("frozen", "catalog", "item-sequence"), ("frozen", "in-batch", "history-text"),
             ("top-k", "in-batch", "item-sequence"), ("full", "in-batch", "history-text")} <= seen
     assert not {s for s in seen if s[0] != "frozen" and s[1] == "catalog"}
@@ -256,6 +257,8 @@ def test_search_space_respects_train_config_constraints():
 
     # The ID learning-rate multiplier is a knob of towers with IDs only.
     assert id_rates == {(True, 1.0), (True, 2.0), (True, 3.0), (False, 1.0)}
+    # History negatives are a knob of both kinds of negatives.
+    assert unseen == {(n, h) for n in ("catalog", "in-batch") for h in (True, False)}
 
     # The tiny search's pins and narrowed ranges hold.
     tiny = tiny_hypermodel(Path("/tmp"))

@@ -85,6 +85,7 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "finetune": ["frozen", "top-k", "full"],
     "trainable_layers": Range(1, 4),            # only for finetune == top-k
     "negatives": ["catalog", "in-batch"],       # only for finetune == frozen (else in-batch)
+    "history_negatives": [True, False],         # False: the query's own history out of its softmax
     "user_tower": ["item-sequence", "history-text"],
     "num_blocks": Range(1, 3),                  # only for user_tower == item-sequence
     "num_heads": [1, 2, 4],                     # only for user_tower == item-sequence
@@ -271,7 +272,7 @@ class RecommenderHyperModel(kt.HyperModel):
         chosen: dict[str, Any] = {}
         order = ["learning_rate", "lr_decay", "weight_decay", "batch_size", "similarity", "temperature",
                  "embedding_dim", "dropout",
-                 "finetune", "trainable_layers", "negatives",
+                 "finetune", "trainable_layers", "negatives", "history_negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",
                  "retrieval_weight", "ranking_weight", "item_ids", "item_fusion", "id_dropout", "id_lr_multiplier",
