@@ -131,6 +131,8 @@ CANDIDATES = {
     # session 13: a query's own history items out of its softmax negatives (the evaluation and
     # the served top-k never rank them; the softmax pushed down the items most like the next one)
     "cosine-no-history-negatives": {"history_negatives": False},
+    # ... with session 12's faster ID embeddings (a plateau at 2-3 alone, within noise)
+    "cosine-no-history-negatives-id-lr-2": {"history_negatives": False, "id_lr_multiplier": 2.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
