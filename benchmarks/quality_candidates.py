@@ -46,10 +46,10 @@ CONSTANT = {"lr_decay": "constant", "keep_weights": "best"}
 TUNED = {"learning_rate": 0.001485587596644577, "batch_size": 128, "temperature": 0.10025382307989233,
          "dropout": 0.1, "item_fusion": "sum"}
 
-CANDIDATES = {
-    # the preset as shipped now: TUNED with ID dropout 0, a cosine learning-rate decay over 10
-    # epochs and the last epoch kept
-    "default": {},
+# Candidates measured before session 13, each with its query's history among its softmax
+# negatives (the default until then): `EARLIER` spells out only their own changes and
+# `CANDIDATES` adds `history_negatives` to every one, so each stays the run it was.
+EARLIER = {
     # ... keeping the best validation epoch (patience 3) instead
     "keep-best": {"keep_weights": "best"},
     # ... with the constant learning rate of session 7 (the newest-query encoder step)
@@ -128,10 +128,18 @@ CANDIDATES = {
     # session 12, item 3 over three seeds: the encoder's top layer tuned on co-consumed item
     # texts before training (screened on one seed of the session-6 default only)
     "cosine-text-tuning-300": {"text_tuning_steps": 300},
-    # session 13: a query's own history items out of its softmax negatives (the evaluation and
-    # the served top-k never rank them; the softmax pushed down the items most like the next one)
-    "cosine-no-history-negatives": {"history_negatives": False},
-    # ... with session 12's faster ID embeddings (a plateau at 2-3 alone, within noise)
+}
+CANDIDATES = {
+    # the preset as shipped now: TUNED with ID dropout 0, a cosine learning-rate decay over 10
+    # epochs, the last epoch kept and (session 13) each query's own history out of its softmax
+    # negatives (the evaluation and the served top-k never rank them; the softmax pushed down
+    # the items most like the next one). Its first runs were made as `cosine-no-history-negatives`.
+    "default": {},
+    # the default of sessions 10 to 12 (its runs were `default` until session 13)
+    "default-s12": {"history_negatives": True},
+    **{name: {"history_negatives": True, **changes} for name, changes in EARLIER.items()},
+    # session 13: the new default with session 12's faster ID embeddings (a plateau at 2-3 alone,
+    # within noise)
     "cosine-no-history-negatives-id-lr-2": {"history_negatives": False, "id_lr_multiplier": 2.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
@@ -143,7 +151,7 @@ RETIRED = {
                   "(the 4 items without a training target) were placed by their text and the no-ID vector, before "
                   "--cold-neighbours 5 --cold-popularity 2 (session 10) gave them their text neighbours' IDs",
 }
-BASELINES = ("default", "previous-default")
+BASELINES = ("default", "default-s12", "previous-default")
 REFERENCE = "sasrec"
 
 

@@ -442,4 +442,4 @@ def test_no_history_negatives_leaves_the_history_out_of_the_softmax(name, reques
     history[:, 0] = target
     features["history"] = tf.constant(history)
     assert np.isfinite(retrieval_loss(model, features, False))
-    assert run.config.history_negatives and model.history_negatives  # the default keeps them
+    assert not run.config.history_negatives and not model.history_negatives  # the default leaves them out

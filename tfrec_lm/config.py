@@ -95,7 +95,8 @@ class TrainConfig:
     on MovieLens-100K validation (benchmarks/results/tuning_quality.json, trial 4) with ID
     dropout 0 (BUILD_NOTES.md "Issue 15 in session 7"), the learning rate decaying along a
     cosine over 10 epochs and the last epoch's weights kept (BUILD_NOTES.md "Issue 15 in
-    session 8"; benchmarks/results/quality_candidates.json: `default`).
+    session 8"), and each query's own history left out of its softmax negatives (BUILD_NOTES.md
+    "Issue 15 in session 13"; benchmarks/results/quality_candidates.json: `default`).
     """
 
     # Data
@@ -198,9 +199,9 @@ class TrainConfig:
         ("catalog", "in-batch"),
     )
     history_negatives: bool = _opt(
-        True, "the query's own history items are negatives of its retrieval softmax; with "
-              "--no-history-negatives they are left out, as the evaluation and the served top-k leave them out "
-              "of the ranking, so training does not push down the items most like the next one")
+        False, "make the query's own history items negatives of its retrieval softmax, as the earlier default did "
+               "(off by default: the evaluation and the served top-k never rank history items, so training need "
+               "not push down the items most like the next one)")
     retrieval_weight: float = _opt(1.0, "weight of the TFRS Retrieval loss")
     ranking_weight: float = _opt(0.1, "weight of the TFRS Ranking (rating regression) loss")
 

@@ -37,7 +37,7 @@ class TwoTowerModel(tfrs.Model):
 
     def __init__(self, user_tower, item_tower, negatives: str = "catalog", temperature: float = 0.05,
                  retrieval_weight: float = 1.0, ranking_weight: float = 0.1, item_probability=None,
-                 history_negatives: bool = True, metrics_k=(10, 50), **kwargs):
+                 history_negatives: bool = False, metrics_k=(10, 50), **kwargs):
         super().__init__(**kwargs)
         ks = [k for k in metrics_k if k < item_tower.num_items - 1] or [1]
         self.user_tower = user_tower
