@@ -141,6 +141,12 @@ CANDIDATES = {
     # session 13: the new default with session 12's faster ID embeddings (a plateau at 2-3 alone,
     # within noise)
     "cosine-no-history-negatives-id-lr-2": {"history_negatives": False, "id_lr_multiplier": 2.0},
+    # ... with the softmax's temperature either side of the searched 0.1 (searched with history
+    # negatives: without them the softmax has fewer near-misses to separate)
+    "no-history-negatives-temperature-0.07": {"history_negatives": False, "temperature": 0.07},
+    "no-history-negatives-temperature-0.15": {"history_negatives": False, "temperature": 0.15},
+    # ... without the language model (item IDs alone): the text's share of the new default
+    "no-history-negatives-id-only": {"history_negatives": False, "item_text": False},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
