@@ -4,7 +4,8 @@ Every candidate is the default model (the CPU preset) with one set of option cha
 trained by the one training function on MovieLens-100K and scored on the SPEC §2 test
 targets, each seed a run. `paired` compares every candidate user by user with the
 default and with the in-harness SASRec reference (`benchmarks/results/sasrec.json`, the
-same split and metrics) over the seeds both ran: mean NDCG@10 over seeds per slice (all /
+same split and metrics; and with that reference trained without history negatives,
+`sasrec_no_history_negatives.json`) over the seeds both ran: mean NDCG@10 over seeds per slice (all /
 migrating / stable), their ratio and a 95% bootstrap interval over test users
 (`recency_ablation.paired`). `ndcg_by_target_count`: each variant's (and SASRec's) mean
 NDCG@10 by how many training interactions the test target has; each new run also records
@@ -158,7 +159,9 @@ RETIRED = {
                   "--cold-neighbours 5 --cold-popularity 2 (session 10) gave them their text neighbours' IDs",
 }
 BASELINES = ("default", "default-s12", "previous-default")
-REFERENCE = "sasrec"
+# The SASRec reference (`sasrec.json`) and the same reference trained without its history
+# negatives (`sasrec_no_history_negatives.json`, `sasrec.py --no-history-negatives`), where present.
+REFERENCES = {"sasrec": "sasrec.json", "sasrec-no-history-negatives": "sasrec_no_history_negatives.json"}
 
 
 def test_target_counts():
@@ -197,7 +200,7 @@ def summarize(runs: dict, reference: dict, target_counts) -> dict:
     everything = {**runs, **reference}
     comparisons = {}
     for variant in sorted({run["variant"] for run in runs.values()}):
-        for baseline in (*BASELINES, REFERENCE):
+        for baseline in (*BASELINES, *REFERENCES):
             if variant != baseline:
                 result = paired(everything, variant, baseline)
                 if result:
@@ -226,7 +229,10 @@ def main(argv=None) -> int:
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else {}
     for other in args.merge:
         runs.update(json.loads(Path(other).read_text())["runs"])
-    reference = json.loads((RESULTS / "sasrec.json").read_text())["runs"]
+    reference = {}
+    for name in REFERENCES.values():
+        if (RESULTS / name).is_file():
+            reference.update(json.loads((RESULTS / name).read_text())["runs"])
     target_counts = test_target_counts()
     summary = summarize(runs, reference, target_counts)
     path = write_result("quality_candidates", summary)
