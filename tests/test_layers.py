@@ -10,7 +10,7 @@ import tensorflow as tf
 from tfrec_lm.bert import tiny_bert
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
 from tfrec_lm.layers.catalog_top_k import CatalogTopK
-from tfrec_lm.layers.history_ops import compact_newest_first, newest_first
+from tfrec_lm.layers.history_ops import compact_newest_first, in_history, newest_first
 from tfrec_lm.layers.history_text_composer import HistoryTextComposer
 from tfrec_lm.layers.pooling import masked_mean
 from tfrec_lm.layers.sequence_encoder import SequenceEncoder
@@ -129,6 +129,15 @@ def test_compact_newest_first():
     out = compact_newest_first(history, 6)
     assert out.numpy().tolist() == [[3, 2, 1, 0, 0, 0], [0] * 6, [9, 8, 7, 6, 5, 0]]
     assert out.dtype == tf.int32 and out.shape.as_list() == [3, 6]
+
+
+def test_in_history_is_row_wise_membership():
+    history = tf.constant([[7, 0, 3, 3], [0, 0, 0, 0], [1, 2, 4, 9]], tf.int64)
+    items = tf.constant([1, 3, 7, 9])
+    assert in_history(history, items).numpy().tolist() == [
+        [False, True, True, False], [False, False, False, False], [True, False, False, True]]
+    # A zero-width history holds nothing.
+    assert not in_history(tf.zeros([2, 0], tf.int32), items).numpy().any()
 
 
 # ---------------------------------------------------------------- BertTextEncoder

@@ -17,20 +17,11 @@ import tensorflow_recommenders as tfrs
 from tfrec_lm.catalog.table import EXPORT_CATALOG_FILE, write_catalog
 from tfrec_lm.evaluation.popularity import most_popular
 from tfrec_lm.export_warmup import write_export_warmup
+from tfrec_lm.layers.history_ops import in_sorted_rows
 
 logger = logging.getLogger(__name__)
 
 LOWEST_SCORE = float(np.finfo(np.float32).min)
-
-
-def _in_sorted(sorted_rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
-    """Row-wise membership. [B, N] sorted, [B, L] -> bool [B, L]."""
-    # A sentinel column keeps the gather valid for zero-width rows.
-    sorted_rows = tf.pad(sorted_rows, [[0, 0], [0, 1]], constant_values=tf.int32.max)
-    width = tf.shape(sorted_rows)[1]
-    positions = tf.searchsorted(sorted_rows, values, side="left")
-    found = tf.gather(sorted_rows, tf.minimum(positions, tf.maximum(width - 1, 0)), batch_dims=1)
-    return tf.logical_and(positions < width, tf.equal(found, values))
 
 
 MIN_POINTS_SEARCHED = 20_000
@@ -259,10 +250,10 @@ class ServingModule(tf.Module):
         found = tf.where(has_history[:, None], found, tf.zeros_like(found))
         fill = tf.tile(self.popular[None, :fetch], [batch, 1])
         sorted_found = tf.sort(found, axis=1)
-        fill_valid = tf.logical_not(_in_sorted(sorted_found, fill))
+        fill_valid = tf.logical_not(in_sorted_rows(sorted_found, fill))
         candidates = tf.concat([found, fill], axis=1)
         sorted_history = tf.sort(history, axis=1)
-        valid = tf.logical_and(candidates > 0, tf.logical_not(_in_sorted(sorted_history, candidates)))
+        valid = tf.logical_and(candidates > 0, tf.logical_not(in_sorted_rows(sorted_history, candidates)))
         valid = tf.logical_and(valid, tf.concat([tf.ones_like(found, tf.bool), fill_valid], axis=1))
         position = tf.cast(tf.range(tf.shape(candidates)[1]), tf.float32)[None, :]
         priority = tf.where(valid, -position, LOWEST_SCORE)

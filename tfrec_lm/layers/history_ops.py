@@ -69,3 +69,36 @@ def compact_with_ages(history: tf.Tensor, timestamps, max_length: int):
     times = tf.reduce_sum(reversed_times[:, :, None] * tf.cast(placed, tf.int64), axis=1)
     ages = tf.maximum(times[:, :1] - times, 0)
     return items, tf.where(items > 0, ages, tf.zeros_like(ages))
+
+
+def in_sorted_rows(sorted_rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """Row-wise membership: whether each value is in its row.
+
+    Args:
+        sorted_rows: tf.Tensor int32. [B, N] each row sorted ascending (N may be 0).
+        values: tf.Tensor int32. [B, L] values to look up, row by row.
+
+    Returns:
+        tf.Tensor bool. [B, L] True where `values[b, l]` is in `sorted_rows[b]`.
+    """
+    # A sentinel column keeps the gather valid for zero-width rows.
+    sorted_rows = tf.pad(sorted_rows, [[0, 0], [0, 1]], constant_values=tf.int32.max)
+    width = tf.shape(sorted_rows)[1]
+    positions = tf.searchsorted(sorted_rows, values, side="left")
+    found = tf.gather(sorted_rows, tf.minimum(positions, tf.maximum(width - 1, 0)), batch_dims=1)
+    return tf.logical_and(positions < width, tf.equal(found, values))
+
+
+def in_history(history: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+    """Whether each row's history holds each of `items` (shared by every row).
+
+    Args:
+        history: tf.Tensor int. [B, N] item indices, 0 = padding.
+        items: tf.Tensor int32. [L] item indices (> 0).
+
+    Returns:
+        tf.Tensor bool. [B, L].
+    """
+    history = tf.sort(tf.cast(history, tf.int32), axis=1)
+    items = tf.cast(items, tf.int32)
+    return in_sorted_rows(history, tf.broadcast_to(items[None, :], [tf.shape(history)[0], tf.shape(items)[0]]))

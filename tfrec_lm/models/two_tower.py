@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec_lm.layers.catalog_top_k import CatalogTopK
+from tfrec_lm.layers.history_ops import in_history
 from tfrec_lm.models.precision import dtype_policy
 
 
@@ -151,8 +152,7 @@ class TwoTowerModel(tfrs.Model):
             negatives = tf.logical_and(tf.not_equal(catalog_ids[None, :], target[:, None]),
                                        self.item_tower.negative_mask()[None, :])
             if not self.history_negatives:
-                negatives = tf.logical_and(negatives, tf.logical_not(
-                    seen_items(features["history"], self.item_tower.num_items)[:, 1:]))
+                negatives = tf.logical_and(negatives, tf.logical_not(in_history(features["history"], catalog_ids)))
             score_mask = tf.concat([tf.cast(tf.eye(batch), tf.bool), negatives], axis=1)
             retrieval_loss = self.retrieval_task(
                 users, tf.concat([positives, catalog], axis=0), score_mask=score_mask,
@@ -164,9 +164,8 @@ class TwoTowerModel(tfrs.Model):
             candidates, candidate_ids = gather_across_replicas(positives, target)
             score_mask = None
             if not self.history_negatives:
-                seen = tf.gather(seen_items(features["history"], self.item_tower.num_items), candidate_ids, axis=1)
                 own = tf.cast(tf.eye(tf.shape(target)[0], tf.shape(candidate_ids)[0]), tf.bool)
-                score_mask = tf.logical_or(tf.logical_not(seen), own)
+                score_mask = tf.logical_or(tf.logical_not(in_history(features["history"], candidate_ids)), own)
             retrieval_loss = self.retrieval_task(
                 users, candidates, candidate_ids=candidate_ids,
                 candidate_sampling_probability=tf.gather(self.item_probability, candidate_ids),
@@ -185,25 +184,6 @@ class TwoTowerModel(tfrs.Model):
         per_example = self.retrieval_weight * retrieval_loss + self.ranking_weight * ranking_loss
         global_batch = _sum_over_replicas(tf.cast(tf.shape(target)[0], tf.float32))
         return tf.math.divide_no_nan(tf.reduce_sum(per_example), global_batch)
-
-
-def seen_items(history, num_items):
-    """Which items each history holds.
-
-    Args:
-        history: tf.Tensor int. [B, N] item indices, 0 = padding.
-        num_items: int. C+1, the catalog with the padding index.
-
-    Returns:
-        tf.Tensor bool. [B, C+1], True where the row's history holds the item (column 0,
-        the padding, is True wherever a row has padding).
-    """
-    history = tf.cast(history, tf.int32)
-    rows = tf.broadcast_to(tf.range(tf.shape(history)[0])[:, None], tf.shape(history))
-    indices = tf.reshape(tf.stack([rows, history], axis=-1), [-1, 2])
-    counts = tf.scatter_nd(indices, tf.ones([tf.shape(indices)[0]], tf.int32),
-                           tf.stack([tf.shape(history)[0], num_items]))
-    return counts > 0
 
 
 def _replica_context():
