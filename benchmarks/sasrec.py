@@ -34,8 +34,8 @@ objectives (`--objective`):
     python benchmarks/sasrec.py --no-history-negatives  # -> sasrec_no_history_negatives.json
 
 `--no-history-negatives` (prefix only) leaves each example's own history items out of its
-softmax, as the package's `--no-history-negatives` does (the evaluation never ranks them):
-the reference given the same training change, to tell that change from the architecture.
+softmax, as the package's model does by default (the evaluation never ranks them): the
+reference given the same training change, to tell that change from the architecture.
 
 Output: `benchmarks/results/sasrec.json` (`prefix`): per seed the test metrics (all /
 migrating / stable users, plus the most-popular baseline), per-user test ranks and slice
@@ -610,8 +610,8 @@ def main(argv=None) -> int:
                         help="prefix: one target per history prefix (the reference); causal: SASRec's windows, "
                              "every position a target")
     parser.add_argument("--no-history-negatives", dest="history_negatives", action="store_false",
-                        help="prefix only: leave each example's own history items out of its softmax (the "
-                             "package's --no-history-negatives), runs paired against the reference")
+                        help="prefix only: leave each example's own history items out of its softmax (as the "
+                             "package's model does by default), runs paired against the reference")
     parser.add_argument("--output", default=None,
                         help="result name under benchmarks/results/ (default: sasrec for prefix, sasrec_causal "
                              "for causal, sasrec_no_history_negatives without history negatives)")
