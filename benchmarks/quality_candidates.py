@@ -148,6 +148,8 @@ CANDIDATES = {
     "no-history-negatives-temperature-0.15": {"history_negatives": False, "temperature": 0.15},
     # ... without the language model (item IDs alone): the text's share of the new default
     "no-history-negatives-id-only": {"history_negatives": False, "item_text": False},
+    # ... with the encoder's top layer tuned on co-consumed item texts first (item 3 on the new default)
+    "no-history-negatives-text-tuning-300": {"history_negatives": False, "text_tuning_steps": 300},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
