@@ -316,9 +316,12 @@ class SASRec(tf.keras.Model):
         Returns:
             tf.Tensor. float32 scalar.
         """
+        from tfrec_lm.layers.history_ops import in_history
+
         logits = self(history, training=training)
-        seen = tf.reduce_max(tf.one_hot(history, tf.shape(logits)[1]), axis=1) > 0  # [B, C+1]
-        seen = tf.logical_and(seen, tf.logical_not(tf.cast(tf.one_hot(target, tf.shape(logits)[1]), tf.bool)))
+        items = tf.range(tf.shape(logits)[1])
+        # [B, C+1]; the padding column is -1e9 in every row already
+        seen = tf.logical_and(in_history(history, items), tf.not_equal(items[None, :], target[:, None]))
         return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
             target, tf.where(seen, -1e9, logits), from_logits=True))
 
