@@ -102,7 +102,7 @@ def export_latency(export_path, requests: dict, repeats: int = 30) -> dict:
     """p50/p99 of `serving_default` on the loaded export, per named request (batch sizes differ)."""
     import tensorflow as tf
 
-    from tfrec_lm.export import load_scann_ops
+    from tfrec_lm.scann_ops import load_scann_ops
 
     load_scann_ops()
     serve = tf.saved_model.load(str(export_path)).signatures["serving_default"]

@@ -111,7 +111,7 @@ def export_scores(export_path, histories, timestamps, catalog_ids, batch_size: i
     """
     import tensorflow as tf
 
-    from tfrec_lm.export import load_scann_ops
+    from tfrec_lm.scann_ops import load_scann_ops
     from tfrec_lm.protocol import history_batch
 
     load_scann_ops()
@@ -143,7 +143,7 @@ def export_top10(export_path, queries: dict, vocab_ids, batch_size: int = 64) ->
     """
     import tensorflow as tf
 
-    from tfrec_lm.export import load_scann_ops
+    from tfrec_lm.scann_ops import load_scann_ops
     from tfrec_lm.protocol import history_batch
 
     load_scann_ops()

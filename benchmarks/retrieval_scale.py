@@ -146,7 +146,7 @@ def make_module(index, dim: int):
 
 def build_index(kind: str, embeddings: np.ndarray, k: int = K):
     """The export's top-k layer over `embeddings` [C+1, D] (row 0 padding) and its build seconds."""
-    from tfrec_lm.export import make_index
+    from tfrec_lm.index import make_index
 
     start = time.perf_counter()
     layer = make_index(kind, embeddings, k)
@@ -349,7 +349,8 @@ def run_size(count: int, *, dim: int = 64, queries: int = 300, clusters: int = 4
     """Builds, saves, reloads and times both indexes over one synthetic catalog."""
     import tensorflow as tf
 
-    from tfrec_lm.export import load_scann_ops, scann_settings
+    from tfrec_lm.index import scann_settings
+    from tfrec_lm.scann_ops import load_scann_ops
 
     load_scann_ops()
     own_workdir = workdir is None

@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
     import tensorflow as tf
 
     from tfrec_lm.client import GrpcClient, RestClient
-    from tfrec_lm.export import load_scann_ops
+    from tfrec_lm.scann_ops import load_scann_ops
 
     load_scann_ops(required=False)
     workdir = Path(tempfile.mkdtemp(prefix="serving_latency_"))

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     from tfrec_lm.config import TrainConfig
     from tfrec_lm.data.split import build_sequences, build_vocab, leave_one_out, train_interaction_counts
     from tfrec_lm.evaluation.export_eval import history_requests
-    from tfrec_lm.export import ServingModule, save_serving_module
+    from tfrec_lm.registry.versions import ModelVersions
+    from tfrec_lm.serving_module import ServingModule
     from tfrec_lm.data.prepare import examples_to_features, load_training_data
     from tfrec_lm.fitting import make_optimizer
     from tfrec_lm.models.factory import build_model, pretrained_encoder_factory
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         model.fit(batches.skip(1), epochs=1, verbose=0)
         seconds = time.perf_counter() - start
         module = ServingModule(model, vocab.ids, counts, top_k=10, index="brute-force")
-        path = save_serving_module(module, workdir, tower, {})
+        path = ModelVersions(workdir, tower).save(module, {})
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
         ids_request, times = tf.constant(request[0].astype(str)), tf.constant(request[1])
         serve(history_item_ids=ids_request, history_timestamps=times)

@@ -114,7 +114,7 @@ def run_case(directory: Path, strategy: str, negatives: str, export: bool = Fals
     for index, gradient in enumerate(gradients):
         record[f"grad_{index}"] = gradient
     if export and result.export_path is not None:
-        from tfrec_lm.export import load_scann_ops  # noqa: F401
+        from tfrec_lm.scann_ops import load_scann_ops  # noqa: F401
 
         loaded = tf.saved_model.load(str(result.export_path))
         test = result.split.test.take(np.arange(4))

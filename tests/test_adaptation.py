@@ -11,7 +11,7 @@ from tfrec_lm.bert import tiny_bert, tiny_tokenizer
 from tfrec_lm.data.split import build_sequences
 from tfrec_lm.data.synthetic import synthetic_migration
 from tfrec_lm.evaluation.adaptation import adaptation_lags
-from tfrec_lm.export import ServingModule
+from tfrec_lm.serving_module import ServingModule
 from tfrec_lm.training import train
 
 

@@ -18,7 +18,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import retrieval_scale  # noqa: E402
 import run_all  # noqa: E402
 
-from tfrec_lm.export import scann_settings  # noqa: E402
+from tfrec_lm.index import scann_settings  # noqa: E402
 
 
 def test_clustered_embeddings_are_unit_rows_from_shared_clusters():

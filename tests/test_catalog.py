@@ -25,10 +25,11 @@ import tensorflow as tf
 
 from conftest import tiny_config
 from tfrec_lm.catalog.__main__ import main as catalog_main
-from tfrec_lm.catalog.table import CATALOG_FILE, EXPORT_CATALOG_FILE, read_catalog
+from tfrec_lm.catalog.table import read_catalog
+from tfrec_lm.registry.layout import CATALOG_FILE, EXPORT_CATALOG_FILE
 from tfrec_lm.catalog.update import update_catalog
 from tfrec_lm.errors import ConfigError, DataError
-from tfrec_lm.export import LOWEST_SCORE
+from tfrec_lm.serving_module import LOWEST_SCORE
 from tfrec_lm.training import train
 
 COLD = ("sne0", "nov0")  # no training interactions; in the catalog with their texts

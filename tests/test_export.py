@@ -20,7 +20,9 @@ import pytest
 import tensorflow as tf
 
 from tfrec_lm.evaluation.popularity import most_popular
-from tfrec_lm.export import LOWEST_SCORE, ServingModule, export_model, next_version, save_serving_module
+from tfrec_lm.export import export_model
+from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.serving_module import LOWEST_SCORE, ServingModule
 
 K = 10
 
@@ -206,7 +208,7 @@ def served(item_sequence_run, history_text_run, tmp_path_factory):
         "item_sequence_scann": ServingModule(item_sequence_run.model, item_sequence_run.result.vocab.ids,
                                              item_sequence_run.result.counts, top_k=K, index="scann"),
     }
-    paths = {name: save_serving_module(module, base, name, {"name": name}) for name, module in modules.items()}
+    paths = {name: ModelVersions(base, name).save(module, {"name": name}) for name, module in modules.items()}
     requests = build_requests(item_sequence_run)
     plain = serve_in_fresh_process({k: v for k, v in paths.items() if not k.endswith("scann")}, requests,
                                    base / "plain", with_scann=False)
@@ -236,7 +238,8 @@ def test_layout_is_base_name_version(served):
     for name, path in served["paths"].items():
         assert path == served["base"] / name / "1"
         assert (path / "saved_model.pb").is_file() and (path / "variables").is_dir()
-        assert json.loads((path / "assets.extra" / "tfrec_lm.json").read_text()) == {"name": name}
+        assert json.loads((path / "assets.extra" / "tfrec_lm.json").read_text()) == {"name": name, "model_name": name,
+                                                                                   "version": 1}
         assert [p.name for p in (served["base"] / name).iterdir()] == ["1"]
 
 
@@ -399,15 +402,17 @@ def small_module(item_sequence_run):
 
 
 def test_versions_increase_and_no_staging_remains(small_module, tmp_path):
-    first = save_serving_module(small_module, tmp_path, "recs", {"n": 1})
-    second = save_serving_module(small_module, tmp_path, "recs", {"n": 2})
+    versions = ModelVersions(tmp_path, "recs")
+    first = versions.save(small_module, {"n": 1})
+    second = versions.save(small_module, {"n": 2})
     assert (first, second) == (tmp_path / "recs" / "1", tmp_path / "recs" / "2")
     assert sorted(p.name for p in (tmp_path / "recs").iterdir()) == ["1", "2"]
     assert not list((tmp_path / "recs").glob(".tmp-*"))
-    assert json.loads((second / "assets.extra" / "tfrec_lm.json").read_text()) == {"n": 2}
-    assert next_version(tmp_path / "recs") == 3
+    assert json.loads((second / "assets.extra" / "tfrec_lm.json").read_text()) == {"n": 2, "model_name": "recs",
+                                                                                 "version": 2}
+    assert versions.next_version() == 3 and versions.manifest(2)["n"] == 2
     with pytest.raises(FileExistsError):
-        save_serving_module(small_module, tmp_path, "recs", {}, version=1)
+        versions.save(small_module, {}, version=1)
     assert sorted(p.name for p in (tmp_path / "recs").iterdir()) == ["1", "2"]
 
 
@@ -418,15 +423,16 @@ def test_failed_save_leaves_no_version(small_module, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tf.saved_model, "save", broken_save)
     with pytest.raises(RuntimeError):
-        save_serving_module(small_module, tmp_path, "recs", {})
+        ModelVersions(tmp_path, "recs").save(small_module, {})
     assert list((tmp_path / "recs").iterdir()) == []
 
 
 def test_export_model_uses_config(item_sequence_run, tmp_path):
     config = item_sequence_run.config.replace(export_base=str(tmp_path), model_name="m", index="brute-force",
                                               top_k=4, export=True)
-    path = export_model(item_sequence_run.result, config)
-    assert path == tmp_path / "m" / "1"
+    decision = export_model(item_sequence_run.result, config)
+    path = decision.path
+    assert path == tmp_path / "m" / "1" and decision.published
     metadata = json.loads((path / "assets.extra" / "tfrec_lm.json").read_text())
     assert metadata["index"] == "brute-force" and metadata["top_k"] == 4
     assert metadata["num_items"] == item_sequence_run.result.vocab.size - 1

@@ -283,7 +283,7 @@ def test_dot_similarity_trains_unnormalised_towers_and_exports_their_top_k(synth
     """`--similarity dot`: neither tower normalises, the model still learns the migration
     signal, and the ScaNN export (non-spherical tree for rows that are not unit length)
     returns the towers' exact dot-product top k."""
-    from tfrec_lm.export import ServingModule
+    from tfrec_lm.serving_module import ServingModule
     from tfrec_lm.training import train
 
     config = tiny_config(tmp_path, similarity="dot", temperature=1.0, epochs=8, patience=8, dropout=0.0)
@@ -363,7 +363,7 @@ def test_item_bias_adds_a_learned_prior_to_every_score(synthetic, encoder_factor
     """`--item-bias`: items carry `temperature * b` as one more column and users a 1, so the
     logit of every score gains b; b starts at the centred log prior of training targets,
     cold items share the no-ID bias, and the export's top k is the towers' exact top k."""
-    from tfrec_lm.export import ServingModule
+    from tfrec_lm.serving_module import ServingModule
     from tfrec_lm.models.factory import log_prior_bias
 
     config = tiny_config(tmp_path, item_bias=True, epochs=3, patience=3, dropout=0.0)

@@ -6,7 +6,8 @@ import tensorflow as tf
 from conftest import run_training, tiny_config
 
 from tfrec_lm.errors import ConfigError
-from tfrec_lm.export import ServingModule, save_serving_module
+from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.serving_module import ServingModule
 from tfrec_lm.layers.history_ops import compact_with_ages
 from tfrec_lm.layers.interest_composer import InterestComposer
 from tfrec_lm.layers.sequence_encoder import AGE_BUCKET_EDGES, age_buckets
@@ -116,7 +117,7 @@ def test_recency_run_trains_the_age_embedding_and_the_gate(recency_run):
 def test_export_with_recency_reads_timestamps_like_the_model(recency_run, tmp_path):
     result = recency_run.result
     module = ServingModule(result.model, result.vocab.ids, result.counts, top_k=5, index="brute-force")
-    path = save_serving_module(module, tmp_path, "recency", {"name": "recency"})
+    path = ModelVersions(tmp_path, "recency").save(module, {"name": "recency"})
     serve = tf.saved_model.load(str(path)).signatures["rank"]
     test = result.split.test
     rows = slice(0, 4)

@@ -97,7 +97,7 @@ def test_bad_tuning_input_is_refused(synthetic, encoder_factory):
 def test_training_caches_the_tuned_encoder_and_its_checkpoint_carries_it(synthetic, encoder_factory, tmp_path):
     """A run with text tuning trains on the tuned encoder's vectors; the checkpoint a catalog
     update restores holds the tuned weights, so new items are read by the same encoder."""
-    from tfrec_lm.fitting import checkpoint_prefix, restore_towers
+    from tfrec_lm.registry.runs import checkpoint_prefix
     from tfrec_lm.models.factory import build_model, create_variables
     from tfrec_lm.data.prepare import examples_to_features
 
@@ -110,7 +110,7 @@ def test_training_caches_the_tuned_encoder_and_its_checkpoint_carries_it(synthet
     assert np.abs(tuned[1:] - untuned[1:]).max() > 1e-3
     rebuilt = build_model(config, synthetic.items["text"].tolist(), encoder_factory, encode_texts=False)
     create_variables(rebuilt, examples_to_features(run.result.split.train.take(np.arange(2))))
-    restore_towers(rebuilt, checkpoint_prefix(config.output_dir))
+    rebuilt.load_towers(checkpoint_prefix(config.output_dir))
     np.testing.assert_allclose(rebuilt.item_tower.encoder.encode_table(tower.token_rows)[1:], tuned[1:], atol=1e-5)
     np.testing.assert_allclose(rebuilt.item_tower.text_cache.numpy(), tower.text_cache.numpy())
     assert tf.reduce_all(tf.math.is_finite(rebuilt.item_tower.representation(tf.range(tower.num_items))))

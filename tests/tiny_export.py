@@ -67,7 +67,8 @@ def tiny_exports(directory=None) -> TinyExports:
     if "exports" in _CACHE:
         return _CACHE["exports"]
     import tfrec_lm  # noqa: F401  (before TensorFlow)
-    from tfrec_lm.export import ServingModule, save_serving_module
+    from tfrec_lm.registry.versions import ModelVersions
+    from tfrec_lm.serving_module import ServingModule
 
     root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="tfrec_lm_tiny_exports_"))
     root.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,7 @@ def tiny_exports(directory=None) -> TinyExports:
 
     def export(kind: str, k: int, folder: str) -> Path:
         module = ServingModule(result.model, ids, counts, top_k=k, index=kind)
-        return save_serving_module(module, root / folder, MODEL_NAME, {"index": kind, "top_k": k}, version=1)
+        return ModelVersions(root / folder, MODEL_NAME).save(module, {"index": kind, "top_k": k}, version=1)
 
     export("brute-force", K, "brute-force")
     export("scann", K, "scann")

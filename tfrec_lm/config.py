@@ -8,6 +8,7 @@ JSON) may carry any field; an unknown key is an error, not a silent no-op.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import typing
 from pathlib import Path
@@ -43,6 +44,35 @@ def parse_bool(text: str, digits: bool = True) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def parse_time(text) -> int:
+    """A point in time given as Unix seconds or an ISO-8601 date or date-time (UTC unless it has an offset).
+
+    Args:
+        text: str | int. `1717200000`, `1998-03-01`, `1998-03-01T12:00:00` or `1998-03-01T12:00:00+02:00`.
+
+    Returns:
+        int. Unix seconds.
+
+    Raises:
+        ValueError: neither.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    value = str(text).strip()
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        moment = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected Unix seconds or an ISO date such as 1998-03-01, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp())
+
+
+TIME_OPTIONS = ("since",)  # options that also take ISO dates
+
+
 def _check_type(name: str, value, hint):
     """Checks one option value against its field's type (no silent coercion of text).
 
@@ -61,6 +91,11 @@ def _check_type(name: str, value, hint):
     if value is None and typing.get_args(hint):
         return None
     kind = args[0] if args else hint
+    if name in TIME_OPTIONS and isinstance(value, str):
+        try:
+            value = parse_time(value)
+        except ValueError as error:
+            raise ConfigError(f"{name}: {error}") from None
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
@@ -250,19 +285,35 @@ class TrainConfig:
     warm_start: Optional[str] = _opt(
         None, "start from a training checkpoint: a run's --output-dir, or a checkpoint prefix "
               "(<output-dir>/checkpoints/best.weights); the model options must match that run")
-    since: Optional[int] = _opt(None, "train only on interactions at or after this Unix time (a refresh; "
+    since: Optional[int] = _opt(None, "train only on interactions at or after this time, Unix seconds or an ISO "
+                                      "date such as 1998-03-01 (UTC) (a refresh; "
                                       "histories still include everything before)")
     replay: float = _opt(0.0, "with --since: also train on this many older training interactions per new one, "
                               "drawn at random without replacement (experience replay, so a refresh does not "
                               "forget what the older interactions taught)")
 
     # Output
-    output_dir: str = _opt("runs/tfrec_lm", "checkpoints, TensorBoard logs and metrics.json")
+    output_dir: str = _opt("runs/tfrec_lm", "checkpoints, TensorBoard logs and metrics.json. A folder that holds "
+                                            "a run of other options or data is refused (see --resume, "
+                                            "--overwrite); left at its default, a run of other options gets "
+                                            "runs/<model-name>-<options hash> instead")
+    resume: bool = _opt(False, "continue the backup of a killed run in --output-dir even though the options "
+                               "differ (e.g. more --epochs); the same options resume without it")
+    overwrite: bool = _opt(False, "replace the run in --output-dir (its checkpoint, metrics and backup); its "
+                                  "export versions stay")
     export_base: str = _opt("exports", "SavedModel base path: <export_base>/<model_name>/<version>/")
     model_name: str = _opt("tfrec_lm", "model name in the export path and in TF Serving")
     export: bool = _opt(True, "write the SavedModel after training")
     index: str = _opt("scann", "top-k layer of serving_default: `scann` or `brute-force` (stock TF Serving)", ("scann", "brute-force"))
     top_k: int = _opt(10, "K of serving_default")
+    publish: str = _opt(
+        "if-better",
+        "the publishing gate, when --export-base already serves a version: `if-better` scores the new model "
+        "and the served version on the same validation requests and publishes only when the new one is at "
+        "least as good (NDCG@10), `always` publishes after scoring both, `never` writes to --staging-base only",
+        ("if-better", "always", "never"))
+    staging_base: Optional[str] = _opt(None, "where a version the gate does not publish is written: "
+                                             "<staging_base>/<model_name>/<version>/ (default: <export-base>-staging)")
 
     def validate(self) -> "TrainConfig":
         for field in dataclasses.fields(self):
@@ -329,6 +380,18 @@ class TrainConfig:
         """Whether the user tower this config builds reads the history's timestamps."""
         return self.time_features and self.user_tower == "item-sequence" and self.sequence_pooling == "newest"
 
+    @property
+    def staging(self) -> str:
+        """The staging base: `staging_base`, or `<export_base>-staging`. str."""
+        return self.staging_base or f"{Path(self.export_base)}-staging"
+
+    def options(self) -> dict:
+        """The options that make a run what it is: every field but `RUN_CONTROL` ones. dict."""
+        values = self.to_dict()
+        for name in RUN_CONTROL:
+            values.pop(name, None)
+        return json.loads(json.dumps(values))
+
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes).validate()
 
@@ -346,6 +409,18 @@ class TrainConfig:
         base = base or cls()
         return dataclasses.replace(base, **values).validate()
 
+
+# How a run is carried out, not what it trains: a finished run re-run with other values of
+# these is the same run (its identity, `TrainConfig.options`, leaves them out).
+RUN_CONTROL = ("backup_steps", "resume", "overwrite", "publish", "staging_base")
+
+# Options that shape the checkpoint's variables: a warm start must keep the warm-started run's.
+SHAPE_OPTIONS = ("encoder", "max_history", "max_item_tokens", "user_tower", "embedding_dim", "item_ids",
+                 "item_text", "cold_items", "item_fusion", "item_bias", "num_blocks", "num_heads",
+                 "sequence_pooling", "time_features", "long_short", "short_window", "similarity",
+                 "text_tuning_steps", "text_tuning_layers")
+# A refresh's own options: everything else defaults to the warm-started run's.
+REFRESH_OWN = ("output_dir", "warm_start", "since", "replay") + RUN_CONTROL
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Frozen encoder, cached item texts, exact catalog softmax: trains in minutes on 2 cores.
@@ -387,13 +462,15 @@ def load_config_file(path: str | Path) -> dict:
 
 
 def resolve_config(preset: str = "cpu", config_file: Optional[str | Path] = None,
-                   overrides: Optional[dict] = None) -> TrainConfig:
-    """The one merge of option sources for every CLI: defaults < preset < config file < overrides.
+                   overrides: Optional[dict] = None, base: Optional[dict] = None) -> TrainConfig:
+    """The one merge of option sources for every CLI: defaults < base < preset < config file < overrides.
 
     Args:
         preset: str. a key of `PRESETS`.
         config_file: str | Path | None. a YAML or JSON file of options.
         overrides: dict | None. option values that win over everything (command-line flags).
+        base: dict | None. option values over the defaults (a refresh: the warm-started run's
+            options, `refresh_base`).
 
     Returns:
         TrainConfig. validated.
@@ -404,8 +481,29 @@ def resolve_config(preset: str = "cpu", config_file: Optional[str | Path] = None
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
-    values = dict(PRESETS[preset])
+    values = dict(base or {})
+    values.update(PRESETS[preset])
     if config_file:
         values.update(load_config_file(config_file))
     values.update(overrides or {})
     return TrainConfig.from_dict(values)
+
+
+def refresh_base(run_options: dict) -> dict:
+    """The options a refresh starts from: the warm-started run's, less a refresh's own (`REFRESH_OWN`). dict."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {key: value for key, value in run_options.items() if key in known and key not in REFRESH_OWN}
+
+
+def shape_conflicts(config: TrainConfig, run_options: dict) -> list[str]:
+    """The `SHAPE_OPTIONS` on which `config` differs from a warm-started run's options.
+
+    Args:
+        config: TrainConfig. the refresh's options.
+        run_options: dict. the warm-started run's recorded options.
+
+    Returns:
+        list of str. `--name X (the run: Y)` for each.
+    """
+    return [f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run: {run_options[name]!r})"
+            for name in SHAPE_OPTIONS if name in run_options and run_options[name] != getattr(config, name)]

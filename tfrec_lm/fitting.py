@@ -21,37 +21,12 @@ from tfrec_lm.data.split import refresh_validation
 from tfrec_lm.distribute import is_chief
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.evaluation.scoring import ValidationNDCG
+from tfrec_lm.registry.layout import BACKUP_DIR, CHECKPOINT, STATE_FILE
+from tfrec_lm.registry.runs import RunFolder, checkpoint_prefix, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
-BACKUP_DIR = "backup"  # <output_dir>/backup: the state a killed run resumes from
-RUN_FILE = "run.json"  # in BACKUP_DIR: the configuration and data the backup belongs to
-STATE_FILE = "callbacks.json"  # in BACKUP_DIR: the callbacks' states after the last epochs
 _EPOCH_ENDS_ONLY = 2 ** 62  # a step frequency that never comes: backups at epoch ends only
-
-
-def checkpoint_prefix(path: str, flag: str = "--warm-start") -> str:
-    """Resolves a run directory or a checkpoint prefix (`--warm-start`, `--run`) to a prefix.
-
-    Args:
-        path: str. a training run's `--output-dir` or a checkpoint prefix.
-        flag: str. the option that named `path`, for the messages.
-
-    Returns:
-        str. the checkpoint prefix (`<dir>/checkpoints/best.weights` for a run directory).
-
-    Raises:
-        ConfigError: a SavedModel export, or no checkpoint there.
-    """
-    candidate = Path(path)
-    if (candidate / "saved_model.pb").is_file():
-        raise ConfigError(f"{flag} {path} is a SavedModel export, which holds the serving graph only; "
-                          "pass the training run's --output-dir (or its checkpoints/best.weights)")
-    if candidate.is_dir():
-        candidate = candidate / "checkpoints" / "best.weights"
-    if not Path(f"{candidate}.index").is_file():
-        raise ConfigError(f"{flag}: no checkpoint at {candidate} (expected {candidate}.index)")
-    return str(candidate)
 
 
 def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
@@ -76,18 +51,6 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
     return optimizer
 
 
-def restore_towers(model, prefix: str) -> None:
-    """Loads the towers and the rating head of a training checkpoint (not its optimizer).
-
-    Args:
-        model: TwoTowerModel. every variable already created, the checkpoint's shapes.
-        prefix: str. a checkpoint prefix (`checkpoint_prefix`).
-    """
-    towers = tf.train.Checkpoint(user_tower=model.user_tower, item_tower=model.item_tower,
-                                 ranking_head=model.ranking_head)
-    towers.read(prefix).expect_partial().assert_existing_objects_matched()
-
-
 def warm_start_and_compile(model, config: TrainConfig, total_steps: Optional[int] = None) -> None:
     """Restores the towers and head from `--warm-start` (if any) and compiles the model.
 
@@ -98,7 +61,12 @@ def warm_start_and_compile(model, config: TrainConfig, total_steps: Optional[int
     """
     if config.warm_start:
         # Towers and head only: the checkpoint's optimizer (and its learning rate) stays behind.
-        restore_towers(model, checkpoint_prefix(config.warm_start))
+        try:
+            model.load_towers(checkpoint_prefix(config.warm_start))
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+            raise ConfigError(f"--warm-start {config.warm_start}: its checkpoint does not fit a model of these "
+                              f"options (a model option differs from that run's; keep its options): "
+                              f"{str(error).splitlines()[0][:200]}") from None
         logger.info("warm start from %s", config.warm_start)
     model.compile(optimizer=make_optimizer(config, total_steps), jit_compile=config.jit_compile)
 
@@ -202,27 +170,14 @@ def run_identity(config: TrainConfig, data: PreparedData) -> dict:
     """What must be equal for a backup or a finished run to belong to this run.
 
     Args:
-        config: TrainConfig. the run's options (`backup_steps` aside: any frequency resumes).
+        config: TrainConfig. the run's options (`RUN_CONTROL` ones aside: any backup frequency
+            resumes, and a publishing policy does not change what is trained).
         data: PreparedData. the data stage's result.
 
     Returns:
         dict. `{"config": options as JSON values, "data": data.digest}`.
     """
-    options = config.to_dict()
-    options.pop("backup_steps", None)
-    return json.loads(json.dumps({"config": options, "data": data.digest}))
-
-
-def write_json_atomically(path: Path, value) -> None:
-    """Writes JSON so that a reader (or a run killed meanwhile) sees the old file or the new one whole.
-
-    Args:
-        path: Path. the file.
-        value: object. JSON-serialisable (floats by `float`).
-    """
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=float))
-    os.replace(temporary, path)
+    return {"config": config.options(), "data": data.digest}
 
 
 def backup_position(backup_dir: Path, steps_per_epoch: Optional[int]) -> Optional[tuple]:
@@ -369,26 +324,6 @@ def restore_callbacks(state: dict, directory: Path, validation: ValidationNDCG, 
     checkpoint.best = state["checkpoint_best"]
 
 
-def prepare_backup(directory: Path, identity: dict, chief: bool) -> None:
-    """Drops a backup of another configuration or data; records this run's identity beside the backup.
-
-    Args:
-        directory: Path. `<output_dir>/backup`.
-        identity: dict. `run_identity` of this run.
-        chief: bool. whether this process writes the backup's files.
-    """
-    if not chief:
-        # The chief decides, alone: a worker could read the directory while the chief remakes it.
-        return
-    run_file = directory / RUN_FILE
-    stored = json.loads(run_file.read_text()) if run_file.is_file() else None
-    if directory.exists() and stored != identity:
-        logger.warning("%s holds the backup of a run with other options or data; starting over", directory)
-        shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(run_file, identity)
-
-
 def resume_state(directory: Path, start: Optional[tuple]) -> Optional[dict]:
     """The callbacks' state that goes with a backup position.
 
@@ -425,6 +360,7 @@ class FitResult:
         history: dict. Keras `fit` logs per epoch.
         validation_scoring_seconds: float. of `train_seconds`, the time spent scoring the
             validation users (`ValidationNDCG`) in this process's `fit`.
+        run_id: str or None. the run's id (kept across resumes; None on a non-chief worker).
     """
 
     validation_ndcg: list
@@ -432,6 +368,7 @@ class FitResult:
     train_seconds: float
     history: dict
     validation_scoring_seconds: float = 0.0
+    run_id: Optional[str] = None
 
 
 EPOCHS_TRAINED = "epochs_trained"
@@ -478,7 +415,7 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     chief = is_chief(strategy)
     # Every worker reads the chief's backup (a non-chief's output_dir is a temporary one).
     backup_dir = Path(config.output_dir) / BACKUP_DIR
-    prepare_backup(backup_dir, identity, chief)
+    run_id = RunFolder(config.output_dir).start_backup(identity, adopt=config.resume) if chief else None
     start = backup_position(backup_dir, config.steps_per_epoch or passes)
     resume = resume_state(backup_dir, start)
     if start is not None:
@@ -493,7 +430,7 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     early_stopping = tf.keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience,
                                                       restore_best_weights=True)
     # Under a multi-worker strategy both callbacks write on the chief only (Keras).
-    checkpoint = tf.keras.callbacks.ModelCheckpoint(str(output_dir / "checkpoints" / "best.weights"),
+    checkpoint = tf.keras.callbacks.ModelCheckpoint(str(output_dir / CHECKPOINT),
                                                     monitor=monitor, mode="max", save_best_only=True,
                                                     save_weights_only=True)
     backup = ResumableBackup(backup_dir, config.backup_steps, chief, validation, early_stopping, checkpoint, resume)
@@ -528,4 +465,5 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
     train_seconds = time.monotonic() - start_time + (resume["validation"]["seconds"][-1]
                                                      if resume and resume["validation"]["seconds"] else 0.0)
     return FitResult(validation_ndcg=validation.history, validation_seconds=validation.seconds,
-                     train_seconds=train_seconds, history=history, validation_scoring_seconds=validation.scoring_seconds)
+                     train_seconds=train_seconds, history=history, validation_scoring_seconds=validation.scoring_seconds,
+                     run_id=run_id)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import shlex
 import sys
 import typing
 
-from tfrec_lm.config import PRESETS, TrainConfig, resolve_config
+from tfrec_lm.config import (PRESETS, TIME_OPTIONS, TrainConfig, load_config_file, parse_time, refresh_base,
+                             resolve_config, shape_conflicts)
 from tfrec_lm.errors import AssetError, ConfigError, DataError
+from tfrec_lm.registry.runs import RunFolder, fresh_run_dir
 
 
 def _field_type(field: dataclasses.Field):
@@ -37,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = _field_type(field)
         kwargs = {"dest": field.name, "default": argparse.SUPPRESS,
                   "help": f"{field.metadata['help']} (default: {getattr(defaults, field.name)})"}
+        if field.name in TIME_OPTIONS:
+            kind = parse_time
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
@@ -45,11 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's options from the command line (`resolve_config`), with the two rules of a run folder:
+
+    - a refresh (`--warm-start RUN`) starts from that run's recorded options, so only what
+      a flag or `--config` names changes; a changed model-shape option is refused;
+    - `--output-dir` left at its default gives a run of other options a folder of its own
+      (`tfrec_lm.registry.runs.fresh_run_dir`), so it never lands over the main run.
+    """
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
-    return resolve_config(args.preset, args.config, flags)
+    config = resolve_config(args.preset, args.config, flags)
+    if config.warm_start:
+        held = RunFolder(config.warm_start).recorded_options()
+        if held:
+            config = resolve_config(args.preset, args.config, flags, base=refresh_base(held))
+            conflicts = shape_conflicts(config, held)
+            if conflicts:
+                raise ConfigError(f"--warm-start {config.warm_start} was trained with other model options "
+                                  f"({', '.join(conflicts)}), and its checkpoint fits only its own: drop those "
+                                  "flags (a refresh keeps the run's options unless told)")
+    named = set(flags) | (set(load_config_file(args.config)) if args.config else set())
+    if "output_dir" not in named:
+        config = config.replace(output_dir=fresh_run_dir(config.output_dir, config.options()))
+    return config
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -61,7 +87,7 @@ def main(argv=None) -> int:
 
         print(f"training: user tower {config.user_tower}, encoder {config.encoder} ({config.finetune}), "
               f"negatives {config.negatives}; outputs in {config.output_dir}", flush=True)
-        result = train(config, verbose=2)
+        result = train(config, verbose=2, command=shlex.join(["python", "-m", "tfrec_lm.train", *argv]))
     except (ConfigError, DataError, AssetError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -76,8 +102,11 @@ def main(argv=None) -> int:
         table["export (serving_default)"] = result.metrics["export"]
     print(format_table(table, metrics=("HR@10", "NDCG@10", "MRR@10")))
     print(f"\nmetrics: {config.output_dir}/metrics.json")
+    if result.gate is not None:
+        print(f"\n{result.gate.summary()}")
     if result.export_path:
-        print(f"export:  {result.export_path}")
+        print(f"export:  {result.export_path}" + ("" if result.gate is None or result.gate.published
+                                                  else "  (staging: not served)"))
     return 0
 
 

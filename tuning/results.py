@@ -10,7 +10,7 @@ from typing import Optional
 
 import yaml
 
-from tfrec_lm.config import TrainConfig
+from tfrec_lm.config import RUN_CONTROL, TrainConfig
 
 from tuning.tuner import OBJECTIVE_NAME, OUTPUT_KEYS, TRIAL_CONFIG_FILE, TRIAL_RUN_DIR
 
@@ -78,7 +78,12 @@ def best_config(tuner, base: Optional[TrainConfig] = None) -> TrainConfig:
     else:
         values = tuner.trial_config(trial).to_dict()
     values.update({key: getattr(base, key) for key in OUTPUT_KEYS})
+    # Its own run folder: training the best config never lands in (or over) the main run's.
+    values["output_dir"] = str(Path(base.output_dir).parent / f"{tuner.project_name}-best")
     return TrainConfig.from_dict(values)
+
+
+WRITTEN_WITHOUT = ("export_base", "staging_base") + RUN_CONTROL
 
 
 def write_config(config: TrainConfig, path, comment: str = "") -> Path:
@@ -86,7 +91,11 @@ def write_config(config: TrainConfig, path, comment: str = "") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = "".join(f"# {line}\n" for line in comment.splitlines())
-    path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # No export base and no run-control flags: the retrain publishes into the default base
+    # through the publishing gate (`--publish if-better`), as any run does.
+    values = {key: value for key, value in config.to_dict().items()
+              if key not in WRITTEN_WITHOUT}
+    path.write_text(header + yaml.safe_dump(values, sort_keys=False))
     return path
 
 

@@ -1,7 +1,8 @@
 """The item catalog of a trained run: ids, texts, popularity, warm and retired items.
 
 A training run writes `<output_dir>/catalog.parquet` beside its checkpoint; every export
-that a catalog update writes carries its own in `assets.extra/tfrec_lm_catalog.parquet`.
+carries its own in `assets.extra/tfrec_lm_catalog.parquet` (the names live in
+`tfrec_lm.registry.layout`).
 Row i is vocabulary index i + 1 (index 0 is the padding item), so the rows of the first
 `C` items line up with the checkpoint's item tables; an update only appends rows.
 """
@@ -18,8 +19,6 @@ import pandas as pd
 
 from tfrec_lm.errors import DataError
 
-CATALOG_FILE = "catalog.parquet"
-EXPORT_CATALOG_FILE = "tfrec_lm_catalog.parquet"  # under an export's assets.extra/
 COLUMNS = ("item_id", "title", "year", "genres", "text", "count", "warm", "retired")
 
 
@@ -167,3 +166,29 @@ def apply_changes(catalog: pd.DataFrame, items: pd.DataFrame | None, retire) -> 
     updated["count"] = updated["count"].astype(np.int64)
     updated[["warm", "retired"]] = updated[["warm", "retired"]].astype(bool)
     return updated, changes
+
+
+def carried_catalog(trained: pd.DataFrame, served: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """A retrained run's catalog with what catalog updates did to the version it replaces.
+
+    The served version's items the run did not train on are appended (cold, with their
+    text), and every item retired there is retired here too.
+
+    Args:
+        trained: pd.DataFrame. the run's own catalog (`training_catalog`).
+        served: pd.DataFrame. the catalog of the version it replaces.
+
+    Returns:
+        tuple (pd.DataFrame, int). the catalog, and how many items were appended.
+    """
+    known = set(trained["item_id"])
+    extra = served[~served["item_id"].isin(known)].copy()
+    extra["count"], extra["warm"] = 0, False
+    carried = pd.concat([trained, extra[list(COLUMNS)]], ignore_index=True)
+    retired = set(served.loc[served["retired"].astype(bool), "item_id"])
+    carried["retired"] = carried["item_id"].isin(retired) | carried["retired"].astype(bool)
+    carried["count"] = carried["count"].astype(np.int64)
+    carried[["warm", "retired"]] = carried[["warm", "retired"]].astype(bool)
+    if carried["retired"].all():
+        raise DataError("every item is retired in the served version: nothing would be left to recommend")
+    return carried, int(len(extra))

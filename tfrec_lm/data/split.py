@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import datetime
 import logging
 from dataclasses import dataclass, field
 from typing import Optional
@@ -541,6 +542,11 @@ def train_interaction_counts(split: LeaveOneOutSplit | RefreshSplit, part: str |
     return counts
 
 
+def _date(seconds: int) -> str:
+    """Unix seconds as a UTC date and time, for messages. str."""
+    return datetime.datetime.fromtimestamp(int(seconds), tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def refresh_examples(target_timestamp: np.ndarray, config) -> np.ndarray:
     """Rows a refresh (`--since`) trains on, in their original order.
 
@@ -554,7 +560,10 @@ def refresh_examples(target_timestamp: np.ndarray, config) -> np.ndarray:
     """
     recent = np.flatnonzero(target_timestamp >= config.since)
     if not len(recent):
-        raise ConfigError(f"--since {config.since}: no training interaction at or after that time")
+        first, last = (int(target_timestamp.min()), int(target_timestamp.max())) if len(target_timestamp) else (0, 0)
+        raise ConfigError(f"--since {config.since} ({_date(config.since)}): no training interaction at or after "
+                          f"that time; the training interactions run from {_date(first)} to {_date(last)} "
+                          f"({first} to {last})")
     older = np.flatnonzero(target_timestamp < config.since)
     count = min(len(older), int(round(config.replay * len(recent))))
     replayed = np.random.default_rng(config.seed).choice(older, size=count, replace=False) if count else []

@@ -261,6 +261,60 @@ class ItemTower(tf.keras.layers.Layer):
             os.replace(handle.name, path)  # readers never see half a file
         return False
 
+    def grow_into(self, target: "ItemTower", encode_rows=()) -> int:
+        """Copies this tower into `target`, the same tower built on a catalog that appends items.
+
+        Rows of the item tables (ID embeddings, item biases, cached text vectors) are copied
+        for this tower's items and left for `target`'s new ones (keras-rs's
+        `update_candidates`, for a tower); every other weight is copied whole. The rows in
+        `encode_rows` (new or changed texts) are encoded by `target`'s frozen encoder.
+
+        Args:
+            target: ItemTower. built with the same options on the longer catalog (this tower's
+                items first, in order), its variables created.
+            encode_rows: array-like of int. vocabulary indices of `target` whose text is encoded.
+
+        Returns:
+            int. texts encoded.
+
+        Raises:
+            ValueError: `target` is not this tower on a longer catalog.
+        """
+        if target.num_items < self.num_items:
+            raise ValueError(f"the target catalog has {target.num_items} rows, fewer than this tower's {self.num_items}")
+        tables = {id(w) for w in (self.text_cache, self.item_bias,
+                                  None if self.id_embedding is None else self.id_embedding.embeddings) if w is not None}
+        by_attribute = (self.no_id_embedding, self.no_id_bias)  # trainable only with cold items: moves in the lists
+        skip = {id(w) for w in by_attribute if w is not None}
+        skip_target = {id(w) for w in (target.no_id_embedding, target.no_id_bias) if w is not None}
+        mine = [w for w in self.weights if id(w) not in skip]
+        theirs = [w for w in target.weights if id(w) not in skip_target]
+        if len(mine) != len(theirs):
+            raise ValueError(f"the target item tower has {len(theirs)} weights where this one has {len(mine)}")
+        pairs = list(zip(mine, theirs))
+        for name in ("no_id_embedding", "no_id_bias"):
+            a, b = getattr(self, name), getattr(target, name)
+            if (a is None) != (b is None):
+                raise ValueError("the target item tower was built with other options")
+            if a is not None:
+                pairs.append((a, b))
+        for source, destination in pairs:
+            value = source.numpy()
+            if id(source) in tables:
+                grown = np.zeros(destination.shape, value.dtype.name)
+                grown[: self.num_items] = value
+                value = grown
+            elif tuple(source.shape) != tuple(destination.shape):
+                raise ValueError(f"weight {source.name}: shape {source.shape} here, {destination.shape} in the target")
+            destination.assign(value)
+        encode_rows = np.asarray(encode_rows, dtype=np.int64).reshape(-1)
+        if target.text_cache is None or not len(encode_rows):
+            return 0
+        vectors = target.encoder.encode_table(target.token_rows[encode_rows])
+        target.text_cache.scatter_nd_update(encode_rows[:, None], vectors)
+        target._cache_ready = True
+        return int(len(encode_rows))
+
     def text_vectors(self, items, training=False):
         """Pooled encoder vectors of items. [..., hidden_size]."""
         items = tf.cast(items, tf.int32)

@@ -72,6 +72,47 @@ class TwoTowerModel(tfrs.Model):
         # Every value train_step returns is already the same on all replicas.
         self.distribute_reduction_method = "first"
 
+    def load_towers(self, prefix: str) -> None:
+        """Loads the towers and the rating head of a training checkpoint (not its optimizer).
+
+        Args:
+            prefix: str. a checkpoint prefix (`<run>/checkpoints/best.weights`); every variable of
+                this model already created, with the checkpoint's shapes.
+
+        Raises:
+            AssertionError: the checkpoint holds other shapes or objects (another model's options).
+        """
+        towers = tf.train.Checkpoint(user_tower=self.user_tower, item_tower=self.item_tower,
+                                     ranking_head=self.ranking_head)
+        towers.read(prefix).expect_partial().assert_existing_objects_matched()
+
+    def grow_into(self, target: "TwoTowerModel", encode_rows=()) -> int:
+        """Copies this model into `target`, the same model built on a catalog that appends items.
+
+        The item tower grows row by row (`ItemTower.grow_into`); the user tower's own weights
+        and the rating head are copied as they are. No training step runs.
+
+        Args:
+            target: TwoTowerModel. the same options on the longer catalog, variables created.
+            encode_rows: array-like of int. `target`'s vocabulary indices whose text must be encoded.
+
+        Returns:
+            int. texts encoded.
+        """
+        def user_only(model):
+            shared = {id(w) for w in model.item_tower.weights}
+            return [w for w in model.user_tower.weights if id(w) not in shared]
+
+        for part in (user_only, lambda model: model.ranking_head.weights):
+            mine, theirs = part(self), part(target)
+            if len(mine) != len(theirs):
+                raise ValueError(f"the target model has {len(theirs)} weights where this one has {len(mine)}")
+            for source, destination in zip(mine, theirs):
+                if tuple(source.shape) != tuple(destination.shape):
+                    raise ValueError(f"weight {source.name}: shape {source.shape} here, {destination.shape} in the target")
+                destination.assign(source)
+        return self.item_tower.grow_into(target.item_tower, encode_rows)
+
     def _loss_and_gradients(self, features):
         """This replica's share of the loss and its gradients (loss-scaled under mixed_float16).
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from tfrec_lm.export import load_scann_ops
+from tfrec_lm.scann_ops import load_scann_ops
 from tfrec_lm.serve.manager import ModelConfig, ModelManager, Servable
 from tfrec_lm.serve.tensors import Limits, tensor_proto_to_array
 
