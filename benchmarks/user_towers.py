@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     from tfrec_lm.config import TrainConfig
     from tfrec_lm.data.split import build_sequences, build_vocab, leave_one_out, train_interaction_counts
     from tfrec_lm.evaluation.export_eval import history_requests
-    from tfrec_lm.registry.versions import ModelVersions
+    from tfrec_lm.registry.model_versions import ModelVersions
     from tfrec_lm.serving_module import ServingModule
     from tfrec_lm.data.prepare import examples_to_features, load_training_data
     from tfrec_lm.fitting import make_optimizer

@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfrec_lm.evaluation.popularity import most_popular
 from tfrec_lm.export import export_model
-from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.registry.model_versions import ModelVersions
 from tfrec_lm.serving_module import LOWEST_SCORE, ServingModule
 
 K = 10

@@ -6,7 +6,7 @@ import tensorflow as tf
 from conftest import run_training, tiny_config
 
 from tfrec_lm.errors import ConfigError
-from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.registry.model_versions import ModelVersions
 from tfrec_lm.serving_module import ServingModule
 from tfrec_lm.layers.history_ops import compact_with_ages
 from tfrec_lm.layers.interest_composer import InterestComposer

@@ -103,18 +103,36 @@ def test_resumes_mid_epoch_with_steps_per_epoch(tmp_path):
 
 def test_backup_of_other_options_is_dropped(tmp_path, synthetic):
     from tfrec_lm.data.prepare import prepare_data
-    from tfrec_lm.fitting import RUN_FILE, prepare_backup, run_identity
+    from tfrec_lm.fitting import run_identity
+    from tfrec_lm.registry.runs import RunFolder
 
     config = tiny_config(tmp_path)
     data = prepare_data(config, synthetic)
-    backup = tmp_path / "backup"
-    prepare_backup(backup, run_identity(config, data), chief=True)
-    (backup / "chief").mkdir()
-    prepare_backup(backup, run_identity(config.replace(backup_steps=0), data), chief=True)  # same run
-    assert (backup / "chief").is_dir()
+    folder = RunFolder(tmp_path / "backup-run")
+    run_id = folder.start_backup(run_identity(config, data))
+    (folder.backup_dir / "chief").mkdir()
+    assert folder.start_backup(run_identity(config.replace(backup_steps=0), data)) == run_id  # same run
+    assert (folder.backup_dir / "chief").is_dir()
     other = run_identity(config.replace(learning_rate=0.5), data)
-    prepare_backup(backup, other, chief=True)
-    assert not (backup / "chief").exists() and json.loads((backup / RUN_FILE).read_text()) == other
+    assert folder.start_backup(other) != run_id
+    assert not (folder.backup_dir / "chief").exists() and folder.backup()["identity"] == other
+
+
+def test_backup_of_other_options_is_kept_with_resume(tmp_path, synthetic):
+    from tfrec_lm.data.prepare import prepare_data
+    from tfrec_lm.fitting import run_identity
+    from tfrec_lm.registry.runs import RunFolder
+
+    config = tiny_config(tmp_path)
+    data = prepare_data(config, synthetic)
+    folder = RunFolder(tmp_path / "backup-run")
+    run_id = folder.start_backup(run_identity(config, data))
+    (folder.backup_dir / "chief").mkdir()
+    other = run_identity(config.replace(learning_rate=0.5), data)
+    with pytest.raises(ConfigError, match="holds the backup of a killed run with other options .*--resume"):
+        folder.claim(other)
+    assert folder.claim(other, resume=True) == "resume"
+    assert folder.start_backup(other, adopt=True) == run_id and (folder.backup_dir / "chief").is_dir()
 
 
 def test_backup_steps_option():

@@ -67,7 +67,7 @@ def tiny_exports(directory=None) -> TinyExports:
     if "exports" in _CACHE:
         return _CACHE["exports"]
     import tfrec_lm  # noqa: F401  (before TensorFlow)
-    from tfrec_lm.registry.versions import ModelVersions
+    from tfrec_lm.registry.model_versions import ModelVersions
     from tfrec_lm.serving_module import ServingModule
 
     root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="tfrec_lm_tiny_exports_"))

@@ -9,7 +9,7 @@ from typing import Optional
 from tfrec_lm.registry.gate import GateDecision, PublishGate
 from tfrec_lm.registry.manifest import build_manifest
 from tfrec_lm.registry.validation import ValidationRequests
-from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.registry.model_versions import ModelVersions
 from tfrec_lm.serving_module import ServingModule
 
 logger = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from tfrec_lm.registry.gate import GateDecision
 from tfrec_lm.registry.manifest import data_fingerprint, iso_time
 from tfrec_lm.registry.runs import RunFolder, checkpoint_prefix, options_hash, write_json_atomically
 from tfrec_lm.registry.validation import ValidationRequests
-from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.registry.model_versions import ModelVersions
 
 logger = logging.getLogger(__name__)
 

@@ -1,19 +1,24 @@
 """`python -m tfrec_lm.catalog`: add, change or retire items of a trained run, without training.
 
-    python -m tfrec_lm.catalog --run runs/tfrec_lm --items new_items.csv
-    python -m tfrec_lm.catalog --run runs/tfrec_lm --retire old-1 old-2 --retire-file gone.txt
+    python -m tfrec_lm.catalog --items new_items.csv
+    python -m tfrec_lm.catalog --retire old-1 old-2 --retire-file gone.txt
+    python -m tfrec_lm.catalog --run runs/tfrec_lm --from-version 3 --items new_items.csv
 
-Writes the next version under the run's `--export-base/<model-name>` (or `--export-base`),
-which `python -m tfrec_lm.serve` and TF Serving pick up like any version.
+Extends the newest version of `exports/tfrec_lm` (or `--export-base/--model-name`) with the
+weights of the run that version serves, and hands the result to the publishing gate:
+published as the next version (which `python -m tfrec_lm.serve` and TF Serving pick up) or
+held in the staging base.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
+from tfrec_lm.catalog.update import CATALOG_TOLERANCE
 from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 
@@ -22,14 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m tfrec_lm.catalog",
         description="Add new items by their text, re-encode changed texts and retire items of a trained run; "
                     "writes the next SavedModel version. No training step runs.")
-    parser.add_argument("--run", required=True, help="the training run's --output-dir (metrics.json, "
-                                                     "catalog.parquet, checkpoints/)")
+    parser.add_argument("--run", help="the training run whose weights serve the items (its --output-dir); "
+                                      "default: the run of the version extended. An update of another run than "
+                                      "the newest version's is refused unless --from-version names its version")
+    parser.add_argument("--from-version", type=int, metavar="N",
+                        help="the version to extend (its catalog is the starting point; default: the newest)")
     parser.add_argument("--items", help="new or changed items: the --items file format of --data files "
                                         "(item_id and text, or title [+ year] [+ genres]); CSV/TSV/Parquet/JSONL")
     parser.add_argument("--retire", nargs="+", default=[], metavar="ITEM_ID", help="item ids to retire")
     parser.add_argument("--retire-file", help="a text file of item ids to retire, one per line")
-    parser.add_argument("--export-base", help="where versions go (default: the run's --export-base)")
-    parser.add_argument("--model-name", help="default: the run's --model-name")
+    parser.add_argument("--export-base", help="where versions go (default: the run's --export-base, or exports)")
+    parser.add_argument("--model-name", help="default: the run's --model-name, or tfrec_lm")
+    parser.add_argument("--publish", choices=("if-better", "always", "never"), default="if-better",
+                        help="if-better (default): publish when validation NDCG@10 through serving_default is "
+                             "within --tolerance of the served version's; always; never (staging base only)")
+    parser.add_argument("--tolerance", type=float, default=CATALOG_TOLERANCE,
+                        help="relative NDCG@10 loss if-better accepts (default %(default)s: new items can only "
+                             "displace the validation targets, which are all known items)")
+    parser.add_argument("--staging-base", help="where a version that is not published goes "
+                                               "(default: <export-base>-staging)")
     parser.add_argument("--index", choices=("scann", "brute-force"), help="default: the run's --index")
     parser.add_argument("--top-k", type=int, help="K of serving_default (default: the run's --top-k)")
     parser.add_argument("--cold-neighbours", type=int,
@@ -61,6 +77,7 @@ def read_retire_file(path: str) -> list[str]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -70,7 +87,10 @@ def main(argv=None) -> int:
 
         update = update_catalog(args.run, items_path=args.items, retire=retire, export_base=args.export_base,
                                 model_name=args.model_name, index=args.index, top_k=args.top_k,
-                                cold_neighbours=args.cold_neighbours, cold_popularity=args.cold_popularity)
+                                cold_neighbours=args.cold_neighbours, cold_popularity=args.cold_popularity,
+                                from_version=args.from_version, publish=args.publish,
+                                staging_base=args.staging_base, tolerance=args.tolerance,
+                                command=shlex.join(["python", "-m", "tfrec_lm.catalog", *argv]))
     except (ConfigError, DataError, AssetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -79,8 +99,12 @@ def main(argv=None) -> int:
           f"{summary['retired']} retired, {summary['restored']} restored, {summary['unchanged']} unchanged; "
           f"{update.encoded} texts encoded; {update.num_servable} of {update.num_items} items can be "
           f"recommended; {update.seconds:.1f} s")
-    print(f"export:  {update.export_path}")
+    if update.gate is not None:
+        print(update.gate.summary())
+    print(f"export:  {update.export_path}" + ("" if update.gate is None or update.gate.published
+                                              else "  (staging: not served)"))
     return 0
+
 
 
 if __name__ == "__main__":

@@ -35,9 +35,12 @@ from tfrec_lm.registry.gate import GateDecision, PublishGate
 from tfrec_lm.registry.manifest import build_manifest
 from tfrec_lm.registry.runs import RunFolder
 from tfrec_lm.registry.validation import ValidationRequests
-from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.registry.model_versions import ModelVersions
 
 logger = logging.getLogger(__name__)
+
+CATALOG_TOLERANCE = 0.01
+"""The relative validation NDCG@10 loss a catalog update may cost and still pass `--publish if-better`."""
 
 
 @dataclasses.dataclass
@@ -145,7 +148,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                    encoder_factory=None, cold_neighbours: Optional[int] = None,
                    cold_popularity: Optional[float] = None, from_version: Optional[int] = None,
                    publish: str = "if-better", staging_base: Optional[str] = None,
-                   command: Optional[str] = None) -> CatalogUpdate:
+                   command: Optional[str] = None, tolerance: float = CATALOG_TOLERANCE) -> CatalogUpdate:
     """Writes the next export version of a trained run with new, changed and retired items.
 
     No training step runs: the towers are the run's checkpoint, and only item texts that
@@ -169,6 +172,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         publish: str. the gate's policy: `if-better`, `always` or `never`.
         staging_base: str or None. where an unpublished version goes (default: `<export_base>-staging`).
         command: str or None. the command line, for the manifest.
+        tolerance: float. the relative validation loss `if-better` accepts (new items can only
+            displace the validation targets, all of which are known items).
 
     Returns:
         CatalogUpdate.
@@ -184,9 +189,9 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     start = time.monotonic()
     retire = list(retire)
+    named = RunFolder(run_dir).config() if run_dir is not None else None
     if items_path is None and not retire:
         raise ConfigError("nothing to update: give an items file of new or changed items, items to retire, or both")
-    named = RunFolder(run_dir).config() if run_dir is not None else None
     versions = ModelVersions(export_base or (named.export_base if named else "exports"),
                              model_name or (named.model_name if named else "tfrec_lm"))
     run, parent = starting_point(versions, None if run_dir is None else Path(run_dir), from_version)
@@ -232,7 +237,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         catalog_update={"base": base_name, "encoded": encoded, **changes.summary(), "added": changes.added,
                         "changed": changes.changed, "retired": changes.retired, "restored": changes.restored})
     validation = ValidationRequests.load(run.validation_file) if run.validation_file.is_file() else None
-    gate = PublishGate(versions, ModelVersions(config.staging, config.model_name), publish, validation)
+    gate = PublishGate(versions, ModelVersions(config.staging, config.model_name), publish, validation,
+                       tolerance=tolerance)
     decision = gate.submit(lambda target: target.save(module, manifest, catalog=catalog), config.top_k)
     seconds = time.monotonic() - start
     logger.info("catalog update: %s; %d texts encoded; %s in %.1f s", changes.summary(), encoded, decision.path,

@@ -4,7 +4,7 @@
 - `tfrec_lm.registry.runs`: `RunFolder`, one training run's `--output-dir`, and the rule
   that a finished run is never overwritten silently (`claim`).
 - `tfrec_lm.registry.manifest`: the manifest every version carries in `assets.extra/`.
-- `tfrec_lm.registry.versions`: `ModelVersions`, the versions under `<export_base>/<model_name>`
+- `tfrec_lm.registry.model_versions`: `ModelVersions`, the versions under `<export_base>/<model_name>`
   (atomic writes, publishing a staged version, rollback copies).
 - `tfrec_lm.registry.validation`: `ValidationRequests`, the validation users a run recorded,
   on which the publishing gate scores a candidate and the served version alike.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tfrec_lm.registry.validation import ValidationRequests
-from tfrec_lm.registry.versions import ModelVersions, read_manifest, write_manifest
+from tfrec_lm.registry.model_versions import ModelVersions, read_manifest, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,11 @@ class GateDecision:
     served_version: Optional[int]
     reason: str
     window: str = "validation"
+    tolerance: float = 0.0
 
     def record(self) -> dict:
         """The manifest's `gate` entry. dict."""
-        return {"policy": self.policy, "decision": "published" if self.published else "held",
+        return {"policy": self.policy, "tolerance": self.tolerance, "decision": "published" if self.published else "held",
                 "metric": self.metric, "candidate": self.candidate, "served": self.served,
                 "served_version": self.served_version, "window": self.window, "reason": self.reason}
 
@@ -68,12 +69,19 @@ class PublishGate:
             version's), `always` (publish after scoring both) or `never` (stage only).
         validation: ValidationRequests or None. the requests both are scored on (None: nothing to
             score on; `if-better` then publishes only a model's first version).
+        tolerance: float. the relative loss `if-better` accepts: the candidate passes with
+            NDCG@10 >= (1 - tolerance) x the served one's. 0 for retrains and refreshes; a
+            catalog update passes a small one, since its new items can only displace the
+            validation targets (which are all known items) and never be one.
     """
 
     def __init__(self, served: ModelVersions, staging: ModelVersions, policy: str = "if-better",
-                 validation: Optional[ValidationRequests] = None):
+                 validation: Optional[ValidationRequests] = None, tolerance: float = 0.0):
         if policy not in POLICIES:
             raise ValueError(f"publish policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if not 0.0 <= float(tolerance) < 1.0:
+            raise ValueError(f"the gate's tolerance is a fraction in [0, 1), got {tolerance}")
+        self.tolerance = float(tolerance)
         self.served = served
         self.staging = staging
         self.policy = policy
@@ -105,7 +113,7 @@ class PublishGate:
         published, reason = self._decide(served_version, candidate, served, metric)
         decision = GateDecision(policy=self.policy, published=published, path=candidate_dir, metric=metric,
                                 candidate=candidate, served=served, served_version=served_version, reason=reason,
-                                window=window)
+                                window=window, tolerance=self.tolerance)
         changes = {"validation": candidate, "gate": decision.record()}
         if published:
             decision.path = self.served.publish(candidate_dir, changes)
@@ -125,9 +133,11 @@ class PublishGate:
         if candidate is None or served is None:
             return False, (f"no validation requests to compare on, so --publish if-better holds it in "
                            f"{self.staging.model_dir}; pass --publish always to publish it anyway.")
-        if candidate[metric] >= served[metric]:
-            return True, (f"the candidate is at least as good as version {served_version} "
-                          f"({candidate[metric]:.4f} >= {served[metric]:.4f}): published to {where}.")
-        return False, (f"the candidate is worse than version {served_version} ({candidate[metric]:.4f} < "
-                       f"{served[metric]:.4f}), so it is held in {self.staging.model_dir}; pass --publish always "
+        bar = served[metric] * (1.0 - self.tolerance)
+        within = f" - {self.tolerance:.0%}" if self.tolerance else ""
+        if candidate[metric] >= bar:
+            return True, (f"the candidate is at least as good as version {served_version}{within} "
+                          f"({candidate[metric]:.4f} >= {bar:.4f}): published to {where}.")
+        return False, (f"the candidate is worse than version {served_version}{within} ({candidate[metric]:.4f} < "
+                       f"{bar:.4f}), so it is held in {self.staging.model_dir}; pass --publish always "
                        "to publish it anyway.")

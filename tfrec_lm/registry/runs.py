@@ -102,6 +102,8 @@ class RunFolder:
         from tfrec_lm.config import TrainConfig
 
         record = self.record()
+        if record is None and self.metrics_file.is_file() and not self.has_checkpoint():
+            raise ConfigError(f"{flag}: no checkpoint at {self.checkpoint} (expected {self.checkpoint}.index)")
         if record is None:
             raise ConfigError(f"{flag} {self.path} is not a finished training run (no {METRICS_FILE} beside "
                               f"{CHECKPOINT}); pass the --output-dir of a `python -m tfrec_lm.train` run")
