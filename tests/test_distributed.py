@@ -303,7 +303,8 @@ def test_multi_worker_only_the_chief_writes(multi_worker):
     assert list((run / "checkpoints").glob("best.weights*"))
     leftovers = [p for p in run.rglob("*") if "workertemp" in p.name]
     assert not leftovers, leftovers
-    assert sorted(p.name for p in run.iterdir()) == ["catalog.parquet", "checkpoints", "metrics.json", "tensorboard"]
+    assert sorted(p.name for p in run.iterdir()) == ["catalog.parquet", "checkpoints", "metrics.json", "tensorboard",
+                                                      "validation.npz"]
 
 
 # ---------------------------------------------------------------- sharded input, two processes

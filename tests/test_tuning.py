@@ -158,7 +158,9 @@ def test_random_search_resumes_after_interruption_and_best_config_trains(tiny_da
     config = TrainConfig.from_dict(load_config_file(path))
     for name, value in best.hyperparameters.values.items():
         assert getattr(config, name) == value
-    assert config.output_dir == str(tmp_path / "base_run") and config.export is False
+    # Its own run folder beside the base run's, never the base run's (nor an export base).
+    assert config.output_dir == str(tmp_path / "tiny-best") and config.export is False
+    assert "export_base" not in load_config_file(path) and "output_dir" in load_config_file(path)
     from tfrec_lm.train import build_parser, config_from_args
 
     assert config_from_args(build_parser().parse_args(["--config", str(path)])) == config
@@ -186,7 +188,7 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
     assert len(counting.calls) == 1
     assert "COMPLETED" in out and "tuner/epochs=1" in out and "best config:" in out
     config = TrainConfig.from_dict(load_config_file(best_path))
-    assert config.epochs == 1 and config.output_dir == str(tmp_path / "out")
+    assert config.epochs == 1 and config.output_dir == str(tmp_path / "hb-best")
     assert config.finetune == "frozen" and config.max_train_examples == 128
     assert 1e-3 <= config.learning_rate <= 1e-2
 
