@@ -177,7 +177,7 @@ def test_readme_sequence_never_clobbers_and_publishes_only_through_the_gate(patc
     assert refused(capsys, catalog_main, ["--run", str(main.output_dir), "--retire", catalog["item_id"].iloc[4]],
                    "would roll it back")
     assert refused(capsys, train_main, ["--warm-start", str(main.output_dir), "--embedding-dim", "32"],
-                   "was trained with other model options (embedding_dim")
+                   "was trained with other model options (--embedding-dim 32 (the run: 16))")
     assert_nothing_overwritten(state, snapshot(root))
 
     # 6. A catalog update after the refresh extends the refresh's version.

@@ -21,6 +21,7 @@ import pytest
 
 from conftest import tiny_config
 from tfrec_lm.errors import ConfigError
+from tfrec_lm.fitting import run_identity
 from tfrec_lm.train import build_parser, config_from_args
 
 HELPER = Path(__file__).with_name("resume_helper.py")
@@ -101,9 +102,9 @@ def test_resumes_mid_epoch_with_steps_per_epoch(tmp_path):
     assert_same_run(resumed, uninterrupted)
 
 
-def test_backup_of_other_options_is_dropped(tmp_path, synthetic):
+def backup_of(tmp_path, synthetic):
+    """A run folder with a backup of the tiny config (a `chief` folder in it), and what made it."""
     from tfrec_lm.data.prepare import prepare_data
-    from tfrec_lm.fitting import run_identity
     from tfrec_lm.registry.runs import RunFolder
 
     config = tiny_config(tmp_path)
@@ -111,6 +112,11 @@ def test_backup_of_other_options_is_dropped(tmp_path, synthetic):
     folder = RunFolder(tmp_path / "backup-run")
     run_id = folder.start_backup(run_identity(config, data))
     (folder.backup_dir / "chief").mkdir()
+    return folder, config, data, run_id
+
+
+def test_backup_of_other_options_is_dropped(tmp_path, synthetic):
+    folder, config, data, run_id = backup_of(tmp_path, synthetic)
     assert folder.start_backup(run_identity(config.replace(backup_steps=0), data)) == run_id  # same run
     assert (folder.backup_dir / "chief").is_dir()
     other = run_identity(config.replace(learning_rate=0.5), data)
@@ -119,15 +125,7 @@ def test_backup_of_other_options_is_dropped(tmp_path, synthetic):
 
 
 def test_backup_of_other_options_is_kept_with_resume(tmp_path, synthetic):
-    from tfrec_lm.data.prepare import prepare_data
-    from tfrec_lm.fitting import run_identity
-    from tfrec_lm.registry.runs import RunFolder
-
-    config = tiny_config(tmp_path)
-    data = prepare_data(config, synthetic)
-    folder = RunFolder(tmp_path / "backup-run")
-    run_id = folder.start_backup(run_identity(config, data))
-    (folder.backup_dir / "chief").mkdir()
+    folder, config, data, run_id = backup_of(tmp_path, synthetic)
     other = run_identity(config.replace(learning_rate=0.5), data)
     with pytest.raises(ConfigError, match="holds the backup of a killed run with other options .*--resume"):
         folder.claim(other)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+from tfrec_lm.catalog.table import catalog_extras
 from tfrec_lm.registry.gate import GateDecision, PublishGate
 from tfrec_lm.registry.manifest import build_manifest
 from tfrec_lm.registry.validation import ValidationRequests
@@ -56,4 +57,4 @@ def export_model(result, config, catalog=None, run_dir=None, run_id: Optional[st
                               run_dir if run_dir is not None else config.output_dir, run_id, served.newest(), data,
                               module.num_items - 1, command, test_metrics=result.metrics)
     gate = PublishGate(served, ModelVersions(config.staging, config.model_name), config.publish, validation)
-    return gate.submit(lambda versions: versions.save(module, manifest, catalog=catalog), config.top_k)
+    return gate.submit(lambda versions: versions.save(module, manifest, extras=catalog_extras(catalog)), config.top_k)

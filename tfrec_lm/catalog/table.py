@@ -10,14 +10,17 @@ Row i is vocabulary index i + 1 (index 0 is the padding item), so the rows of th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from tfrec_lm.errors import DataError
+from tfrec_lm.registry.layout import EXPORT_CATALOG_FILE
 
 COLUMNS = ("item_id", "title", "year", "genres", "text", "count", "warm", "retired")
 
@@ -81,6 +84,20 @@ def write_catalog(catalog: pd.DataFrame, path: str | os.PathLike) -> Path:
     os.replace(handle.name, path)
     return path
 
+
+
+def catalog_extras(catalog: Optional[pd.DataFrame]) -> dict:
+    """The `extras` of `ModelVersions.save` that keep a version's catalog in its `assets.extra/`.
+
+    Args:
+        catalog: pd.DataFrame or None. the catalog behind the version.
+
+    Returns:
+        dict. `{EXPORT_CATALOG_FILE: write(path)}` (empty for None).
+    """
+    if catalog is None:
+        return {}
+    return {EXPORT_CATALOG_FILE: functools.partial(write_catalog, catalog)}
 
 def read_catalog(path: str | os.PathLike) -> pd.DataFrame:
     """Reads a catalog written by `write_catalog`.

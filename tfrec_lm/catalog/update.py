@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from tfrec_lm.catalog.table import CatalogChanges, apply_changes, read_catalog
+from tfrec_lm.catalog.table import CatalogChanges, apply_changes, catalog_extras, read_catalog
 from tfrec_lm.errors import ConfigError, DataError
 from tfrec_lm.registry.gate import GateDecision, PublishGate
 from tfrec_lm.registry.manifest import build_manifest
@@ -239,7 +239,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     validation = ValidationRequests.load(run.validation_file) if run.validation_file.is_file() else None
     gate = PublishGate(versions, ModelVersions(config.staging, config.model_name), publish, validation,
                        tolerance=tolerance)
-    decision = gate.submit(lambda target: target.save(module, manifest, catalog=catalog), config.top_k)
+    decision = gate.submit(lambda target: target.save(module, manifest, extras=catalog_extras(catalog)), config.top_k)
     seconds = time.monotonic() - start
     logger.info("catalog update: %s; %d texts encoded; %s in %.1f s", changes.summary(), encoded, decision.path,
                 seconds)

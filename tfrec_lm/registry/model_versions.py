@@ -85,14 +85,15 @@ class ModelVersions:
     def _staging(self, version: int) -> Path:
         return self.model_dir / f"{STAGING_PREFIX}{version}-{os.getpid()}-{time.time_ns()}"
 
-    def save(self, module, manifest: dict, catalog=None, version: Optional[int] = None) -> Path:
+    def save(self, module, manifest: dict, extras: Optional[dict] = None, version: Optional[int] = None) -> Path:
         """Writes a `ServingModule` as a new version, atomically, and returns its folder.
 
         Args:
             module: tfrec_lm.serving_module.ServingModule. the graph to save.
             manifest: dict. written to `assets.extra/tfrec_lm.json` (its `version` is set here).
-            catalog: pd.DataFrame or None. the catalog behind the version (`tfrec_lm.catalog.table`),
-                kept so that a later catalog update can extend it.
+            extras: dict or None. file name -> `write(path)`, more files for `assets.extra/` (the
+                catalog behind the version, `EXPORT_CATALOG_FILE`, so that a later catalog
+                update can extend it).
             version: int or None. the version number (default: one above the newest).
 
         Returns:
@@ -103,7 +104,6 @@ class ModelVersions:
         """
         import tensorflow as tf
 
-        from tfrec_lm.catalog.table import write_catalog
         from tfrec_lm.export_warmup import write_export_warmup
 
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +120,8 @@ class ModelVersions:
             extra = staging / ASSETS_EXTRA
             extra.mkdir(exist_ok=True)
             write_manifest(staging, {**manifest, "model_name": self.model_name, "version": version})
-            if catalog is not None:
-                write_catalog(catalog, extra / EXPORT_CATALOG_FILE)
+            for name, write in (extras or {}).items():
+                write(extra / name)
             write_export_warmup(staging, module.item_ids.numpy(), self.model_name)
             return self._place(staging, version)
         finally:
