@@ -18,7 +18,8 @@ CLI (`__main__.py`): `python -m tfrec_lm.client recommend|rank|status|metadata .
 
 Modules:
     errors: `ClientError` and its subclasses.
-    common: default servers, model and signature names; `make_client`.
+    common: default servers, model and signature names, text decoding (imports no client).
+    factory: `make_client`.
     rest_client: `RestClient`.
     grpc_client: `GrpcClient`.
     batching: `recommend`, `rank`, `Recommendations`.
@@ -26,7 +27,8 @@ Modules:
 """
 
 from tfrec_lm.client.batching import Recommendations, rank, recommend
-from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SERVERS, DEFAULT_SIGNATURE, make_client
+from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SERVERS, DEFAULT_SIGNATURE
+from tfrec_lm.client.factory import make_client
 from tfrec_lm.client.errors import ClientError, ServingRequestError, ServingTimeout, ServingUnavailable
 from tfrec_lm.client.grpc_client import GrpcClient
 from tfrec_lm.client.rest_client import RETRY_STATUSES, RestClient

@@ -16,7 +16,8 @@ import math
 import sys
 
 from tfrec_lm.client.batching import Recommendations, rank, recommend
-from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SIGNATURE, make_client
+from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SIGNATURE
+from tfrec_lm.client.factory import make_client
 from tfrec_lm.client.errors import ClientError
 
 def _id_list(text: str) -> list[str]:
