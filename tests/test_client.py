@@ -367,21 +367,91 @@ def test_batching_splits_users_and_keeps_their_order(client, direct, exports, mo
     assert [a.item_ids for a in together] == [a.item_ids for a in answers]
 
 
+def _direct_rank(direct, history, items):
+    history = list(history) or [""]
+    out = direct.signatures["rank"](history_item_ids=tf.constant([history]),
+                                    history_timestamps=tf.zeros([1, len(history)], tf.int64),
+                                    candidate_item_ids=tf.constant([items]))
+    return {k: v.numpy()[0] for k, v in out.items()}
+
+
+def _assert_marked(answer, expected, items, unknown):
+    """`answer` is `expected` (the raw signature) with the candidates in `unknown` marked None."""
+    assert answer["unknown_item_ids"] == unknown
+    for name in ("scores", "predicted_ratings"):
+        assert len(answer[name]) == len(items)
+        for item, got, want in zip(items, answer[name], expected[name]):
+            if item in unknown:
+                assert got is None, (name, item)
+            else:
+                assert got == pytest.approx(float(want), rel=1e-5, abs=1e-6), (name, item)
+
+
 def test_rank_batches_and_cuts_padding(client, direct, exports):
     users = _users(exports)[:5]
     catalog = exports.catalog
     candidates = [catalog[:2], catalog[5:9], [], ["no-such-item", catalog[1]], catalog[10:13]]
     answers = rank(client, users, candidates, batch_size=2)
     for user, items, answer in zip(users, candidates, answers):
-        assert set(answer) == {"scores", "predicted_ratings"}
+        assert set(answer) == {"scores", "predicted_ratings", "unknown_item_ids"}
         assert len(answer["scores"]) == len(items)
         if not items:
             continue
-        history = list(user) or [""]
-        expected = direct.signatures["rank"](history_item_ids=tf.constant([history]),
-                                             history_timestamps=tf.zeros([1, len(history)], tf.int64),
-                                             candidate_item_ids=tf.constant([items]))
-        np.testing.assert_allclose(answer["scores"], expected["scores"].numpy()[0], rtol=1e-5, atol=1e-6)
+        _assert_marked(answer, _direct_rank(direct, user, items), items,
+                       ["no-such-item"] if "no-such-item" in items else [])
+    raw = rank(client, users[3:4], candidates[3:4], mark_unknown=False)[0]
+    assert set(raw) == {"scores", "predicted_ratings"} and raw["scores"][0] == np.finfo(np.float32).min
+
+
+def test_unknown_score_is_the_exports_lowest_score():
+    from tfrec_lm.protocol import UNKNOWN_SCORE
+    from tfrec_lm.serving_module import LOWEST_SCORE
+
+    assert UNKNOWN_SCORE == LOWEST_SCORE
+
+
+def test_mark_unknown_candidates():
+    from tfrec_lm.protocol import mark_unknown_candidates
+
+    # As the signature gives it, as TF Serving's REST prints it (9 digits), and already marked.
+    answer = {"scores": [0.5, float(np.finfo(np.float32).min), -3.40282347e38, None, -2.0],
+              "predicted_ratings": np.array([3.5, 1.25, 2.0, 4.0, 3.0], np.float32),
+              "unknown_item_ids": ["stale"]}
+    marked = mark_unknown_candidates(["a", "gone", "retired", "marked", "b"], answer)
+    assert marked == {"scores": [0.5, None, None, None, -2.0], "predicted_ratings": [3.5, None, None, None, 3.0],
+                      "unknown_item_ids": ["gone", "retired", "marked"]}
+    assert mark_unknown_candidates(["", "a"], {"scores": [np.finfo(np.float32).min, 1.0]})["unknown_item_ids"] == []
+    with pytest.raises(ValueError, match="2 values for 3 candidates"):
+        mark_unknown_candidates(["a", "b", "c"], {"scores": [1.0, 2.0]})
+
+
+def test_dev_server_can_mark_unknown_candidates_in_rest_answers(exports, direct):
+    options = ServerOptions(grpc_port=None, rest_api_port=0, file_system_poll_wait_seconds=0,
+                            rest_api_mark_unknown_items=True)
+    history = exports.histories[0][-3:]
+    items = [exports.catalog[0], "no-such-item", exports.catalog[3]]
+    expected = _direct_rank(direct, history, items)
+    inputs = {"history_item_ids": [history], "history_timestamps": [[0] * 3], "candidate_item_ids": [items]}
+    with LocalServer([ModelConfig("tfrec_lm", str(exports.brute_force_base))], options) as marking:
+        url = marking.rest_url + "/v1/models/tfrec_lm:predict"
+        columnar = requests_post(url, {"signature_name": "rank", "inputs": inputs})["outputs"]
+        rows = requests_post(url, {"signature_name": "rank", "instances": [
+            {name: value[0] for name, value in inputs.items()}]})["predictions"]
+        with RestClient(marking.rest_url, timeout=30) as rest:
+            through_client = rank(rest, [history], [items])[0]
+    assert columnar["unknown_item_ids"] == [["no-such-item"]]
+    _assert_marked({name: value[0] for name, value in columnar.items()}, expected, items, ["no-such-item"])
+    _assert_marked(rows[0], expected, items, ["no-such-item"])
+    # The client reads a marked answer as it reads a raw one (TF Serving's): the same result.
+    _assert_marked(through_client, _direct_rank(direct, history, items), items, ["no-such-item"])
+
+
+def requests_post(url, body):
+    import requests
+
+    response = requests.post(url, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_history_batch_pads_and_leads_with_padding():
@@ -454,6 +524,25 @@ def test_cli_recommend(server, direct, exports, protocol):
                                "--protocol", protocol], stream=table) == 0
     lines = table.getvalue().splitlines()
     assert lines[0].startswith("user 1") and lines[2].split("\t")[1] == ids[0]
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_cli_rank_marks_unknown_candidates(server, exports, protocol):
+    history = exports.histories[0][-3:]
+    address = server.rest_url if protocol == "rest" else server.grpc_target
+    args = ["rank", "--user-history", ",".join(history), "--candidates", f"{exports.catalog[0]},no-such-item",
+            "--server", address, "--protocol", protocol]
+    out = io.StringIO()
+    assert client_cli.main(args + ["--json"], stream=out) == 0
+    answer = json.loads(out.getvalue())[0]
+    assert answer["unknown_item_ids"] == ["no-such-item"]
+    assert answer["scores"][1] is None and answer["predicted_ratings"][1] is None
+    assert isinstance(answer["scores"][0], float) and answer["scores"][0] > -1e30
+    table = io.StringIO()
+    assert client_cli.main(args, stream=table) == 0
+    lines = table.getvalue().splitlines()
+    assert lines[-2].split("\t")[0].strip() == "no-such-item" and lines[-2].split("\t")[1:] == ["unknown"] * 2
+    assert lines[-1].strip() == "unknown to the model (no score): no-such-item"
 
 
 def test_cli_reports_server_errors(server, capsys):

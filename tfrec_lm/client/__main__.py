@@ -19,6 +19,7 @@ from tfrec_lm.client.batching import Recommendations, rank, recommend
 from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SIGNATURE
 from tfrec_lm.client.factory import make_client
 from tfrec_lm.client.errors import ClientError
+from tfrec_lm.protocol import UNKNOWN_ITEM_IDS
 
 def _id_list(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
@@ -111,13 +112,17 @@ def _print_table(histories, answers, stream) -> None:
                 extras = [_fmt(answer.extra[n][i]) for n in extra_names]
                 print("  " + "\t".join([str(i + 1), str(item), f"{score:.6g}"] + extras), file=stream)
         else:
-            names = [n for n in answer if n != "candidate"]
+            names = [n for n in answer if n not in ("candidate", UNKNOWN_ITEM_IDS)]
             print("  " + "\t".join(["item_id"] + names), file=stream)
             for i, item in enumerate(answer["candidate"]):
                 print("  " + "\t".join([str(item)] + [_fmt(answer[n][i]) for n in names]), file=stream)
+            if answer.get(UNKNOWN_ITEM_IDS):
+                print(f"  unknown to the model (no score): {','.join(answer[UNKNOWN_ITEM_IDS])}", file=stream)
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "unknown"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

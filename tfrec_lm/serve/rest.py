@@ -40,7 +40,9 @@ import time
 import urllib.parse
 
 import grpc
+import numpy as np
 
+from tfrec_lm.protocol import UNKNOWN_ITEM_IDS, mark_unknown_candidates
 from tfrec_lm.serve.errors import ServingError, deadline_exceeded, echo, internal_error, invalid_argument
 from tfrec_lm.serve.manager import ModelManager
 from tfrec_lm.serve.tensors import Limits, decode_json_request, encode_json_response
@@ -102,12 +104,46 @@ def metadata_json(servable) -> dict:
     }
 
 
-class RestApi:
-    """The protocol logic, independent of the HTTP library: (method, path, body) -> (status, JSON bytes)."""
+def mark_unknown_json(answer: dict, candidates) -> dict:
+    """A `rank` JSON answer with unknown candidates marked (`tfrec_lm.protocol.mark_unknown_candidates`).
 
-    def __init__(self, manager: ModelManager, limits: Limits):
+    Args:
+        answer: dict. `encode_json_response`'s `{"outputs": {...}}` or `{"predictions": [...]}`.
+        candidates: np.ndarray. the request's `candidate_item_ids` [B, M] (bytes or str).
+
+    Returns:
+        dict. the same form, each row's `scores` / `predicted_ratings` None at unknown
+            candidates, and `unknown_item_ids` beside them (one list per row).
+    """
+    rows = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row]
+            for row in np.asarray(candidates, dtype=object).tolist()]
+    if isinstance(answer.get("outputs"), dict):
+        outputs = answer["outputs"]
+        marked = [mark_unknown_candidates(items, {name: values[i] for name, values in outputs.items()})
+                  for i, items in enumerate(rows)]
+        return {"outputs": {name: [row[name] for row in marked] for name in marked[0]}} if marked else answer
+    if isinstance(answer.get("predictions"), list) and all(isinstance(r, dict) for r in answer["predictions"]):
+        return {"predictions": [mark_unknown_candidates(items, row)
+                                for items, row in zip(rows, answer["predictions"])]}
+    return answer
+
+
+class RestApi:
+    """The protocol logic, independent of the HTTP library: (method, path, body) -> (status, JSON bytes).
+
+    Args:
+        manager: ModelManager. the served versions.
+        limits: Limits. per-request tensor bounds.
+        mark_unknown_items: bool. answers of signatures with `candidate_item_ids` and `scores`
+            (`rank`) get None for the scores and predicted ratings of candidates the model does
+            not know, and `unknown_item_ids` beside them (`--rest_api_mark_unknown_items`;
+            TF Serving answers the raw lowest float32, so this is off by default).
+    """
+
+    def __init__(self, manager: ModelManager, limits: Limits, mark_unknown_items: bool = False):
         self.manager = manager
         self.limits = limits
+        self.mark_unknown_items = bool(mark_unknown_items)
 
     def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, bytes]:
         """One request's answer.
@@ -154,8 +190,13 @@ class RestApi:
         signature_name, arrays, form = decode_json_request(body, servable.input_specs, self.limits)
         if deadline is not None and time.monotonic() > deadline:
             raise deadline_exceeded("Deadline exceeded before the model ran (--rest_api_timeout_in_ms)")
-        outputs = servable.run(servable.signature(signature_name), arrays)
-        return encode_json_response(outputs, form)
+        signature = servable.signature(signature_name)
+        outputs = servable.run(signature, arrays)
+        answer = encode_json_response(outputs, form)
+        if self.mark_unknown_items and "candidate_item_ids" in arrays and "scores" in outputs \
+                and UNKNOWN_ITEM_IDS not in outputs:
+            answer = mark_unknown_json(answer, arrays["candidate_item_ids"])
+        return answer
 
 
 def _version(text):
