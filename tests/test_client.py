@@ -269,6 +269,9 @@ def test_rest_client_on_a_port_that_does_not_speak_http():
     ("--batch-size", "0", "argument --batch-size: must be at least 1, got '0'"),
     ("--retries", "-1", "argument --retries: must be at least 0, got '-1'"),
     ("--retries", "two", "argument --retries: expected an integer, got 'two'"),
+    ("--timestamps", "1998-13-01", "argument --timestamps: expected Unix seconds or an ISO date"),
+    ("--timestamp-spacing", "-5", "argument --timestamp-spacing: must be at least 0, got '-5'"),
+    ("--now", "yesterday", "argument --now: expected Unix seconds or an ISO date"),
 ])
 def test_cli_rejects_bad_numbers_as_usage_errors(capsys, option, value, needle):
     argv = ["recommend", "--user-history", "a", "--server", f"127.0.0.1:{_closed_port()}", option, value]
@@ -276,6 +279,74 @@ def test_cli_rejects_bad_numbers_as_usage_errors(capsys, option, value, needle):
         client_cli.main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and needle in err and "Traceback" not in err
+
+
+class _Sent:
+    """Records the inputs of every RestClient.predict call and answers like an empty catalog."""
+
+    def __init__(self, monkeypatch):
+        self.inputs = []
+
+        def predict(client, inputs, signature_name="serving_default"):
+            self.inputs.append({k: np.asarray(v) for k, v in inputs.items()})
+            rows = len(inputs["history_item_ids"])
+            return {"item_ids": np.full((rows, 1), "x", dtype=object), "scores": np.ones((rows, 1), np.float32)}
+
+        monkeypatch.setattr(RestClient, "predict", predict)
+
+
+def test_cli_default_timestamps_end_now_a_minute_apart(monkeypatch):
+    from tfrec_lm.client import timestamps as timestamps_module
+
+    sent = _Sent(monkeypatch)
+    monkeypatch.setattr(timestamps_module.time, "time", lambda: 1_700_000_000.7)
+    argv = ["recommend", "--user-history", "a,b,c", "--user-history", "d", "--json"]
+    assert client_cli.main(argv, stream=io.StringIO()) == 0
+    assert sent.inputs[-1]["history_timestamps"].tolist() == [[0, 1_699_999_880, 1_699_999_940, 1_700_000_000],
+                                                              [0, 1_700_000_000, 0, 0]]
+    assert client_cli.main(argv + ["--timestamp-spacing", "3600", "--now", "2024-01-01"], stream=io.StringIO()) == 0
+    newest = 1_704_067_200  # 2024-01-01T00:00:00Z
+    assert sent.inputs[-1]["history_timestamps"].tolist() == [[0, newest - 7200, newest - 3600, newest],
+                                                              [0, newest, 0, 0]]
+
+
+def test_cli_timestamps_take_unix_seconds_and_iso_dates(monkeypatch):
+    sent = _Sent(monkeypatch)
+    out = io.StringIO()
+    argv = ["recommend", "--user-history", "a,b,c", "--timestamps", "881250949,1998-03-01,1998-03-01T12:00:00+02:00",
+            "--json"]
+    assert client_cli.main(argv, stream=out) == 0
+    expected = [881250949, 888710400, 888746400]
+    assert sent.inputs[-1]["history_timestamps"].tolist() == [[0] + expected]
+    assert json.loads(out.getvalue())[0]["history_timestamps"] == expected
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--user-history", "a,b,c", "--timestamps", "1,2"], "user 1 has 3 history items but its --timestamps has 2 values"),
+    (["--user-history", "a", "--user-history", "b", "--timestamps", "1"], "2 users but 1 --timestamps"),
+])
+def test_cli_timestamps_must_match_the_histories(monkeypatch, capsys, argv, needle):
+    sent = _Sent(monkeypatch)
+    with pytest.raises(SystemExit) as exited:
+        client_cli.main(["recommend"] + argv)
+    assert exited.value.code == 2 and needle in capsys.readouterr().err
+    assert sent.inputs == []  # refused before anything was sent
+
+
+def test_cli_help_says_how_timestamps_default(capsys):
+    with pytest.raises(SystemExit):
+        client_cli.main(["recommend", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Default: the newest item at --now, each older one --timestamp-spacing seconds earlier" in text
+    assert "--timestamp-spacing" in text and "(default 60)" in text and "default: the current time" in text
+
+
+def test_spaced_timestamps():
+    from tfrec_lm.client.timestamps import spaced_timestamps
+
+    assert spaced_timestamps([["a", "b", "c"], [], ["d"]], now=1000, spacing_s=10) == [[980, 990, 1000], [], [1000]]
+    with pytest.raises(ValueError, match="0 or more seconds"):
+        spaced_timestamps([["a"]], now=0, spacing_s=-1)
 
 
 # ---------------------------------------------------------------- against the local server
@@ -309,11 +380,11 @@ def client(request, server):
         yield made
 
 
-def _direct_recommend(direct, history):
-    """One user, no leading padding column: the SavedModel called in-process."""
+def _direct_recommend(direct, history, timestamps=None):
+    """One user, no leading padding column: the SavedModel called in-process (timestamps 0 by default)."""
     history = list(history) or [""]
-    out = direct.signatures["serving_default"](history_item_ids=tf.constant([history]),
-                                               history_timestamps=tf.zeros([1, len(history)], tf.int64))
+    stamps = tf.zeros([1, len(history)], tf.int64) if timestamps is None else tf.constant([timestamps], tf.int64)
+    out = direct.signatures["serving_default"](history_item_ids=tf.constant([history]), history_timestamps=stamps)
     return [v.decode() for v in out["item_ids"].numpy()[0]], out["scores"].numpy()[0]
 
 
@@ -510,18 +581,19 @@ def test_cli_recommend(server, direct, exports, protocol):
     history = exports.histories[0][-3:]
     address = server.rest_url if protocol == "rest" else server.grpc_target
     out = io.StringIO()
+    stamps = [1_600_000_000, 1_600_003_600, 1_600_090_000]
     code = client_cli.main(["recommend", "--user-history", ",".join(history), "--server", address,
                                "--protocol", protocol, "--model-name", "tfrec_lm", "--signature", "serving_default",
-                               "--json"], stream=out)
+                               "--timestamps", ",".join(map(str, stamps)), "--json"], stream=out)
     assert code == 0
     answer = json.loads(out.getvalue())
-    ids, scores = _direct_recommend(direct, history)
+    ids, scores = _direct_recommend(direct, history, stamps)
     assert answer[0]["history"] == history and answer[0]["item_ids"] == ids
     np.testing.assert_allclose(answer[0]["scores"], scores, rtol=1e-5, atol=1e-6)
 
     table = io.StringIO()
     assert client_cli.main(["recommend", "--user-history", ",".join(history), "--server", address,
-                               "--protocol", protocol], stream=table) == 0
+                               "--protocol", protocol, "--timestamps", ",".join(map(str, stamps))], stream=table) == 0
     lines = table.getvalue().splitlines()
     assert lines[0].startswith("user 1") and lines[2].split("\t")[1] == ids[0]
 

@@ -23,6 +23,7 @@ Modules:
     rest_client: `RestClient`.
     grpc_client: `GrpcClient`.
     batching: `recommend`, `rank`, `Recommendations`.
+    timestamps: `spaced_timestamps`, the CLI's default history times; `parse_timestamps`.
     __main__: the CLI.
 """
 

@@ -5,7 +5,12 @@
     python -m tfrec_lm.client rank --user-history 50,172 --candidates 1,2,3
     python -m tfrec_lm.client status | metadata
 
-Exit code 2 and one line on stderr when the server did not answer (`ClientError`).
+History timestamps: `--timestamps` (Unix seconds or ISO dates, one per history item);
+without it the newest item is `--now` (default: the current time) and each older one
+`--timestamp-spacing` seconds (default 60) earlier.
+
+Exit code 2 and one line on stderr when the server did not answer (`ClientError`) or the
+arguments are refused.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 from tfrec_lm.client.batching import Recommendations, rank, recommend
 from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SIGNATURE
 from tfrec_lm.client.factory import make_client
+from tfrec_lm.client.timestamps import DEFAULT_SPACING_S, parse_timestamps, spaced_timestamps
 from tfrec_lm.client.errors import ClientError
 from tfrec_lm.protocol import UNKNOWN_ITEM_IDS
 
@@ -51,11 +57,20 @@ def _count(minimum: int):
     return parse
 
 
-def _int_list(text: str) -> list[int]:
+def _time_list(text: str) -> list[int]:
+    """argparse type: comma-separated times (Unix seconds or ISO dates)."""
     try:
-        return [int(v) for v in _id_list(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"timestamps must be comma-separated integers: {text!r}") from None
+        return parse_timestamps(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _time(text: str) -> int:
+    """argparse type: one time (Unix seconds or an ISO date)."""
+    values = _time_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one time, got {text!r}")
+    return values[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     users = argparse.ArgumentParser(add_help=False)
     users.add_argument("--user-history", action="append", type=_id_list, default=[],
                        help="comma-separated item ids, oldest first; repeat for more users")
-    users.add_argument("--timestamps", action="append", type=_int_list,
-                       help="comma-separated Unix times matching a --user-history (repeat in the same order)")
+    users.add_argument("--timestamps", action="append", type=_time_list,
+                       help="comma-separated times of one --user-history's items, oldest first, each Unix seconds "
+                            "or an ISO date (1998-03-01, 1998-03-01T12:00:00); repeat in the --user-history order. "
+                            "Default: the newest item at --now, each older one --timestamp-spacing seconds earlier")
+    users.add_argument("--timestamp-spacing", type=_count(0), default=DEFAULT_SPACING_S,
+                       help=f"seconds between history items without --timestamps (default {DEFAULT_SPACING_S})")
+    users.add_argument("--now", type=_time,
+                       help="time of each history's newest item without --timestamps, Unix seconds or an ISO date "
+                            "(default: the current time)")
     users.add_argument("--users-file", help="a file with one user a line: comma-separated item ids, oldest first")
     users.add_argument("--batch-size", type=_count(1), default=64, help="users per request (default 64)")
     users.add_argument("--format", choices=("columnar", "row"), default="columnar",
@@ -94,11 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_users(args, parser) -> list[list[str]]:
     histories = list(args.user_history)
     if args.users_file:
-        with open(args.users_file, encoding="utf-8") as handle:
-            histories += [_id_list(line) for line in handle if line.strip()]
+        try:
+            with open(args.users_file, encoding="utf-8") as handle:
+                histories += [_id_list(line) for line in handle if line.strip()]
+        except OSError as error:
+            parser.error(f"--users-file {args.users_file}: {error.strerror or error}")
     if not histories:
         parser.error("give at least one --user-history (or --users-file)")
     return histories
+
+
+def _timestamps(args, histories, parser) -> list[list[int]]:
+    """The given `--timestamps`, checked against the histories, or `spaced_timestamps`."""
+    if args.timestamps is None:
+        return spaced_timestamps(histories, args.now, args.timestamp_spacing)
+    if len(args.timestamps) != len(histories):
+        parser.error(f"{len(histories)} users but {len(args.timestamps)} --timestamps")
+    for user, (history, stamps) in enumerate(zip(histories, args.timestamps)):
+        if len(stamps) != len(history):
+            parser.error(f"user {user + 1} has {len(history)} history items but its --timestamps has "
+                         f"{len(stamps)} values")
+    return args.timestamps
 
 
 def _print_table(histories, answers, stream) -> None:
@@ -133,6 +171,15 @@ def main(argv=None, stream=None) -> int:
     options = dict(model_name=args.model_name, version=args.version, timeout=args.timeout, retries=args.retries)
     if args.protocol == "rest" and getattr(args, "format", None):
         options["request_format"] = args.format
+    if args.command not in ("status", "metadata"):
+        histories = _read_users(args, parser)
+        timestamps = _timestamps(args, histories, parser)
+        if args.command == "rank":
+            candidates = args.candidates
+            if len(candidates) == 1:
+                candidates = candidates * len(histories)
+            if len(candidates) != len(histories):
+                parser.error(f"{len(histories)} users but {len(candidates)} --candidates lists")
     try:
         client = make_client(args.protocol, args.server, **options)
         with client:
@@ -140,23 +187,15 @@ def main(argv=None, stream=None) -> int:
                 answer = client.model_status() if args.command == "status" else client.metadata()
                 print(json.dumps(answer, indent=2), file=stream)
                 return 0
-            histories = _read_users(args, parser)
-            timestamps = args.timestamps
-            if timestamps is not None and len(timestamps) != len(histories):
-                parser.error(f"{len(histories)} users but {len(timestamps)} --timestamps")
             if args.command == "recommend":
                 answers = recommend(client, histories, timestamps, args.batch_size, args.signature)
-                payload = [{"history": h, "item_ids": a.item_ids, "scores": a.scores, **a.extra}
-                           for h, a in zip(histories, answers)]
+                payload = [{"history": h, "history_timestamps": t, "item_ids": a.item_ids, "scores": a.scores,
+                            **a.extra} for h, t, a in zip(histories, timestamps, answers)]
             else:
-                candidates = args.candidates
-                if len(candidates) == 1:
-                    candidates = candidates * len(histories)
-                if len(candidates) != len(histories):
-                    parser.error(f"{len(histories)} users but {len(candidates)} --candidates lists")
                 answers = rank(client, histories, candidates, timestamps, args.batch_size, args.signature)
                 answers = [{"candidate": c, **a} for c, a in zip(candidates, answers)]
-                payload = [{"history": h, **a} for h, a in zip(histories, answers)]
+                payload = [{"history": h, "history_timestamps": t, **a}
+                           for h, t, a in zip(histories, timestamps, answers)]
     except ClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
