@@ -617,6 +617,104 @@ def test_cli_rank_marks_unknown_candidates(server, exports, protocol):
     assert lines[-1].strip() == "unknown to the model (no score): no-such-item"
 
 
+def _titled_export(exports, tmp_path):
+    """A copy of the tiny export's model folder whose version 1 carries a catalog with titles."""
+    import shutil
+
+    import pandas as pd
+
+    model = tmp_path / "tfrec_lm"
+    shutil.copytree(exports.brute_force_base / "1", model / "1")
+    titles = {item: f"Title of {item}" for item in exports.catalog}
+    pd.DataFrame({"item_id": list(titles), "title": list(titles.values())}).to_parquet(
+        model / "1" / "assets.extra" / "tfrec_lm_catalog.parquet", index=False)
+    return model, titles
+
+
+@pytest.mark.parametrize("source", ["version", "model", "csv"])
+def test_cli_shows_titles_from_the_exports_catalog(server, exports, tmp_path, source):
+    model, titles = _titled_export(exports, tmp_path)
+    if source == "csv":
+        catalog = tmp_path / "items.csv"
+        catalog.write_text("item_id,title\n" + "".join(f'{k},"{v}"\n' for k, v in titles.items()))
+    else:
+        catalog = model / "1" if source == "version" else model
+    history = exports.histories[0][-3:]
+    args = ["recommend", "--user-history", ",".join(history), "--server", server.rest_url, "--catalog", str(catalog)]
+    out = io.StringIO()
+    assert client_cli.main(args + ["--json"], stream=out) == 0
+    answer = json.loads(out.getvalue())[0]
+    assert answer["titles"] == [titles[item] for item in answer["item_ids"]]
+    table = io.StringIO()
+    assert client_cli.main(args, stream=table) == 0
+    lines = table.getvalue().splitlines()
+    assert lines[1].split() == ["rank", "item_id", "title", "score"]
+    assert lines[2].split("\t")[1:3] == [answer["item_ids"][0], titles[answer["item_ids"][0]]]
+
+
+def test_cli_rank_titles_leave_unknown_items_untitled(server, exports, tmp_path):
+    model, titles = _titled_export(exports, tmp_path)
+    out = io.StringIO()
+    assert client_cli.main(["rank", "--user-history", exports.histories[0][-1], "--candidates",
+                            f"{exports.catalog[2]},no-such-item", "--server", server.rest_url, "--catalog", str(model),
+                            "--json"], stream=out) == 0
+    assert json.loads(out.getvalue())[0]["titles"] == [titles[exports.catalog[2]], None]
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda exports, tmp: tmp / "missing", "no such file or folder"),
+    (lambda exports, tmp: exports.brute_force_base / "1", "carries no assets.extra/tfrec_lm_catalog.parquet"),
+    (lambda exports, tmp: _write(tmp / "ids.csv", "item_id,count\na,1\n"), "needs an item_id and a title"),
+])
+def test_cli_catalog_errors_are_usage_errors(server, exports, tmp_path, capsys, make, needle):
+    with pytest.raises(SystemExit) as exited:
+        client_cli.main(["recommend", "--user-history", "a", "--server", server.rest_url,
+                         "--catalog", str(make(exports, tmp_path))])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and needle in err and "Traceback" not in err
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_cli_explain(server, direct, exports, tmp_path, protocol):
+    model, titles = _titled_export(exports, tmp_path)
+    history = exports.histories[1][-4:]
+    stamps = [1_600_000_000 + 600 * i for i in range(4)]
+    address = server.rest_url if protocol == "rest" else server.grpc_target
+    args = ["explain", "--user-history", ",".join(history), "--timestamps", ",".join(map(str, stamps)),
+            "--server", address, "--protocol", protocol, "--catalog", str(model)]
+    out = io.StringIO()
+    assert client_cli.main(args + ["--json"], stream=out) == 0
+    answer = json.loads(out.getvalue())[0]
+    expected = direct.signatures["explain"](history_item_ids=tf.constant([history]),
+                                            history_timestamps=tf.constant([stamps], tf.int64))
+    assert answer["item_ids"] == [v.decode() for v in expected["item_ids"].numpy()[0]]
+    assert answer["because_item_ids"] == [v.decode() for v in expected["because_item_ids"].numpy()[0]]
+    assert set(answer["because_item_ids"]) <= set(history)
+    np.testing.assert_allclose(answer["because_similarity"], expected["because_similarity"].numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+    assert answer["because_titles"] == [titles[item] for item in answer["because_item_ids"]]
+    table = io.StringIO()
+    assert client_cli.main(args, stream=table) == 0
+    lines = table.getvalue().splitlines()
+    assert lines[1].split("\t") == ["  rank", "item_id", "title", "score", "because_item_id", "because_title",
+                                     "similarity"]
+    first = lines[2].split("\t")
+    assert first[4:6] == [answer["because_item_ids"][0], titles[answer["because_item_ids"][0]]]
+
+
+def test_cli_explain_without_the_signature_says_so(fake_upstream, capsys):
+    fake_upstream.script = [(400, {"error": 'Serving signature name: "explain" not found in signature def '
+                                            "(available: ['rank', 'serving_default'])"}, 0.0)]
+    code = client_cli.main(["explain", "--user-history", "a", "--server", _address(fake_upstream), "--retries", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the served model has no 'explain' signature" in err, err
+
+
 def test_cli_reports_server_errors(server, capsys):
     code = client_cli.main(["recommend", "--user-history", "a", "--server", server.rest_url, "--model-name", "nope"])
     assert code == 2

@@ -14,7 +14,7 @@ did not answer in time, and `ClientError` itself when the server did not speak t
 (e.g. the REST client pointed at a gRPC port). Import them from here:
 `from tfrec_lm.client import ClientError, ServingRequestError`.
 
-CLI (`__main__.py`): `python -m tfrec_lm.client recommend|rank|status|metadata ...`.
+CLI (`__main__.py`): `python -m tfrec_lm.client recommend|rank|explain|status|metadata ...`.
 
 Modules:
     errors: `ClientError` and its subclasses.
@@ -24,6 +24,7 @@ Modules:
     grpc_client: `GrpcClient`.
     batching: `recommend`, `rank`, `Recommendations`.
     timestamps: `spaced_timestamps`, the CLI's default history times; `parse_timestamps`.
+    titles: `read_titles`, item titles from an export's catalog or an items file (`--catalog`).
     __main__: the CLI.
 """
 

@@ -3,7 +3,13 @@
     python -m tfrec_lm.client recommend --user-history 50,172,133 --server localhost:8501 \
         [--protocol rest|grpc] [--model-name tfrec_lm] [--signature serving_default]
     python -m tfrec_lm.client rank --user-history 50,172 --candidates 1,2,3
+    python -m tfrec_lm.client explain --user-history 50,172,133 [--catalog exports/tfrec_lm/3]
     python -m tfrec_lm.client status | metadata
+
+Titles: `--catalog` (an export version folder, its model folder, a run folder, or a catalog or
+items file) adds each item's title beside its id; the SavedModel itself answers ids only.
+`rank` answers give candidates the model does not know (or has retired) a null score and
+predicted rating and list them in `unknown_item_ids`.
 
 History timestamps: `--timestamps` (Unix seconds or ISO dates, one per history item);
 without it the newest item is `--now` (default: the current time) and each older one
@@ -20,11 +26,13 @@ import json
 import math
 import sys
 
-from tfrec_lm.client.batching import Recommendations, rank, recommend
+from tfrec_lm.client.batching import rank, recommend
 from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SIGNATURE
 from tfrec_lm.client.factory import make_client
 from tfrec_lm.client.timestamps import DEFAULT_SPACING_S, parse_timestamps, spaced_timestamps
-from tfrec_lm.client.errors import ClientError
+from tfrec_lm.client.errors import ClientError, ServingRequestError
+from tfrec_lm.client.titles import read_titles
+from tfrec_lm.errors import DataError
 from tfrec_lm.protocol import UNKNOWN_ITEM_IDS
 
 def _id_list(text: str) -> list[str]:
@@ -101,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     users.add_argument("--batch-size", type=_count(1), default=64, help="users per request (default 64)")
     users.add_argument("--format", choices=("columnar", "row"), default="columnar",
                        help="REST body: columnar `inputs` (default) or row `instances`")
+    users.add_argument("--catalog", help="titles to show beside the ids: a version folder of the export (its "
+                       "assets.extra/tfrec_lm_catalog.parquet), the model folder (--version's, else the newest "
+                       "version's), a run folder, or a catalog or items file with item_id and title columns")
     commands = parser.add_subparsers(dest="command", required=True)
     recommend_cmd = commands.add_parser("recommend", parents=[common, users], help="top-K items per user")
     recommend_cmd.add_argument("--signature", default=DEFAULT_SIGNATURE)
@@ -108,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     rank_cmd.add_argument("--candidates", action="append", type=_id_list, required=True,
                           help="comma-separated candidate ids; one per user, or one for all users")
     rank_cmd.add_argument("--signature", default="rank")
+    explain_cmd = commands.add_parser("explain", parents=[common, users],
+                                      help="top-K items per user, each with the history item that most supports it")
+    explain_cmd.add_argument("--signature", default="explain")
     commands.add_parser("status", parents=[common], help="model version status")
     commands.add_parser("metadata", parents=[common], help="signature definitions")
     return parser
@@ -139,28 +153,52 @@ def _timestamps(args, histories, parser) -> list[list[int]]:
     return args.timestamps
 
 
-def _print_table(histories, answers, stream) -> None:
-    for user, (history, answer) in enumerate(zip(histories, answers)):
-        print(f"user {user + 1} (history: {','.join(history) or '-'})", file=stream)
-        if isinstance(answer, Recommendations):
-            extra_names = sorted(answer.extra)
-            header = ["rank", "item_id", "score"] + extra_names
-            print("  " + "\t".join(header), file=stream)
-            for i, (item, score) in enumerate(zip(answer.item_ids, answer.scores)):
-                extras = [_fmt(answer.extra[n][i]) for n in extra_names]
-                print("  " + "\t".join([str(i + 1), str(item), f"{score:.6g}"] + extras), file=stream)
-        else:
-            names = [n for n in answer if n not in ("candidate", UNKNOWN_ITEM_IDS)]
-            print("  " + "\t".join(["item_id"] + names), file=stream)
-            for i, item in enumerate(answer["candidate"]):
-                print("  " + "\t".join([str(item)] + [_fmt(answer[n][i]) for n in names]), file=stream)
-            if answer.get(UNKNOWN_ITEM_IDS):
-                print(f"  unknown to the model (no score): {','.join(answer[UNKNOWN_ITEM_IDS])}", file=stream)
+# (ids field, titles field) of the answers, in the order the table shows them.
+TITLED = (("item_ids", "titles"), ("candidate", "titles"), ("because_item_ids", "because_titles"))
+
+
+def _add_titles(row: dict, titles: dict) -> dict:
+    """`row` with a titles list beside each list of ids (None where the catalog has no title)."""
+    out = {}
+    for name, value in row.items():
+        out[name] = value
+        for ids, titled in TITLED:
+            if name == ids:
+                out[titled] = [titles.get(str(item)) if str(item) else None for item in value]
+    return out
+
+
+COLUMN_ORDER = ("item_ids", "candidate", "titles", "scores", "predicted_ratings", "because_item_ids", "because_titles",
+                "because_similarity")
+
+
+def _print_table(payload, stream) -> None:
+    for user, row in enumerate(payload):
+        print(f"user {user + 1} (history: {','.join(row['history']) or '-'})", file=stream)
+        ids_field = "item_ids" if "item_ids" in row else "candidate"
+        per_item = [n for n in row if n not in ("history", "history_timestamps", UNKNOWN_ITEM_IDS)
+                    and isinstance(row[n], list) and len(row[n]) == len(row[ids_field])]
+        columns = [n for n in COLUMN_ORDER if n in per_item] + sorted(n for n in per_item if n not in COLUMN_ORDER)
+        header = (["rank"] if ids_field == "item_ids" else []) + [_header(n) for n in columns]
+        print("  " + "\t".join(header), file=stream)
+        for i in range(len(row[ids_field])):
+            cells = ([str(i + 1)] if ids_field == "item_ids" else []) + [_fmt(row[n][i]) for n in columns]
+            print("  " + "\t".join(cells), file=stream)
+        if row.get(UNKNOWN_ITEM_IDS):
+            print(f"  unknown to the model (no score): {','.join(row[UNKNOWN_ITEM_IDS])}", file=stream)
+
+
+def _header(name: str) -> str:
+    return {"item_ids": "item_id", "candidate": "item_id", "titles": "title", "scores": "score",
+            "because_item_ids": "because_item_id", "because_titles": "because_title",
+            "because_similarity": "similarity", "predicted_ratings": "predicted_rating"}.get(name, name)
 
 
 def _fmt(value) -> str:
     if value is None:
         return "unknown"
+    if value == "":
+        return "-"
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
@@ -171,6 +209,7 @@ def main(argv=None, stream=None) -> int:
     options = dict(model_name=args.model_name, version=args.version, timeout=args.timeout, retries=args.retries)
     if args.protocol == "rest" and getattr(args, "format", None):
         options["request_format"] = args.format
+    titles = {}
     if args.command not in ("status", "metadata"):
         histories = _read_users(args, parser)
         timestamps = _timestamps(args, histories, parser)
@@ -180,6 +219,11 @@ def main(argv=None, stream=None) -> int:
                 candidates = candidates * len(histories)
             if len(candidates) != len(histories):
                 parser.error(f"{len(histories)} users but {len(candidates)} --candidates lists")
+        if args.catalog:
+            try:
+                titles = read_titles(args.catalog, args.version)
+            except DataError as error:
+                parser.error(str(error))
     try:
         client = make_client(args.protocol, args.server, **options)
         with client:
@@ -187,22 +231,30 @@ def main(argv=None, stream=None) -> int:
                 answer = client.model_status() if args.command == "status" else client.metadata()
                 print(json.dumps(answer, indent=2), file=stream)
                 return 0
-            if args.command == "recommend":
+            if args.command in ("recommend", "explain"):
                 answers = recommend(client, histories, timestamps, args.batch_size, args.signature)
                 payload = [{"history": h, "history_timestamps": t, "item_ids": a.item_ids, "scores": a.scores,
                             **a.extra} for h, t, a in zip(histories, timestamps, answers)]
             else:
                 answers = rank(client, histories, candidates, timestamps, args.batch_size, args.signature)
-                answers = [{"candidate": c, **a} for c, a in zip(candidates, answers)]
-                payload = [{"history": h, "history_timestamps": t, **a}
-                           for h, t, a in zip(histories, timestamps, answers)]
+                payload = [{"history": h, "history_timestamps": t, "candidate": c, **a}
+                           for h, t, c, a in zip(histories, timestamps, candidates, answers)]
+    except ServingRequestError as error:
+        if args.command == "explain" and "not found in signature def" in error.message:
+            print(f"error: the served model has no '{args.signature}' signature (exported before explanations, "
+                  f"or not by tfrec_lm): {error}", file=sys.stderr)
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        return 2
     except ClientError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if titles:
+        payload = [_add_titles(row, titles) for row in payload]
     if args.json:
         print(json.dumps(payload, indent=2), file=stream)
     else:
-        _print_table(histories, answers, stream)
+        _print_table(payload, stream)
     return 0
 
 

@@ -13,7 +13,7 @@ def make_client(protocol: str = "rest", server: str | None = None, **kwargs):
     Args:
         protocol: str. `rest` or `grpc`.
         server: str or None. `host:port`; None: localhost:8501 (REST) / localhost:8500 (gRPC).
-        **kwargs: the client's own arguments (`request_format` is dropped for gRPC).
+        **kwargs: dict. the client's own arguments (`request_format` is dropped for gRPC).
 
     Returns:
         RestClient or GrpcClient.
