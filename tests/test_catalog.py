@@ -167,7 +167,7 @@ def test_a_running_server_hot_swaps_to_the_update(trained, encoder_factory, tmp_
     with LocalServer([ModelConfig(trained["config"].model_name, str(model_dir))], options) as server:
         url = f"{server.rest_url}/v1/models/{trained['config'].model_name}"
         before = requests.post(url + ":predict", data=body.replace('"inputs"', '"signature_name": "rank", "inputs"'),
-                               timeout=60).json()
+                               headers={"Content-Type": "application/json"}, timeout=60).json()
         update = update_catalog(trained["run"], items_path=items_file(tmp_path / "a.csv", [("new-a", "red sneakers 40", "sneakers")]),
                                 export_base=str(base), encoder_factory=encoder_factory)
         assert update.export_path == model_dir / "2"
@@ -178,7 +178,7 @@ def test_a_running_server_hot_swaps_to_the_update(trained, encoder_factory, tmp_
                 break
             time.sleep(0.2)
         after = requests.post(url + ":predict", data=body.replace('"inputs"', '"signature_name": "rank", "inputs"'),
-                              timeout=60).json()
+                              headers={"Content-Type": "application/json"}, timeout=60).json()
     assert states.get("2") == "AVAILABLE", states
     assert before["outputs"]["scores"][0][0] == LOWEST_SCORE  # version 1 does not know new-a
     assert after["outputs"]["scores"][0][0] > LOWEST_SCORE

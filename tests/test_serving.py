@@ -47,6 +47,7 @@ from tfrec_lm.serve.tensors import Limits
 from tiny_export import tiny_exports
 
 REPO = Path(__file__).resolve().parents[1]
+JSON = {"Content-Type": "application/json"}  # the dev server refuses other POST bodies (415)
 SERVING = REPO / "serving"
 LIMITS = Limits(max_batch_size=8, max_history_length=40, max_candidates=60)
 
@@ -121,7 +122,7 @@ def assert_same(got: dict, expected: dict):
 
 def post(server, path, body):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(server.rest_url + path, data=data, timeout=30)
+    return requests.post(server.rest_url + path, data=data, headers=JSON, timeout=30)
 
 
 def make_tensor_request(model, signature, request):
@@ -311,7 +312,8 @@ def test_rest_rank_candidate_limit(server):
     ("PUT", "/v1/models/tfrec_lm", 405, ""),
 ])
 def test_rest_paths_errors(server, method, path, status, fragment):
-    response = requests.request(method, server.rest_url + path, data=json.dumps({"inputs": _rows(1)}), timeout=30)
+    response = requests.request(method, server.rest_url + path, data=json.dumps({"inputs": _rows(1)}), headers=JSON,
+                                timeout=30)
     assert response.status_code == status, response.text
     assert fragment in response.json()["error"]
 
@@ -407,7 +409,8 @@ def test_new_version_is_swapped_in_without_failed_requests(exports, tmp_path):
             with requests.Session() as session:
                 while not stop.is_set() and len(seen["rest"]) < max_requests and time.monotonic() < deadline:
                     try:
-                        answer = session.post(server.rest_url + "/v1/models/tfrec_lm:predict", data=body, timeout=30)
+                        answer = session.post(server.rest_url + "/v1/models/tfrec_lm:predict", data=body, headers=JSON,
+                                              timeout=30)
                         assert answer.status_code == 200, answer.text
                         seen["rest"].append(len(answer.json()["outputs"]["item_ids"][0]))
                     except Exception as error:  # recorded, asserted below
@@ -454,7 +457,7 @@ def test_new_version_is_swapped_in_without_failed_requests(exports, tmp_path):
             if states.get("3", {}).get("state") == "END":
                 break
             time.sleep(0.1)
-        still = requests.post(server.rest_url + "/v1/models/tfrec_lm:predict", data=body, timeout=30)
+        still = requests.post(server.rest_url + "/v1/models/tfrec_lm:predict", data=body, headers=JSON, timeout=30)
 
     assert not failures, failures[:5]
     for client, ks in seen.items():

@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_batch_size=8, max_history_length=40, max_candidates=60)
 BODY_LIMIT = 256 << 10  # the 100,000-deep body (200 KB) is under it
 PREDICT = "/v1/models/tfrec_lm:predict"
+JSON = {"Content-Type": "application/json"}  # the dev server refuses other POST bodies (415)
 
 
 # ---------------------------------------------------------------- fixtures and helpers
@@ -65,7 +66,7 @@ def stub(server):
 
 def post(server, body, path=PREDICT):
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return requests.post(server.rest_url + path, data=data, timeout=30)
+    return requests.post(server.rest_url + path, data=data, headers=JSON, timeout=30)
 
 
 def tensor_request(signature, inputs, model="tfrec_lm"):
@@ -208,7 +209,7 @@ def test_rest_body_over_the_limit_is_400_naming_the_flag(server):
         for start in range(0, len(body), 8192):
             yield body[start:start + 8192].encode()
 
-    response = requests.post(server.rest_url + PREDICT, data=chunks(), timeout=30)
+    response = requests.post(server.rest_url + PREDICT, data=chunks(), headers=JSON, timeout=30)
     assert response.status_code == 400, response.text
     assert f"--rest_api_max_body_bytes={BODY_LIMIT}" in response.json()["error"]
     assert post(server, {"inputs": {"history_item_ids": [["a"]], "history_timestamps": [[0]]}}).status_code == 200
@@ -249,11 +250,11 @@ def test_timed_out_requests_do_not_starve_the_requests_behind_them():
     url = f"http://127.0.0.1:{rest.port}/v1/models/m:predict"
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            slow = [pool.submit(requests.post, url, data=b"slow", timeout=30) for _ in range(2)]
+            slow = [pool.submit(requests.post, url, data=b"slow", headers=JSON, timeout=30) for _ in range(2)]
             assert [f.result().status_code for f in slow] == [504, 504]
         assert "--rest_api_timeout_in_ms" in slow[0].result().json()["error"]
         # Both slow runs are still going (Python cannot stop them); cheap requests get workers anyway.
-        cheap = [requests.post(url, data=b"cheap", timeout=30) for _ in range(4)]
+        cheap = [requests.post(url, data=b"cheap", headers=JSON, timeout=30) for _ in range(4)]
         assert [r.status_code for r in cheap] == [200] * 4, [r.text for r in cheap]
     finally:
         release.set()
@@ -410,6 +411,95 @@ def test_unexpected_failures_answer_500_without_internals():
         grpc_server.stop(0)
     assert code == grpc.StatusCode.INTERNAL
     assert "RuntimeError" not in message and "/srv" not in message and "kaboom" not in message
+
+
+# ---------------------------------------------------------------- edges of the REST front end
+
+
+def _raw_request(server, method: str, target: str, headers: dict | None = None, body: bytes = b""):
+    """One request over http.client: (status, body bytes); status None when the connection closed unanswered."""
+    import http.client
+
+    host, port = server.rest_url.rsplit("/", 1)[-1].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, target, body=body or None, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    except (http.client.RemoteDisconnected, ConnectionError):
+        return None, b""
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_url_over_64_kib_answers_414(server, exports, method):
+    from tfrec_lm.serve.rest import MAX_URL_BYTES
+
+    target = "/v1/models/" + "m" * 100_000 + (":predict" if method == "POST" else "")
+    assert MAX_URL_BYTES < len(target)
+    status, body = _raw_request(server, method, target, {"Content-Type": "application/json"}, b"{}")
+    assert status == 414, (status, body[:200])
+    error = json.loads(body)["error"]
+    assert f"has {len(target)} bytes" in error and len(error) < 300, error
+    assert post(server, {"inputs": history(exports, 2)}).status_code == 200  # still serving
+
+
+def test_a_long_model_name_is_quoted_cut_short(server, stub, exports):
+    name = "n" * 60_000  # a URL under the 414 limit
+    for method, path in (("POST", f"/v1/models/{name}:predict"), ("GET", f"/v1/models/{name}"),
+                         ("GET", f"/v1/models/tfrec_lm/labels/{name}")):
+        status, body = _raw_request(server, method, path, {"Content-Type": "application/json"}, b"{}")
+        assert status == 404, (method, path[:40], status)
+        assert len(body) < 400, (method, path[:40], len(body))
+        assert "n" * 100 + "…" in json.loads(body)["error"] and "n" * 101 not in json.loads(body)["error"]
+    code, message = grpc_error(stub, tensor_request("serving_default", history(exports, 2), model=name))
+    assert code == grpc.StatusCode.NOT_FOUND and "n" * 100 + "…" in message and len(message) < 300, message
+
+
+@pytest.mark.parametrize("content_type,status", [
+    ("text/plain", 415), ("application/x-www-form-urlencoded", 415), (None, 415), ("application/jsonx", 415),
+    ("application/json", 200), ("application/json; charset=utf-8", 200), ("Application/JSON", 200),
+])
+def test_predict_needs_a_json_content_type(server, exports, content_type, status):
+    """A browser sends text/plain and form POSTs cross-origin without a preflight: they must not run the model."""
+    body = json.dumps({"inputs": history(exports, 2)}).encode()
+    headers = {"Origin": "https://elsewhere.example"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    got, answer = _raw_request(server, "POST", PREDICT, headers, body)
+    assert got == status, answer[:300]
+    if status == 415:
+        error = json.loads(answer)["error"]
+        assert "Content-Type: application/json" in error, error
+        assert (content_type or "no Content-Type header") in error, error
+        assert "outputs" not in json.loads(answer)
+    else:
+        assert len(json.loads(answer)["outputs"]["item_ids"][0]) == exports.k
+
+
+def test_is_json_content_type():
+    from tfrec_lm.serve.rest import is_json_content_type
+
+    assert is_json_content_type("application/json") and is_json_content_type(" application/JSON ; charset=UTF-8")
+    assert not any(is_json_content_type(v) for v in (None, "", "text/plain", "application/json-seq",
+                                                      "multipart/form-data; boundary=application/json"))
+
+
+def test_a_version_without_assets_extra_loads_with_a_warning(exports, tmp_path, caplog):
+    base = tmp_path / "tfrec_lm"
+    shutil.copytree(exports.brute_force_base / "1", base / "1")
+    shutil.copytree(exports.brute_force_base / "1", base / "2")
+    shutil.rmtree(base / "2" / "assets.extra")
+    options = ServerOptions(grpc_port=None, rest_api_port=None, file_system_poll_wait_seconds=-1)
+    config = ModelConfig("tfrec_lm", str(base), policy="all")
+    with caplog.at_level("WARNING", logger="tfrec_lm.serve"):
+        with LocalServer([config], options) as running:
+            assert running.manager.served_versions("tfrec_lm") == [1, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    about_2 = [m for m in warnings if str(base / "2") in m]
+    assert len(about_2) == 1 and "no assets.extra/ folder" in about_2[0] and "without warm-up" in about_2[0], warnings
+    assert not [m for m in warnings if str(base / "1") in m], warnings  # version 1 has its warm-up records
 
 
 # ---------------------------------------------------------------- documentation

@@ -11,6 +11,9 @@ One owner for each piece both sides of the wire need:
 - `history_batch`: the `history_item_ids` / `history_timestamps` rows of some users,
   right-padded with `""` / 0 (SPEC §3), optionally led by one padding column (what keeps
   answers exact under TF Serving's batching, see `serving/README.md`).
+- `mark_unknown_candidates`: one user's `rank` answer with the candidates the model does
+  not know (score `UNKNOWN_SCORE`) marked: score and predicted rating None, their ids in
+  `unknown_item_ids` (the client's answers, and the dev server's REST answers when asked).
 """
 
 from __future__ import annotations
@@ -38,6 +41,72 @@ HTTP_STATUS = {
     "DATA_LOSS": 500,
     "UNAUTHENTICATED": 401,
 }
+
+
+# The `rank` signature's score of a candidate it cannot score: unknown to the export, retired
+# or padding (`tfrec_lm.serving_module.LOWEST_SCORE`, the lowest float32).
+UNKNOWN_SCORE = float(np.finfo(np.float32).min)
+UNKNOWN_ITEM_IDS = "unknown_item_ids"
+# `rank` outputs with one value per candidate that mean nothing for an unknown candidate.
+PER_CANDIDATE_OUTPUTS = ("scores", "predicted_ratings")
+
+
+def is_unknown_score(score) -> bool:
+    """Whether a `rank` score marks a candidate the model does not know.
+
+    Args:
+        score: float or None. one candidate's score, as the signature, a JSON answer (TF
+            Serving may print fewer digits) or an already marked answer (None) gives it.
+
+    Returns:
+        bool. True for None, NaN and anything at or below `UNKNOWN_SCORE` in float32.
+    """
+    if score is None:
+        return True
+    value = float(score)
+    if value != value:
+        return True
+    with np.errstate(over="ignore"):
+        return bool(np.float32(value) <= np.float32(UNKNOWN_SCORE))
+
+
+def mark_unknown_candidates(candidates: Sequence, outputs: dict) -> dict:
+    """One user's `rank` answer with the candidates the model cannot score marked.
+
+    Args:
+        candidates: sequence of str. that user's candidate ids, one per score.
+        outputs: dict. that user's outputs (`scores`, `predicted_ratings`, ...), each a
+            sequence with one value per candidate; an `unknown_item_ids` entry is replaced.
+
+    Returns:
+        dict. the outputs as lists, None in `scores` and `predicted_ratings` at each
+            unknown candidate, and `unknown_item_ids`: those candidates, in order (padding
+            `""` left out).
+
+    Raises:
+        ValueError: `outputs` has no `scores`, or a per-candidate output's length differs
+            from the candidates'.
+    """
+    if "scores" not in outputs:
+        raise ValueError(f"a rank answer needs 'scores', got {sorted(outputs)}")
+    candidates = [str(c) for c in candidates]
+    marked = {}
+    for name, values in outputs.items():
+        if name == UNKNOWN_ITEM_IDS:
+            continue
+        values = np.asarray(values, dtype=object).tolist() if not isinstance(values, list) else list(values)
+        if name in PER_CANDIDATE_OUTPUTS and len(values) != len(candidates):
+            raise ValueError(f"'{name}' has {len(values)} values for {len(candidates)} candidates")
+        marked[name] = values
+    unknown = [i for i, score in enumerate(marked["scores"]) if is_unknown_score(score)]
+    for name in PER_CANDIDATE_OUTPUTS:
+        if name in marked:
+            values = [None if v is None else float(v) for v in marked[name]]
+            for i in unknown:
+                values[i] = None
+            marked[name] = values
+    marked[UNKNOWN_ITEM_IDS] = [candidates[i] for i in unknown if candidates[i].strip()]
+    return marked
 
 
 def grpc_code(number: int):

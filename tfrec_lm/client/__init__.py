@@ -14,19 +14,23 @@ did not answer in time, and `ClientError` itself when the server did not speak t
 (e.g. the REST client pointed at a gRPC port). Import them from here:
 `from tfrec_lm.client import ClientError, ServingRequestError`.
 
-CLI (`__main__.py`): `python -m tfrec_lm.client recommend|rank|status|metadata ...`.
+CLI (`__main__.py`): `python -m tfrec_lm.client recommend|rank|explain|status|metadata ...`.
 
 Modules:
     errors: `ClientError` and its subclasses.
-    common: default servers, model and signature names; `make_client`.
+    common: default servers, model and signature names, text decoding (imports no client).
+    factory: `make_client`.
     rest_client: `RestClient`.
     grpc_client: `GrpcClient`.
     batching: `recommend`, `rank`, `Recommendations`.
+    timestamps: `spaced_timestamps`, the CLI's default history times; `parse_timestamps`.
+    titles: `read_titles`, item titles from an export's catalog or an items file (`--catalog`).
     __main__: the CLI.
 """
 
 from tfrec_lm.client.batching import Recommendations, rank, recommend
-from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SERVERS, DEFAULT_SIGNATURE, make_client
+from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SERVERS, DEFAULT_SIGNATURE
+from tfrec_lm.client.factory import make_client
 from tfrec_lm.client.errors import ClientError, ServingRequestError, ServingTimeout, ServingUnavailable
 from tfrec_lm.client.grpc_client import GrpcClient
 from tfrec_lm.client.rest_client import RETRY_STATUSES, RestClient

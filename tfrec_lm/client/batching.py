@@ -15,7 +15,7 @@ import numpy as np
 
 from tfrec_lm.client.common import DEFAULT_SIGNATURE
 from tfrec_lm.client.errors import ClientError
-from tfrec_lm.protocol import history_batch
+from tfrec_lm.protocol import UNKNOWN_ITEM_IDS, history_batch, mark_unknown_candidates
 
 
 @dataclasses.dataclass
@@ -69,12 +69,26 @@ def recommend(client, histories: Sequence[Sequence], timestamps: Sequence[Sequen
 
 def rank(client, histories: Sequence[Sequence], candidates: Sequence[Sequence],
          timestamps: Sequence[Sequence] | None = None, batch_size: int = 64, signature_name: str = "rank",
-         lead_padding: bool = True) -> list[dict]:
+         lead_padding: bool = True, mark_unknown: bool = True) -> list[dict]:
     """Scores of given candidates per user (`rank` signature), batched, in order.
+
+    Args:
+        client: RestClient or GrpcClient (anything with `predict(inputs, signature_name)`).
+        histories: one sequence of item ids per user, oldest first.
+        candidates: one sequence of candidate item ids per user.
+        timestamps: one sequence of Unix times per user (zeros when None).
+        batch_size: int. users per request.
+        signature_name: str. `rank`, or another signature with its inputs and outputs.
+        lead_padding: bool. see `history_batch`.
+        mark_unknown: bool. candidates the export cannot score (unknown or retired: the
+            signature's lowest float32 score) get score and predicted rating None and are
+            listed in `unknown_item_ids` (`tfrec_lm.protocol.mark_unknown_candidates`);
+            False: the signature's raw values.
 
     Returns:
         list[dict]. one dict per user: each output (`scores`, `predicted_ratings`) as a
-            list with one value per candidate of that user (the padding columns are cut off).
+            list with one value per candidate of that user (the padding columns are cut
+            off), plus `unknown_item_ids` with `mark_unknown`.
     """
     if len(candidates) != len(histories):
         raise ValueError(f"{len(histories)} histories but {len(candidates)} candidate lists")
@@ -90,7 +104,9 @@ def rank(client, histories: Sequence[Sequence], candidates: Sequence[Sequence],
         inputs["candidate_item_ids"] = table
         outputs = client.predict(inputs, signature_name)
         for row, items in enumerate(chunk):
-            answers.append({name: _row_list(value[row])[:len(items)] for name, value in outputs.items()})
+            answer = {name: _row_list(value[row])[:len(items)] for name, value in outputs.items()
+                      if name != UNKNOWN_ITEM_IDS}  # a dev server that marked them already: recomputed here
+            answers.append(mark_unknown_candidates(items, answer) if mark_unknown else answer)
     return answers
 
 

@@ -1,4 +1,7 @@
-"""What both transports share: default addresses and names, and text decoding."""
+"""What both transports share: default addresses and names, and text decoding.
+
+Imports nothing from the clients (`make_client`, which needs both, is in `factory.py`).
+"""
 
 from __future__ import annotations
 
@@ -26,17 +29,3 @@ def host_port(server: str) -> str:
         if server.startswith(scheme):
             server = server[len(scheme):]
     return server.rstrip("/")
-
-
-def make_client(protocol: str = "rest", server: str | None = None, **kwargs):
-    """A RestClient or GrpcClient; `server` defaults to localhost:8501 (REST) / localhost:8500 (gRPC)."""
-    if protocol not in DEFAULT_SERVERS:
-        raise ValueError(f"protocol must be 'rest' or 'grpc', got {protocol!r}")
-    from tfrec_lm.client.grpc_client import GrpcClient
-    from tfrec_lm.client.rest_client import RestClient
-
-    server = server or DEFAULT_SERVERS[protocol]
-    if protocol == "rest":
-        return RestClient(server, **kwargs)
-    kwargs.pop("request_format", None)
-    return GrpcClient(server, **kwargs)

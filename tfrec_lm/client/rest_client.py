@@ -27,7 +27,13 @@ def _json_value(array) -> list:
 
 
 def _from_json(value) -> np.ndarray:
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except ValueError:  # rows of different lengths (a marked answer's `unknown_item_ids`)
+        array = np.empty(len(value), dtype=object)
+        for i, row in enumerate(value):
+            array[i] = row
+        return array
     return array.astype(object) if array.dtype.kind == "U" else array
 
 

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="0: TensorFlow's default")
     p.add_argument("--load_scann_ops", type=_bool, default=True,
                    help="load ScaNN's TensorFlow ops before any model (default true)")
+    p.add_argument("--rest_api_mark_unknown_items", type=_bool, default=False,
+                   help="REST `rank` answers: null score and predicted rating for candidates the model does not "
+                        "know, listed in `unknown_item_ids` (default false: TF Serving's answer, the lowest "
+                        "float32 score)")
     p.add_argument("--log_level", default="INFO", help="Python logging level (default INFO)")
     return p
 
@@ -108,6 +112,7 @@ def options_from_args(args):
         load_scann_ops=args.load_scann_ops,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+        rest_api_mark_unknown_items=args.rest_api_mark_unknown_items,
     )
 
 

@@ -71,6 +71,23 @@ def scrub(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+ECHO_LIMIT = 100
+
+
+def echo(text, limit: int = ECHO_LIMIT) -> str:
+    """A piece of the request (a model name, a label, a path) fit to quote in a message.
+
+    Args:
+        text: str. what the client sent.
+        limit: int. characters kept.
+
+    Returns:
+        str. `text`, or its first `limit` characters and "…" when it is longer.
+    """
+    text = str(text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def tf_error_code(error) -> grpc.StatusCode:
     """The gRPC status code of a `tf.errors.OpError` (UNKNOWN for anything else)."""
     return grpc_code(getattr(error, "error_code", 2)) or grpc.StatusCode.UNKNOWN

@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from tfrec_lm.export_warmup import WARMUP_FILE
-from tfrec_lm.serve.errors import from_tf_error, invalid_argument, not_found, scrub, tf_error_code
+from tfrec_lm.serve.errors import echo, from_tf_error, invalid_argument, not_found, scrub, tf_error_code
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class Servable:
     def signature(self, name: str) -> Signature:
         name = name or "serving_default"
         if name not in self.signatures:
-            raise invalid_argument(f"Serving signature name: \"{name}\" not found in signature def "
+            raise invalid_argument(f"Serving signature name: \"{echo(name)}\" not found in signature def "
                                    f"(available: {sorted(self.signatures)})")
         return self.signatures[name]
 
@@ -213,9 +213,17 @@ class Servable:
         return {k: v.numpy() for k, v in result.items() if k in keep}
 
     def warm_up(self, tensor_proto_to_array) -> int:
-        """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords), like TF Serving."""
+        """Replays `assets.extra/tf_serving_warmup_requests` (PredictionLog TFRecords), like TF Serving.
+
+        A version without them loads anyway (as in TF Serving), with a warning naming its
+        folder: its first requests pay for tracing and loading the graph.
+        """
         path = Path(self.path, WARMUP_FILE)
         if not path.exists():
+            extra = path.parent
+            missing = f"no {extra.name}/ folder" if not extra.is_dir() else f"no {extra.name}/{path.name}"
+            logger.warning("%s version %d at %s has %s: loaded without warm-up, so its first requests will be "
+                           "slow", self.name, self.version, self.path, missing)
             return 0
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_log_pb2
@@ -420,13 +428,13 @@ class ModelManager:
     # -- lookups (any thread)
 
     def get(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
-        """The servable for a request; NOT_FOUND if there is none."""
+        """The servable for a request; NOT_FOUND if there is none (long names are quoted cut short)."""
         if name not in self.models:
-            raise not_found(f"Servable not found for request: Latest({name})")
+            raise not_found(f"Servable not found for request: Latest({echo(name)})")
         served = self._served[name]
         if label:
             if label not in self.models[name].labels:
-                raise not_found(f"Unrecognized servable version label: {label}")
+                raise not_found(f"Unrecognized servable version label: {echo(label)}")
             version = self.models[name].labels[label]
         if version is None:
             if not served:
@@ -441,10 +449,10 @@ class ModelManager:
 
     def status(self, name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
         if name not in self.models:
-            raise not_found(f"Could not find any versions of model {name}")
+            raise not_found(f"Could not find any versions of model {echo(name)}")
         if label:
             if label not in self.models[name].labels:
-                raise not_found(f"Unrecognized servable version label: {label}")
+                raise not_found(f"Unrecognized servable version label: {echo(label)}")
             version = self.models[name].labels[label]
         statuses = self._status[name]
         if version is not None:

@@ -18,6 +18,14 @@ answers 504 at once *and gives its worker slot to the next request*: Python cann
 the run, so it finishes on a spare thread (at most `--rest_api_num_threads` such runs at a
 time, beyond which a timed-out run keeps its slot until it ends), and its answer is
 dropped. A request still parsing when its deadline passes does not start the model.
+
+Refused from the headers alone, before any body is read: a URL over `MAX_URL_BYTES`
+answers 414 (tornado reads up to `MAX_HEADER_BYTES` of request line and headers; past
+that it closes the connection without an answer), and a POST whose `Content-Type` is not
+`application/json` (parameters such as `; charset=utf-8` allowed) answers 415, so a
+browser page on another origin cannot run the model with a "simple" `text/plain` or form
+POST, which browsers send without a CORS preflight. Quoted parts of a request (model
+names, labels, paths) are cut to 100 characters in error messages (`errors.echo`).
 """
 
 from __future__ import annotations
@@ -32,8 +40,10 @@ import time
 import urllib.parse
 
 import grpc
+import numpy as np
 
-from tfrec_lm.serve.errors import ServingError, deadline_exceeded, internal_error, invalid_argument
+from tfrec_lm.protocol import UNKNOWN_ITEM_IDS, mark_unknown_candidates
+from tfrec_lm.serve.errors import ServingError, deadline_exceeded, echo, internal_error, invalid_argument
 from tfrec_lm.serve.manager import ModelManager
 from tfrec_lm.serve.tensors import Limits, decode_json_request, encode_json_response
 
@@ -44,6 +54,39 @@ PREDICT_PATH = re.compile(_SPEC + r":(predict|classify|regress)", re.IGNORECASE)
 STATUS_PATH = re.compile(_SPEC + r"(/metadata)?/?", re.IGNORECASE)
 
 REASONS = {499: "Client Closed Request"}
+
+# The longest URL answered (the request line's target, percent-encoding included). Model
+# names, versions and labels are short; 64 KiB is tornado's whole default header limit.
+MAX_URL_BYTES = 64 << 10
+# What tornado reads of request line and headers before it gives up on a request (its
+# default is MAX_URL_BYTES): room for a too-long URL to be answered 414 instead of dropped.
+MAX_HEADER_BYTES = 1 << 20
+JSON_MEDIA_TYPE = "application/json"
+
+
+def is_json_content_type(value: str | None) -> bool:
+    """Whether a Content-Type header names JSON.
+
+    Args:
+        value: str or None. the header's value (None: no header).
+
+    Returns:
+        bool. True for `application/json`, in any case, with or without parameters.
+    """
+    return value is not None and value.split(";", 1)[0].strip().lower() == JSON_MEDIA_TYPE
+
+
+def url_too_long(size: int, limit: int = MAX_URL_BYTES) -> bytes:
+    """The 414 answer's body. bytes."""
+    return json.dumps({"error": f"the request URL has {size} bytes, more than the {limit} this server reads; "
+                                f"model names, versions and labels are short"}).encode()
+
+
+def not_json(value: str | None) -> bytes:
+    """The 415 answer's body. bytes."""
+    got = "no Content-Type header" if value is None else f"Content-Type {echo(value)!r}"
+    return json.dumps({"error": f"POST bodies must be JSON sent with Content-Type: {JSON_MEDIA_TYPE} "
+                                f"(got {got})"}).encode()
 
 
 def version_status_json(statuses) -> dict:
@@ -61,12 +104,46 @@ def metadata_json(servable) -> dict:
     }
 
 
-class RestApi:
-    """The protocol logic, independent of the HTTP library: (method, path, body) -> (status, JSON bytes)."""
+def mark_unknown_json(answer: dict, candidates) -> dict:
+    """A `rank` JSON answer with unknown candidates marked (`tfrec_lm.protocol.mark_unknown_candidates`).
 
-    def __init__(self, manager: ModelManager, limits: Limits):
+    Args:
+        answer: dict. `encode_json_response`'s `{"outputs": {...}}` or `{"predictions": [...]}`.
+        candidates: np.ndarray. the request's `candidate_item_ids` [B, M] (bytes or str).
+
+    Returns:
+        dict. the same form, each row's `scores` / `predicted_ratings` None at unknown
+            candidates, and `unknown_item_ids` beside them (one list per row).
+    """
+    rows = [[v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row]
+            for row in np.asarray(candidates, dtype=object).tolist()]
+    if isinstance(answer.get("outputs"), dict):
+        outputs = answer["outputs"]
+        marked = [mark_unknown_candidates(items, {name: values[i] for name, values in outputs.items()})
+                  for i, items in enumerate(rows)]
+        return {"outputs": {name: [row[name] for row in marked] for name in marked[0]}} if marked else answer
+    if isinstance(answer.get("predictions"), list) and all(isinstance(r, dict) for r in answer["predictions"]):
+        return {"predictions": [mark_unknown_candidates(items, row)
+                                for items, row in zip(rows, answer["predictions"])]}
+    return answer
+
+
+class RestApi:
+    """The protocol logic, independent of the HTTP library: (method, path, body) -> (status, JSON bytes).
+
+    Args:
+        manager: ModelManager. the served versions.
+        limits: Limits. per-request tensor bounds.
+        mark_unknown_items: bool. answers of signatures with `candidate_item_ids` and `scores`
+            (`rank`) get None for the scores and predicted ratings of candidates the model does
+            not know, and `unknown_item_ids` beside them (`--rest_api_mark_unknown_items`;
+            TF Serving answers the raw lowest float32, so this is off by default).
+    """
+
+    def __init__(self, manager: ModelManager, limits: Limits, mark_unknown_items: bool = False):
         self.manager = manager
         self.limits = limits
+        self.mark_unknown_items = bool(mark_unknown_items)
 
     def handle(self, method: str, path: str, body: bytes, deadline: float | None = None) -> tuple[int, bytes]:
         """One request's answer.
@@ -106,15 +183,20 @@ class RestApi:
                 if metadata:
                     return metadata_json(self.manager.get(name, _version(version), label))
                 return version_status_json(self.manager.status(name, _version(version), label))
-        raise invalid_argument(f"Malformed request: {method} {path}")
+        raise invalid_argument(f"Malformed request: {method} {echo(path)}")
 
     def _predict(self, name, version, label, body: bytes, deadline: float | None = None) -> dict:
         servable = self.manager.get(name, version, label)  # this request runs on this version throughout
         signature_name, arrays, form = decode_json_request(body, servable.input_specs, self.limits)
         if deadline is not None and time.monotonic() > deadline:
             raise deadline_exceeded("Deadline exceeded before the model ran (--rest_api_timeout_in_ms)")
-        outputs = servable.run(servable.signature(signature_name), arrays)
-        return encode_json_response(outputs, form)
+        signature = servable.signature(signature_name)
+        outputs = servable.run(signature, arrays)
+        answer = encode_json_response(outputs, form)
+        if self.mark_unknown_items and "candidate_item_ids" in arrays and "scores" in outputs \
+                and UNKNOWN_ITEM_IDS not in outputs:
+            answer = mark_unknown_json(answer, arrays["candidate_item_ids"])
+        return answer
 
 
 def _version(text):
@@ -231,6 +313,7 @@ class RestServer:
                 # The handler enforces max_body_bytes with a JSON answer; tornado's own limit
                 # (a bare 400 and a closed connection) is only the backstop for chunked bodies.
                 self._http = tornado.httpserver.HTTPServer(app, max_body_size=2 * self.max_body_bytes + (1 << 20),
+                                                           max_header_size=MAX_HEADER_BYTES,
                                                            idle_connection_timeout=60)
                 self._http.add_sockets(sockets)
             except Exception as error:
@@ -287,24 +370,33 @@ if _web is not None:
         def set_default_headers(self):
             self.set_header("Content-Type", "application/json")
 
-        def _refuse(self, body: bytes) -> None:
+        def _refuse(self, body: bytes, status: int = 400, size: int | None = None) -> None:
             # The rest of the body is never read: tornado closes the connection after this answer.
-            self.set_status(400)
+            if size is not None and size > self.server.max_body_bytes:
+                # Keep tornado from raising its own (bare) error while it discards the body.
+                self.request.connection.set_max_body_size(size)
+            self.set_status(status)
             self.set_header("Connection", "close")
             self.finish(body)
 
         def prepare(self):
             limit = self.server.max_body_bytes
             declared = self.request.headers.get("Content-Length")
-            if declared is not None:
-                try:
-                    size = int(declared.split(",")[0].strip())
-                except ValueError:
-                    return  # tornado answers a malformed Content-Length itself
-                if size > limit:
-                    # Keep tornado from raising its own (bare) error while it discards the body.
-                    self.request.connection.set_max_body_size(size)
-                    self._refuse(body_too_large(str(size), limit))
+            try:
+                size = int(declared.split(",")[0].strip()) if declared is not None else None
+            except ValueError:
+                size = None  # tornado answers a malformed Content-Length itself
+            url_bytes = len(self.request.uri)  # tornado decodes the request line as Latin-1: one char a byte
+            if url_bytes > MAX_URL_BYTES:
+                self._refuse(url_too_long(url_bytes), 414, size)
+                return
+            if self.request.method == "POST":
+                content_type = self.request.headers.get("Content-Type")
+                if not is_json_content_type(content_type):
+                    self._refuse(not_json(content_type), 415, size)
+                    return
+            if size is not None and size > limit:
+                self._refuse(body_too_large(str(size), limit), 400, size)
 
         def data_received(self, chunk: bytes):
             if self._finished:

@@ -28,6 +28,8 @@ class ServerOptions:
     `rest_port`); None turns the protocol off. The per-request limits are `limits`
     (rows, history length, candidates), `rest_api_max_body_bytes` and
     `grpc_max_message_bytes`; their defaults are the CLI's (serving/README.md lists them).
+    `rest_api_mark_unknown_items` makes REST `rank` answers mark unknown candidates
+    (`tfrec_lm.serve.rest.RestApi`); off, the answers are TF Serving's.
     """
 
     grpc_port: int | None = 8500
@@ -46,6 +48,7 @@ class ServerOptions:
     load_scann_ops: bool = True
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    rest_api_mark_unknown_items: bool = False
 
 
 class LocalServer:
@@ -94,7 +97,8 @@ class LocalServer:
             if options.rest_api_port is not None:
                 from tfrec_lm.serve.rest import RestApi, RestServer
 
-                self._rest = RestServer(RestApi(self.manager, options.limits), options.rest_api_host,
+                api = RestApi(self.manager, options.limits, options.rest_api_mark_unknown_items)
+                self._rest = RestServer(api, options.rest_api_host,
                                         options.rest_api_port, options.rest_api_num_threads,
                                         options.rest_api_timeout_in_ms / 1000.0, options.rest_api_max_body_bytes)
                 self._rest.start()
