@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from conftest import tiny_config
 from tfrec_lm import Recommender
-from tfrec_lm.catalog.table import read_catalog
+from tfrec_lm.catalog.table import read_catalog, write_catalog
 from tfrec_lm.registry.layout import EXPORT_CATALOG_FILE
 from tfrec_lm.registry.versions import ModelVersions
 from tfrec_lm.training import train
@@ -197,6 +197,14 @@ def test_bad_inputs_raise_clear_errors(exported, tmp_path):
                                                         "export_path": None, "run_id": "r1"}))
     with pytest.raises(FileNotFoundError, match="recorded no export"):
         Recommender.load(no_export)
+    # A title two items share names neither: the message asks for the id.
+    copy = ModelVersions(tmp_path / "dup", "tfrec_lm").publish(exported["version"], move=False)
+    catalog = read_catalog(copy / "assets.extra" / EXPORT_CATALOG_FILE)
+    catalog.loc[1, "title"] = catalog.loc[0, "title"]
+    write_catalog(catalog, copy / "assets.extra" / EXPORT_CATALOG_FILE)
+    shared = catalog.loc[0, "title"]
+    with pytest.raises(ValueError, match=f"the title '{shared}' names 2 items .*give its item id"):
+        Recommender.load(copy).recommend([shared], k=K)
     two = tmp_path / "two"
     for name in ("a", "b"):
         ModelVersions(two, name).publish(exported["version"], move=False)

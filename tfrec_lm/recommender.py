@@ -29,10 +29,6 @@ from tfrec_lm.registry.versions import ModelVersions, read_manifest
 
 logger = logging.getLogger(__name__)
 
-# The export's score for an unknown or retired candidate (`serving_module.LOWEST_SCORE`; not
-# imported from there, which would import TensorFlow at this module's import).
-_LOWEST_SCORE = float(np.finfo(np.float32).min)
-
 
 class Recommender:
     """One export version (a SavedModel of `tfrec_lm.serving_module.ServingModule`), in-process.
@@ -177,6 +173,8 @@ class Recommender:
         """
         import tensorflow as tf
 
+        from tfrec_lm.serving_module import LOWEST_SCORE  # how the export scores what it cannot rank
+
         if isinstance(candidates, (str, bytes)):
             raise ValueError("candidates must be a sequence of item ids, not one string")
         ids = self._resolve(history)
@@ -190,7 +188,7 @@ class Recommender:
         ratings = outputs["predicted_ratings"][0].numpy() if "predicted_ratings" in outputs else [None] * len(given)
         known, unknown = [], []
         for raw, item, score, rating in zip(given, resolved, scores, ratings):
-            if score <= _LOWEST_SCORE:
+            if score <= LOWEST_SCORE:
                 unknown.append({"item_id": raw, "title": None, "score": None, "predicted_rating": None})
             else:
                 known.append({"item_id": item, "title": self._titles.get(item), "score": float(score),
@@ -265,13 +263,15 @@ class Recommender:
         """bool [C+1]: the items the version may recommend (not padding, not retired), as `rank` scores them."""
         import tensorflow as tf
 
+        from tfrec_lm.serving_module import LOWEST_SCORE
+
         servable = np.ones(len(self.item_ids) + 1, dtype=bool)
         servable[0] = False
         if "rank" in self._signatures and self.item_ids:
             outputs = self._signatures["rank"](history_item_ids=tf.constant([[""]]),
                                                history_timestamps=tf.constant([[0]], tf.int64),
                                                candidate_item_ids=tf.constant([self.item_ids]))
-            servable[1:] = outputs["scores"][0].numpy() > _LOWEST_SCORE
+            servable[1:] = outputs["scores"][0].numpy() > LOWEST_SCORE
         return servable
 
 
