@@ -6,6 +6,7 @@ under pytest's `tmp_path`; the notebook is executed with nbclient in a fresh
 """
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -44,7 +45,11 @@ def test_committed_notebook_is_clean():
             assert cell.outputs == [] and cell.execution_count is None, "commit the notebook with outputs cleared"
 
 
-def test_walkthrough_runs_tiny(tmp_path):
+def test_walkthrough_runs_tiny(tmp_path, monkeypatch):
+    # The kernel imports this checkout's tfrec_lm (as the CLI tests' subprocesses do), not
+    # whichever copy happens to be installed.
+    repo = str(NOTEBOOK.parents[1])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(parameters) == 1
@@ -91,4 +96,12 @@ def test_walkthrough_runs_tiny(tmp_path):
     rest = [json.loads(line) for line in outputs.splitlines() if line.startswith('{"signature_name"')]
     assert len(rest) == 1
     assert rest[0]["signature_name"] == "serving_default"
-    assert rest[0]["inputs"]["history_item_ids"][0][: len(history)] == history
+    # The README's rule: every row starts with one padding column ("" / 0), then the history.
+    row, stamps = rest[0]["inputs"]["history_item_ids"][0], rest[0]["inputs"]["history_timestamps"][0]
+    assert row[0] == "" and stamps[0] == 0
+    assert row[1: len(history) + 1] == history
+
+    # tfrec_lm.Recommender, loaded from the run folder, answers as serving_default did.
+    in_process = [c for c in nb.cells if c.cell_type == "code" and 'print("in-process:"' in c.source]
+    assert len(in_process) == 1
+    assert _line(_text(in_process[0].outputs), "in-process:") == recommended[:5]

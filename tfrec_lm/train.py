@@ -12,6 +12,7 @@ import shlex
 import sys
 import typing
 
+from tfrec_lm.console import keras_verbosity, quiet_native_warnings, quiet_third_party_logs
 from tfrec_lm.config import (PRESETS, TIME_OPTIONS, TrainConfig, load_config_file, parse_time, refresh_base,
                              resolve_config, shape_conflicts)
 from tfrec_lm.errors import AssetError, ConfigError, DataError
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML or JSON file of options (keys as below, with _ or -)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="named option set")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more logging (-v info, with TensorFlow's C++ and transformers' own messages; -vv debug)")
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -77,17 +79,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_third_party_logs()  # before TensorFlow is imported
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     try:
         config = config_from_args(args)
-        from tfrec_lm.evaluation.metrics import format_table
+        from tfrec_lm.evaluation.metrics import baseline_verdicts, format_table
         from tfrec_lm.training import train
+
+        if not args.verbose:
+            quiet_native_warnings()
 
         print(f"training: user tower {config.user_tower}, encoder {config.encoder} ({config.finetune}), "
               f"negatives {config.negatives}; outputs in {config.output_dir}", flush=True)
-        result = train(config, verbose=2, command=shlex.join(["python", "-m", "tfrec_lm.train", *argv]))
+        result = train(config, verbose=keras_verbosity(), command=shlex.join(["python", "-m", "tfrec_lm.train", *argv]))
     except (ConfigError, DataError, AssetError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -101,6 +108,7 @@ def main(argv=None) -> int:
     if "export" in result.metrics:
         table["export (serving_default)"] = result.metrics["export"]
     print(format_table(table, metrics=("HR@10", "NDCG@10", "MRR@10")))
+    print("\n".join(["", *baseline_verdicts(table)]))
     print(f"\nmetrics: {config.output_dir}/metrics.json")
     if result.gate is not None:
         print(f"\n{result.gate.summary()}")

@@ -198,3 +198,39 @@ def format_table(
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def baseline_verdicts(results: dict[str, dict[str, dict[str, float]]], baseline: str = "most-popular",
+                      metric: str = "NDCG@10", slice_name: str = "all") -> list[str]:
+    """One plain sentence per model of a `format_table` table: does it beat the baseline printed beside it?
+
+    Args:
+        results: dict. model -> slice -> metric -> value, the baseline among them.
+        baseline: str. the baseline's key in `results`.
+        metric: str. the metric compared.
+        slice_name: str. the slice compared.
+
+    Returns:
+        list of str. models without the metric (or a table without the baseline) give none.
+    """
+    reference = results.get(baseline, {}).get(slice_name, {}).get(metric)
+    if reference is None:
+        return []
+    lines = []
+    for name, slices in results.items():
+        value = slices.get(slice_name, {}).get(metric)
+        if name == baseline or value is None:
+            continue
+        where = f"{metric} over {slice_name} users: {value:.4f} vs {reference:.4f}"
+        if not (np.isfinite(value) and np.isfinite(reference)):
+            lines.append(f"{name} cannot be compared with {baseline} on {metric} ({value} vs {reference}).")
+        elif value > reference:
+            ratio = f", {value / reference:.2f}x" if reference > 0 else ""
+            lines.append(f"{name} beats the {baseline} baseline on {where}{ratio}.")
+        elif value == reference:
+            lines.append(f"{name} only ties the {baseline} baseline on {where}: it is no better than "
+                         f"recommending the {baseline} items.")
+        else:
+            lines.append(f"WORSE THAN THE BASELINE: {name} loses to {baseline} on {where}; recommending the "
+                         f"{baseline} items would do better. Train longer, or check the data and options.")
+    return lines

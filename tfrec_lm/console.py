@@ -1,0 +1,83 @@
+"""What a command line shows on its console: Keras's progress, and third-party noise kept out.
+
+The command lines call these; the library itself neither prints nor touches these settings.
+
+- `keras_verbosity`: Keras's progress bar on a terminal, one line per epoch otherwise (a
+  log file or a pipe would fill with the bar's redraws).
+- `quiet_third_party_logs` (before TensorFlow is imported) and `quiet_native_warnings`
+  (after): TensorFlow's and CUDA's C++ start-up lines, absl's and transformers' notices
+  stay off the console; `-v` skips both. BUILD_NOTES.md ("Console output") lists what
+  they hide and why each line is harmless.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# absl's C++ `SetMinLogLevel(absl::LogSeverityAtLeast)` in TensorFlow 2.20's libtensorflow_cc
+# (abseil LTS 2025-01-27, the build the tensorflow~=2.20.0 pin installs).
+_ABSL_SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025012714SetMinLogLevelENS0_18LogSeverityAtLeastE"
+_ABSL_ERROR = 2  # absl::LogSeverityAtLeast::kError
+
+
+def keras_verbosity(stream=None) -> int:
+    """Keras `fit`'s `verbose`: 1 (progress bar) on a terminal, else 2 (one line per epoch).
+
+    Args:
+        stream: file object or None. where Keras prints (default `sys.stdout`).
+
+    Returns:
+        int.
+    """
+    stream = sys.stdout if stream is None else stream
+    try:
+        return 1 if stream.isatty() else 2
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return 2
+
+
+def quiet_third_party_logs() -> None:
+    """Keeps TensorFlow's C++ log lines and absl's and transformers' notices off the console.
+
+    Must run before TensorFlow and transformers are imported (they read the variables
+    once, at import). A variable the user already set is left as it is.
+
+    - `TF_CPP_MIN_LOG_LEVEL=3`: TensorFlow's C++ INFO/WARNING/ERROR lines (CUDA probing on
+      a machine without a GPU driver, `cpu_feature_guard`, oneDNN); failures still reach
+      Python as exceptions.
+    - `TRANSFORMERS_VERBOSITY=error`: transformers' deprecation banner for its TensorFlow
+      classes and its checkpoint-loading notices.
+    - the `absl` Python logger at ERROR (TensorFlow's SavedModel notices).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def quiet_native_warnings() -> bool:
+    """Drops absl's C++ WARNING lines (grappler's "Error in PredictCost()"), which `TF_CPP_MIN_LOG_LEVEL` misses.
+
+    Call after `quiet_third_party_logs` (it imports TensorFlow). Where TensorFlow is not
+    the pinned build (the function is not found) nothing changes.
+
+    Returns:
+        bool. True when the threshold was set.
+    """
+    import tensorflow
+
+    library = Path(tensorflow.__file__).parent / "libtensorflow_cc.so.2"
+    try:
+        set_min_log_level = getattr(ctypes.CDLL(str(library)), _ABSL_SET_MIN_LOG_LEVEL)
+    except (OSError, AttributeError) as error:
+        logger.debug("absl's C++ log threshold is not reachable (%s): its warnings stay on", error)
+        return False
+    set_min_log_level.argtypes = [ctypes.c_int]
+    set_min_log_level.restype = None
+    set_min_log_level(_ABSL_ERROR)
+    return True
