@@ -296,7 +296,7 @@ class _Sent:
 
 
 def test_cli_default_timestamps_end_now_a_minute_apart(monkeypatch):
-    from tfrec_lm.client import timestamps as timestamps_module
+    from tfrec_lm import protocol as timestamps_module
 
     sent = _Sent(monkeypatch)
     monkeypatch.setattr(timestamps_module.time, "time", lambda: 1_700_000_000.7)
@@ -342,7 +342,7 @@ def test_cli_help_says_how_timestamps_default(capsys):
 
 
 def test_spaced_timestamps():
-    from tfrec_lm.client.timestamps import spaced_timestamps
+    from tfrec_lm.protocol import spaced_timestamps
 
     assert spaced_timestamps([["a", "b", "c"], [], ["d"]], now=1000, spacing_s=10) == [[980, 990, 1000], [], [1000]]
     with pytest.raises(ValueError, match="0 or more seconds"):

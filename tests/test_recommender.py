@@ -23,7 +23,7 @@ from conftest import tiny_config
 from tfrec_lm import Recommender
 from tfrec_lm.catalog.table import read_catalog, write_catalog
 from tfrec_lm.registry.layout import EXPORT_CATALOG_FILE
-from tfrec_lm.registry.versions import ModelVersions
+from tfrec_lm.registry.model_versions import ModelVersions
 from tfrec_lm.training import train
 
 K = 5
@@ -90,10 +90,14 @@ def test_recommend_is_serving_default_with_titles(exported):
         assert [r["item_id"] for r in by_title] == expected[:2]
 
 
-def test_recommend_without_timestamps_sends_zeros_as_the_client_does(exported):
+def test_recommend_without_timestamps_spaces_them_as_the_client_does(exported, monkeypatch):
+    from tfrec_lm import protocol as client_timestamps
+
+    monkeypatch.setattr(client_timestamps.time, "time", lambda: 1_700_000_000)
     model = exported["recommender"]
     history, _ = exported["users"][0]
-    direct = call(exported["version"], "serving_default", history, [0] * len(history))
+    spaced = [1_700_000_000 - 60 * (len(history) - 1 - j) for j in range(len(history))]
+    direct = call(exported["version"], "serving_default", history, spaced)
     assert [r["item_id"] for r in model.recommend(history, k=K)] == [v.decode() for v in direct["item_ids"][0].numpy()]
 
 

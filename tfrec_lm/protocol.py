@@ -18,6 +18,7 @@ One owner for each piece both sides of the wire need:
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -186,3 +187,30 @@ def history_batch(histories: Sequence[Sequence], timestamps: Sequence[Sequence] 
         ids[row, lead:lead + len(history)] = [str(v) for v in history]
         times[row, lead:lead + len(history)] = [int(t) for t in stamps]
     return {"history_item_ids": ids, "history_timestamps": times}
+
+
+# History timestamps when a caller gives none. The item-sequence tower reads item ages (each
+# row's newest item's time minus each item's time), so a history sent with timestamp 0
+# everywhere has every item the same age, which no training history had.
+DEFAULT_SPACING_S = 60
+
+
+def spaced_timestamps(histories: Sequence[Sequence], now: int | None = None,
+                      spacing_s: int = DEFAULT_SPACING_S) -> list[list[int]]:
+    """Unix times for histories without any: the newest item at `now`, older items `spacing_s` apart.
+
+    Args:
+        histories: sequence of sequences. one sequence of item ids per user, oldest first.
+        now: int or None. Unix seconds of each history's newest item (None: the current time).
+        spacing_s: int. seconds between one item and the next (0: all at `now`).
+
+    Returns:
+        list of list of int. one list per user, as long as its history, oldest first.
+
+    Raises:
+        ValueError: a negative spacing.
+    """
+    if spacing_s < 0:
+        raise ValueError(f"the spacing between history items must be 0 or more seconds, got {spacing_s}")
+    now = int(time.time()) if now is None else int(now)
+    return [[now - (len(history) - 1 - j) * int(spacing_s) for j in range(len(history))] for history in histories]

@@ -23,9 +23,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfrec_lm.protocol import history_batch
+from tfrec_lm.protocol import history_batch, spaced_timestamps
 from tfrec_lm.registry.layout import ASSETS_EXTRA, EXPORT_CATALOG_FILE, METRICS_FILE
-from tfrec_lm.registry.versions import ModelVersions, read_manifest
+from tfrec_lm.registry.model_versions import ModelVersions, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ class Recommender:
             history: sequence of item ids or exact titles, oldest first (empty: the most
                 popular items).
             k: int. how many, at most the version's `top_k`.
-            timestamps: sequence of int or None. Unix seconds, one per history item.
+            timestamps: sequence of int or None. Unix seconds, one per history item (None:
+                the newest item now, each older one a minute earlier, as the client sends).
 
         Returns:
             list of dict. one per item: `item_id`, `title` (None without a catalog), `score`,
@@ -159,7 +160,8 @@ class Recommender:
             history: sequence of item ids or exact titles, oldest first.
             candidates: sequence of item ids (or exact titles); ones the version does not
                 know, or has retired, are not an error: they get score None.
-            timestamps: sequence of int or None. Unix seconds, one per history item.
+            timestamps: sequence of int or None. Unix seconds, one per history item (None:
+                the newest item now, each older one a minute earlier, as the client sends).
 
         Returns:
             dict. `results`: one dict per candidate, `item_id`, `title`, `score`,
@@ -255,7 +257,9 @@ class Recommender:
                 timestamps = [int(t) for t in timestamps]
             except (TypeError, ValueError):
                 raise ValueError(f"timestamps must be integers (Unix seconds): {list(timestamps)[:5]!r}") from None
-        batch = history_batch([ids], None if timestamps is None else [timestamps])
+        if timestamps is None:  # as the client CLI: the newest item now, older ones a minute apart
+            timestamps = spaced_timestamps([ids])[0]
+        batch = history_batch([ids], [timestamps])
         return {"history_item_ids": tf.constant(batch["history_item_ids"].astype(str)),
                 "history_timestamps": tf.constant(batch["history_timestamps"])}
 

@@ -23,7 +23,7 @@ Modules:
     rest_client: `RestClient`.
     grpc_client: `GrpcClient`.
     batching: `recommend`, `rank`, `Recommendations`.
-    timestamps: `spaced_timestamps`, the CLI's default history times; `parse_timestamps`.
+    timestamps: `parse_timestamps` (`--timestamps`); the default times are `tfrec_lm.protocol.spaced_timestamps`.
     titles: `read_titles`, item titles from an export's catalog or an items file (`--catalog`).
     __main__: the CLI.
 """

@@ -29,7 +29,8 @@ import sys
 from tfrec_lm.client.batching import rank, recommend
 from tfrec_lm.client.common import DEFAULT_MODEL, DEFAULT_SIGNATURE
 from tfrec_lm.client.factory import make_client
-from tfrec_lm.client.timestamps import DEFAULT_SPACING_S, parse_timestamps, spaced_timestamps
+from tfrec_lm.client.timestamps import parse_timestamps
+from tfrec_lm.protocol import DEFAULT_SPACING_S, spaced_timestamps
 from tfrec_lm.client.errors import ClientError, ServingRequestError
 from tfrec_lm.client.titles import read_titles
 from tfrec_lm.errors import DataError
