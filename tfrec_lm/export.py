@@ -39,22 +39,29 @@ def export_model(result, config, catalog=None, run_dir=None, run_id: Optional[st
         GateDecision. its `path` is the version folder (served, or staging when held).
     """
     served = ModelVersions(config.export_base, config.model_name)
+    staging = ModelVersions(config.staging, config.model_name)
     if run_id is not None:
-        done = served.find(run_id=run_id)
-        if done is not None:
-            logger.warning("%s is already published by this run (it was stopped before its record was written): "
-                           "not exporting again", served.path(done))
-            manifest = served.manifest(done)
-            gate = manifest.get("gate") or {}
-            return GateDecision(policy=gate.get("policy", config.publish), published=True, path=served.path(done),
-                                metric=gate.get("metric", "NDCG@10"), candidate=manifest.get("validation"),
-                                served=gate.get("served"), served_version=gate.get("served_version"),
-                                reason=f"already published as version {done} by this run.",
-                                window=gate.get("window", "validation"))
+        for versions, published in ((served, True), (staging, False)):
+            done = versions.find(run_id=run_id)
+            if done is not None:
+                logger.warning("%s already holds this run's export (it was stopped before its record was "
+                               "written): not exporting again", versions.path(done))
+                return _decision_of(versions.manifest(done), versions.path(done), published, config.publish)
     if module is None:
         module = ServingModule(result.model, result.vocab.ids, result.counts, top_k=config.top_k, index=config.index)
     manifest = build_manifest("refresh" if config.warm_start else "train", config,
                               run_dir if run_dir is not None else config.output_dir, run_id, served.newest(), data,
                               module.num_items - 1, command, test_metrics=result.metrics)
-    gate = PublishGate(served, ModelVersions(config.staging, config.model_name), config.publish, validation)
+    gate = PublishGate(served, staging, config.publish, validation)
     return gate.submit(lambda versions: versions.save(module, manifest, extras=catalog_extras(catalog)), config.top_k)
+
+
+def _decision_of(manifest: dict, path: Path, published: bool, policy: str) -> GateDecision:
+    """The gate's decision as a version's manifest recorded it. GateDecision."""
+    gate = manifest.get("gate") or {}
+    where = f"published as version {path.name}" if published else f"held in {path}"
+    return GateDecision(policy=gate.get("policy", policy), published=published, path=path,
+                        metric=gate.get("metric", "NDCG@10"), candidate=manifest.get("validation"),
+                        served=gate.get("served"), served_version=gate.get("served_version"),
+                        reason=f"already {where} by this run.", window=gate.get("window", "validation"),
+                        tolerance=gate.get("tolerance", 0.0))

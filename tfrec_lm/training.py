@@ -130,13 +130,14 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
         claim = run.claim(run_identity(config, data), resume=config.resume,
                           overwrite=config.overwrite and outputs.chief)
         recorded = run.record() if claim == "reuse" else None
-        model = build_for_training(config, data, encoder_factory, strategy, tune_text=recorded is None)
+        model = build_for_training(config, data, encoder_factory, strategy, tune_text=recorded is None,
+                                   verbose=verbose)
         stages.done("model")
         if recorded is not None:
             return recorded_result(config, model, data, recorded)
         fitted = fit(config, model, data, strategy, outputs.output_dir, verbose)
         stages.done("fit")
-        evaluation = evaluate_test(model, data)
+        evaluation = evaluate_test(model, data, verbose=verbose)
         stages.done("evaluation")
         return export_and_record(config, model, data, fitted, evaluation, strategy, outputs, stages,
                                  encoder_factory=encoder_factory, command=command)

@@ -71,39 +71,44 @@ def score_catalog(model, examples, start: int = 0, stop: Optional[int] = None,
     return scores
 
 
-def blocked_ranks(scores_of, examples, block: int = EVALUATION_BLOCK) -> np.ndarray:
+def blocked_ranks(scores_of, examples, block: int = EVALUATION_BLOCK, verbose: int = 0) -> np.ndarray:
     """SPEC §2 full-catalog ranks, `block` examples at a time (memory: one [block, C+1] score block).
 
     Args:
         scores_of: callable. (start, stop) -> np.ndarray float [stop - start, C+1], the scores of those rows.
         examples: Examples. their targets and excluded (history) items.
         block: int. rows per block.
+        verbose: int. 1: a progress bar (Keras's convention).
 
     Returns:
         np.ndarray int64 [n]. 0-based ranks (`metrics.full_catalog_ranks`).
     """
     targets, exclude = examples.target, examples.exclude
     ranks = np.empty(len(examples), dtype=np.int64)
+    progress = tf.keras.utils.Progbar(len(examples), verbose=1 if verbose == 1 else 0, unit_name="user")
     for start in range(0, len(examples), block):
         stop = min(start + block, len(examples))
         ranks[start:stop] = full_catalog_ranks(scores_of(start, stop), targets[start:stop],
                                                None if exclude is None else exclude[start:stop])
+        progress.add(stop - start)
     return ranks
 
 
-def model_ranks(model, examples, block: int = EVALUATION_BLOCK) -> np.ndarray:
+def model_ranks(model, examples, block: int = EVALUATION_BLOCK, verbose: int = 0) -> np.ndarray:
     """The model's SPEC §2 full-catalog ranks of evaluation examples, in blocks.
 
     Args:
         model: TwoTowerModel. the model.
         examples: Examples. the evaluation examples.
         block: int. examples scored at once.
+        verbose: int. 1: a progress bar.
 
     Returns:
         np.ndarray int64 [n].
     """
     items = catalog_items(model)
-    return blocked_ranks(lambda start, stop: score_catalog(model, examples, start, stop, items), examples, block)
+    return blocked_ranks(lambda start, stop: score_catalog(model, examples, start, stop, items), examples, block,
+                         verbose=verbose)
 
 
 class ValidationNDCG(tf.keras.callbacks.Callback):
@@ -190,7 +195,7 @@ class TestEvaluation:
     timestamps: list
 
 
-def evaluate_test(model, data) -> TestEvaluation:
+def evaluate_test(model, data, verbose: int = 0) -> TestEvaluation:
     """Scores the model and the most-popular baseline on the test targets, per migration slice.
 
     In a sharded run (`data.workers`) each worker ranks its own test users; the ranks and
@@ -199,6 +204,7 @@ def evaluate_test(model, data) -> TestEvaluation:
     Args:
         model: TwoTowerModel. the trained model.
         data: tfrec_lm.data.prepare.PreparedData. the prepared data.
+        verbose: int. 1: a progress bar while the test users are ranked.
 
     Returns:
         TestEvaluation. `histories` and `timestamps` are this worker's test users'.
@@ -211,7 +217,7 @@ def evaluate_test(model, data) -> TestEvaluation:
     popularity = popularity_scores(data.counts)
     popular_ranks = blocked_ranks(lambda start, stop: np.repeat(popularity[None, :], stop - start, axis=0), test)
     metrics = {
-        "model": sliced_metrics(gather(model_ranks(model, test)), slices),
+        "model": sliced_metrics(gather(model_ranks(model, test, verbose=verbose)), slices),
         "most_popular": sliced_metrics(gather(popular_ranks), slices),
     }
     return TestEvaluation(metrics=metrics, slices=slices, histories=histories,

@@ -73,25 +73,29 @@ class BertTextEncoder(tf.keras.layers.Layer):
         )
         return masked_mean(outputs.last_hidden_state, attention_mask)
 
-    def encode_table(self, token_rows: np.ndarray, pad_id: int = 0, batch_size: int = 64) -> np.ndarray:
+    def encode_table(self, token_rows: np.ndarray, pad_id: int = 0, batch_size: int = 64,
+                     verbose: int = 0) -> np.ndarray:
         """Encodes many rows of token ids once, for a cache.
 
         Args:
             token_rows: np.ndarray int32. [N, L] token ids padded with `pad_id`.
             pad_id: int. the padding id.
             batch_size: int. rows per forward pass.
+            verbose: int. Keras's convention: 1 shows a progress bar (a terminal), else nothing.
 
         Returns:
             np.ndarray float32. [N, hidden_size].
         """
         outputs = []
         encode = tf.function(lambda ids, mask: self.call(ids, mask, training=False), reduce_retracing=True)
+        progress = tf.keras.utils.Progbar(len(token_rows), verbose=1 if verbose == 1 else 0, unit_name="text")
         for start in range(0, len(token_rows), batch_size):
             chunk = np.asarray(token_rows[start : start + batch_size])
             width = max(1, int((chunk != pad_id).sum(axis=1).max()))
             chunk = chunk[:, :width]
             mask = (chunk != pad_id).astype(np.int32)
             outputs.append(encode(tf.constant(chunk), tf.constant(mask)).numpy())
+            progress.add(len(chunk))
         return np.concatenate(outputs, axis=0).astype(np.float32)
 
     def get_config(self):

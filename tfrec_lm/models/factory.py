@@ -54,7 +54,7 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
                 item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
                 encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None,
-                item_counts: Optional[np.ndarray] = None) -> TwoTowerModel:
+                item_counts: Optional[np.ndarray] = None, verbose: int = 0) -> TwoTowerModel:
     """Builds towers and tasks for `config` around fresh encoder copies.
 
     Layers take the Keras global dtype policy when created: call it under
@@ -128,7 +128,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
             from tfrec_lm.assets import cache_dir as asset_cache_dir
 
             cache_dir = asset_cache_dir() / "text_vectors"
-        item_tower.refresh_cache(cache_dir=cache_dir, vectors=None if tuned is None else tuned.vectors)
+        item_tower.refresh_cache(cache_dir=cache_dir, vectors=None if tuned is None else tuned.vectors,
+                                 verbose=verbose)
     return model
 
 
@@ -148,7 +149,7 @@ def create_variables(model: TwoTowerModel, features: dict) -> None:
 
 
 def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory: Optional[EncoderFactory],
-                       strategy, tune_text: bool = True) -> TwoTowerModel:
+                       strategy, tune_text: bool = True, verbose: int = 0) -> TwoTowerModel:
     """The model stage: the model of `config`, every variable created, under `strategy` and the dtype policy.
 
     Variables (mirrored under a strategy) are created in the strategy's scope. Layers take
@@ -163,6 +164,7 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
         strategy: tf.distribute.Strategy. where variables live.
         tune_text: bool. run `--text-tuning-steps` on the training rows' consecutive pairs; False
             when a checkpoint will replace the encoder's weights anyway (a finished run).
+        verbose: int. 1: a progress bar while the catalog's texts are encoded.
 
     Returns:
         TwoTowerModel. built, not compiled.
@@ -176,7 +178,8 @@ def build_for_training(config: TrainConfig, data: PreparedData, encoder_factory:
         with dtype_policy(config.mixed_precision):
             model = build_model(config, data.dataset.items["text"].tolist(), encoder_factory,
                                 item_probability=target_counts / max(target_counts.sum(), 1.0),
-                                warm_items=target_counts > 0, tuning_pairs=tuning_pairs, item_counts=data.counts)
+                                warm_items=target_counts > 0, tuning_pairs=tuning_pairs, item_counts=data.counts,
+                                verbose=verbose)
             create_variables(model, examples_to_features(data.train_examples.take(np.arange(2))))
             if model.item_tower.bias:
                 model.item_tower.item_bias.assign(log_prior_bias(target_counts))

@@ -219,7 +219,7 @@ class ItemTower(tf.keras.layers.Layer):
         self.trim_padding = bool(trim_padding)
 
     def refresh_cache(self, batch_size: int = 64, cache_dir: Optional[str | os.PathLike] = None,
-                      vectors: Optional[np.ndarray] = None) -> bool:
+                      vectors: Optional[np.ndarray] = None, verbose: int = 0) -> bool:
         """Encodes every item text with the (frozen) encoder into the cache.
 
         Args:
@@ -230,6 +230,7 @@ class ItemTower(tf.keras.layers.Layer):
             vectors: np.ndarray float32 or None. [C+1, hidden] the encoder's vectors, already
                 computed by the caller (text tuning computes them from its cached states): used
                 (and kept in `cache_dir`) instead of encoding.
+            verbose: int. 1: a progress bar while encoding (Keras's convention).
 
         Returns:
             bool. True when the vectors came from `cache_dir`.
@@ -250,7 +251,7 @@ class ItemTower(tf.keras.layers.Layer):
         if vectors is not None and np.shape(vectors) != tuple(self.text_cache.shape):
             raise ValueError(f"vectors have shape {np.shape(vectors)}, expected {tuple(self.text_cache.shape)}")
         table = (np.array(vectors, np.float32) if vectors is not None
-                 else self.encoder.encode_table(self.token_rows, batch_size=batch_size))
+                 else self.encoder.encode_table(self.token_rows, batch_size=batch_size, verbose=verbose))
         table[0] = 0.0
         self.text_cache.assign(table)
         self._cache_ready = True
