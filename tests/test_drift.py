@@ -305,6 +305,20 @@ def test_cli_report_and_scores(tmp_path, capsys):
     assert len(frame) == 15 and "genre_point" in frame.columns
 
 
+def test_cli_prints_bad_rows_once_and_writes_every_one(tmp_path, capsys):
+    interactions, items = _write_files(tmp_path)
+    good = interactions.read_text().splitlines()
+    interactions.write_text("\n".join(good + [f"u0,cam0,soon-{k},4" for k in range(7)]) + "\n")
+    files = ["--data", "files", "--interactions", str(interactions), "--items", str(items), "--no-encoder"]
+    assert main(["scores", *files, "--out", str(tmp_path / "s" / "scores.csv")]) == 0
+    out = capsys.readouterr().out
+    listing = tmp_path / "s" / "scores.bad_rows.csv"
+    assert out.count("7 bad rows left out") == 1 and "and 2 more" in out and str(listing) in out
+    frame = pd.read_csv(listing)
+    assert frame["line"].tolist() == list(range(len(good) + 1, len(good) + 8))
+    assert frame["value"].tolist() == [f"soon-{k}" for k in range(7)] and set(frame["column"]) == {"timestamp"}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -4,6 +4,7 @@ Trials really train (tiny random BERT, synthetic data, one epoch) through
 `tfrec_lm.training.train`; a counting wrapper around it tells which trials ran.
 """
 
+import dataclasses
 from pathlib import Path
 
 import tfrec_lm  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
@@ -12,6 +13,7 @@ import math  # noqa: E402
 
 import keras_tuner as kt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
@@ -22,6 +24,7 @@ from tfrec_lm.models import factory as model_factory  # noqa: E402
 from tfrec_lm.bert import tiny_bert, tiny_tokenizer  # noqa: E402
 from tfrec_lm.config import PRESETS, TrainConfig, load_config_file  # noqa: E402
 from tfrec_lm.errors import ConfigError  # noqa: E402
+from tfrec_lm.data.schema import BadRow, LoadReport  # noqa: E402
 from tfrec_lm.data.synthetic import synthetic_migration  # noqa: E402
 
 from tuning import (OBJECTIVE_NAME, Range, RecommenderHyperModel, best_config, best_trial,  # noqa: E402
@@ -170,7 +173,10 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
                                                          capsys):
     counting = CountingTrain()
     monkeypatch.setattr(training, "train", counting)
-    monkeypatch.setattr(prepare, "load_training_data", lambda config: tiny_data)
+    # The data as read with one bad row: the search prints the data report once and lists the row.
+    flawed = dataclasses.replace(tiny_data, reports=[LoadReport("inter.csv", 9, [
+        BadRow(4, "timestamp 'soon' is not an integer", (("timestamp", "timestamp 'soon' is not an integer", "soon"),))])])
+    monkeypatch.setattr(prepare, "load_training_data", lambda config: flawed)
     monkeypatch.setattr(model_factory, "pretrained_encoder_factory", lambda spec: tiny_encoder)
     best_path = tmp_path / "best_config.yaml"
     argv = ["--strategy", "hyperband", "--max-epochs", "1", "--directory", str(tmp_path / "runs"),
@@ -185,8 +191,13 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
     # Hyperband with max_epochs=1 has one bracket of one 1-epoch trial.
     assert len(counting.calls) == 1
     assert "COMPLETED" in out and "tuner/epochs=1" in out and "best config:" in out
+    listing = tmp_path / "runs" / "hb" / "bad_rows.csv"
+    assert out.count("inter.csv: 9 rows read, 1 bad rows left out") == 1 and str(listing) in out
+    assert pd.read_csv(listing).values.tolist() == [["inter.csv", 4, "timestamp", "timestamp 'soon' is not an integer",
+                                                     "soon"]]
     config = TrainConfig.from_dict(load_config_file(best_path))
-    assert config.epochs == 1 and config.output_dir == str(tmp_path / "out")
+    # the best config trains into a folder of its own, beside the base run's (tuning.results.best_config)
+    assert config.epochs == 1 and config.output_dir == str(tmp_path / "hb-best")
     assert config.finetune == "frozen" and config.max_train_examples == 128
     assert 1e-3 <= config.learning_rate <= 1e-2
 
