@@ -5,6 +5,7 @@ Trials really train (tiny random BERT, synthetic data, one epoch) through
 """
 
 import dataclasses
+import re
 from pathlib import Path
 
 import tfrec_lm  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
@@ -161,7 +162,7 @@ def test_random_search_resumes_after_interruption_and_best_config_trains(tiny_da
     config = TrainConfig.from_dict(load_config_file(path))
     for name, value in best.hyperparameters.values.items():
         assert getattr(config, name) == value
-    assert config.output_dir == str(tmp_path / "base_run") and config.export is False
+    assert config.output_dir == str(tmp_path / "tiny-best") and config.export is False  # beside the base run
     from tfrec_lm.train import build_parser, config_from_args
 
     assert config_from_args(build_parser().parse_args(["--config", str(path)])) == config
@@ -191,6 +192,13 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
     # Hyperband with max_epochs=1 has one bracket of one 1-epoch trial.
     assert len(counting.calls) == 1
     assert "COMPLETED" in out and "tuner/epochs=1" in out and "best config:" in out
+    # One trial, one name: the summary table, KerasTuner's display and the trial folder agree.
+    table = out[out.index("trials (objective"):].splitlines()
+    trial_id, best_mark = table[2].split()[:2]
+    assert best_mark == "*" and (tmp_path / "runs" / "hb" / f"trial_{trial_id}" / "run" / "metrics.json").is_file()
+    assert re.findall(r"Search: Running Trial (\S+)", out) == [trial_id]
+    assert re.findall(r"Trial (\S+) Complete", out) == [trial_id]
+    assert f"best: trial {trial_id}," in out
     listing = tmp_path / "runs" / "hb" / "bad_rows.csv"
     assert out.count("inter.csv: 9 rows read, 1 bad rows left out") == 1 and str(listing) in out
     assert pd.read_csv(listing).values.tolist() == [["inter.csv", 4, "timestamp", "timestamp 'soon' is not an integer",
@@ -282,6 +290,55 @@ def test_search_space_respects_train_config_constraints():
         RecommenderHyperModel(TrainConfig(), space={"seed": [1, 2]})
     with pytest.raises(ConfigError, match="num_heads"):
         RecommenderHyperModel(TrainConfig(), space={"embedding_dim": [24], "num_heads": [1, 5]})
+
+
+def test_trials_vary_only_live_knobs():
+    """A knob that cannot matter to a trial has no value in it (KerasTuner conditional scopes),
+    and a knob that cannot matter to any trial of a search is not in its space."""
+    hypermodel = RecommenderHyperModel(TrainConfig())
+    hp = kt.HyperParameters()
+    hypermodel.build(hp)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=2)
+    oracle.hyperparameters = hp.copy()
+    finetunes, id_knobs = set(), set()
+    for _ in range(200):
+        sample = hp.copy()
+        sample.values = oracle._random_values()
+        config = hypermodel.build(sample)
+        values = sample.values
+        finetunes.add(config.finetune)
+        if config.finetune != "top-k":  # a frozen (or fully tuned) encoder: no layer count to vary
+            assert "trainable_layers" not in values and not sample.is_active("trainable_layers")
+        else:
+            assert values["trainable_layers"] == config.trainable_layers
+        if not config.item_ids:
+            assert not {"item_fusion", "id_dropout", "id_lr_multiplier"} & set(values), values
+        else:
+            id_knobs.add((values["item_fusion"], values["id_dropout"]))
+        if config.similarity == "dot":
+            assert "temperature" not in values
+    assert finetunes == {"frozen", "top-k", "full"} and len(id_knobs) == 6
+
+    # Pinned parents take their children out of the search.
+    frozen = RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen"})
+    assert "trainable_layers" not in frozen.space and "text_tuning_steps" in frozen.space
+    hp = kt.HyperParameters()
+    config = frozen.build(hp)
+    assert "trainable_layers" not in hp.values and config.trainable_layers == TrainConfig().trainable_layers
+    no_ids = RecommenderHyperModel(TrainConfig(), fixed={"item_ids": False})
+    assert not {"item_fusion", "id_dropout", "id_lr_multiplier"} & set(no_ids.space)
+    # Without item text no tower reads the encoder (item-sequence): no fine-tuning knobs, no fusion.
+    ids_only = RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True),
+                                     fixed={"user_tower": "item-sequence", "negatives": "catalog"})
+    assert not {"finetune", "trainable_layers", "item_fusion", "text_tuning_steps"} & set(ids_only.space)
+    assert "id_dropout" in ids_only.space
+    assert "id_dropout" not in RecommenderHyperModel(TrainConfig(cold_items="id")).space
+    # Nested scopes: short_window is live only on the item-sequence tower with long_short on.
+    hp = kt.HyperParameters()
+    hp.Fixed("user_tower", "history-text")
+    RecommenderHyperModel(TrainConfig(), tune=["user_tower", "long_short", "short_window"],
+                          space={"user_tower": ["item-sequence", "history-text"]}).build(hp)
+    assert not hp.is_active("short_window") and not hp.is_active("long_short")
 
 
 def test_cli_value_parsing():
