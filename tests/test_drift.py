@@ -213,6 +213,19 @@ def _metrics_json(path, users):
     return path
 
 
+def _colors(png) -> set:
+    """Every pixel colour of a PNG, as upper-case "#RRGGBB"."""
+    import matplotlib.image
+
+    pixels = (matplotlib.image.imread(png)[..., :3] * 255).round().astype(np.uint8).reshape(-1, 3)
+    return {"#%02X%02X%02X" % tuple(c) for c in np.unique(pixels, axis=0)}
+
+
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
+             "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7"}
+TAB10 = {"#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD"}  # matplotlib's default cycle: not colour-blind safe
+
+
 def _pngs(folder):
     files = sorted(folder.glob("*.png"))
     for f in files:
@@ -234,6 +247,26 @@ def test_report_writes_pages_and_plots(tmp_path):
     for name in ("score_distribution.png", "trajectories.png", "slice_metrics.png"):
         assert f"]({name})" in md and f'src="{name}"' in page  # relative references
     assert "Pearson" in md and "most_popular" in md
+    # The plots draw with the Okabe-Ito palette: slices vermillion/blue, bars blue/orange, the
+    # genre areas, the threshold and the embedding curve; none of matplotlib's default colours.
+    o = OKABE_ITO
+    expected = {"score_distribution.png": {o["vermillion"], o["blue"], o["black"]},
+                "trajectories.png": {o["blue"], o["orange"], o["bluish green"], o["vermillion"], o["reddish purple"]},
+                "slice_metrics.png": {o["blue"], o["orange"]}}
+    for name, colors in expected.items():
+        found = _colors(out / name)
+        assert colors <= found, (name, colors - found)
+        assert not TAB10 & found, (name, TAB10 & found)
+    # Flag rates are measured, not quoted: synthetic users all switch category, so every one is
+    # flagged on the real histories and few on shuffled ones.
+    stats = result.stats
+    for kind in ("genre", "embedding"):
+        real = float((result.analysis.points[kind] >= 0).mean())
+        assert stats[kind]["with_point"] == real == 1.0 and 0.0 <= stats[kind]["shuffled_with_point"] <= 0.25
+        assert (f"**{kind}** score: 100.0% of users flagged on their real histories, "
+                f"{100 * stats[kind]['shuffled_with_point']:.1f}% on the shuffled ones") in md
+    assert "the false-alarm rate under no drift" in md and "interests do move" in md
+    assert "What a migration point means" in page and "<strong>genre</strong> score: 100.0%" in page
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page
     frame = pd.read_csv(result.scores_csv)
     assert len(frame) == 24

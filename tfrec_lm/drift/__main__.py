@@ -106,7 +106,8 @@ def _summary(stats: dict) -> list[str]:
         if kind in stats:
             s = stats[kind]
             lines.append(f"{kind:9s} score: mean {s['mean']:.3f}, median {s['median']:.3f}, "
-                         f"q90 {s['q90']:.3f}; migration point for {100 * s['with_point']:.0f}% of users "
+                         f"q90 {s['q90']:.3f}; migration point for {100 * s['with_point']:.1f}% of users, "
+                         f"{100 * s['shuffled_with_point']:.1f}% of their histories shuffled in time "
                          f"(threshold {s['threshold']:.3f})")
     if "correlation" in stats:
         c = stats["correlation"]["genre~embedding"]
