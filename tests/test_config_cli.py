@@ -287,3 +287,41 @@ def test_cli_too_few_interactions_for_a_training_example_exits_2(tmp_path, capsy
     rows = [f"u{u},i{k},{10 * u + k}" for u in range(4) for k in range(3)]
     last = run_main_on(tmp_path, capsys, "user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
     assert "no training examples" in last and "at least 4 interactions" in last and "4 users" in last
+
+
+def test_cli_prints_the_data_report_once_with_the_file_of_every_bad_row(tmp_path, capsys, monkeypatch):
+    """A real (tiny) run through `main`: the data report is printed once, after training, with
+    the path of the CSV that lists every bad row; the data stage only logs it (at INFO), so
+    the CLI's own WARNING log (as `logging.basicConfig` sets it up) does not show it again."""
+    import csv
+    import io
+    import logging
+
+    from tfrec_lm import bert
+    from tfrec_lm.train import main
+
+    good = [f"u{u},i{(u + k) % 7},{100 * u + k}" for u in range(6) for k in range(6)]
+    bad = [f"u9,i1,not-a-time-{k}" for k in range(8)]
+    path = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n" + "\n".join(good + bad) + "\n")
+    tokenizer = bert.tiny_tokenizer([f"i{k}" for k in range(7)], tmp_path / "tokenizer")
+    monkeypatch.setattr(bert, "load_bert", lambda spec: (bert.tiny_bert(tokenizer.vocab_size, seed=0), tokenizer))
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    try:
+        code = main(["--preset", "tiny", "--data", "files", "--interactions", str(path), "--no-export",
+                     "--output-dir", str(tmp_path / "out"), "--export-base", str(tmp_path / "exports")])
+    finally:
+        logging.getLogger().removeHandler(handler)
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-2000:]
+    everything = printed.out + printed.err + log.getvalue()
+    assert everything.count("8 bad rows left out") == 1, everything[-3000:]
+    assert everything.count("not-a-time-0") == 1 and "not-a-time-5" not in everything  # the first five only
+    listing = tmp_path / "out" / "bad_rows.csv"
+    assert f"every bad row (line, column, reason, value): {listing}" in printed.out
+    with open(listing, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["line"], r["column"], r["value"]) for r in rows] == [
+        (str(len(good) + 2 + k), "timestamp", f"not-a-time-{k}") for k in range(8)]

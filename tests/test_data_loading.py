@@ -74,7 +74,7 @@ CSV_WITH_BAD_ROWS = (
 
 def test_csv_bad_rows_have_exact_line_numbers(tmp_path, caplog):
     path = write(tmp_path / "inter.csv", CSV_WITH_BAD_ROWS)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO, logger="tfrec_lm.data.schema"):
         ds = load_interactions_file(path)
     (report,) = ds.reports
     assert report.rows_read == 10
@@ -481,3 +481,102 @@ def test_shard_paths_that_match_nothing_say_so(tmp_path):
         load_interactions_file(tmp_path / "empty")
     with pytest.raises(DataError, match="no file matches"):
         load_interactions_file(tmp_path / "none-*.parquet")
+
+
+# ---------------------------------------------------------------- timestamps as dates, empty titles, the bad-rows file
+
+
+def test_timestamps_as_iso_dates_and_unix_seconds(tmp_path):
+    from tfrec_lm.config import parse_time
+
+    inter = write(tmp_path / "inter.csv", (
+        "user_id,item_id,timestamp\n"            # line 1
+        "u1,a,1998-03-01\n"                       # 2 a date: midnight UTC
+        "u1,b,1998-03-01T12:00:00+02:00\n"        # 3 an offset: 10:00 UTC
+        "u1,c,1998-03-01 12:00:00\n"              # 4 no offset: UTC
+        "u1,d,1998-03-01T10:00:00.9Z\n"           # 5 Z, the fraction dropped
+        "u2,a,881250949\n"                        # 6 an integer stays Unix seconds
+        "u2,b,yesterday\n"                        # 7 neither
+        "u2,c,1998-02-30\n"                       # 8 no such day
+        "u2,d,1969-12-31\n"                       # 9 before 1970
+    ))
+    ds = load_interactions_file(inter)
+    assert ds.interactions["timestamp"].tolist() == [
+        parse_time("1998-03-01"), parse_time("1998-03-01T12:00:00+02:00"), parse_time("1998-03-01T12:00:00"),
+        parse_time("1998-03-01T10:00:00Z"), 881250949]
+    assert ds.interactions["timestamp"].tolist()[:2] == [888710400, 888746400]
+    reasons = {b.line: b.reason for b in ds.reports[0].bad_rows}
+    assert sorted(reasons) == [7, 8, 9]
+    assert "timestamp 'yesterday' is not an integer" in reasons[7] and "ISO-8601" in reasons[7]
+    assert "'1998-02-30'" in reasons[8]
+    assert "negative" in reasons[9]
+    # JSON Lines strings and Parquet datetime columns (naive = UTC, or with a zone) alike
+    lines = [json.dumps({"user_id": "u1", "item_id": "a", "timestamp": "1998-03-01T12:00:00+02:00"}),
+             json.dumps({"user_id": "u1", "item_id": "b", "timestamp": 888710400})]
+    ds = load_interactions_file(write(tmp_path / "inter.jsonl", "\n".join(lines) + "\n"))
+    assert ds.interactions["timestamp"].tolist() == [888746400, 888710400]
+    for stamps in (pd.to_datetime(["1998-03-01 00:00", "1998-03-01 10:00"]),
+                   pd.to_datetime(["1998-03-01T02:00", "1998-03-01T12:00"]).tz_localize("Europe/Athens")):
+        frame = pd.DataFrame({"user_id": ["u1", "u1"], "item_id": ["a", "b"], "timestamp": stamps})
+        frame.to_parquet(tmp_path / "inter.parquet")
+        ds = load_interactions_file(tmp_path / "inter.parquet")
+        assert ds.interactions["timestamp"].tolist() == [888710400, 888746400] and ds.reports[0].n_bad == 0
+
+
+def test_empty_titles_are_bad_rows(tmp_path):
+    items = write(tmp_path / "items.csv", (
+        "item_id,title,year,genres\n"
+        "a,Heat,1995,Crime\n"
+        "b,,1995,Drama\n"          # line 3: empty
+        'c,"   ",,Comedy\n'         # line 4: whitespace only
+        "d,Up,,\n"
+    ))
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\nu1,a,1\nu1,d,2\n")
+    ds = load_interactions_file(inter, items_path=items)
+    assert [(b.line, b.reason) for b in ds.reports[0].bad_rows] == [(3, "empty title"), (4, "empty title")]
+    assert ds.items["item_id"].tolist() == ["a", "d"]
+    # A text column: an empty text falls back on the title; with neither, a bad row.
+    items = write(tmp_path / "items.jsonl", "\n".join(json.dumps(r) for r in [
+        {"item_id": "a", "text": "A film about toys"}, {"item_id": "d", "text": " ", "title": "Up"},
+        {"item_id": "e", "text": "", "title": ""}]) + "\n")
+    ds = load_interactions_file(inter, items_path=items)
+    assert [(b.line, b.reason) for b in ds.reports[0].bad_rows] == [(3, "empty text and title")]
+    assert ds.items["text"].tolist() == ["A film about toys", "Up"]
+    items = write(tmp_path / "text_only.csv", "item_id,text\na,Toys\nd,\n")
+    ds = load_interactions_file(write(tmp_path / "inter_a.csv", "user_id,item_id,timestamp\nu1,a,1\n"), items)
+    assert [(b.line, b.reason) for b in ds.reports[0].bad_rows] == [(3, "empty text")]
+
+
+def test_every_bad_row_is_written_with_line_column_reason_and_value(tmp_path):
+    from tfrec_lm.config import TrainConfig
+    from tfrec_lm.data.prepare import prepare_data
+    from tfrec_lm.data.schema import data_report
+
+    items = write(tmp_path / "items.csv", "item_id,title\na,Heat\nb,\nc,Up\nd,Big\n")
+    good = [f"u{u},{i},{10 * u + k}" for u in range(3) for k, i in enumerate("acdacd")]
+    bad = ["u9,a,yesterday", "u9,zz,5", ",c,abc", "u9,a,1,2,3"] + [f"u9,a,-{k}" for k in range(1, 6)]
+    inter = write(tmp_path / "inter.csv", "user_id,item_id,timestamp\n" + "\n".join(good + bad) + "\n")
+    config = TrainConfig(data="files", interactions=str(inter), items=str(items), max_history=5)
+    report_path = tmp_path / "run" / "bad_rows.csv"
+    data = prepare_data(config, bad_rows_path=report_path)
+    assert data.dataset.bad_rows_path == report_path
+    table = pd.read_csv(report_path, dtype=str, keep_default_na=False)
+    assert list(table.columns) == ["source", "line", "column", "reason", "value"]
+    first = len(good) + 2  # the first bad interaction's line
+    rows = [tuple(r) for r in table[["line", "column", "value"]].itertuples(index=False)]
+    assert rows[0] == ("3", "title", "")  # the items file's empty title
+    assert table["source"].tolist()[:2] == [str(items), str(inter)]
+    assert rows[1:6] == [(str(first), "timestamp", "yesterday"), (str(first + 1), "item_id", "zz"),
+                         (str(first + 2), "user_id", ""), (str(first + 2), "timestamp", "abc"),
+                         (str(first + 3), "", "u9,a,1,2,3")]
+    assert table["reason"][4] == "timestamp 'abc' is not an integer: expected " + \
+        "Unix seconds or an ISO-8601 date/time such as 1998-03-01 or 1998-03-01T12:00:00+02:00"
+    assert table["reason"][5] == "expected 3 fields, found 5"
+    # every bad row is there (9 interactions, one row with two problems, one item), not just 5
+    assert len(table) == 1 + 9 + 1 and sum(r.n_bad for r in data.dataset.reports) == 10
+    text = data_report(data.dataset)
+    assert text.count("bad rows left out") == 2 and "and 4 more" in text and str(report_path) in text
+    # the caller's dataset is not changed; without bad rows a stale file goes
+    clean = load_interactions_file(write(tmp_path / "clean.csv", "user_id,item_id,timestamp\n" + "\n".join(good)))
+    data = prepare_data(config, dataset=clean, bad_rows_path=report_path)
+    assert data.dataset.bad_rows_path is None and not report_path.exists() and data_report(data.dataset) == ""

@@ -213,6 +213,19 @@ def _metrics_json(path, users):
     return path
 
 
+def _colors(png) -> set:
+    """Every pixel colour of a PNG, as upper-case "#RRGGBB"."""
+    import matplotlib.image
+
+    pixels = (matplotlib.image.imread(png)[..., :3] * 255).round().astype(np.uint8).reshape(-1, 3)
+    return {"#%02X%02X%02X" % tuple(c) for c in np.unique(pixels, axis=0)}
+
+
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
+             "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7"}
+TAB10 = {"#1F77B4", "#FF7F0E", "#2CA02C", "#D62728", "#9467BD"}  # matplotlib's default cycle: not colour-blind safe
+
+
 def _pngs(folder):
     files = sorted(folder.glob("*.png"))
     for f in files:
@@ -234,6 +247,26 @@ def test_report_writes_pages_and_plots(tmp_path):
     for name in ("score_distribution.png", "trajectories.png", "slice_metrics.png"):
         assert f"]({name})" in md and f'src="{name}"' in page  # relative references
     assert "Pearson" in md and "most_popular" in md
+    # The plots draw with the Okabe-Ito palette: slices vermillion/blue, bars blue/orange, the
+    # genre areas, the threshold and the embedding curve; none of matplotlib's default colours.
+    o = OKABE_ITO
+    expected = {"score_distribution.png": {o["vermillion"], o["blue"], o["black"]},
+                "trajectories.png": {o["blue"], o["orange"], o["bluish green"], o["vermillion"], o["reddish purple"]},
+                "slice_metrics.png": {o["blue"], o["orange"]}}
+    for name, colors in expected.items():
+        found = _colors(out / name)
+        assert colors <= found, (name, colors - found)
+        assert not TAB10 & found, (name, TAB10 & found)
+    # Flag rates are measured, not quoted: synthetic users all switch category, so every one is
+    # flagged on the real histories and few on shuffled ones.
+    stats = result.stats
+    for kind in ("genre", "embedding"):
+        real = float((result.analysis.points[kind] >= 0).mean())
+        assert stats[kind]["with_point"] == real == 1.0 and 0.0 <= stats[kind]["shuffled_with_point"] <= 0.25
+        assert (f"**{kind}** score: 100.0% of users flagged on their real histories, "
+                f"{100 * stats[kind]['shuffled_with_point']:.1f}% on the shuffled ones") in md
+    assert "the false-alarm rate under no drift" in md and "interests do move" in md
+    assert "What a migration point means" in page and "<strong>genre</strong> score: 100.0%" in page
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page
     frame = pd.read_csv(result.scores_csv)
     assert len(frame) == 24
@@ -303,6 +336,20 @@ def test_cli_report_and_scores(tmp_path, capsys):
     assert main(["scores", *files, "--out", str(tmp_path / "s" / "scores.csv")]) == 0
     frame = pd.read_csv(tmp_path / "s" / "scores.csv")
     assert len(frame) == 15 and "genre_point" in frame.columns
+
+
+def test_cli_prints_bad_rows_once_and_writes_every_one(tmp_path, capsys):
+    interactions, items = _write_files(tmp_path)
+    good = interactions.read_text().splitlines()
+    interactions.write_text("\n".join(good + [f"u0,cam0,soon-{k},4" for k in range(7)]) + "\n")
+    files = ["--data", "files", "--interactions", str(interactions), "--items", str(items), "--no-encoder"]
+    assert main(["scores", *files, "--out", str(tmp_path / "s" / "scores.csv")]) == 0
+    out = capsys.readouterr().out
+    listing = tmp_path / "s" / "scores.bad_rows.csv"
+    assert out.count("7 bad rows left out") == 1 and "and 2 more" in out and str(listing) in out
+    frame = pd.read_csv(listing)
+    assert frame["line"].tolist() == list(range(len(good) + 1, len(good) + 8))
+    assert frame["value"].tolist() == [f"soon-{k}" for k in range(7)] and set(frame["column"]) == {"timestamp"}
 
 
 @pytest.mark.parametrize(

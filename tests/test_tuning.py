@@ -4,6 +4,8 @@ Trials really train (tiny random BERT, synthetic data, one epoch) through
 `tfrec_lm.training.train`; a counting wrapper around it tells which trials ran.
 """
 
+import dataclasses
+import re
 from pathlib import Path
 
 import tfrec_lm  # noqa: E402,F401  (TF_USE_LEGACY_KERAS before TensorFlow)
@@ -12,6 +14,7 @@ import math  # noqa: E402
 
 import keras_tuner as kt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import yaml  # noqa: E402
@@ -22,6 +25,7 @@ from tfrec_lm.models import factory as model_factory  # noqa: E402
 from tfrec_lm.bert import tiny_bert, tiny_tokenizer  # noqa: E402
 from tfrec_lm.config import PRESETS, TrainConfig, load_config_file  # noqa: E402
 from tfrec_lm.errors import ConfigError  # noqa: E402
+from tfrec_lm.data.schema import BadRow, LoadReport  # noqa: E402
 from tfrec_lm.data.synthetic import synthetic_migration  # noqa: E402
 
 from tuning import (OBJECTIVE_NAME, Range, RecommenderHyperModel, best_config, best_trial,  # noqa: E402
@@ -172,7 +176,10 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
                                                          capsys):
     counting = CountingTrain()
     monkeypatch.setattr(training, "train", counting)
-    monkeypatch.setattr(prepare, "load_training_data", lambda config: tiny_data)
+    # The data as read with one bad row: the search prints the data report once and lists the row.
+    flawed = dataclasses.replace(tiny_data, reports=[LoadReport("inter.csv", 9, [
+        BadRow(4, "timestamp 'soon' is not an integer", (("timestamp", "timestamp 'soon' is not an integer", "soon"),))])])
+    monkeypatch.setattr(prepare, "load_training_data", lambda config: flawed)
     monkeypatch.setattr(model_factory, "pretrained_encoder_factory", lambda spec: tiny_encoder)
     best_path = tmp_path / "best_config.yaml"
     argv = ["--strategy", "hyperband", "--max-epochs", "1", "--directory", str(tmp_path / "runs"),
@@ -187,6 +194,17 @@ def test_cli_hyperband_search_writes_table_and_best_config(tiny_data, tiny_encod
     # Hyperband with max_epochs=1 has one bracket of one 1-epoch trial.
     assert len(counting.calls) == 1
     assert "COMPLETED" in out and "tuner/epochs=1" in out and "best config:" in out
+    # One trial, one name: the summary table, KerasTuner's display and the trial folder agree.
+    table = out[out.index("trials (objective"):].splitlines()
+    trial_id, best_mark = table[2].split()[:2]
+    assert best_mark == "*" and (tmp_path / "runs" / "hb" / f"trial_{trial_id}" / "run" / "metrics.json").is_file()
+    assert re.findall(r"Search: Running Trial (\S+)", out) == [trial_id]
+    assert re.findall(r"Trial (\S+) Complete", out) == [trial_id]
+    assert f"best: trial {trial_id}," in out
+    listing = tmp_path / "runs" / "hb" / "bad_rows.csv"
+    assert out.count("inter.csv: 9 rows read, 1 bad rows left out") == 1 and str(listing) in out
+    assert pd.read_csv(listing).values.tolist() == [["inter.csv", 4, "timestamp", "timestamp 'soon' is not an integer",
+                                                     "soon"]]
     config = TrainConfig.from_dict(load_config_file(best_path))
     assert config.epochs == 1 and config.output_dir == str(tmp_path / "hb-best")
     assert config.finetune == "frozen" and config.max_train_examples == 128
@@ -273,6 +291,55 @@ def test_search_space_respects_train_config_constraints():
         RecommenderHyperModel(TrainConfig(), space={"seed": [1, 2]})
     with pytest.raises(ConfigError, match="num_heads"):
         RecommenderHyperModel(TrainConfig(), space={"embedding_dim": [24], "num_heads": [1, 5]})
+
+
+def test_trials_vary_only_live_knobs():
+    """A knob that cannot matter to a trial has no value in it (KerasTuner conditional scopes),
+    and a knob that cannot matter to any trial of a search is not in its space."""
+    hypermodel = RecommenderHyperModel(TrainConfig())
+    hp = kt.HyperParameters()
+    hypermodel.build(hp)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=2)
+    oracle.hyperparameters = hp.copy()
+    finetunes, id_knobs = set(), set()
+    for _ in range(200):
+        sample = hp.copy()
+        sample.values = oracle._random_values()
+        config = hypermodel.build(sample)
+        values = sample.values
+        finetunes.add(config.finetune)
+        if config.finetune != "top-k":  # a frozen (or fully tuned) encoder: no layer count to vary
+            assert "trainable_layers" not in values and not sample.is_active("trainable_layers")
+        else:
+            assert values["trainable_layers"] == config.trainable_layers
+        if not config.item_ids:
+            assert not {"item_fusion", "id_dropout", "id_lr_multiplier"} & set(values), values
+        else:
+            id_knobs.add((values["item_fusion"], values["id_dropout"]))
+        if config.similarity == "dot":
+            assert "temperature" not in values
+    assert finetunes == {"frozen", "top-k", "full"} and len(id_knobs) == 6
+
+    # Pinned parents take their children out of the search.
+    frozen = RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen"})
+    assert "trainable_layers" not in frozen.space and "text_tuning_steps" in frozen.space
+    hp = kt.HyperParameters()
+    config = frozen.build(hp)
+    assert "trainable_layers" not in hp.values and config.trainable_layers == TrainConfig().trainable_layers
+    no_ids = RecommenderHyperModel(TrainConfig(), fixed={"item_ids": False})
+    assert not {"item_fusion", "id_dropout", "id_lr_multiplier"} & set(no_ids.space)
+    # Without item text no tower reads the encoder (item-sequence): no fine-tuning knobs, no fusion.
+    ids_only = RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True),
+                                     fixed={"user_tower": "item-sequence", "negatives": "catalog"})
+    assert not {"finetune", "trainable_layers", "item_fusion", "text_tuning_steps"} & set(ids_only.space)
+    assert "id_dropout" in ids_only.space
+    assert "id_dropout" not in RecommenderHyperModel(TrainConfig(cold_items="id")).space
+    # Nested scopes: short_window is live only on the item-sequence tower with long_short on.
+    hp = kt.HyperParameters()
+    hp.Fixed("user_tower", "history-text")
+    RecommenderHyperModel(TrainConfig(), tune=["user_tower", "long_short", "short_window"],
+                          space={"user_tower": ["item-sequence", "history-text"]}).build(hp)
+    assert not hp.is_active("short_window") and not hp.is_active("long_short")
 
 
 def test_cli_value_parsing():

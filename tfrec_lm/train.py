@@ -98,9 +98,11 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, AssetError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for report in result.dataset.reports:
-        if report.n_bad:
-            print(report.summary())
+    from tfrec_lm.data.schema import data_report
+
+    report = data_report(result.dataset)
+    if report:
+        print(report)
     print(f"\ntrained in {result.train_seconds:.0f} s; validation NDCG@10 by epoch: "
           + ", ".join(f"{v:.4f}" for v in result.validation_ndcg))
     print("\ntest metrics (SPEC §2: leave-one-out, full catalog, history excluded)")

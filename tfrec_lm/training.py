@@ -124,7 +124,7 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     try:
         tf.keras.utils.set_random_seed(config.seed)
         workers = WorkerGroup(strategy, sharded=reads_shards(config, dataset))
-        data = prepare_data(config, dataset, workers)
+        data = prepare_data(config, dataset, workers, bad_rows_path=outputs.output_dir / "bad_rows.csv")
         stages.done("data")
         run = RunFolder(config.output_dir)
         claim = run.claim(run_identity(config, data), resume=config.resume,

@@ -18,7 +18,17 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
   `--strategy default`), and is active only with a frozen encoder.
 - `temperature` is tuned only for `similarity` `cosine`; raw dot products keep 1 (their
   norms set the scale).
-- `id_lr_multiplier` is tuned only where `item_ids` is on (without IDs it keeps 1).
+- `id_lr_multiplier`, `item_fusion` and `id_dropout` are tuned only where `item_ids` is
+  on (without IDs the multiplier keeps 1, the others the base config's value);
+  `item_fusion` needs the item text too, and `id_dropout` `--cold-items text`.
+
+Each trial varies only the knobs that can matter to it. A knob whose condition holds
+only for some trials is declared in KerasTuner conditional scopes (`hp.conditional_scope`,
+nested for every tuned knob it depends on), so a trial where it is inactive has no value
+for it (`trial.hyperparameters.values` lacks it; the oracle does not sample it). A knob
+whose condition can never hold in this search (its parent pinned, e.g. `trainable_layers`
+with `finetune=frozen`, or the encoder unused: no item text and no history-text tower)
+leaves the search space altogether.
 """
 
 from __future__ import annotations
@@ -116,6 +126,8 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "negatives": ("finetune", ("frozen",)),
     "text_tuning_steps": ("finetune", ("frozen",)),
     "id_lr_multiplier": ("item_ids", (True,)),
+    "item_fusion": ("item_ids", (True,)),
+    "id_dropout": ("item_ids", (True,)),
     "num_blocks": ("user_tower", ("item-sequence",)),
     "num_heads": ("user_tower", ("item-sequence",)),
     "history_tokens": ("user_tower", ("history-text",)),
@@ -192,7 +204,39 @@ class RecommenderHyperModel(kt.HyperModel):
             # Text tuning tunes the item text encoder on one device: not a knob without either.
             del self.space["text_tuning_steps"]
             self.base = self.base.replace(text_tuning_steps=0)
+        if not self.base.item_text:
+            # No text part: nothing to balance against the IDs.
+            self.space.pop("item_fusion", None)
+            if "history-text" not in self.possible_values("user_tower"):
+                self.space.pop("finetune", None)  # no tower reads the encoder: fine-tuning cannot matter
+        if self.base.cold_items != "text":
+            self.space.pop("id_dropout", None)  # the factory passes id_dropout only with --cold-items text
+        self._drop_dead_knobs()
         self._check()
+
+    def _reachable(self, name: str) -> Optional[set]:
+        """The values a knob can have in some trial (None: any, a continuous range)."""
+        if name in self.space:
+            values = self.possible_values(name)
+            return None if values is None else set(values)
+        values = {getattr(self.base, name)}
+        if name in CONDITIONS:  # inactive in some trials, or in all
+            values.add(INACTIVE_VALUE.get(name, getattr(self.base, name)))
+        return values
+
+    def _drop_dead_knobs(self) -> None:
+        """Removes every knob whose condition no trial can meet (its parent pinned to other values)."""
+        changed = True
+        while changed:
+            changed = False
+            for name in list(self.space):
+                if name not in CONDITIONS:
+                    continue
+                parent, values = CONDITIONS[name]
+                reachable = self._reachable(parent)
+                if reachable is not None and not reachable & set(values):
+                    del self.space[name]
+                    changed = True
 
     # ---- space queries -------------------------------------------------------------
 
@@ -248,12 +292,16 @@ class RecommenderHyperModel(kt.HyperModel):
         if not self.tuned(name):
             return getattr(self.base, name) if active else inactive
         # Nest the scopes of every tuned ancestor, outermost first (KerasTuner needs a
-        # conditional parent declared in the scope it was declared in).
+        # conditional parent declared in the scope it was declared in). An untuned
+        # ancestor sets no scope; its own parents matter when its inactive value fails.
         chain, child = [], name
         while child in CONDITIONS:
-            child, values = CONDITIONS[child]
-            if self.tuned(child):
-                chain.append((child, list(values)))
+            parent, values = CONDITIONS[child]
+            if self.tuned(parent):
+                chain.append((parent, list(values)))
+            elif INACTIVE_VALUE.get(parent, getattr(self.base, parent)) in values:
+                break
+            child = parent
         with contextlib.ExitStack() as scopes:
             for ancestor, values in reversed(chain):
                 scopes.enter_context(hp.conditional_scope(ancestor, values))

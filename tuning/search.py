@@ -16,11 +16,13 @@ knob leaves the search space).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 from tfrec_lm.config import PRESETS, TrainConfig, parse_bool, resolve_config
+from tfrec_lm.data.schema import data_report, write_bad_rows
 from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 from tuning.hypermodel import DEFAULT_SPACE, Range
@@ -163,6 +165,9 @@ def main(argv=None) -> int:
     from tuning.results import best_config, best_trial, format_trials_table, trial_rows, write_config
 
     project = Path(tuner.project_dir)
+    if any(r.n_bad for r in dataset.reports):  # every trial trains on these rows: the report once, here
+        listing = write_bad_rows(dataset.reports, project / "bad_rows.csv")
+        print(data_report(dataclasses.replace(dataset, bad_rows_path=listing)))
     done = sum(1 for t in tuner.oracle.trials.values() if t.status == "COMPLETED")
     print(f"search: {args.strategy}, {len(hypermodel.space)} knobs tuned ({', '.join(hypermodel.space)}); "
           f"results in {project}" + (f"; resuming after {done} completed trial(s)" if done else ""), flush=True)

@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import io
 import logging
@@ -44,6 +45,7 @@ import tfrec_lm  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow is importe
 import keras_tuner as kt
 import tensorflow as tf
 import yaml
+from keras_tuner.src.engine import oracle as kt_oracle
 
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.errors import ConfigError
@@ -61,6 +63,28 @@ SETTINGS_FILE = "search_settings.yaml"
 # Options that say where and how a run writes, not what it learns: a trial sets its own,
 # and the best config takes the base config's.
 OUTPUT_KEYS = ("output_dir", "export", "export_base", "model_name")
+
+
+class TrialIdDisplay(kt_oracle.Display):
+    """KerasTuner's per-trial display (shown at `verbose >= 1`), naming each trial by its `trial_id`.
+
+    KerasTuner's own display counts trials from 1 ("Running Trial #1") while their ids,
+    folders (`trial_<id>`), TensorBoard runs, our logs and the summary table count from 0
+    ("0", "00", ...), and a trial run again after an interruption gets a new count. Here
+    the display says "Trial <trial_id>" everywhere, so one trial has one name.
+    """
+
+    def on_trial_begin(self, trial):
+        if self.verbose < 1:
+            return
+        start = datetime.datetime.now()
+        self.trial_start[trial.trial_id] = start
+        if self.search_start is None:
+            self.search_start = start
+        self.trial_number[trial.trial_id] = trial.trial_id  # on_trial_end prints "Trial <this> Complete"
+        print(f"\nSearch: Running Trial {trial.trial_id}\n")
+        self.show_hyperparameter_table(trial)
+        print()
 
 
 class _BudgetSpent(Exception):
@@ -103,6 +127,9 @@ class TrainingTunerMixin:
             super().__init__(hypermodel=hypermodel, objective=OBJECTIVE, **kwargs)
         if captured.getvalue().strip():
             logger.info(captured.getvalue().strip())
+        display = TrialIdDisplay(self.oracle)
+        display.set_state(self.oracle._display.get_state())  # a resumed search's start times
+        self.oracle._display = display
         self.oracle.verbose = 0
 
     # ---- search loop -----------------------------------------------------------------

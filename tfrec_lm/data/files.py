@@ -1,11 +1,14 @@
 """A user's own interaction data: CSV, TSV, Parquet or JSON Lines, chosen by extension.
 
 Interactions need the columns ``user_id, item_id, timestamp`` and may have ``rating``
-(SPEC section 1). An optional items file (same formats) has ``item_id`` and either
+(SPEC section 1). A timestamp is Unix seconds (an integer) or an ISO-8601 date or
+date-time (``1998-03-01``, ``1998-03-01T12:00:00+02:00``; UTC unless it has an offset),
+or a Parquet timestamp. An optional items file (same formats) has ``item_id`` and either
 ``text``, or ``title`` with optional ``year`` and ``genres`` (names separated by ``|``,
-or a list in Parquet/JSON). Without an items file the catalog is every item seen in
-the interactions, with the item id as its text. Column names are matched after
-stripping whitespace and lower-casing. Extra columns are ignored.
+or a list in Parquet/JSON); an empty title (or an empty text with no title) is a bad
+row. Without an items file the catalog is every item seen in the interactions, with the
+item id as its text. Column names are matched after stripping whitespace and
+lower-casing. Extra columns are ignored. README.md, "Your own data files", has the table.
 """
 
 from __future__ import annotations
@@ -192,10 +195,11 @@ def read_delimited(path: str | Path, delimiter: str, quoting: int = csv.QUOTE_MI
                     rows.append(record)
                     lines.append(start)
                 elif end == start:
-                    bad.append(BadRow(start, reason))
+                    bad.append(BadRow(start, reason, raw="".join(source.consumed).rstrip("\r\n")))
                 else:
                     bad.append(BadRow(start, f"{reason}: the record runs from line {start} to line {end} "
-                                             f"(an unclosed quote?); lines {start + 1}-{end} are read again as rows"))
+                                             f"(an unclosed quote?); lines {start + 1}-{end} are read again as rows",
+                                      raw=source.consumed[0].rstrip("\r\n")))
                     source.read_again(source.consumed[1:])
         except UnicodeDecodeError as err:
             raise not_utf8_error(path, err) from err
@@ -227,10 +231,11 @@ def read_jsonl(path: str | Path) -> RawTable:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    bad.append(BadRow(number, f"not valid JSON ({err.msg})"))
+                    bad.append(BadRow(number, f"not valid JSON ({err.msg})", raw=line.rstrip("\r\n")))
                     continue
                 if not isinstance(record, dict):
-                    bad.append(BadRow(number, f"expected a JSON object, found {type(record).__name__}"))
+                    bad.append(BadRow(number, f"expected a JSON object, found {type(record).__name__}",
+                                      raw=line.rstrip("\r\n")))
                     continue
                 records.append(record)
                 lines.append(number)

@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from tfrec_lm.config import TrainConfig
-from tfrec_lm.data.schema import Dataset
+from tfrec_lm.data.schema import Dataset, write_bad_rows
 from tfrec_lm.data.split import (Examples, ItemVocab, LeaveOneOutSplit, UserSequences, build_sequences, build_vocab,
                                  leave_one_out, refresh_examples, train_interaction_counts)
 from tfrec_lm.distribute import WorkerGroup
@@ -154,7 +154,8 @@ class PreparedData:
         return digest.hexdigest()
 
 
-def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers=None) -> PreparedData:
+def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers=None,
+                 bad_rows_path=None) -> PreparedData:
     """Reads (unless given), indexes and splits the data, and chooses the training rows.
 
     Args:
@@ -164,6 +165,9 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers
         workers: tfrec_lm.distribute.WorkerGroup or None. a sharded multi-worker run: this
             worker reads only its shards, and the counts (and the digest) are summed over the
             workers. None: one worker (every combination is the identity).
+        bad_rows_path: str, Path or None. where to write every bad row of the data's reports
+            (`tfrec_lm.data.schema.write_bad_rows`; a stale file there is removed when there is
+            none); the returned data's `dataset.bad_rows_path` names it. None: not written.
 
     Returns:
         PreparedData.
@@ -173,6 +177,8 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers
     """
     workers = workers if workers is not None else WorkerGroup()
     dataset = dataset if dataset is not None else load_training_data(config, workers.shard)
+    if bad_rows_path is not None:  # a copy: a dataset the caller shares (the tuner's trials) stays as it was
+        dataset = dataclasses.replace(dataset, bad_rows_path=write_bad_rows(dataset.reports, bad_rows_path))
     vocab = build_vocab(dataset.items)
     sequences = build_sequences(dataset, vocab)
     split = leave_one_out(sequences, config.max_history)

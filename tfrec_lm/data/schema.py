@@ -4,13 +4,19 @@ Loaders turn their source into raw columns plus the source line number of every
 row, then call `validate_items` and `validate_interactions`. A row that
 breaks the schema becomes a `BadRow` in a `LoadReport` and is left out
 of the data; `check_reports` logs the reports and, in strict mode, raises
-`DataError`. Nothing is dropped without appearing in a report.
+`DataError`. Nothing is dropped without appearing in a report: `write_bad_rows` lists
+every bad row (line, column, reason, raw value) in a CSV file, and `data_report` is the
+short text a command line prints once.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -30,11 +36,18 @@ class BadRow:
     Attributes:
         line: int. 1-based line number in the source file (CSV/TSV: header is line 1;
             JSONL: first line is line 1; Parquet: row number + 1).
-        reason: str. what was wrong with the row.
+        reason: str. what was wrong with the row (every problem, joined by "; ").
+        problems: tuple of (column, reason, raw value) str triples. one per value that
+            broke the schema; empty when the row as a whole is broken (a wrong number of
+            fields, not JSON), whose text is then in `raw`.
+        raw: str. the row's own text where no column can be named (its first line for a
+            record that spans lines), else "".
     """
 
     line: int
     reason: str
+    problems: tuple = ()
+    raw: str = ""
 
 
 @dataclass
@@ -91,12 +104,15 @@ class Dataset:
         items: pd.DataFrame. columns item_id (str, unique), title (str), year (str, ''
             if unknown), genres (tuple of str), text (str); catalog order, index reset.
         reports: list[LoadReport]. one per file read.
+        bad_rows_path: Path or None. the CSV that lists every bad row of the reports
+            (`write_bad_rows`), once the data stage has written it.
     """
 
     name: str
     interactions: pd.DataFrame
     items: pd.DataFrame
     reports: list[LoadReport] = field(default_factory=list)
+    bad_rows_path: Optional[Path] = None
 
 
 def item_text(title: str, year: str = "", genres: tuple[str, ...] | list[str] = ()) -> str:
@@ -199,6 +215,63 @@ def parse_int_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarr
     return ints, reasons
 
 
+TIMESTAMP_FORMS = "Unix seconds or an ISO-8601 date/time such as 1998-03-01 or 1998-03-01T12:00:00+02:00"
+
+
+def _unix_seconds(moments: pd.Series) -> np.ndarray:
+    """Unix seconds (rounded down) of tz-aware UTC datetimes.
+
+    Args:
+        moments: pd.Series. datetime64 with tz UTC; NaT allowed.
+
+    Returns:
+        np.ndarray float64. [n] seconds, NaN where NaT.
+    """
+    return ((moments - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=float, na_value=np.nan)
+
+
+def parse_timestamp_column(values: pd.Series, name: str = "timestamp") -> tuple[np.ndarray, np.ndarray]:
+    """Parse a timestamp column: Unix seconds, or ISO-8601 dates and date-times.
+
+    Integers (and integral floats, digit strings) are Unix seconds, as `parse_int_column`
+    reads them. Any other text is read as ISO-8601 (`1998-03-01`, `1998-03-01 12:00`,
+    `1998-03-01T12:00:00+02:00`, `...Z`), vectorised by pandas: UTC unless the value
+    carries an offset, fractions of a second dropped. A datetime column (Parquet
+    timestamps) is read the same way, naive values as UTC.
+
+    Args:
+        values: pd.Series. raw values.
+        name: str. column name used in the reasons.
+
+    Returns:
+        tuple (seconds: np.ndarray int64 [n], reasons: np.ndarray object [n]). reasons[i]
+        is "" for a good value, else why it was rejected: missing, negative (before
+        1970), or neither Unix seconds nor an ISO-8601 date.
+    """
+    values = values.reset_index(drop=True)
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        seconds = _unix_seconds(pd.to_datetime(values, utc=True))
+        reasons = np.full(len(values), "", dtype=object)
+        reasons[np.isnan(seconds)] = f"missing {name}"
+        ints = np.where(np.isnan(seconds), 0, seconds).astype(np.int64)
+    else:
+        ints, reasons = parse_int_column(values, name)
+        # Only the values that are not integers are tried as dates ("is not an integer").
+        tried = np.flatnonzero([r.endswith("is not an integer") for r in reasons]) if (reasons != "").any() else []
+        if len(tried):
+            text = parse_string_column(values.iloc[tried])[0]
+            seconds = _unix_seconds(pd.to_datetime(pd.Series(text, dtype=object), format="ISO8601", utc=True,
+                                                   errors="coerce"))
+            parsed = ~np.isnan(seconds)
+            ints[tried[parsed]] = seconds[parsed].astype(np.int64)
+            reasons[tried[parsed]] = ""
+            reasons[tried[~parsed]] = [f"{name} {text[j]!r} is not an integer: expected {TIMESTAMP_FORMS}"
+                                       for j in np.flatnonzero(~parsed)]
+    negative = (reasons == "") & (ints < 0)
+    reasons[negative] = [f"{name} {ints[i]} is negative (before 1970)" for i in np.flatnonzero(negative)]
+    return ints, reasons
+
+
 def parse_float_column(values: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Parse an optional numeric column (ratings); missing values become NaN.
 
@@ -289,17 +362,40 @@ def _nul_reasons(strings: np.ndarray, name: str) -> np.ndarray:
     return reasons
 
 
-def _bad_rows(reasons: np.ndarray, lines: np.ndarray) -> list[BadRow]:
-    """The bad rows of a reasons column.
+def raw_text(value: object) -> str:
+    """A raw value as the text a bad-rows report shows ("" for a missing one).
 
     Args:
-        reasons: np.ndarray object. [n].
-        lines: np.ndarray int. [n].
+        value: object. a cell as read (str, number, bytes, None/NaN, a list).
 
     Returns:
-        list[BadRow]. for non-empty reasons.
+        str.
     """
-    return [BadRow(int(lines[i]), str(reasons[i])) for i in np.flatnonzero(reasons != "")]
+    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _bad_rows(lines: np.ndarray, checks: list[tuple[str, np.ndarray, Optional[pd.Series]]]) -> list[BadRow]:
+    """The bad rows of some checked columns.
+
+    Args:
+        lines: np.ndarray int. [n] source line of each row.
+        checks: list of (column, reasons, raw). reasons: np.ndarray object [n] ("" for a
+            good value); raw: the column's raw values (pd.Series [n]) or None.
+
+    Returns:
+        list[BadRow]. one per row with a reason, in row order; each names its problems.
+    """
+    reasons = _join_reasons(*(r for _, r, _ in checks))
+    out = []
+    for i in np.flatnonzero(reasons != ""):
+        problems = tuple((column, str(r[i]), raw_text(raw.iloc[i]) if raw is not None else "")
+                         for column, r, raw in checks if r[i] != "")
+        out.append(BadRow(int(lines[i]), str(reasons[i]), problems))
+    return out
 
 
 # --------------------------------------------------------------------------- validation
@@ -327,7 +423,7 @@ def validate_interactions(
     lines = np.asarray(lines, dtype=np.int64)
     users, user_missing = parse_string_column(raw["user_id"])
     items, item_missing = parse_string_column(raw["item_id"])
-    timestamps, ts_reasons = parse_int_column(raw["timestamp"], "timestamp")
+    timestamps, ts_reasons = parse_timestamp_column(raw["timestamp"], "timestamp")
     if "rating" in raw.columns:
         ratings, rating_reasons = parse_float_column(raw["rating"], "rating")
     else:
@@ -339,6 +435,10 @@ def validate_interactions(
     if known_items is not None:
         unknown = (item_reasons == "") & ~pd.Index(items).isin(known_items)
         item_reasons[unknown] = [f"item_id {items[i]!r} is not in the items table" for i in np.flatnonzero(unknown)]
+    raw = raw.reset_index(drop=True)
+    checks = [("user_id", id_reasons, raw["user_id"]), ("item_id", item_reasons, raw["item_id"]),
+              ("timestamp", ts_reasons, raw["timestamp"]),
+              ("rating", rating_reasons, raw["rating"] if "rating" in raw.columns else None)]
     reasons = _join_reasons(id_reasons, item_reasons, ts_reasons, rating_reasons)
     good = reasons == ""
     frame = pd.DataFrame(
@@ -349,7 +449,7 @@ def validate_interactions(
             "rating": ratings[good].astype(np.float64),
         }
     )
-    bad = sorted(list(pre_bad or []) + _bad_rows(reasons, lines), key=lambda b: b.line)
+    bad = sorted(list(pre_bad or []) + _bad_rows(lines, checks), key=lambda b: b.line)
     report = LoadReport(source=source, rows_read=len(raw) + len(pre_bad or []), bad_rows=bad)
     return frame, report
 
@@ -392,15 +492,29 @@ def validate_items(
 
     titles = text_col("title")
     years = text_col("year")
-    reasons = _join_reasons(reasons, *(_nul_reasons(text_col(name), name) for name in ("title", "year", "text")))
-    good = reasons == ""
+    checks = [("item_id", reasons, raw["item_id"])]
+    checks += [(name, _nul_reasons(text_col(name), name), raw[name]) for name in ("title", "year", "text")
+               if name in raw.columns]
     genres = [normalize_genres(x) for x in raw["genres"]] if "genres" in raw.columns else [()] * n
+    composed = np.array([item_text(t, y, g) for t, y, g in zip(titles, years, genres)], dtype=object)
+    # An item needs words to be encoded: an empty (or whitespace-only) title, or text
+    # where the file has a text column and no title to fall back on, is a bad row.
     if "text" in raw.columns:
         texts = text_col("text")
+        empty = (texts == "") & (titles == "")
+        texts = np.where(texts == "", composed, texts)
         titles = np.where(titles == "", texts, titles)
+        empty_column = "text"
     else:
-        texts = np.array([item_text(t, y, g) for t, y, g in zip(titles, years, genres)], dtype=object)
-    texts = np.where(texts == "", ids, texts)
+        texts = composed
+        empty = titles == ""
+        empty_column = "title"
+    empty_reasons = np.full(n, "", dtype=object)
+    empty_reasons[empty] = (f"empty {empty_column}" if empty_column == "title" or "title" not in raw.columns
+                            else "empty text and title")
+    checks.append((empty_column, empty_reasons, raw[empty_column] if empty_column in raw.columns else None))
+    reasons = _join_reasons(*(r for _, r, _ in checks))
+    good = reasons == ""
     keep = np.flatnonzero(good)
     frame = pd.DataFrame(
         {
@@ -411,7 +525,7 @@ def validate_items(
             "text": pd.Series(texts[keep], dtype=object),
         }
     )
-    bad = sorted(list(pre_bad or []) + _bad_rows(reasons, lines), key=lambda b: b.line)
+    bad = sorted(list(pre_bad or []) + _bad_rows(lines, checks), key=lambda b: b.line)
     return frame, LoadReport(source=source, rows_read=n + len(pre_bad or []), bad_rows=bad)
 
 
@@ -458,7 +572,7 @@ def require_rows(report: LoadReport, kept: int, what: str) -> None:
 
 
 def check_reports(reports: list[LoadReport], strict: bool, max_rows: int = 5) -> None:
-    """Log a warning for every report with bad rows; in strict mode raise instead.
+    """In strict mode, raise when a report has bad rows; else log them (at INFO: a CLI prints its data report once).
 
     Args:
         reports: list[LoadReport]. reports of the files just read.
@@ -476,4 +590,60 @@ def check_reports(reports: list[LoadReport], strict: bool, max_rows: int = 5) ->
         body = "\n".join(r.summary(max_rows) for r in flawed)
         raise DataError(f"{total} bad rows (strict mode, nothing loaded):\n{body}")
     for report in flawed:
-        logger.warning("bad rows left out of the data:\n%s", report.summary(max_rows))
+        logger.info("bad rows left out of the data:\n%s", report.summary(max_rows))
+
+
+BAD_ROWS_COLUMNS = ("source", "line", "column", "reason", "value")
+
+
+def write_bad_rows(reports: list[LoadReport], path: str | Path) -> Optional[Path]:
+    """Writes every bad row of the reports to a CSV file: one line per problem.
+
+    Columns `source, line, column, reason, value`: the file, its 1-based line, the column
+    at fault and its raw value; a row broken as a whole (a wrong number of fields, not
+    JSON) has an empty column and its own text as the value. A row with several bad
+    values has one line per value. The file is written whole (to a temporary name, then
+    renamed); without bad rows a file left by an earlier run is removed.
+
+    Args:
+        reports: list[LoadReport]. the data's reports.
+        path: str | Path. the CSV file.
+
+    Returns:
+        Path or None. the file, or None when no report has a bad row.
+    """
+    path = Path(path)
+    if not any(r.n_bad for r in reports):
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(BAD_ROWS_COLUMNS)
+        for report in reports:
+            for bad in report.bad_rows:
+                for column, reason, value in bad.problems or (("", bad.reason, bad.raw),):
+                    writer.writerow((report.source, bad.line, column, reason, value))
+    os.replace(temporary, path)
+    logger.info("%d bad rows written to %s", sum(r.n_bad for r in reports), path)
+    return path
+
+
+def data_report(dataset: Dataset, max_rows: int = 5) -> str:
+    """The data report a CLI prints: each file with bad rows, its first few, and where all of them are.
+
+    Args:
+        dataset: Dataset. its reports, and `bad_rows_path` when the bad rows were written.
+        max_rows: int. bad rows listed per file.
+
+    Returns:
+        str. "" when no row was left out.
+    """
+    flawed = [r for r in dataset.reports if r.n_bad]
+    if not flawed:
+        return ""
+    lines = [r.summary(max_rows) for r in flawed]
+    if dataset.bad_rows_path is not None:
+        lines.append(f"every bad row (line, column, reason, value): {dataset.bad_rows_path}")
+    return "\n".join(lines)

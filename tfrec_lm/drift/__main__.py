@@ -11,8 +11,10 @@ Exit code 0 on success, 2 on a data, asset, file or usage error (one ``error:`` 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from pathlib import Path
 
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.errors import AssetError, DataError
@@ -89,13 +91,23 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
                         progress=False)
 
 
+def _print_data_report(dataset: Dataset, bad_rows_path: Path) -> None:
+    """Prints the data's bad rows (the first few per file) once, and writes every one to `bad_rows_path`."""
+    from tfrec_lm.data.schema import data_report, write_bad_rows
+
+    if any(r.n_bad for r in dataset.reports):
+        dataset = dataclasses.replace(dataset, bad_rows_path=write_bad_rows(dataset.reports, bad_rows_path))
+        print(data_report(dataset))
+
+
 def _summary(stats: dict) -> list[str]:
     lines = []
     for kind in ("genre", "embedding"):
         if kind in stats:
             s = stats[kind]
             lines.append(f"{kind:9s} score: mean {s['mean']:.3f}, median {s['median']:.3f}, "
-                         f"q90 {s['q90']:.3f}; migration point for {100 * s['with_point']:.0f}% of users "
+                         f"q90 {s['q90']:.3f}; migration point for {100 * s['with_point']:.1f}% of users, "
+                         f"{100 * s['shuffled_with_point']:.1f}% of their histories shuffled in time "
                          f"(threshold {s['threshold']:.3f})")
     if "correlation" in stats:
         c = stats["correlation"]["genre~embedding"]
@@ -126,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
 
             load_metrics(args.metrics)  # fail before the slow part
         dataset = load_dataset(args)
+        _print_data_report(dataset, Path(args.out) / "bad_rows.csv" if args.command == "report"
+                           else Path(args.out).with_suffix(".bad_rows.csv"))
         from tfrec_lm.drift.analysis import analyze
 
         encoder = None if args.no_encoder else args.encoder
         analysis = analyze(dataset, encoder=encoder, window=args.window, recent=args.recent,
                            quantile=args.quantile, max_item_tokens=args.max_item_tokens)
         if args.command == "scores":
-            from pathlib import Path
-
             out = Path(args.out)
             out.parent.mkdir(parents=True, exist_ok=True)
             analysis.frame().to_csv(out, index=False)

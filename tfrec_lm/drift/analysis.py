@@ -47,6 +47,9 @@ class DriftAnalysis:
         points: dict[str, np.ndarray]. same keys -> int64 [U]; position of the migration
             point in each user's sequence, -1 when none.
         thresholds: dict[str, float]. same keys -> the calibrated migration threshold.
+        shuffled_flagged: dict[str, float]. same keys -> the share of users whose histories,
+            shuffled in time once more (a fresh shuffle, not the calibration's), get a
+            migration point at that threshold: the measured false-alarm rate under no drift.
         slices: dict[str, np.ndarray]. bool [U] masks "all", "migrating", "stable" from the
             genre score (the SPEC slices), or from the embedding score without genres.
         window: int. trailing window of the migration points.
@@ -63,6 +66,7 @@ class DriftAnalysis:
     points: dict
     thresholds: dict
     slices: dict
+    shuffled_flagged: dict = dataclasses.field(default_factory=dict)
     window: int = WINDOW
     recent: int = RECENT_ITEMS
     quantile: float = NULL_QUANTILE
@@ -100,12 +104,15 @@ class DriftAnalysis:
         """Population statistics of the scores.
 
         Returns:
-            dict. `population_stats` of the scores, plus per kind the share of
-            users with a migration point ("with_point") and the threshold.
+            dict. `population_stats` of the scores, plus per kind the share of users
+            with a migration point ("with_point": flagged on their real histories), the
+            share flagged on time-shuffled histories ("shuffled_with_point") and the
+            threshold.
         """
         out = population_stats(self.scores)
         for kind in self.kinds:
             out[kind]["with_point"] = float((self.points[kind] >= 0).mean()) if len(self.points[kind]) else 0.0
+            out[kind]["shuffled_with_point"] = self.shuffled_flagged.get(kind, float("nan"))
             out[kind]["threshold"] = self.thresholds[kind]
         return out
 
@@ -183,7 +190,9 @@ def analyze(dataset: Dataset, encoder=None, window: int = WINDOW, recent: int = 
         raise DataError(f"{dataset.name}: the items have no genres and no encoder was given: nothing to measure with")
 
     histories = [s[:-1] for s in sequences.items]  # SPEC: the history before the test target
-    scores, points, thresholds = {}, {}, {}
+    scores, points, thresholds, shuffled_flagged = {}, {}, {}, {}
+    rng = np.random.default_rng([seed, 1])  # not the calibration's shuffles
+    shuffled = [rng.permutation(np.asarray(s)) for s in sequences.items]
     if has_genres(dataset):
         scores["genre"] = genre_migration_scores(histories, item_genres, recent=recent)
     if vectors is not None:
@@ -192,10 +201,13 @@ def analyze(dataset: Dataset, encoder=None, window: int = WINDOW, recent: int = 
         profiles, distance = item_profiles(kind, item_genres, vectors)
         thresholds[kind] = null_threshold(sequences.items, profiles, window, distance, quantile, seed=seed)
         points[kind] = migration_points(sequences.items, profiles, window, thresholds[kind], distance=distance)
-        logger.info("%s: threshold %.4f, %d of %d users with a migration point", kind, thresholds[kind],
-                    int((points[kind] >= 0).sum()), len(sequences))
+        null_points = migration_points(shuffled, profiles, window, thresholds[kind], distance=distance)
+        shuffled_flagged[kind] = float((null_points >= 0).mean()) if len(null_points) else 0.0
+        logger.info("%s: threshold %.4f, %d of %d users with a migration point (%.1f%% of shuffled histories)",
+                    kind, thresholds[kind], int((points[kind] >= 0).sum()), len(sequences),
+                    100 * shuffled_flagged[kind])
     slice_kind = "genre" if "genre" in scores else "embedding"
     return DriftAnalysis(dataset=dataset, vocab=vocab, sequences=sequences, item_genres=item_genres,
                          item_vectors=vectors, scores=scores, points=points, thresholds=thresholds,
-                         slices=migration_slices(scores[slice_kind]), window=window, recent=recent,
-                         quantile=quantile)
+                         slices=migration_slices(scores[slice_kind]), shuffled_flagged=shuffled_flagged,
+                         window=window, recent=recent, quantile=quantile)

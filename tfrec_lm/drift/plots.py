@@ -13,9 +13,21 @@ from tfrec_lm.evaluation.migration import genre_matrix, migration_slices
 
 DPI = 110
 TOP_GENRES = 6
-SLICE_COLORS = {"migrating": "#d62728", "middle": "#b0b0b0", "stable": "#1f77b4"}
-POINT_STYLES = {"genre": dict(color="black", linestyle="-", linewidth=1.6),
-                "embedding": dict(color="#9467bd", linestyle="--", linewidth=1.6)}
+# Okabe & Ito's colour-blind-safe palette (Okabe and Ito, "Color Universal Design", 2008):
+# every plot takes its colours from it, plus neutral greys for "middle", "other" and the
+# histograms. Lines also differ by style, so nothing rests on colour alone.
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky blue": "#56B4E9", "bluish green": "#009E73",
+             "yellow": "#F0E442", "blue": "#0072B2", "vermillion": "#D55E00", "reddish purple": "#CC79A7"}
+GREY, LIGHT_GREY = "#999999", "#d9d9d9"
+# Filled areas (genres, bars): the seven colours other than black, in an order whose
+# neighbours differ in lightness as well as hue.
+AREA_COLORS = tuple(OKABE_ITO[name] for name in ("blue", "orange", "bluish green", "vermillion", "sky blue",
+                                                 "reddish purple", "yellow"))
+AREA_HATCHES = ("", "//", "..", "xx")  # beyond seven genres the colours repeat with a hatch
+SLICE_COLORS = {"migrating": OKABE_ITO["vermillion"], "middle": GREY, "stable": OKABE_ITO["blue"]}
+THRESHOLD_COLOR = OKABE_ITO["vermillion"]
+POINT_STYLES = {"genre": dict(color=OKABE_ITO["black"], linestyle="-", linewidth=1.6),
+                "embedding": dict(color=OKABE_ITO["reddish purple"], linestyle="--", linewidth=1.6)}
 LABELS = {
     "genre": "genre JS divergence (base 2)",
     "embedding": "embedding cosine distance",
@@ -62,7 +74,7 @@ def score_distribution(analysis: DriftAnalysis, path: Path) -> Path:
     for ax, kind in zip(axes, kinds):
         scores = analysis.scores[kind]
         slices = migration_slices(scores)
-        ax.hist(scores, bins=40, color="#7f7f7f", edgecolor="white")
+        ax.hist(scores, bins=40, color=GREY, edgecolor="white")
         ax.axvline(np.median(scores), color="black", linewidth=1.5, label=f"median {np.median(scores):.3f}")
         if slices["stable"].any():
             cut = scores[slices["stable"]].max()
@@ -170,11 +182,17 @@ def trajectories(analysis: DriftAnalysis, users: Sequence[int], path: Path) -> P
     users = list(users)
     genres_known = "genre" in analysis.scores
     weights, names = genre_matrix(analysis.item_genres)
-    import matplotlib
-
-    palette = matplotlib.colormaps["tab20"].colors
-    colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
-    colors["other"] = "#d9d9d9"
+    # Colours go to the genres these users show, the most consumed first, so the first
+    # seven are told apart by colour alone.
+    shown = []
+    for u in users:
+        history = np.asarray(analysis.sequences.items[u], dtype=np.int64)
+        totals = weights[history].sum(axis=0)
+        shown += [names[g] for g in np.argsort(-totals, kind="stable")[:TOP_GENRES] if totals[g] > 0]
+    ordered = list(dict.fromkeys(shown)) + [n for n in names if n not in shown]
+    colors = {name: AREA_COLORS[i % len(AREA_COLORS)] for i, name in enumerate(ordered)}
+    hatches = {name: AREA_HATCHES[(i // len(AREA_COLORS)) % len(AREA_HATCHES)] for i, name in enumerate(ordered)}
+    colors["other"], hatches["other"] = LIGHT_GREY, ""
     columns = 2 if len(users) > 1 else 1
     rows = max(1, (len(users) + columns - 1) // columns)
     fig = _figure(7.0 * columns, 4.4 * rows + 1.2, layout="constrained")
@@ -195,7 +213,8 @@ def trajectories(analysis: DriftAnalysis, users: Sequence[int], path: Path) -> P
             rest = shares.sum(axis=1) - np.sum(layers, axis=0) if layers else shares.sum(axis=1)
             layers.append(np.clip(rest, 0.0, 1.0))
             labels.append("other")
-            top_ax.stackplot(x, *layers, colors=[colors[n] for n in labels], linewidth=0)
+            top_ax.stackplot(x, *layers, colors=[colors[n] for n in labels], hatch=[hatches[n] for n in labels],
+                             linewidth=0)
             top_ax.set_ylim(0, 1)
             top_ax.set_ylabel(f"genre share, last {analysis.window}")
             shown_genres.update(labels)
@@ -207,7 +226,7 @@ def trajectories(analysis: DriftAnalysis, users: Sequence[int], path: Path) -> P
             threshold = analysis.thresholds[kind]
             scale = threshold if np.isfinite(threshold) and threshold > 0 else 1.0
             dist_ax.plot(x, d / scale, color=POINT_STYLES[kind]["color"], linewidth=1.0)
-        dist_ax.axhline(1.0, color="#d62728", linewidth=0.9, linestyle=":")
+        dist_ax.axhline(1.0, color=THRESHOLD_COLOR, linewidth=0.9, linestyle=":")
         dist_ax.set_ylabel("window distance\n÷ threshold", fontsize=8)
         dist_ax.set_xlabel("interaction # (time order)")
         dist_ax.set_xlim(0, max(len(history) - 1, 1))
@@ -226,14 +245,16 @@ def trajectories(analysis: DriftAnalysis, users: Sequence[int], path: Path) -> P
                  f"{kind} score {analysis.scores[kind][u]:.3f} · "
                  + ("; ".join(marks) if marks else "no migration point"))
         sub.suptitle(title, fontsize=9)
-    patches = [Patch(color=colors[n], label=n) for n in [*names, "other"] if n in shown_genres]
+    patches = [Patch(facecolor=colors[n], hatch=hatches[n], edgecolor="white", label=n)
+               for n in [*ordered, "other"] if n in shown_genres]
     lines = []
     for kind in analysis.kinds:
         style = POINT_STYLES[kind]
         lines.append(Line2D([], [], color=style["color"], linewidth=1.0,
                             label=f"{kind} window distance (threshold {analysis.thresholds[kind]:.3f})"))
         lines.append(Line2D([], [], label=f"{kind} migration point", **style))
-    lines.append(Line2D([], [], color="#d62728", linewidth=0.9, linestyle=":", label="threshold: the alarm fires above"))
+    lines.append(Line2D([], [], color=THRESHOLD_COLOR, linewidth=0.9, linestyle=":",
+                        label="threshold: the alarm fires above"))
     if patches:
         fig.legend(handles=patches, loc="outside lower left", ncol=(len(patches) + 1) // 2, fontsize=8,
                    title="genres (each user's 6 main ones)", title_fontsize=8, frameon=False)
@@ -260,7 +281,7 @@ def slice_metrics(metrics: dict, path: Path, names: Sequence[str] = ("NDCG@10", 
     fig = _figure(5.2 * len(names), 4.0, layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     width = 0.8 / max(len(models), 1)
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+    palette = AREA_COLORS
     for ax, metric in zip(axes, names):
         for i, model in enumerate(models):
             values = [metrics[model].get(s, {}).get(metric, np.nan) for s in slices]
