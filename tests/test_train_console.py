@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 # TensorFlow's own C++ log line: "2026-01-01 12:00:00.123456: I tensorflow/...".
 TF_CPP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ", re.MULTILINE)
 NOISE = ("cuInit", "cpu_feature_guard", "cudart_stub", "oneDNN", "TensorFlow and JAX classes are deprecated",
-         "PredictCost", "absl::InitializeLog", "initializing TFBertModel")
+         "PredictCost", "absl::InitializeLog", "initializing TFBertModel", "is slow compared to the batch time")
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,17 @@ def test_cli_summary_says_when_the_run_loses_to_the_baseline(monkeypatch, tmp_pa
     out = capsys.readouterr().out
     assert "WORSE THAN THE BASELINE: tfrec_lm loses to most-popular on NDCG@10 over all users: 0.0200 vs 0.0400" in out
     assert "export (serving_default) beats the most-popular baseline on NDCG@10 over all users: 0.0500 vs 0.0400" in out
+
+
+def test_the_slow_callback_notice_is_filtered_and_other_tensorflow_warnings_are_not():
+    import logging
+
+    from tfrec_lm.console import _drop_slow_callback_notice
+
+    def record(message):
+        return logging.LogRecord("tensorflow", logging.WARNING, __file__, 1, message, None, None)
+
+    assert not _drop_slow_callback_notice(record("Callback method `on_train_batch_end` is slow compared to the "
+                                                 "batch time (batch time: 0.0185s vs `on_train_batch_end` time: "
+                                                 "0.0632s). Check your callbacks."))
+    assert _drop_slow_callback_notice(record("Model failed to serialize as JSON."))

@@ -53,11 +53,19 @@ def quiet_third_party_logs() -> None:
       Python as exceptions.
     - `TRANSFORMERS_VERBOSITY=error`: transformers' deprecation banner for its TensorFlow
       classes and its checkpoint-loading notices.
-    - the `absl` Python logger at ERROR (TensorFlow's SavedModel notices).
+    - the `absl` Python logger at ERROR (TensorFlow's SavedModel notices);
+    - tf-keras's "Callback method `on_train_batch_end` is slow" notice on the `tensorflow`
+      logger (the backup and validation callbacks are slower than a millisecond batch).
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").addFilter(_drop_slow_callback_notice)
+
+
+def _drop_slow_callback_notice(record: logging.LogRecord) -> bool:
+    """False for tf-keras's "Callback method `on_train_batch_end` is slow" notice (first epoch). bool."""
+    return not str(record.msg).startswith("Callback method `on_train_batch_end` is slow")
 
 
 def quiet_native_warnings() -> bool:

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from tfrec_lm.catalog.table import read_catalog, training_catalog, write_catalog
 from tfrec_lm.config import TrainConfig
-from tfrec_lm.data.prepare import PreparedData, prepare_data
+from tfrec_lm.data.prepare import PreparedData, prepare_data, with_bad_rows
 from tfrec_lm.data.schema import Dataset
 from tfrec_lm.data.split import ItemVocab, LeaveOneOutSplit
 from tfrec_lm.distribute import WorkerGroup, WorkerOutputs, make_strategy
@@ -124,11 +124,13 @@ def train(config: TrainConfig, dataset: Optional[Dataset] = None,
     try:
         tf.keras.utils.set_random_seed(config.seed)
         workers = WorkerGroup(strategy, sharded=reads_shards(config, dataset))
-        data = prepare_data(config, dataset, workers, bad_rows_path=outputs.output_dir / "bad_rows.csv")
+        data = prepare_data(config, dataset, workers)
         stages.done("data")
         run = RunFolder(config.output_dir)
         claim = run.claim(run_identity(config, data), resume=config.resume,
                           overwrite=config.overwrite and outputs.chief)
+        # Only now: a folder that holds another run keeps its own report.
+        data = dataclasses.replace(data, dataset=with_bad_rows(data.dataset, outputs.output_dir / "bad_rows.csv"))
         recorded = run.record() if claim == "reuse" else None
         model = build_for_training(config, data, encoder_factory, strategy, tune_text=recorded is None,
                                    verbose=verbose)

@@ -154,6 +154,20 @@ class PreparedData:
         return digest.hexdigest()
 
 
+def with_bad_rows(dataset: Dataset, path) -> Dataset:
+    """Writes every bad row of the dataset's reports to `path` and names the file in a copy of it.
+
+    Args:
+        dataset: Dataset. loaded data (a copy is returned: a dataset the caller shares, the
+            tuner's trials', stays as it was).
+        path: str | Path. the CSV file (`tfrec_lm.data.schema.write_bad_rows`).
+
+    Returns:
+        Dataset. with `bad_rows_path` set (None without bad rows).
+    """
+    return dataclasses.replace(dataset, bad_rows_path=write_bad_rows(dataset.reports, path))
+
+
 def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers=None,
                  bad_rows_path=None) -> PreparedData:
     """Reads (unless given), indexes and splits the data, and chooses the training rows.
@@ -177,8 +191,8 @@ def prepare_data(config: TrainConfig, dataset: Optional[Dataset] = None, workers
     """
     workers = workers if workers is not None else WorkerGroup()
     dataset = dataset if dataset is not None else load_training_data(config, workers.shard)
-    if bad_rows_path is not None:  # a copy: a dataset the caller shares (the tuner's trials) stays as it was
-        dataset = dataclasses.replace(dataset, bad_rows_path=write_bad_rows(dataset.reports, bad_rows_path))
+    if bad_rows_path is not None:
+        dataset = with_bad_rows(dataset, bad_rows_path)
     vocab = build_vocab(dataset.items)
     sequences = build_sequences(dataset, vocab)
     split = leave_one_out(sequences, config.max_history)
