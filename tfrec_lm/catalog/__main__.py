@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from tfrec_lm.catalog.update import CATALOG_TOLERANCE
+from tfrec_lm.console import quiet_native_warnings, quiet_third_party_logs
 from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 
@@ -79,11 +80,16 @@ def read_retire_file(path: str) -> list[str]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_third_party_logs()  # before TensorFlow is imported
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         retire = list(args.retire) + (read_retire_file(args.retire_file) if args.retire_file else [])
         from tfrec_lm.catalog.update import update_catalog
+
+        if not args.verbose:
+            quiet_native_warnings()  # ScaNN's partitioner and grappler write through absl's C++ log
 
         update = update_catalog(args.run, items_path=args.items, retire=retire, export_base=args.export_base,
                                 model_name=args.model_name, index=args.index, top_k=args.top_k,
