@@ -312,10 +312,14 @@ def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing
     plain = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "plain"),
                            encoder_factory=encoder_factory)
     folded = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "folded"),
-                            encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=2.0)
+                            encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=2.0,
+                            fold_in_map="none")
     audience_only = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "audience"),
                                    encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=0.0,
-                                   fold_in_text_prior=False)
+                                   fold_in_text_prior=False, fold_in_map="none")
+    mapped = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "mapped"),
+                            encoder_factory=encoder_factory, interactions=log)
+    assert mapped.fold_in.audience_map == "none" and mapped.fold_in.map_items == 0  # 3 known rows: too few to fit
     fold = folded.fold_in
     assert fold.log_rows == 8 and fold.used_rows == 2 and fold.no_history == 1  # u3 had nothing before new-a
     assert fold.outside_catalog == 2 and fold.outside_catalog_items == 2 and fold.out_of_scope == 3

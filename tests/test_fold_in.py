@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec_lm.catalog.fold_in import fold_in_vectors, history_rows
+from tfrec_lm.catalog.fold_in import fit_audience_map, fold_in_vectors, history_rows, map_audience
 
 S = 1 / np.sqrt(2)
 
@@ -74,3 +74,17 @@ def test_history_rows_are_each_users_earlier_known_items_in_time_order():
     history, _ = history_rows(log.iloc[:3], {"x": 1, "gone": 4, "y": 2}, max_history=1,
                               select=np.array([False, False, True]))
     assert history.tolist() == [[4]]  # the newest max_history known items
+
+
+def test_the_audience_map_recovers_a_linear_relation_and_applies_before_the_shrinkage():
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((50, 2))
+    true = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, -0.5]])  # swap the axes, then add an intercept
+    vectors = np.hstack([centroids, np.ones((50, 1))]) @ true
+    np.testing.assert_allclose(fit_audience_map(centroids, vectors, ridge=0.0), true, atol=1e-9)
+    mapping = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # a pure swap
+    np.testing.assert_allclose(map_audience(np.array([[0.6, 0.8]]), mapping), [[0.8, 0.6]], atol=1e-12)
+    representations, priors = tiny_catalog()
+    out, _ = fold_in_vectors(representations, priors, np.array([[0, 1.0]]), np.array([1]), np.ones(1),
+                             shrinkage=0.0, mapping=mapping)
+    np.testing.assert_allclose(out[1], [3, 0], atol=1e-6)  # the audience (0, 1) mapped to (1, 0), at norm 3

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(measures what the text adds)")
     parser.add_argument("--fold-in-half-life", type=float, metavar="DAYS",
                         help="weigh each logged interaction by 0.5 ** (age / DAYS) (default: equal weights)")
+    parser.add_argument("--fold-in-map", choices=("linear", "none"), default="linear",
+                        help="linear (default): map the takers' query centroid into the item space with a ridge "
+                             "map fitted on the log's known items; none: the centroid as it is (it puts folded "
+                             "items into most lists)")
     parser.add_argument("--fold-in-scope", choices=("new", "all"), default="new",
                         help="new (default): items without a trained ID embedding; all: known items too")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -113,6 +117,7 @@ def main(argv=None) -> int:
                                 interactions=args.interactions, since=args.since,
                                 fold_in_shrinkage=args.fold_in_shrinkage, fold_in_text_prior=args.fold_in_text_prior,
                                 fold_in_half_life_days=args.fold_in_half_life, fold_in_scope=args.fold_in_scope,
+                                fold_in_map=args.fold_in_map,
                                 command=shlex.join(["python", "-m", "tfrec_lm.catalog", *argv]))
     except (ConfigError, DataError, AssetError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -125,7 +130,8 @@ def main(argv=None) -> int:
     if update.fold_in is not None:
         fold = update.fold_in
         print(f"fold-in: {fold.used_rows} of {fold.log_rows} log rows folded into {len(fold.rows)} items "
-              f"(shrinkage {fold.shrinkage:g}, {'text' if fold.text_prior else 'no-ID'} prior); "
+              f"(shrinkage {fold.shrinkage:g}, {'text' if fold.text_prior else 'no-ID'} prior, audience map "
+              f"{fold.audience_map}{f' on {fold.map_items} known items' if fold.map_items else ''}); "
               f"{fold.outside_catalog} rows on {fold.outside_catalog_items} items outside the catalog, "
               f"{fold.out_of_scope} on items out of scope ({fold.scope}), {fold.no_history} without a history")
     if update.gate is not None:

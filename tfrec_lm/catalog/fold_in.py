@@ -12,6 +12,16 @@ direction (for a new item: its text projection plus the ID part its text neighbo
 it), or, with the text prior off, the model's learned no-ID vector alone (zero in a model
 trained without cold items, which leaves v_i = q_i).
 
+The audience map (`linear`, the default). In this model a user's query and the vectors of the
+items they take live in different regions of the space: the centroid of an item's takers'
+queries has a higher cosine with most users than trained item vectors do, so a centroid
+alone puts the folded items into most top-10 lists (measured: BUILD_NOTES, "Issue 29"). The
+map is fitted in closed form on the known items of the same log: ridge regression from each
+warm item's takers' centroid c_j (up to `MAP_ROWS_PER_ITEM` of its newest log rows, at least
+`MAP_MIN_ROWS`) to its current unit vector y_j, with an intercept,
+`W = argmin sum_j |[c_j, 1] W - y_j|^2 + ridge |W|^2`; a folded item's audience is then
+`normalize([q_i, 1] W)` instead of q_i. `none` keeps q_i.
+
 Where it lives: the item's *representation* (the item tower's unnormalised vector, the
 text part plus the ID part) is replaced by `|rep_i| v_i`, so the served item vector (its
 L2 normalisation) is exactly v_i, and a history holding the item reads the same vector. It
@@ -34,6 +44,10 @@ DEFAULT_SHRINKAGE = 3.0
 Set a priori, not chosen on a validation window (BUILD_NOTES, "Issue 29")."""
 
 SCOPES = ("new", "all")
+MAPS = ("linear", "none")
+MAP_ROWS_PER_ITEM = 20
+MAP_MIN_ROWS = 3
+MAP_RIDGE = 1.0
 
 
 @dataclasses.dataclass
@@ -54,6 +68,9 @@ class FoldIn:
         text_prior: bool. whether the prior was the item's current (text-based) vector.
         half_life_days: float or None. recency weighting.
         scope: str. `new` (items without a trained ID embedding) or `all`.
+        audience_map: str. `linear` (fitted on `map_items` known items) or `none`.
+        map_items: int. known items the map was fitted on (0: not fitted, the identity).
+        map_fit_r2: float or None. the share of the known items' vector variance the map explains.
     """
 
     representations: np.ndarray
@@ -69,6 +86,9 @@ class FoldIn:
     text_prior: bool
     half_life_days: Optional[float]
     scope: str
+    audience_map: str = "none"
+    map_items: int = 0
+    map_fit_r2: Optional[float] = None
 
     def summary(self) -> dict:
         """The manifest's record of the fold-in (no vectors). dict."""
@@ -76,7 +96,8 @@ class FoldIn:
                 "outside_catalog_rows": self.outside_catalog, "outside_catalog_items": self.outside_catalog_items,
                 "out_of_scope_rows": self.out_of_scope, "no_history_rows": self.no_history,
                 "shrinkage": self.shrinkage, "text_prior": self.text_prior,
-                "half_life_days": self.half_life_days, "scope": self.scope}
+                "half_life_days": self.half_life_days, "scope": self.scope, "audience_map": self.audience_map,
+                "map_items": self.map_items, "map_fit_r2": self.map_fit_r2}
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -84,8 +105,32 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, vectors / np.maximum(norms, 1e-30), 0.0)
 
 
+def fit_audience_map(centroids: np.ndarray, vectors: np.ndarray, ridge: float = MAP_RIDGE) -> np.ndarray:
+    """Ridge regression with an intercept from audience centroids to item vectors.
+
+    Args:
+        centroids: np.ndarray. [m, D] unit centroids of known items' takers' queries.
+        vectors: np.ndarray. [m, D] those items' unit vectors.
+        ridge: float. the penalty on W.
+
+    Returns:
+        np.ndarray float64. [D+1, D] W (last row the intercept): `[c, 1] @ W`.
+    """
+    inputs = np.hstack([np.asarray(centroids, np.float64), np.ones((len(centroids), 1))])
+    gram = inputs.T @ inputs + ridge * np.eye(inputs.shape[1])
+    return np.linalg.solve(gram, inputs.T @ np.asarray(vectors, np.float64))
+
+
+def map_audience(audience: np.ndarray, mapping: Optional[np.ndarray]) -> np.ndarray:
+    """`normalize([a, 1] @ W)` for each row of `audience` (unchanged when `mapping` is None)."""
+    if mapping is None:
+        return audience
+    return _unit(np.hstack([audience, np.ones((len(audience), 1))]) @ mapping)
+
+
 def fold_in_vectors(representations: np.ndarray, priors: np.ndarray, queries: np.ndarray, row_items: np.ndarray,
-                    weights: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+                    weights: np.ndarray, shrinkage: float, mapping: Optional[np.ndarray] = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """The closed form, in numpy: folded representations of the items in `row_items`.
 
     Args:
@@ -95,6 +140,7 @@ def fold_in_vectors(representations: np.ndarray, priors: np.ndarray, queries: np
         row_items: np.ndarray int. [R] the item of each log row.
         weights: np.ndarray. [R] each row's weight (1, or its recency weight).
         shrinkage: float. k >= 0.
+        mapping: np.ndarray or None. [D+1, D] the audience map (`fit_audience_map`); None: identity.
 
     Returns:
         tuple (np.ndarray float32 [C+1, D] representations with the folded rows replaced,
@@ -110,7 +156,7 @@ def fold_in_vectors(representations: np.ndarray, priors: np.ndarray, queries: np
     summed = np.zeros((len(rows), out.shape[1]))
     np.add.at(summed, inverse, weights[:, None] * np.asarray(queries, np.float64))
     mass = np.bincount(inverse, weights, len(rows))
-    audience = _unit(summed)
+    audience = map_audience(_unit(summed), mapping)
     share = (mass / (mass + shrinkage))[:, None] if shrinkage > 0 else np.ones((len(rows), 1))
     target = _unit(share * audience + (1.0 - share) * _unit(np.asarray(priors, np.float64)[rows]))
     out[rows] = np.linalg.norm(out[rows], axis=1, keepdims=True) * target
@@ -149,7 +195,7 @@ def history_rows(log: pd.DataFrame, index: dict, max_history: int, select: np.nd
 
 def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shrinkage: float = DEFAULT_SHRINKAGE,
             text_prior: bool = True, half_life_days: Optional[float] = None, scope: str = "new",
-            warm_items=None, batch_size: int = 512) -> FoldIn:
+            warm_items=None, batch_size: int = 512, audience_map: str = "linear") -> FoldIn:
     """Folds the log's interactions into the item vectors of a (grown, frozen) model.
 
     Args:
@@ -165,6 +211,8 @@ def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shr
         scope: str. `new`: items without a trained ID embedding (`warm_items` False); `all`: every item.
         warm_items: np.ndarray bool or None. [C+1]; None: the item tower's (all warm if it has none).
         batch_size: int. histories per user-tower call.
+        audience_map: str. `linear`: map the takers' centroid into the item space with the ridge map fitted
+            on the log's known items (module docstring); `none`: the centroid as it is.
 
     Returns:
         FoldIn.
@@ -173,6 +221,8 @@ def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shr
 
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if audience_map not in MAPS:
+        raise ValueError(f"audience_map must be one of {', '.join(MAPS)}, got {audience_map!r}")
     if half_life_days is not None and half_life_days <= 0:
         raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
     tower = model.item_tower
@@ -193,30 +243,60 @@ def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shr
     in_window = np.ones(len(log), bool) if since is None else stamps >= int(since)
     in_scope = ~outside & (np.ones(len(log), bool) if scope == "all" else ~warm_items[rows])
     use = in_window & in_scope
-    history, times = history_rows(log, index, model.user_tower.max_history, use)
+    # The map's rows: the newest MAP_ROWS_PER_ITEM rows of each warm item that is not folded in.
+    calibrate = np.zeros(len(log), bool)
+    if audience_map == "linear":
+        candidates = ~outside & warm_items[rows] & ~use
+        if candidates.any():
+            frame = pd.DataFrame({"item": rows[candidates], "time": stamps[candidates],
+                                  "row": np.flatnonzero(candidates)})
+            newest = frame.sort_values(["item", "time"], kind="stable").groupby("item").tail(MAP_ROWS_PER_ITEM)
+            calibrate[newest["row"].to_numpy()] = True
+    history, times = history_rows(log, index, model.user_tower.max_history, use | calibrate)
     served_users = model.user_tower.for_export()
-    queries = np.zeros((len(history), width), np.float32)
+    all_queries = np.zeros((len(history), width), np.float32)
     for start in range(0, len(history), batch_size):
         got = served_users(tf.constant(history[start:start + batch_size]),
                            tf.constant(times[start:start + batch_size]), training=False).numpy()
-        queries[start:start + len(got)] = got[:, :width]  # an item-bias model's users end with a constant 1
-    empty = ~(history > 0).any(axis=1)  # no known earlier item: the user tower says nothing about them
-    used_items, queries = rows[use][~empty], queries[~empty]
+        all_queries[start:start + len(got)] = got[:, :width]  # an item-bias model's users end with a constant 1
+    has_history = (history > 0).any(axis=1)  # no known earlier item: the user tower says nothing about them
+    chosen = np.flatnonzero(use | calibrate)
+    is_fold = use[chosen]
+    empty = ~has_history[is_fold]
+    used_items, queries = rows[chosen[is_fold]][~empty], all_queries[is_fold][~empty]
+    final = tower(everything, training=False).numpy()[:, :width]
+    mapping, map_items, map_r2 = None, 0, None
+    if audience_map == "linear":
+        keep = ~is_fold & has_history
+        map_rows, map_queries = rows[chosen[keep]], all_queries[keep]
+        items_of, inverse = np.unique(map_rows, return_inverse=True)
+        enough = np.bincount(inverse, minlength=len(items_of)) >= MAP_MIN_ROWS
+        if enough.sum() > width + 1:  # more items than unknowns per output coordinate
+            summed = np.zeros((len(items_of), width))
+            np.add.at(summed, inverse, map_queries.astype(np.float64))
+            centroids, targets = _unit(summed[enough]), _unit(final[items_of[enough]].astype(np.float64))
+            mapping = fit_audience_map(centroids, targets)
+            residual = map_audience(centroids, mapping) - targets
+            map_items = int(enough.sum())
+            map_r2 = float(1.0 - (residual ** 2).sum() / ((targets - targets.mean(axis=0)) ** 2).sum())
     weights = np.ones(len(used_items))
     if half_life_days is not None and len(used_items):
         ages = stamps.max() - stamps[use][~empty]
         weights = 0.5 ** (ages / (half_life_days * 86400.0))
     if text_prior:
-        priors = tower(everything, training=False).numpy()[:, :width]
+        priors = final
     else:
         no_id = tower.no_id_embedding
         vector = np.zeros(width, np.float32) if no_id is None else no_id.numpy() * 1.0
         priors = np.tile(vector, (tower.num_items, 1))
-    folded, folded_rows = fold_in_vectors(representations, priors, queries, used_items, weights, shrinkage)
+    folded, folded_rows = fold_in_vectors(representations, priors, queries, used_items, weights, shrinkage,
+                                          mapping)
     counts = np.bincount(used_items, minlength=tower.num_items)[folded_rows].astype(np.int64)
     return FoldIn(representations=folded, rows=folded_rows, interactions=counts, log_rows=int(len(log)),
                   used_rows=int(len(used_items)), outside_catalog=int((outside & in_window).sum()),
                   outside_catalog_items=int(log.loc[outside & in_window, "item_id"].nunique()),
                   out_of_scope=int((in_window & ~outside & ~in_scope).sum()), no_history=int(empty.sum()),
                   shrinkage=float(shrinkage),
-                  text_prior=bool(text_prior), half_life_days=half_life_days, scope=scope)
+                  text_prior=bool(text_prior), half_life_days=half_life_days, scope=scope,
+                  audience_map=audience_map if mapping is not None else "none", map_items=map_items,
+                  map_fit_r2=map_r2)

@@ -197,7 +197,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                    publish: str = "if-better", staging_base: Optional[str] = None,
                    command: Optional[str] = None, tolerance: float = CATALOG_TOLERANCE, interactions=None,
                    since=None, fold_in_shrinkage: Optional[float] = None, fold_in_text_prior: bool = True,
-                   fold_in_half_life_days: Optional[float] = None, fold_in_scope: str = "new") -> CatalogUpdate:
+                   fold_in_half_life_days: Optional[float] = None, fold_in_scope: str = "new",
+                   fold_in_map: str = "linear") -> CatalogUpdate:
     """Writes the next export version of a trained run with new, changed and retired items.
 
     No training step runs: the towers are the run's checkpoint, and only item texts that
@@ -232,6 +233,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         fold_in_text_prior: bool. shrink toward the item's text-based vector (False: the no-ID vector).
         fold_in_half_life_days: float or None. recency weighting of the log (None: equal weights).
         fold_in_scope: str. `new` (items without a trained ID embedding) or `all`.
+        fold_in_map: str. `linear` (the takers' centroid mapped into the item space by a ridge map fitted
+            on the log's known items) or `none` (the centroid as it is).
 
     Returns:
         CatalogUpdate.
@@ -242,7 +245,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         DataError: a bad items file, an unknown item to retire, nothing left to recommend, or a bad
             interaction log (malformed, empty, nothing at or after `since`, none of its items in the catalog).
     """
-    from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, SCOPES, fold_in
+    from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.models.factory import pretrained_encoder_factory
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
@@ -258,6 +261,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         raise ConfigError(f"--fold-in-shrinkage must be >= 0, got {fold_in_shrinkage}")
     if fold_in_half_life_days is not None and not fold_in_half_life_days > 0:
         raise ConfigError(f"--fold-in-half-life must be > 0 days, got {fold_in_half_life_days}")
+    if fold_in_map not in MAPS:
+        raise ConfigError(f"--fold-in-map must be one of {', '.join(MAPS)}, got {fold_in_map!r}")
     if fold_in_scope not in SCOPES:
         raise ConfigError(f"--fold-in-scope must be one of {', '.join(SCOPES)}, got {fold_in_scope!r}")
     versions = ModelVersions(export_base or (named.export_base if named else "exports"),
@@ -308,7 +313,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     folded = None
     if log is not None:
         folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
-                         half_life_days=fold_in_half_life_days, scope=fold_in_scope)
+                         half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
     module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
                            item_representations=None if folded is None else folded.representations)
     record = run.record() or {}
