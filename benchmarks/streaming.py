@@ -16,7 +16,9 @@ Variants:
   the frozen user tower's queries, shrunk toward their text-based vector;
 - `fold_in_no_text`: the same with the text prior off (the no-ID vector);
 - `fold_in_centroid`: the fold-in without its audience map (`--fold-in-map none`: the takers'
-  query centroid as it is), text prior on.
+  query centroid as it is), text prior on;
+- `fold_in_cold0`: the fold-in with `--cold-neighbours 0`: items with no log interaction keep the
+  no-ID vector instead of their text neighbours' IDs (the prior of folded items changes too).
 
 Reported per variant, per window and overall: HR@10, NDCG@10 and hits on all, known-item
 and new-item targets (new split by 0, 1-2, 3+ log interactions of the target item at update
@@ -45,8 +47,8 @@ from _common import write_result  # noqa: E402
 
 RESULT = "streaming"
 WEEK = 7 * 86400
-VARIANTS = ("stale", "text_only", "trending", "fold_in", "fold_in_no_text", "fold_in_centroid")
-UPDATES = ("text_only", "fold_in", "fold_in_no_text", "fold_in_centroid")
+VARIANTS = ("stale", "text_only", "trending", "fold_in", "fold_in_no_text", "fold_in_centroid", "fold_in_cold0")
+UPDATES = ("text_only", "fold_in", "fold_in_no_text", "fold_in_centroid", "fold_in_cold0")
 
 
 def stream_setup(dataset, q1: float = 70.0, window_seconds: int = WEEK, max_windows=None) -> dict:
@@ -170,7 +172,8 @@ def run_seed(dataset, setup: dict, config, workdir: Path, seed: int, encoder_fac
         options = {"text_only": {}, "fold_in": {"interactions": log, "fold_in_shrinkage": shrinkage},
                    "fold_in_no_text": {"interactions": log, "fold_in_shrinkage": shrinkage,
                                        "fold_in_text_prior": False},
-                   "fold_in_centroid": {"interactions": log, "fold_in_shrinkage": shrinkage, "fold_in_map": "none"}}
+                   "fold_in_centroid": {"interactions": log, "fold_in_shrinkage": shrinkage, "fold_in_map": "none"},
+                   "fold_in_cold0": {"interactions": log, "fold_in_shrinkage": shrinkage, "cold_neighbours": 0}}
         folded = {}
         for name in UPDATES:
             if not len(new_ids) and name == "text_only":  # nothing to add: the update is the stale export

@@ -576,7 +576,7 @@ def test_streaming_smoke_runs_every_variant_and_its_counts_add_up(encoder_factor
     assert at_t1["new_item_0_in_log"]["targets"] == at_t1["new_item"]["targets"]  # no new item is in the log at T1
     paired = payload["paired"]
     assert set(paired) == {"text_only_vs_stale", "trending_vs_stale", "fold_in_vs_stale", "fold_in_no_text_vs_stale",
-                           "fold_in_centroid_vs_stale", "fold_in_vs_fold_in_no_text"}
+                           "fold_in_centroid_vs_stale", "fold_in_cold0_vs_stale", "fold_in_vs_fold_in_no_text"}
     assert paired["fold_in_vs_stale"]["all"]["queries"] == protocol["targets"]
     assert paired["fold_in_vs_stale"]["all"]["ratio"] == pytest.approx(
         seed["overall"]["fold_in"]["all"]["hits"] / seed["overall"]["stale"]["all"]["hits"])

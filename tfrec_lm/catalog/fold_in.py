@@ -10,7 +10,8 @@ u_r in the log, oldest first, as `serving_default` would be asked). The folded t
 with k the shrinkage (`--fold-in-shrinkage`) and p_i the prior: the item's current output
 direction (for a new item: its text projection plus the ID part its text neighbours give
 it), or, with the text prior off, the model's learned no-ID vector alone (zero in a model
-trained without cold items, which leaves v_i = q_i).
+trained without cold items, which leaves v_i the audience alone). q_i goes through the
+audience map below before the mix.
 
 The audience map (`linear`, the default). In this model a user's query and the vectors of the
 items they take live in different regions of the space: the centroid of an item's takers'
