@@ -538,3 +538,46 @@ def test_exposure_trade_counts_known_hits_lost_to_new_items():
     assert (out["known_hits_lost"], out["known_hits_lost_per_new_hit"], out["net_hits"]) == (1, 1.0, 0)
     after[3, 0] = 4  # no new hit left: no ratio
     assert new_items.exposure_trade(after, before, targets, is_new)["known_hits_lost_per_new_hit"] is None
+
+
+def test_streaming_smoke_runs_every_variant_and_its_counts_add_up(encoder_factory, tmp_path):
+    """benchmarks/streaming.py in its smoke mode (synthetic data, tiny BERT, two windows): numbers mean nothing,
+    the bookkeeping must be right."""
+    import streaming
+    from conftest import tiny_config
+
+    dataset = streaming.smoke_dataset()
+    stamps = dataset.interactions["timestamp"]
+    seconds = int((stamps.max() - np.percentile(stamps, 70)) / 2) + 1
+    payload = streaming.run(dataset, tiny_config(tmp_path, index="brute-force", top_k=10), tmp_path / "work", [42],
+                            encoder_factory=encoder_factory, window_seconds=seconds, max_windows=2, shrinkage=2.0)
+    protocol, seed = payload["protocol"], payload["seeds"]["42"]
+    windows = seed["windows"]
+    assert protocol["windows"] == 2 and protocol["fold_in_shrinkage"] == 2.0
+    assert protocol["new_item_targets"] > 0
+    assert sum(w["targets"] for w in windows) == protocol["targets"]
+    for name in streaming.VARIANTS:
+        total = seed["overall"][name]
+        assert total["all"]["targets"] == protocol["targets"]
+        assert total["all"]["hits"] == sum(w["variants"][name]["all"]["hits"] for w in windows)
+        assert total["known_item"]["targets"] + total["new_item"]["targets"] == protocol["targets"]
+        assert sum(total[f"new_item_{s}_in_log"]["targets"] for s in ("0", "1_2", "3plus")) == \
+            total["new_item"]["targets"]
+        assert total["all"]["HR@10"] == pytest.approx(total["all"]["hits"] / protocol["targets"])
+    # The stale export does not know the new items, so it never shows one; the updates do.
+    assert seed["overall"]["stale"]["share_of_lists_with_a_new_item"] == 0.0
+    assert seed["overall"]["text_only"]["share_of_lists_with_a_new_item"] > 0.0
+    # Before the first window the log holds no new item's interaction (it folds in only items that were
+    # cold in training: known before T1 from held-out targets alone); by the second window it holds some.
+    first = windows[0]
+    assert windows[1]["fold_in"]["folded_items"] > first["fold_in"]["folded_items"]
+    assert windows[1]["fold_in"]["used_rows"] > first["fold_in"]["used_rows"]
+    at_t1 = first["variants"]["stale"]
+    assert at_t1["new_item_0_in_log"]["targets"] == at_t1["new_item"]["targets"]  # no new item is in the log at T1
+    paired = payload["paired"]
+    assert set(paired) == {"text_only_vs_stale", "trending_vs_stale", "fold_in_vs_stale", "fold_in_no_text_vs_stale",
+                           "fold_in_centroid_vs_stale", "fold_in_cold0_vs_stale", "fold_in_vs_fold_in_no_text"}
+    assert paired["fold_in_vs_stale"]["all"]["queries"] == protocol["targets"]
+    assert paired["fold_in_vs_stale"]["all"]["ratio"] == pytest.approx(
+        seed["overall"]["fold_in"]["all"]["hits"] / seed["overall"]["stale"]["all"]["hits"])
+    assert all(s > 0 for s in seed["update_seconds"]["fold_in"]["each"])

@@ -257,3 +257,127 @@ def test_a_run_without_its_checkpoint_is_refused(trained, encoder_factory, tmp_p
     shutil.copytree(trained["run"], run, ignore=shutil.ignore_patterns("checkpoints"))
     with pytest.raises(ConfigError, match="--run: no checkpoint at"):
         update_catalog(run, retire=[COLD[0]], export_base=str(tmp_path / "exports"), encoder_factory=encoder_factory)
+
+
+# ---------------------------------------------------------------- fold-in from an interaction log (issue 29)
+
+T0 = 1_600_000_000
+
+
+def fold_in_log(path, catalog_ids):
+    """A log: new-a taken by two users with histories and one without; two items outside the catalog;
+    three rows on warm items (out of the default scope). `catalog_ids`: warm item ids."""
+    c = catalog_ids
+    rows = [("u1", c[0], T0 + 100), ("u1", c[1], T0 + 200), ("u1", "new-a", T0 + 300),
+            ("u2", c[2], T0 + 100), ("u2", "new-a", T0 + 250), ("u2", "outside-1", T0 + 260),
+            ("u2", "outside-2", T0 + 270), ("u3", "new-a", T0 + 50)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+    return path, [([c[0], c[1]], [T0 + 100, T0 + 200]), ([c[2]], [T0 + 100])]
+
+
+def queries_through_rank(export_path, histories):
+    """Each history's user vector, recovered from the export's `rank` scores over every item
+    (scores = V u with V the served item vectors: least squares, exact when V has full column rank)."""
+    module = tf.saved_model.load(str(export_path))
+    vectors = module.item_embeddings.numpy()
+    ids = np.array([""] + read_catalog(export_path / "assets.extra" / EXPORT_CATALOG_FILE)["item_id"].tolist())
+    assert len(ids) == len(vectors)
+    out = []
+    for items, stamps in histories:
+        scores = module.signatures["rank"](history_item_ids=tf.constant([items]),
+                                           history_timestamps=tf.constant([stamps], tf.int64),
+                                           candidate_item_ids=tf.constant([ids[1:].tolist()]))["scores"].numpy()[0]
+        assert np.linalg.matrix_rank(vectors[1:]) == vectors.shape[1]
+        out.append(np.linalg.lstsq(vectors[1:].astype(np.float64), scores.astype(np.float64), rcond=None)[0])
+    return np.array(out), vectors, ids
+
+
+def unit(vector):
+    return vector / np.linalg.norm(vector)
+
+
+def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing(trained, encoder_factory, tmp_path,
+                                                                                 monkeypatch):
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    items = items_file(tmp_path / "items.csv", [("new-a", "red sneakers 40", "sneakers"),
+                                                ("new-b", "blue novels 41", "novels")])
+    log, histories = fold_in_log(tmp_path / "log.csv", catalog.loc[catalog["warm"], "item_id"].tolist())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a fold-in must not train")
+
+    for name in ("fit", "train_step", "train_on_batch"):
+        monkeypatch.setattr(tf.keras.Model, name, no_training)
+    monkeypatch.setattr(tf.keras.optimizers.Optimizer, "apply_gradients", no_training)
+    plain = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "plain"),
+                           encoder_factory=encoder_factory)
+    folded = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "folded"),
+                            encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=2.0,
+                            fold_in_map="none")
+    audience_only = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "audience"),
+                                   encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=0.0,
+                                   fold_in_text_prior=False, fold_in_map="none")
+    mapped = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "mapped"),
+                            encoder_factory=encoder_factory, interactions=log)
+    assert mapped.fold_in.audience_map == "none" and mapped.fold_in.map_items == 0  # 3 known rows: too few to fit
+    fold = folded.fold_in
+    assert fold.log_rows == 8 and fold.used_rows == 2 and fold.no_history == 1  # u3 had nothing before new-a
+    assert fold.outside_catalog == 2 and fold.outside_catalog_items == 2 and fold.out_of_scope == 3
+    assert fold.interactions.tolist() == [2]
+
+    queries, before, ids = queries_through_rank(plain.export_path, histories)
+    np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-4)  # the user tower's unit queries
+    row = int(np.flatnonzero(ids == "new-a")[0])
+    assert fold.rows.tolist() == [row]
+    audience = unit(queries.sum(axis=0))
+    expected = unit(0.5 * audience + 0.5 * unit(before[row]))  # n = 2, k = 2: halfway to the text-based vector
+    after = tf.saved_model.load(str(folded.export_path)).item_embeddings.numpy()
+    np.testing.assert_allclose(after[row], expected, atol=1e-4)
+    np.testing.assert_allclose(tf.saved_model.load(str(audience_only.export_path)).item_embeddings.numpy()[row],
+                               audience, atol=1e-4)
+    others = np.arange(len(after)) != row
+    np.testing.assert_allclose(after[others], before[others], atol=1e-6)  # nothing else moves
+    manifest = json.loads((folded.export_path / "assets.extra" / "tfrec_lm.json").read_text())
+    assert manifest["catalog_update"]["fold_in"]["outside_catalog_rows"] == 2
+    assert manifest["catalog_update"]["fold_in"]["shrinkage"] == 2.0
+    # The folded item's new vector is also what a history holding it reads: the served user changes.
+    history = tf.constant([["", catalog.loc[catalog["warm"], "item_id"].iloc[0], "new-a"]])
+    stamps = tf.constant([[0, T0, T0 + 10]], tf.int64)
+    users = [tf.saved_model.load(str(u.export_path)).signatures["rank"](
+        history_item_ids=history, history_timestamps=stamps,
+        candidate_item_ids=tf.constant([ids[1:].tolist()]))["scores"].numpy() for u in (plain, folded)]
+    assert not np.allclose(users[0], users[1])
+
+
+def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_factory, tmp_path, capsys, monkeypatch):
+    from tfrec_lm.models import factory
+
+    monkeypatch.setattr(factory, "pretrained_encoder_factory", lambda spec: encoder_factory)  # the tiny BERT
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    items = items_file(tmp_path / "items.csv", [("new-a", "red sneakers 40", "sneakers")])
+    log, _ = fold_in_log(tmp_path / "log.csv", catalog.loc[catalog["warm"], "item_id"].tolist())
+    base = tmp_path / "exports"
+    assert catalog_main(["--run", str(trained["run"]), "--items", str(items), "--interactions", str(log),
+                         "--export-base", str(base), "--publish", "always"]) == 0
+    out = capsys.readouterr().out
+    assert "fold-in: 2 of 8 log rows folded into 1 items" in out
+    assert "2 rows on 2 items outside the catalog" in out and "1 without a history" in out
+    assert (base / trained["config"].model_name / "1").is_dir()
+
+    malformed = tmp_path / "malformed.csv"
+    malformed.write_text("user_id,item_id,timestamp\nu1,new-a,not-a-time\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("user_id,item_id,timestamp\n")
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text(f"user_id,item_id,timestamp\nu1,outside-1,{T0}\nu2,outside-2,{T0}\n")
+    cases = [([str(malformed)], "line 2"), ([str(empty)], "no data rows"),
+             ([str(elsewhere)], "none of the log's 2 items is in the catalog"),
+             ([str(log), "--since", "2030-01-01"], "no interaction at or after --since"),
+             ([str(tmp_path / "absent.csv")], "absent.csv")]
+    for arguments, message in cases:
+        bad_base = tmp_path / "bad"
+        assert catalog_main(["--run", str(trained["run"]), "--items", str(items), "--interactions", *arguments,
+                             "--export-base", str(bad_base)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not bad_base.exists()  # no version written

@@ -24,9 +24,13 @@ class ServingModule(tf.Module):
         retired: np.ndarray bool or None. [C+1] items that are never recommended again (a
             catalog update retired them): out of the index and the popularity fallback, and
             scored like unknown candidates by `rank`; in a request's history they still count.
+        item_representations: np.ndarray float32 or None. [C+1, D] item representations to serve
+            instead of the item tower's (a fold-in, `tfrec_lm.catalog.fold_in`): the item vectors are
+            their `finalize`, and the item-sequence user tower reads them in histories.
     """
 
-    def __init__(self, model, item_ids, counts, top_k: int = 10, index: str = "scann", retired=None):
+    def __init__(self, model, item_ids, counts, top_k: int = 10, index: str = "scann", retired=None,
+                 item_representations=None):
         super().__init__(name="tfrec_lm_serving")
         num_items = len(item_ids)
         servable = np.ones(num_items, dtype=bool) if retired is None else ~np.asarray(retired, dtype=bool)
@@ -45,7 +49,11 @@ class ServingModule(tf.Module):
             default_value=0)
         self.item_ids = tf.constant(np.asarray(item_ids, dtype=object).astype(str))
         everything = tf.range(num_items, dtype=tf.int32)
-        embeddings = model.item_tower(everything, training=False).numpy()
+        if item_representations is None:
+            embeddings = model.item_tower(everything, training=False).numpy()
+        else:
+            item_representations = np.asarray(item_representations, np.float32)
+            embeddings = model.item_tower.finalize(tf.constant(item_representations), everything).numpy()
         embeddings[0] = 0.0
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
         self.similarity_width = int(model.item_tower.embedding_dim)
@@ -58,6 +66,8 @@ class ServingModule(tf.Module):
         # The item-sequence tower composes a table of item representations computed now (the
         # SavedModel holds no BERT at all); the history-text tower is exported as it is.
         self.user_tower = model.user_tower.for_export()
+        if item_representations is not None and hasattr(self.user_tower, "item_representations"):
+            self.user_tower.item_representations.assign(item_representations)
         self.ranking_head = model.ranking_head
         self.index = make_index(index, embeddings, self.top_k, servable)
         self.index_kind = index

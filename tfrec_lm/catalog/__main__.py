@@ -3,6 +3,7 @@
     python -m tfrec_lm.catalog --items new_items.csv
     python -m tfrec_lm.catalog --retire old-1 old-2 --retire-file gone.txt
     python -m tfrec_lm.catalog --run runs/tfrec_lm --from-version 3 --items new_items.csv
+    python -m tfrec_lm.catalog --items new_items.csv --interactions log.csv --since 1998-03-01
 
 Extends the newest version of `exports/tfrec_lm` (or `--export-base/--model-name`) with the
 weights of the run that version serves, and hands the result to the publishing gate:
@@ -18,6 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE
 from tfrec_lm.catalog.update import CATALOG_TOLERANCE
 from tfrec_lm.console import quiet_native_warnings, quiet_third_party_logs
 from tfrec_lm.errors import AssetError, ConfigError, DataError
@@ -54,6 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
                              "vector; default: the run's --cold-neighbours)")
     parser.add_argument("--cold-popularity", type=float,
                         help="power of each neighbour's training count in that mix (default: the run's)")
+    parser.add_argument("--interactions", metavar="LOG",
+                        help="an interaction log (the --data files interactions format: user_id, item_id, "
+                             "timestamp): each logged item's vector is folded in from the frozen user tower's "
+                             "queries of the users who took it, shrunk toward its text-based vector; no training. "
+                             "Rows for items outside the catalog are counted and reported")
+    parser.add_argument("--since", metavar="T",
+                        help="with --interactions: fold in only rows at or after T (Unix seconds or an ISO date); "
+                             "earlier rows still make the users' histories")
+    parser.add_argument("--fold-in-shrinkage", type=float, metavar="K",
+                        help=f"an item with n log interactions moves n / (n + K) of the way to its audience "
+                             f"(default {DEFAULT_SHRINKAGE:g})")
+    parser.add_argument("--no-fold-in-text-prior", dest="fold_in_text_prior", action="store_false",
+                        help="shrink toward the model's no-ID vector instead of the item's text-based vector "
+                             "(measures what the text adds)")
+    parser.add_argument("--fold-in-half-life", type=float, metavar="DAYS",
+                        help="weigh each logged interaction by 0.5 ** (age / DAYS) (default: equal weights)")
+    parser.add_argument("--fold-in-map", choices=("linear", "none"), default="linear",
+                        help="linear (default): map the takers' query centroid into the item space with a ridge "
+                             "map fitted on the log's known items; none: the centroid as it is (it puts folded "
+                             "items into most lists)")
+    parser.add_argument("--fold-in-scope", choices=("new", "all"), default="new",
+                        help="new (default): items without a trained ID embedding; all: known items too")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return parser
 
@@ -96,6 +120,10 @@ def main(argv=None) -> int:
                                 cold_neighbours=args.cold_neighbours, cold_popularity=args.cold_popularity,
                                 from_version=args.from_version, publish=args.publish,
                                 staging_base=args.staging_base, tolerance=args.tolerance,
+                                interactions=args.interactions, since=args.since,
+                                fold_in_shrinkage=args.fold_in_shrinkage, fold_in_text_prior=args.fold_in_text_prior,
+                                fold_in_half_life_days=args.fold_in_half_life, fold_in_scope=args.fold_in_scope,
+                                fold_in_map=args.fold_in_map,
                                 command=shlex.join(["python", "-m", "tfrec_lm.catalog", *argv]))
     except (ConfigError, DataError, AssetError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -105,6 +133,13 @@ def main(argv=None) -> int:
           f"{summary['retired']} retired, {summary['restored']} restored, {summary['unchanged']} unchanged; "
           f"{update.encoded} texts encoded; {update.num_servable} of {update.num_items} items can be "
           f"recommended; {update.seconds:.1f} s")
+    if update.fold_in is not None:
+        fold = update.fold_in
+        print(f"fold-in: {fold.used_rows} of {fold.log_rows} log rows folded into {len(fold.rows)} items "
+              f"(shrinkage {fold.shrinkage:g}, {'text' if fold.text_prior else 'no-ID'} prior, audience map "
+              f"{fold.audience_map}{f' on {fold.map_items} known items' if fold.map_items else ''}); "
+              f"{fold.outside_catalog} rows on {fold.outside_catalog_items} items outside the catalog, "
+              f"{fold.out_of_scope} on items out of scope ({fold.scope}), {fold.no_history} without a history")
     if update.gate is not None:
         print(update.gate.summary())
     print(f"export:  {update.export_path}" + ("" if update.gate is None or update.gate.published

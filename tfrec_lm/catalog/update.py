@@ -58,6 +58,7 @@ class CatalogUpdate:
         gate: GateDecision. what the publishing gate compared and decided (`export_path` is
             a served version when it published, a staging one otherwise).
         run_dir: Path. the run whose weights the version serves.
+        fold_in: FoldIn or None. what the interaction log did (`--interactions`), vectors included.
     """
 
     export_path: Path
@@ -69,6 +70,7 @@ class CatalogUpdate:
     seconds: float
     gate: Optional[GateDecision] = None
     run_dir: Optional[Path] = None
+    fold_in: Optional[object] = None
 
 
 def starting_point(versions: ModelVersions, run_dir: Optional[Path], from_version: Optional[int]
@@ -135,6 +137,51 @@ def read_items(path) -> pd.DataFrame:
     return items
 
 
+def read_log(source, since=None) -> tuple[pd.DataFrame, Optional[int]]:
+    """An interaction log for a fold-in (the `--data files` interactions format); any bad row stops the update.
+
+    Args:
+        source: str | Path | pd.DataFrame. the log file (or folder of Parquet shards), or its rows.
+        since: int | str or None. `--since` (Unix seconds or an ISO date): rows before it only make histories.
+
+    Returns:
+        tuple (pd.DataFrame user_id, item_id, timestamp; int or None the parsed `since`).
+
+    Raises:
+        DataError: the file cannot be read, a row breaks the schema, or no row is at or after `since`.
+    """
+    from tfrec_lm.config import parse_time
+    from tfrec_lm.data.files import load_interactions_file
+
+    name = "the interaction log"
+    if isinstance(source, pd.DataFrame):
+        log = source
+    else:
+        name = str(source)
+        try:
+            dataset = load_interactions_file(source)
+        except DataError as error:
+            raise DataError(f"--interactions {' '.join(str(error).split())}") from None
+        bad = [bad for report in dataset.reports for bad in report.bad_rows]
+        if bad:
+            rows = sum(report.rows_read for report in dataset.reports)
+            raise DataError(f"--interactions {name}: {len(bad)} of {rows} rows break the schema (the first, line "
+                            f"{bad[0].line}: {bad[0].reason}); a fold-in reads all of the log or none of it")
+        log = dataset.interactions
+    log = log[["user_id", "item_id", "timestamp"]]
+    if not len(log):
+        raise DataError(f"--interactions {name}: the log is empty")
+    if since is not None:
+        try:
+            since = parse_time(since)
+        except ValueError as error:
+            raise DataError(f"--since: {error}") from None
+        if not (log["timestamp"].to_numpy(np.int64) >= since).any():
+            raise DataError(f"--interactions {name}: no interaction at or after --since {since}; the log runs from "
+                            f"{int(log['timestamp'].min())} to {int(log['timestamp'].max())}")
+    return log, since
+
+
 def _probe_features(max_history: int) -> dict:
     """One history of one item, enough for `create_variables`. dict of np.ndarray."""
     history = np.zeros([1, max_history], np.int32)
@@ -148,7 +195,10 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                    encoder_factory=None, cold_neighbours: Optional[int] = None,
                    cold_popularity: Optional[float] = None, from_version: Optional[int] = None,
                    publish: str = "if-better", staging_base: Optional[str] = None,
-                   command: Optional[str] = None, tolerance: float = CATALOG_TOLERANCE) -> CatalogUpdate:
+                   command: Optional[str] = None, tolerance: float = CATALOG_TOLERANCE, interactions=None,
+                   since=None, fold_in_shrinkage: Optional[float] = None, fold_in_text_prior: bool = True,
+                   fold_in_half_life_days: Optional[float] = None, fold_in_scope: str = "new",
+                   fold_in_map: str = "linear") -> CatalogUpdate:
     """Writes the next export version of a trained run with new, changed and retired items.
 
     No training step runs: the towers are the run's checkpoint, and only item texts that
@@ -174,6 +224,17 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         command: str or None. the command line, for the manifest.
         tolerance: float. the relative validation loss `if-better` accepts (new items can only
             displace the validation targets, all of which are known items).
+        interactions: str | Path | pd.DataFrame or None. an interaction log (`--interactions`, the
+            `--data files` format): its items' vectors are folded in from the frozen user tower's
+            queries of the users who took them (`tfrec_lm.catalog.fold_in`). Rows for items outside
+            the catalog are counted (`fold_in.outside_catalog`), never folded in.
+        since: int | str or None. only log rows at or after it are folded in (all rows make histories).
+        fold_in_shrinkage: float or None. k of the fold-in's n / (n + k) (default `DEFAULT_SHRINKAGE`).
+        fold_in_text_prior: bool. shrink toward the item's text-based vector (False: the no-ID vector).
+        fold_in_half_life_days: float or None. recency weighting of the log (None: equal weights).
+        fold_in_scope: str. `new` (items without a trained ID embedding) or `all`.
+        fold_in_map: str. `linear` (the takers' centroid mapped into the item space by a ridge map fitted
+            on the log's known items) or `none` (the centroid as it is).
 
     Returns:
         CatalogUpdate.
@@ -181,8 +242,10 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     Raises:
         ConfigError: `run_dir` is not a finished run or has no checkpoint, the version to
             extend is not of this run, or nothing to do.
-        DataError: a bad items file, an unknown item to retire, or nothing left to recommend.
+        DataError: a bad items file, an unknown item to retire, nothing left to recommend, or a bad
+            interaction log (malformed, empty, nothing at or after `since`, none of its items in the catalog).
     """
+    from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.models.factory import pretrained_encoder_factory
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
@@ -190,8 +253,18 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     start = time.monotonic()
     retire = list(retire)
     named = RunFolder(run_dir).config() if run_dir is not None else None
-    if items_path is None and not retire:
-        raise ConfigError("nothing to update: give an items file of new or changed items, items to retire, or both")
+    if items_path is None and not retire and interactions is None:
+        raise ConfigError("nothing to update: give an items file of new or changed items, items to retire, an "
+                          "interaction log, or some of them")
+    shrinkage = DEFAULT_SHRINKAGE if fold_in_shrinkage is None else float(fold_in_shrinkage)
+    if shrinkage < 0 or not np.isfinite(shrinkage):
+        raise ConfigError(f"--fold-in-shrinkage must be >= 0, got {fold_in_shrinkage}")
+    if fold_in_half_life_days is not None and not fold_in_half_life_days > 0:
+        raise ConfigError(f"--fold-in-half-life must be > 0 days, got {fold_in_half_life_days}")
+    if fold_in_map not in MAPS:
+        raise ConfigError(f"--fold-in-map must be one of {', '.join(MAPS)}, got {fold_in_map!r}")
+    if fold_in_scope not in SCOPES:
+        raise ConfigError(f"--fold-in-scope must be one of {', '.join(SCOPES)}, got {fold_in_scope!r}")
     versions = ModelVersions(export_base or (named.export_base if named else "exports"),
                              model_name or (named.model_name if named else "tfrec_lm"))
     run, parent = starting_point(versions, None if run_dir is None else Path(run_dir), from_version)
@@ -204,6 +277,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     if not run.has_checkpoint():
         raise ConfigError(f"--run: no checkpoint at {run.checkpoint} (expected {run.checkpoint}.index)")
     items = read_items(items_path) if items_path is not None else None
+    log, since = read_log(interactions, since) if interactions is not None else (None, None)
 
     trained = read_catalog(run.catalog_file)
     if parent is not None and versions.catalog_path(parent).is_file():
@@ -219,6 +293,12 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     differs = np.ones(len(catalog), bool)
     differs[: len(trained)] = catalog_texts[: len(trained)] != trained_texts
     encode_rows = np.flatnonzero(differs) + 1  # vocabulary indices
+    if log is not None:
+        window = log if since is None else log[log["timestamp"].to_numpy(np.int64) >= since]
+        if not window["item_id"].astype(str).isin(set(catalog["item_id"])).any():
+            raise DataError(f"--interactions: none of the log's {window['item_id'].nunique()} items "
+                            f"{'at or after --since ' if since is not None else ''}is in the catalog "
+                            f"({len(catalog)} items)")
 
     factory = encoder_factory or pretrained_encoder_factory(config.encoder)
     with dtype_policy(config.mixed_precision):
@@ -230,12 +310,19 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])
     retired = np.concatenate([[False], catalog["retired"].to_numpy(bool)])
-    module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired)
+    folded = None
+    if log is not None:
+        folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
+                         half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
+    module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
+                           item_representations=None if folded is None else folded.representations)
     record = run.record() or {}
+    fold_record = {} if folded is None else {"fold_in": {**folded.summary(), "since": since}}
     manifest = build_manifest(
         "catalog-update", config, run.path, run.run_id(), parent, record.get("data"), len(catalog), command,
         catalog_update={"base": base_name, "encoded": encoded, **changes.summary(), "added": changes.added,
-                        "changed": changes.changed, "retired": changes.retired, "restored": changes.restored})
+                        "changed": changes.changed, "retired": changes.retired, "restored": changes.restored,
+                        **fold_record})
     validation = ValidationRequests.load(run.validation_file) if run.validation_file.is_file() else None
     gate = PublishGate(versions, ModelVersions(config.staging, config.model_name), publish, validation,
                        tolerance=tolerance)
@@ -245,7 +332,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                 seconds)
     return CatalogUpdate(export_path=decision.path, changes=changes, encoded=encoded, num_items=int(len(catalog)),
                          num_servable=module.num_servable, base=base_name, seconds=seconds, gate=decision,
-                         run_dir=run.path)
+                         run_dir=run.path, fold_in=folded)
 
 
 def build_on_catalog(config, catalog: pd.DataFrame, factory):

@@ -1,0 +1,90 @@
+"""The closed-form fold-in (`tfrec_lm.catalog.fold_in`, issue 29) on hand-computed vectors.
+
+The model-level checks (queries through the frozen user tower, the export serving the
+folded vectors, no training step) are in tests/test_catalog.py beside the other updates.
+"""
+
+import tfrec_lm  # noqa: F401  (before TensorFlow)
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec_lm.catalog.fold_in import fit_audience_map, fold_in_vectors, history_rows, map_audience
+
+S = 1 / np.sqrt(2)
+
+
+def tiny_catalog():
+    """Three items in 2-D: representations (norms 3, 2, 1) and unit priors."""
+    representations = np.array([[0, 0], [3, 0], [0, 2], [1, 0]], np.float32)
+    priors = np.array([[0, 0], [1, 0], [0, 1], [1, 0]], np.float32)
+    return representations, priors
+
+
+def test_two_interactions_with_shrinkage_two_land_halfway_and_keep_the_norm():
+    representations, priors = tiny_catalog()
+    queries = np.array([[0, 1], [0, 1]], np.float32)
+    out, rows = fold_in_vectors(representations, priors, queries, np.array([1, 1]), np.ones(2), shrinkage=2.0)
+    # a = 2 / (2 + 2) = 0.5: halfway between the audience (0, 1) and the prior (1, 0), at norm 3.
+    np.testing.assert_allclose(out[1], [3 * S, 3 * S], atol=1e-6)
+    assert rows.tolist() == [1]
+    np.testing.assert_array_equal(out[[0, 2, 3]], representations[[0, 2, 3]])  # nothing else moves
+
+
+def test_weights_count_as_interactions_and_the_audience_is_their_weighted_mean():
+    representations, priors = tiny_catalog()
+    queries = np.array([[1, 0], [0, 1]], np.float32)
+    out, _ = fold_in_vectors(representations, priors, queries, np.array([2, 2]), np.array([3.0, 1.0]),
+                             shrinkage=4.0)
+    audience = np.array([3, 1]) / np.sqrt(10)  # weighted sum (3, 1), normalised
+    mixed = 0.5 * audience + 0.5 * np.array([0, 1])  # mass 4, k 4: a = 0.5
+    np.testing.assert_allclose(out[2], 2 * mixed / np.linalg.norm(mixed), atol=1e-6)
+
+
+def test_no_shrinkage_or_no_prior_gives_the_audience_alone():
+    representations, priors = tiny_catalog()
+    queries = np.array([[0, 1], [1, 1]], np.float32)
+    items = np.array([3, 1])
+    out, rows = fold_in_vectors(representations, priors, queries, items, np.ones(2), shrinkage=0.0)
+    np.testing.assert_allclose(out[3], [0, 1], atol=1e-6)
+    np.testing.assert_allclose(out[1], [3 * S, 3 * S], atol=1e-6)
+    assert rows.tolist() == [1, 3]
+    # The text prior off: a zero prior row leaves only the audience, whatever k.
+    out, _ = fold_in_vectors(representations, np.zeros_like(priors), queries, items, np.ones(2), shrinkage=10.0)
+    np.testing.assert_allclose(out[3], [0, 1], atol=1e-6)
+    # Many interactions move an item nearly all the way; one barely with a large k.
+    many = np.tile([[0, 1]], (1000, 1)).astype(np.float32)
+    out, _ = fold_in_vectors(representations, priors, many, np.full(1000, 1), np.ones(1000), shrinkage=3.0)
+    assert out[1, 1] / 3 > 0.99
+    out, _ = fold_in_vectors(representations, priors, many[:1], np.array([1]), np.ones(1), shrinkage=1000.0)
+    assert out[1, 0] / 3 > 0.99
+    with pytest.raises(ValueError, match="shrinkage"):
+        fold_in_vectors(representations, priors, many[:1], np.array([1]), np.ones(1), shrinkage=-1.0)
+
+
+def test_history_rows_are_each_users_earlier_known_items_in_time_order():
+    log = pd.DataFrame({"user_id": ["a", "a", "a", "b", "b"],
+                        "item_id": ["x", "gone", "y", "y", "z"],
+                        "timestamp": [10, 20, 30, 5, 6]})
+    index = {"x": 1, "y": 2, "z": 3}
+    history, times = history_rows(log, index, max_history=2, select=np.array([True, False, True, False, True]))
+    assert history.tolist() == [[0, 0], [1, 0], [2, 0]]  # a's first row: nothing; "gone" is not in the catalog
+    assert times.tolist() == [[0, 0], [10, 0], [5, 0]]
+    history, _ = history_rows(log.iloc[:3], {"x": 1, "gone": 4, "y": 2}, max_history=1,
+                              select=np.array([False, False, True]))
+    assert history.tolist() == [[4]]  # the newest max_history known items
+
+
+def test_the_audience_map_recovers_a_linear_relation_and_applies_before_the_shrinkage():
+    rng = np.random.default_rng(0)
+    centroids = rng.standard_normal((50, 2))
+    true = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, -0.5]])  # swap the axes, then add an intercept
+    vectors = np.hstack([centroids, np.ones((50, 1))]) @ true
+    np.testing.assert_allclose(fit_audience_map(centroids, vectors, ridge=0.0), true, atol=1e-9)
+    mapping = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # a pure swap
+    np.testing.assert_allclose(map_audience(np.array([[0.6, 0.8]]), mapping), [[0.8, 0.6]], atol=1e-12)
+    representations, priors = tiny_catalog()
+    out, _ = fold_in_vectors(representations, priors, np.array([[0, 1.0]]), np.array([1]), np.ones(1),
+                             shrinkage=0.0, mapping=mapping)
+    np.testing.assert_allclose(out[1], [3, 0], atol=1e-6)  # the audience (0, 1) mapped to (1, 0), at norm 3
