@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import resource
 import shutil
@@ -28,10 +27,9 @@ from tfrec_lm.catalog.table import read_catalog, training_catalog, write_catalog
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.data.prepare import PreparedData, prepare_data, with_bad_rows
 from tfrec_lm.data.schema import Dataset
-from tfrec_lm.data.split import ItemVocab, LeaveOneOutSplit
+from tfrec_lm.data.split import ItemVocab, LeaveOneOutSplit, refresh_validation
 from tfrec_lm.distribute import WorkerGroup, WorkerOutputs, make_strategy
 from tfrec_lm.evaluation.scoring import TestEvaluation, evaluate_test
-from tfrec_lm.data.split import refresh_validation
 from tfrec_lm.fitting import FitResult, fit, run_identity
 from tfrec_lm.models.factory import EncoderFactory, build_for_training
 from tfrec_lm.models.two_tower import TwoTowerModel

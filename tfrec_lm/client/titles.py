@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tfrec_lm.errors import DataError
 from tfrec_lm.registry.layout import ASSETS_EXTRA, CATALOG_FILE, EXPORT_CATALOG_FILE
+from tfrec_lm.registry.model_versions import ModelVersions
 
 
 def catalog_file(path, version: int | None = None) -> Path:
@@ -45,7 +46,7 @@ def catalog_file(path, version: int | None = None) -> Path:
         return found
     if (path / CATALOG_FILE).is_file():
         return path / CATALOG_FILE
-    versions = sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+    versions = ModelVersions.of(path).versions()
     if versions:
         chosen = version if version is not None else versions[-1]
         if chosen not in versions:
