@@ -556,7 +556,8 @@ def test_streaming_smoke_runs_every_variant_and_its_counts_add_up(encoder_factor
     assert protocol["windows"] == 2 and protocol["fold_in_shrinkage"] == 2.0
     assert protocol["new_item_targets"] > 0
     assert sum(w["targets"] for w in windows) == protocol["targets"]
-    for name in streaming.VARIANTS:
+    assert protocol["retrained_windows"] == [0, 1]
+    for name in streaming.BASE_VARIANTS:
         total = seed["overall"][name]
         assert total["all"]["targets"] == protocol["targets"]
         assert total["all"]["hits"] == sum(w["variants"][name]["all"]["hits"] for w in windows)
@@ -576,7 +577,17 @@ def test_streaming_smoke_runs_every_variant_and_its_counts_add_up(encoder_factor
     assert at_t1["new_item_0_in_log"]["targets"] == at_t1["new_item"]["targets"]  # no new item is in the log at T1
     paired = payload["paired"]
     assert set(paired) == {"text_only_vs_stale", "trending_vs_stale", "fold_in_vs_stale", "fold_in_no_text_vs_stale",
-                           "fold_in_centroid_vs_stale", "fold_in_cold0_vs_stale", "fold_in_vs_fold_in_no_text"}
+                           "fold_in_no_offset_vs_stale", "fold_in_vs_fold_in_no_text", "fold_in_vs_fold_in_no_offset",
+                           "fold_in_vs_trending", "fold_in_vs_retrained", "stale_vs_retrained"}
+    # Both windows were retrained before: the reference covers every target, and the fold-in beside it is the same.
+    assert seed["overall"]["fold_in_on_retrained_windows"] == seed["overall"]["fold_in"]
+    assert paired["fold_in_vs_retrained"]["all"]["queries"] == protocol["targets"]
+    assert set(seed["retrain_seconds"]) == {"0", "1"}
+    # Each log-reading update chose its popularity scale on its log's newest week, and says so.
+    for window in windows:
+        offset = window["popularity_offset"]
+        assert offset["chosen"] in ("calibrated", "off") and offset["calibration"]["targets"] > 0
+        assert offset["scale"] in protocol["popularity_scale_grid"]
     assert paired["fold_in_vs_stale"]["all"]["queries"] == protocol["targets"]
     assert paired["fold_in_vs_stale"]["all"]["ratio"] == pytest.approx(
         seed["overall"]["fold_in"]["all"]["hits"] / seed["overall"]["stale"]["all"]["hits"])

@@ -313,10 +313,10 @@ def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing
                            encoder_factory=encoder_factory)
     folded = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "folded"),
                             encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=2.0,
-                            fold_in_map="none")
+                            fold_in_map="none", popularity="off")
     audience_only = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "audience"),
                                    encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=0.0,
-                                   fold_in_text_prior=False, fold_in_map="none")
+                                   fold_in_text_prior=False, fold_in_map="none", popularity="off")
     mapped = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "mapped"),
                             encoder_factory=encoder_factory, interactions=log)
     assert mapped.fold_in.audience_map == "none" and mapped.fold_in.map_items == 0  # 3 known rows: too few to fit
@@ -349,6 +349,50 @@ def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing
     assert not np.allclose(users[0], users[1])
 
 
+def test_popularity_offset_adds_the_logs_recent_counts_to_every_score(trained, encoder_factory, tmp_path):
+    """The export's scores with a fixed beta are the scores without it plus beta * log(1 + m_i), m_i the
+    item's log rows weighted 0.5 ** (age / 7 days) from the newest row; `auto` scores the log's newest week."""
+    from tfrec_lm.catalog.popularity import SCALE_GRID
+
+    catalog = read_catalog(trained["run"] / CATALOG_FILE)
+    items = items_file(tmp_path / "items.csv", [("new-a", "red sneakers 40", "sneakers")])
+    log, histories = fold_in_log(tmp_path / "log.csv", catalog.loc[catalog["warm"], "item_id"].tolist())
+    common = dict(items_path=items, encoder_factory=encoder_factory, interactions=log, publish="always")
+    plain = update_catalog(trained["run"], export_base=str(tmp_path / "plain"), popularity="off", **common)
+    offset = update_catalog(trained["run"], export_base=str(tmp_path / "offset"), popularity=0.5, **common)
+    assert plain.popularity.chosen == "off" and plain.popularity.scale == 0.0
+    assert offset.popularity.chosen == "given" and offset.popularity.scale == 0.5
+    rows = pd.read_csv(log)
+    now = rows["timestamp"].max() + 1
+    weights = 0.5 ** ((now - rows["timestamp"]) / (7 * 86400.0))
+    mass = weights.groupby(rows["item_id"].astype(str)).sum()
+    ids = [""] + read_catalog(offset.export_path / "assets.extra" / EXPORT_CATALOG_FILE)["item_id"].tolist()
+    expected = 0.5 * np.log1p(np.array([mass.get(i, 0.0) for i in ids[1:]]))
+    assert expected.max() > 0.5  # new-a was taken three times in the last seconds
+    for history, stamps in histories:
+        request = dict(history_item_ids=tf.constant([history]), history_timestamps=tf.constant([stamps], tf.int64),
+                       candidate_item_ids=tf.constant([ids[1:]]))
+        got = [signature(u.export_path, "rank")(**request) for u in (plain, offset)]
+        np.testing.assert_allclose(got[1]["scores"].numpy()[0] - got[0]["scores"].numpy()[0], expected, atol=1e-5)
+        np.testing.assert_allclose(got[1]["predicted_ratings"].numpy(), got[0]["predicted_ratings"].numpy(),
+                                   atol=1e-6)  # the ranking head reads the model's columns only
+        top = signature(offset.export_path)(history_item_ids=tf.constant([history]),
+                                            history_timestamps=tf.constant([stamps], tf.int64))
+        scores = dict(zip(ids[1:], got[1]["scores"].numpy()[0]))
+        shown = [i for i in ids[1:] if i not in history]
+        best = sorted(shown, key=lambda i: -scores[i])[:5]
+        assert top["item_ids"].numpy()[0].astype(str).tolist() == best  # serving_default ranks with the offset
+    manifest = json.loads((offset.export_path / "assets.extra" / "tfrec_lm.json").read_text())
+    assert manifest["catalog_update"]["popularity_offset"]["scale"] == 0.5
+    auto = update_catalog(trained["run"], export_base=str(tmp_path / "auto"), **common)
+    calibration = auto.popularity.calibration
+    assert calibration["targets"] == 3  # u1's second and third rows, u2's new-a: rows with an earlier catalog row
+    assert list(calibration["hits"]) == [str(s) for s in SCALE_GRID]
+    assert auto.popularity.scale == SCALE_GRID[[calibration["hits"][str(s)] for s in SCALE_GRID].index(
+        max(calibration["hits"].values()))]
+    assert auto.gate.window.startswith("the log's newest week (3 interactions)")
+
+
 def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_factory, tmp_path, capsys, monkeypatch):
     from tfrec_lm.models import factory
 
@@ -373,6 +417,8 @@ def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_facto
     cases = [([str(malformed)], "line 2"), ([str(empty)], "no data rows"),
              ([str(elsewhere)], "none of the log's 2 items is in the catalog"),
              ([str(log), "--since", "2030-01-01"], "no interaction at or after --since"),
+             ([str(log), "--popularity-offset", "lots"], "--popularity-offset must be auto, off or a number"),
+             ([str(log), "--popularity-half-life", "0"], "--popularity-half-life must be > 0 days"),
              ([str(tmp_path / "absent.csv")], "absent.csv")]
     for arguments, message in cases:
         bad_base = tmp_path / "bad"

@@ -27,10 +27,13 @@ class ServingModule(tf.Module):
         item_representations: np.ndarray float32 or None. [C+1, D] item representations to serve
             instead of the item tower's (a fold-in, `tfrec_lm.catalog.fold_in`): the item vectors are
             their `finalize`, and the item-sequence user tower reads them in histories.
+        item_offsets: np.ndarray float32 or None. [C+1] a score offset per item, added to every
+            user's score (`tfrec_lm.catalog.popularity`): one more column of the item embeddings,
+            and a constant 1 appended to every query, so the index and `rank` add it alike.
     """
 
     def __init__(self, model, item_ids, counts, top_k: int = 10, index: str = "scann", retired=None,
-                 item_representations=None):
+                 item_representations=None, item_offsets=None):
         super().__init__(name="tfrec_lm_serving")
         num_items = len(item_ids)
         servable = np.ones(num_items, dtype=bool) if retired is None else ~np.asarray(retired, dtype=bool)
@@ -55,6 +58,14 @@ class ServingModule(tf.Module):
             item_representations = np.asarray(item_representations, np.float32)
             embeddings = model.item_tower.finalize(tf.constant(item_representations), everything).numpy()
         embeddings[0] = 0.0
+        self.offset_column = item_offsets is not None
+        self.model_width = int(embeddings.shape[1])  # what the ranking head reads: the offset column is not the model's
+        if self.offset_column:
+            item_offsets = np.asarray(item_offsets, np.float32).reshape(-1)
+            if item_offsets.shape[0] != num_items or not np.isfinite(item_offsets).all():
+                raise ValueError(f"item_offsets must be {num_items} finite numbers, got {item_offsets.shape[0]}")
+            embeddings = np.concatenate([embeddings, item_offsets[:, None]], axis=1)
+            embeddings[0] = 0.0
         self.item_embeddings = tf.Variable(embeddings, trainable=False, name="item_embeddings")
         self.similarity_width = int(model.item_tower.embedding_dim)
         counts = np.asarray(counts, dtype=np.float64).copy()
@@ -73,7 +84,10 @@ class ServingModule(tf.Module):
         self.index_kind = index
 
     def _users(self, history, timestamps):
-        return self.user_tower(history, timestamps, training=False)
+        users = self.user_tower(history, timestamps, training=False)
+        if self.offset_column:
+            users = tf.concat([users, tf.ones_like(users[:, :1])], axis=1)
+        return users
 
     def _lookup(self, item_ids):
         return self.lookup.lookup(tf.strings.strip(item_ids))
@@ -151,6 +165,7 @@ class ServingModule(tf.Module):
         affinity = tf.einsum("bd,bmd->bm", users, vectors)
         scores = tf.where(has_history[:, None], affinity, tf.gather(self.popularity_share, candidates))
         scores = tf.where(tf.gather(self.servable, candidates), scores, LOWEST_SCORE)
-        tiled = tf.tile(users[:, None, :], [1, tf.shape(candidates)[1], 1])
-        ratings = tf.squeeze(self.ranking_head(tf.concat([tiled, vectors], axis=-1)), axis=-1)
+        width = self.model_width
+        tiled = tf.tile(users[:, None, :width], [1, tf.shape(candidates)[1], 1])
+        ratings = tf.squeeze(self.ranking_head(tf.concat([tiled, vectors[..., :width]], axis=-1)), axis=-1)
         return {"scores": scores, "predicted_ratings": ratings}

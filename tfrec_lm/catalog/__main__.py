@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE
+from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS
 from tfrec_lm.catalog.update import CATALOG_TOLERANCE
 from tfrec_lm.console import quiet_native_warnings, quiet_third_party_logs
 from tfrec_lm.errors import AssetError, ConfigError, DataError
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "items into most lists)")
     parser.add_argument("--fold-in-scope", choices=("new", "all"), default="new",
                         help="new (default): items without a trained ID embedding; all: known items too")
+    parser.add_argument("--popularity-offset", default="auto", metavar="BETA",
+                        help="with --interactions: add BETA * log(1 + recent interactions) to every item's score; "
+                             "auto (default): BETA chosen on the log's newest week (0 when it does not help); off")
+    parser.add_argument("--popularity-half-life", type=float, metavar="DAYS",
+                        help=f"half-life of the offset's recency weighting (default {DEFAULT_HALF_LIFE_DAYS:g})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     return parser
 
@@ -123,7 +129,8 @@ def main(argv=None) -> int:
                                 interactions=args.interactions, since=args.since,
                                 fold_in_shrinkage=args.fold_in_shrinkage, fold_in_text_prior=args.fold_in_text_prior,
                                 fold_in_half_life_days=args.fold_in_half_life, fold_in_scope=args.fold_in_scope,
-                                fold_in_map=args.fold_in_map,
+                                fold_in_map=args.fold_in_map, popularity=args.popularity_offset,
+                                popularity_half_life_days=args.popularity_half_life,
                                 command=shlex.join(["python", "-m", "tfrec_lm.catalog", *argv]))
     except (ConfigError, DataError, AssetError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -140,12 +147,17 @@ def main(argv=None) -> int:
               f"{fold.audience_map}{f' on {fold.map_items} known items' if fold.map_items else ''}); "
               f"{fold.outside_catalog} rows on {fold.outside_catalog_items} items outside the catalog, "
               f"{fold.out_of_scope} on items out of scope ({fold.scope}), {fold.no_history} without a history")
+    if update.popularity is not None:
+        offset = update.popularity
+        how = {"calibrated": "chosen on the log's newest week", "given": "given", "off": "off"}[offset.chosen]
+        print(f"popularity offset: {offset.scale:g} x log(1 + interactions, half-life {offset.half_life_days:g} "
+              f"days) ({how}" + (f", {offset.calibration['targets']} held-out interactions" if offset.calibration
+                                 else "") + ")")
     if update.gate is not None:
         print(update.gate.summary())
     print(f"export:  {update.export_path}" + ("" if update.gate is None or update.gate.published
                                               else "  (staging: not served)"))
     return 0
-
 
 
 if __name__ == "__main__":

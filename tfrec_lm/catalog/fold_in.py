@@ -10,7 +10,9 @@ u_r in the log, oldest first, as `serving_default` would be asked). The folded t
 with k the shrinkage (`--fold-in-shrinkage`) and p_i the prior: the item's current output
 direction (for a new item: its text projection plus the ID part its text neighbours give
 it), or, with the text prior off, the model's learned no-ID vector alone (zero in a model
-trained without cold items, which leaves v_i the audience alone). q_i goes through the
+trained without cold items, which leaves v_i the audience alone). With the text prior off,
+a new item without log interactions is that prior alone too (m_i = 0, a_i = 0): the whole
+update then reads no text, which is what the text's share is measured against. q_i goes through the
 audience map below before the mix.
 
 The audience map (`linear`, the default). In this model a user's query and the vectors of the
@@ -292,6 +294,12 @@ def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shr
         priors = np.tile(vector, (tower.num_items, 1))
     folded, folded_rows = fold_in_vectors(representations, priors, queries, used_items, weights, shrinkage,
                                           mapping)
+    if not text_prior:  # no text: an item without log interactions is its prior alone (a = 0), the no-ID vector
+        unlogged = np.flatnonzero(~warm_items)
+        unlogged = unlogged[(unlogged > 0) & ~np.isin(unlogged, folded_rows)]
+        folded[unlogged] = (np.linalg.norm(folded[unlogged], axis=1, keepdims=True)
+                            * _unit(priors[unlogged].astype(np.float64))).astype(np.float32)
+        folded_rows = np.union1d(folded_rows, unlogged).astype(np.int64)
     counts = np.bincount(used_items, minlength=tower.num_items)[folded_rows].astype(np.int64)
     return FoldIn(representations=folded, rows=folded_rows, interactions=counts, log_rows=int(len(log)),
                   used_rows=int(len(used_items)), outside_catalog=int((outside & in_window).sum()),

@@ -59,6 +59,7 @@ class CatalogUpdate:
             a served version when it published, a staging one otherwise).
         run_dir: Path. the run whose weights the version serves.
         fold_in: FoldIn or None. what the interaction log did (`--interactions`), vectors included.
+        popularity: PopularityOffset or None. the log's popularity offset and how its scale was chosen.
     """
 
     export_path: Path
@@ -71,6 +72,7 @@ class CatalogUpdate:
     gate: Optional[GateDecision] = None
     run_dir: Optional[Path] = None
     fold_in: Optional[object] = None
+    popularity: Optional[object] = None
 
 
 def starting_point(versions: ModelVersions, run_dir: Optional[Path], from_version: Optional[int]
@@ -198,7 +200,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                    command: Optional[str] = None, tolerance: float = CATALOG_TOLERANCE, interactions=None,
                    since=None, fold_in_shrinkage: Optional[float] = None, fold_in_text_prior: bool = True,
                    fold_in_half_life_days: Optional[float] = None, fold_in_scope: str = "new",
-                   fold_in_map: str = "linear") -> CatalogUpdate:
+                   fold_in_map: str = "linear", popularity="auto",
+                   popularity_half_life_days: Optional[float] = None) -> CatalogUpdate:
     """Writes the next export version of a trained run with new, changed and retired items.
 
     No training step runs: the towers are the run's checkpoint, and only item texts that
@@ -235,6 +238,11 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         fold_in_scope: str. `new` (items without a trained ID embedding) or `all`.
         fold_in_map: str. `linear` (the takers' centroid mapped into the item space by a ridge map fitted
             on the log's known items) or `none` (the centroid as it is).
+        popularity: str or float. with `interactions`: the recency-weighted popularity offset's scale
+            (`tfrec_lm.catalog.popularity`): `auto` (chosen on the log's newest week), a fixed beta, or
+            0 / `off` for none. With a log the gate scores both versions on that week, not on the run's
+            validation users.
+        popularity_half_life_days: float or None. the offset's half-life (default `DEFAULT_HALF_LIFE_DAYS`).
 
     Returns:
         CatalogUpdate.
@@ -246,6 +254,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
             interaction log (malformed, empty, nothing at or after `since`, none of its items in the catalog).
     """
     from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
+    from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS, popularity_offset
     from tfrec_lm.models.factory import pretrained_encoder_factory
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
@@ -265,6 +274,10 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         raise ConfigError(f"--fold-in-map must be one of {', '.join(MAPS)}, got {fold_in_map!r}")
     if fold_in_scope not in SCOPES:
         raise ConfigError(f"--fold-in-scope must be one of {', '.join(SCOPES)}, got {fold_in_scope!r}")
+    popularity = parse_popularity(popularity)
+    half_life = DEFAULT_HALF_LIFE_DAYS if popularity_half_life_days is None else float(popularity_half_life_days)
+    if not half_life > 0 or not np.isfinite(half_life):
+        raise ConfigError(f"--popularity-half-life must be > 0 days, got {popularity_half_life_days}")
     versions = ModelVersions(export_base or (named.export_base if named else "exports"),
                              model_name or (named.model_name if named else "tfrec_lm"))
     run, parent = starting_point(versions, None if run_dir is None else Path(run_dir), from_version)
@@ -310,20 +323,28 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])
     retired = np.concatenate([[False], catalog["retired"].to_numpy(bool)])
-    folded = None
+    folded, offset, validation = None, None, None
     if log is not None:
         folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
                          half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
+        offset, week, ordered = popularity_offset(new, item_ids, log, folded.representations, popularity, half_life,
+                                                  servable=~retired)
+        if len(week):
+            validation = ValidationRequests.from_log(ordered, week, window=f"the log's newest week ({len(week)} "
+                                                                           "interactions)")
     module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
-                           item_representations=None if folded is None else folded.representations)
+                           item_representations=None if folded is None else folded.representations,
+                           item_offsets=None if offset is None or offset.scale == 0 else offset.offsets)
     record = run.record() or {}
-    fold_record = {} if folded is None else {"fold_in": {**folded.summary(), "since": since}}
+    fold_record = {} if folded is None else {"fold_in": {**folded.summary(), "since": since},
+                                             "popularity_offset": offset.summary()}
     manifest = build_manifest(
         "catalog-update", config, run.path, run.run_id(), parent, record.get("data"), len(catalog), command,
         catalog_update={"base": base_name, "encoded": encoded, **changes.summary(), "added": changes.added,
                         "changed": changes.changed, "retired": changes.retired, "restored": changes.restored,
                         **fold_record})
-    validation = ValidationRequests.load(run.validation_file) if run.validation_file.is_file() else None
+    if validation is None and run.validation_file.is_file():
+        validation = ValidationRequests.load(run.validation_file)
     gate = PublishGate(versions, ModelVersions(config.staging, config.model_name), publish, validation,
                        tolerance=tolerance)
     decision = gate.submit(lambda target: target.save(module, manifest, extras=catalog_extras(catalog)), config.top_k)
@@ -332,7 +353,22 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                 seconds)
     return CatalogUpdate(export_path=decision.path, changes=changes, encoded=encoded, num_items=int(len(catalog)),
                          num_servable=module.num_servable, base=base_name, seconds=seconds, gate=decision,
-                         run_dir=run.path, fold_in=folded)
+                         run_dir=run.path, fold_in=folded, popularity=offset)
+
+
+def parse_popularity(value):
+    """`--popularity-offset`: `auto`, `off` or a beta >= 0. Returns `auto` or a float; ConfigError otherwise."""
+    if value is None or value == "auto":
+        return "auto"
+    if value == "off":
+        return 0.0
+    try:
+        beta = float(value)
+    except (TypeError, ValueError):
+        beta = float("nan")
+    if not beta >= 0 or not np.isfinite(beta):
+        raise ConfigError(f"--popularity-offset must be auto, off or a number >= 0, got {value!r}")
+    return beta
 
 
 def build_on_catalog(config, catalog: pd.DataFrame, factory):

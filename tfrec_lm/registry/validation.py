@@ -54,6 +54,29 @@ class ValidationRequests:
                    lengths=(stops - starts).astype(np.int64), targets=vocab_ids[examples.target].astype(str),
                    window=window)
 
+    @classmethod
+    def from_log(cls, log, rows, window: str) -> "ValidationRequests":
+        """Requests from rows of an interaction log: each row's target, its user's earlier rows the history.
+
+        Args:
+            log: pd.DataFrame. user_id, item_id, timestamp, sorted by user then time.
+            rows: np.ndarray int. the target rows (positions in `log`).
+            window: str. what they are.
+
+        Returns:
+            ValidationRequests.
+        """
+        users = log["user_id"].to_numpy(dtype=object)
+        items = log["item_id"].to_numpy(dtype=object).astype(str)
+        stamps = log["timestamp"].to_numpy(np.int64)
+        new_user = np.concatenate([[True], users[1:] != users[:-1]]) if len(users) else np.zeros(0, bool)
+        starts = np.maximum.accumulate(np.where(new_user, np.arange(len(users)), 0)) if len(users) else new_user
+        rows = np.asarray(rows, np.int64)
+        spans = [np.arange(starts[r], r) for r in rows]
+        history = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        return cls(items=items[history], timestamps=stamps[history],
+                   lengths=np.array([len(span) for span in spans], np.int64), targets=items[rows], window=window)
+
     def histories(self) -> tuple[list, list]:
         """Per request, its item ids and timestamps. tuple of two lists of np.ndarray."""
         bounds = np.concatenate([[0], np.cumsum(self.lengths)])

@@ -1,0 +1,102 @@
+"""What a weekly log-reading catalog update costs against training from scratch (issue 29), as fresh processes.
+
+On MovieLens-100K's streaming protocol (SPEC §2): the T1 data (every interaction before T1,
+the items seen before T1) are written as `--data files` inputs, and in one run
+
+    python -m tfrec_lm.train --data files --interactions t1.csv --items items_t1.csv ...
+    python -m tfrec_lm.catalog --run RUN --items new_items.csv --interactions log.csv ...
+
+are timed as whole processes (interpreter start, TensorFlow import, data reading, the
+export and the publishing gate included), the update before the first, the middle and the
+last weekly window, each with that week's catalog and its log of every interaction before
+the window. The claim is the ratio of each update's wall time to the training's, measured
+in the same run. The machine should be otherwise idle.
+
+    python benchmarks/update_cost.py                 # writes benchmarks/results/update_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from _common import write_result  # noqa: E402
+
+RESULT = "update_cost"
+
+
+def timed(command: list, log: Path) -> float:
+    """Runs `command` as a fresh process (output to `log`); its wall seconds. Exits on failure."""
+    began = time.monotonic()
+    with open(log, "w") as out:
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    seconds = time.monotonic() - began
+    if code:
+        raise SystemExit(f"{' '.join(command)} failed ({code}); see {log}")
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=None, help="where data, runs and exports go (default: a temp dir)")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+
+    from new_items import items_csv
+    from streaming import retrain_windows, stream_setup
+    from tfrec_lm.config import PRESETS, TrainConfig
+    from tfrec_lm.data.prepare import load_training_data
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_update_cost_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    dataset = load_training_data(TrainConfig.from_dict(PRESETS["cpu"]))
+    setup = stream_setup(dataset)
+    frame = dataset.interactions
+    stamps = frame["timestamp"].to_numpy(np.int64)
+    columns = ["user_id", "item_id", "timestamp", "rating"] if "rating" in frame else ["user_id", "item_id", "timestamp"]
+    t1_log = workdir / "t1_interactions.csv"
+    frame.loc[stamps < setup["t1"], columns].to_csv(t1_log, index=False)
+    t1_items = items_csv(dataset.items[dataset.items["item_id"].isin(setup["known_ids"])], workdir / "t1_items.csv")
+    run_dir, exports = workdir / "run", workdir / "exports"
+    train_command = [sys.executable, "-m", "tfrec_lm.train", "--data", "files", "--interactions", str(t1_log),
+                     "--items", str(t1_items), "--seed", str(args.seed), "--output-dir", str(run_dir),
+                     "--export-base", str(exports), "--overwrite"]
+    train_seconds = timed(train_command, workdir / "train.log")
+    print(f"training from scratch: {train_seconds:.1f} s", flush=True)
+    updates = []
+    for j in retrain_windows(len(setup["starts"])):
+        start = setup["starts"][j]
+        end = start + setup["window_seconds"]
+        new_ids = setup["vocab"].ids[(setup["first_seen"] < end) & setup["is_new_item"]]
+        items = items_csv(dataset.items[dataset.items["item_id"].isin(new_ids)], workdir / f"w{j:02d}_items.csv")
+        log = workdir / f"w{j:02d}_log.csv"
+        frame.loc[stamps < start, columns].to_csv(log, index=False)
+        command = [sys.executable, "-m", "tfrec_lm.catalog", "--run", str(run_dir), "--items", str(items),
+                   "--interactions", str(log), "--export-base", str(workdir / f"exports-w{j:02d}"),
+                   "--publish", "always"]
+        seconds = timed(command, workdir / f"update_w{j:02d}.log")
+        updates.append({"window": int(j), "new_items": int(len(new_ids)), "log_rows": int((stamps < start).sum()),
+                        "seconds": seconds, "over_training": seconds / train_seconds})
+        print(f"update before window {j} ({len(new_ids)} new items, {updates[-1]['log_rows']} log rows): "
+              f"{seconds:.1f} s = {100 * seconds / train_seconds:.1f}% of training", flush=True)
+    payload = {"command": " ".join(["python", "benchmarks/update_cost.py", *(argv or sys.argv[1:])]),
+               "train_command": " ".join(train_command[1:]), "train_seconds": train_seconds, "updates": updates,
+               "max_over_training": max(u["over_training"] for u in updates),
+               "median_over_training": float(np.median([u["over_training"] for u in updates]))}
+    path = write_result(RESULT, payload)
+    print(f"-> {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The log's popularity offset (`tfrec_lm.catalog.popularity`, issue 29), on hand-computed numbers."""
+
+import tfrec_lm  # noqa: F401  (before TensorFlow)
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tfrec_lm.catalog.popularity import (DAY, calibration_rows, hits_per_scale, offsets_of, recent_mass,
+                                         sorted_log)
+from tfrec_lm.registry.validation import ValidationRequests
+
+NOW = 1_000_000_000.0
+
+
+def test_recent_mass_halves_per_half_life_and_ignores_padding_and_the_future():
+    items = np.array([1, 1, 2, 0, 2])
+    stamps = np.array([NOW - 7 * DAY, NOW - 1, NOW - 14 * DAY, NOW - 1, NOW + 5])
+    mass = recent_mass(items, stamps, NOW, half_life_days=7.0, num_items=4)
+    np.testing.assert_allclose(mass, [0.0, 0.5 + 0.5 ** (1 / (7 * DAY)), 0.25, 0.0])
+    np.testing.assert_allclose(offsets_of(mass, 0.1), 0.1 * np.log1p(mass), rtol=1e-6)
+    assert offsets_of(mass, 0.1)[0] == 0.0
+    with pytest.raises(ValueError, match="half_life_days"):
+        recent_mass(items, stamps, NOW, 0.0, 4)
+
+
+def test_hits_per_scale_counts_hits_exactly_with_the_history_excluded():
+    # One user q = [1, 0]; item 1 scores 0.9, item 2 (the target) 0.5, item 3 0.1; item 2 is popular.
+    embeddings = np.array([[0, 0], [0.9, 0], [0.5, 0], [0.1, 0]], np.float32)
+    offsets = np.array([0, 0, 1.0, 0], np.float32)
+    queries = np.array([[1.0, 0.0]], np.float32)
+    scales = (0.0, 0.3, 0.5)
+    # k = 1: item 1 is above the target until beta * 1 > 0.4.
+    assert hits_per_scale(queries, embeddings, offsets, np.array([2]), [np.array([], int)], scales, k=1).tolist() == \
+        [0, 0, 1]
+    # Item 1 in the history: the target is first at every beta.
+    assert hits_per_scale(queries, embeddings, offsets, np.array([2]), [np.array([1])], scales, k=1).tolist() == \
+        [1, 1, 1]
+    # The target itself in the history can never be shown; neither can an item that is not servable.
+    assert hits_per_scale(queries, embeddings, offsets, np.array([2]), [np.array([2])], scales, k=3).tolist() == \
+        [0, 0, 0]
+    servable = np.array([False, False, True, True])
+    assert hits_per_scale(queries, embeddings, offsets, np.array([2]), [np.array([], int)], scales, k=1,
+                          servable=servable).tolist() == [1, 1, 1]
+
+
+def test_calibration_rows_are_the_newest_rows_with_an_earlier_catalog_row():
+    log = pd.DataFrame({"user_id": ["b", "a", "a", "a", "b", "c"],
+                        "item_id": ["x", "x", "y", "gone", "y", "x"],
+                        "timestamp": [100, 10, 150, 160, 200, 300]})
+    frame, rows = sorted_log(log, {"x": 1, "y": 2})
+    assert frame["user_id"].tolist() == ["a", "a", "a", "b", "b", "c"]
+    assert rows.tolist() == [1, 2, 0, 1, 2, 1]
+    stamps = frame["timestamp"].to_numpy()
+    users = frame["user_id"].to_numpy(dtype=object)
+    # From t = 120: a's y (after x), not a's row outside the catalog; b's y (after x); c has no earlier row.
+    assert calibration_rows(users, stamps, rows, 120).tolist() == [1, 4]
+    assert calibration_rows(users, stamps, rows, 0).tolist() == [1, 4]  # first rows of a user never count
+    assert len(calibration_rows(users, stamps, rows, 0, max_targets=1)) == 1
+    requests = ValidationRequests.from_log(frame, np.array([1, 4]), window="week")
+    assert requests.targets.tolist() == ["y", "y"] and requests.lengths.tolist() == [1, 1]
+    assert requests.items.tolist() == ["x", "x"] and requests.timestamps.tolist() == [10, 100]
+    assert requests.window == "week"

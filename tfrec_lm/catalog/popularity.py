@@ -1,0 +1,253 @@
+"""A recency-weighted popularity offset read from the interaction log (issue 29): no training step runs.
+
+A model trained before T1 knows what was popular before T1. The log knows what is popular
+now. The offset adds, to every item's score for every user,
+
+    o_i = beta * log(1 + m_i)          m_i = sum_r 0.5 ** (age_r / half-life)
+
+over the log rows r of item i (age counted from the newest log row), so an item taken by
+many users this week moves up for everyone, and a new item with log interactions competes
+with the known items it resembles. In the export it is one more column of the item
+embeddings (o_i) and of the user queries (a constant 1): ScaNN and `rank` add it as part of
+the dot product (`ServingModule(item_offsets=...)`).
+
+beta is chosen on the log itself (`choose_scale`): the log's newest `CALIBRATION_DAYS` are
+held out as targets (each with its user's earlier log rows as history, at most
+`MAX_CALIBRATION_TARGETS` of them, chosen at random with a fixed seed), the offset is
+computed from the rows before that week, and the beta of `SCALE_GRID` with the most hits
+at 10 among the catalog (history excluded) wins, the smaller on a tie; beta = 0 is in the
+grid, so an offset that does not help is not used. Every week's update chooses again on the
+week before it, which no training saw after the first weeks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+DEFAULT_HALF_LIFE_DAYS = 7.0
+"""The offset's half-life: last week's interactions count half as much as today's."""
+CALIBRATION_DAYS = 7.0
+SCALE_GRID = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12)
+"""Candidate betas, in score units (a cosine): 0.06 moves an item with 20 recent interactions up by 0.18."""
+MAX_CALIBRATION_TARGETS = 3000
+CALIBRATION_SEED = 0
+DAY = 86400.0
+
+
+@dataclasses.dataclass
+class PopularityOffset:
+    """The offset an update serves, and how its scale was chosen.
+
+    Attributes:
+        offsets: np.ndarray float32. [C+1] each item's score offset (0 for padding).
+        scale: float. beta.
+        half_life_days: float. the recency weighting.
+        chosen: str. `calibrated` (on the log's newest week), `given` (a fixed beta) or `off`.
+        calibration: dict or None. the held-out week (`start`, `end`, `targets`) and hits at 10 per beta.
+    """
+
+    offsets: np.ndarray
+    scale: float
+    half_life_days: float
+    chosen: str
+    calibration: Optional[dict] = None
+
+    def summary(self) -> dict:
+        """The manifest's record (no vectors). dict."""
+        return {"scale": self.scale, "half_life_days": self.half_life_days, "chosen": self.chosen,
+                "calibration": self.calibration}
+
+
+def recent_mass(items: np.ndarray, stamps: np.ndarray, now: float, half_life_days: float,
+                num_items: int) -> np.ndarray:
+    """Each item's recency-weighted interaction count at `now` (rows at or after `now` left out).
+
+    Args:
+        items: np.ndarray int. [R] vocabulary index of each log row (0: outside the catalog, ignored).
+        stamps: np.ndarray int64. [R] Unix seconds.
+        now: float. the time the weights are counted from.
+        half_life_days: float. > 0.
+        num_items: int. C+1.
+
+    Returns:
+        np.ndarray float64. [C+1] m_i; 0 for padding.
+    """
+    if not half_life_days > 0:
+        raise ValueError(f"half_life_days must be > 0, got {half_life_days}")
+    before = (np.asarray(stamps) < now) & (np.asarray(items) > 0)
+    ages = (now - np.asarray(stamps, np.float64)[before]) / DAY
+    mass = np.bincount(np.asarray(items, np.int64)[before], 0.5 ** (ages / half_life_days), num_items)
+    mass[0] = 0.0
+    return mass
+
+
+def offsets_of(mass: np.ndarray, scale: float) -> np.ndarray:
+    """beta * log(1 + m). np.ndarray float32 [C+1]."""
+    out = (float(scale) * np.log1p(np.asarray(mass, np.float64))).astype(np.float32)
+    out[0] = 0.0
+    return out
+
+
+def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndarray, targets: np.ndarray,
+                   exclude: list, scales, k: int = 10, servable: Optional[np.ndarray] = None,
+                   batch_size: int = 256) -> np.ndarray:
+    """Hits at k of `queries . embeddings + beta * offsets` for each beta, exactly, history excluded.
+
+    A target is a hit when fewer than k eligible items score above it; the catalog is scored
+    in batches of queries, so memory is batch x catalog.
+
+    Args:
+        queries: np.ndarray float32. [n, D] user queries.
+        embeddings: np.ndarray float32. [C+1, D] item vectors (row 0 padding).
+        offsets: np.ndarray float32. [C+1] log(1 + m) per item (multiplied by each beta).
+        targets: np.ndarray int. [n] the item each query took.
+        exclude: list of np.ndarray int. per query, the items it may not be shown (its history).
+        scales: sequence of float. the betas.
+        k: int. the cut-off.
+        servable: np.ndarray bool or None. [C+1] items that can be recommended (None: 1..C).
+        batch_size: int. queries per batch.
+
+    Returns:
+        np.ndarray int64. [len(scales)] hits.
+    """
+    import tensorflow as tf
+
+    eligible = np.ones(len(embeddings), bool) if servable is None else np.asarray(servable, bool).copy()
+    eligible[0] = False
+    items = tf.constant(np.asarray(embeddings, np.float32))
+    offsets = tf.constant(np.asarray(offsets, np.float32))
+    hits = np.zeros(len(scales), np.int64)
+    for start in range(0, len(queries), batch_size):
+        batch = slice(start, start + batch_size)
+        rows = len(targets[batch])
+        mask = np.tile(eligible, (rows, 1))
+        for a, excluded in enumerate(exclude[batch]):
+            mask[a, excluded] = False
+        mask = tf.constant(mask)
+        scores = tf.matmul(tf.constant(np.asarray(queries[batch], np.float32)), items, transpose_b=True)
+        target = tf.constant(np.asarray(targets[batch], np.int32))
+        for s, scale in enumerate(scales):
+            shifted = scores + float(scale) * offsets[None, :]
+            own = tf.gather(shifted, target, batch_dims=1)
+            above = tf.reduce_sum(tf.cast(tf.logical_and(mask, shifted > own[:, None]), tf.int32), axis=1)
+            valid = tf.gather(mask, target, batch_dims=1)  # a target in the history can never be shown
+            hits[s] += int(tf.reduce_sum(tf.cast(tf.logical_and(valid, above < k), tf.int32)))
+    return hits
+
+
+def calibration_rows(users: np.ndarray, stamps: np.ndarray, items: np.ndarray, start: float,
+                     max_targets: int = MAX_CALIBRATION_TARGETS, seed: int = CALIBRATION_SEED) -> np.ndarray:
+    """The held-out targets: log rows at or after `start` on catalog items whose user has an earlier catalog row.
+
+    Args:
+        users: np.ndarray. [R] user of each row, the log sorted by user then time.
+        stamps: np.ndarray int64. [R].
+        items: np.ndarray int. [R] vocabulary indices (0 outside the catalog).
+        start: float. the first second of the held-out week.
+        max_targets: int. a random subset (seeded) when there are more.
+        seed: int. the subset's seed.
+
+    Returns:
+        np.ndarray int64. row numbers, increasing.
+    """
+    if not len(users):
+        return np.zeros(0, np.int64)
+    new_user = np.concatenate([[True], users[1:] != users[:-1]])
+    known = (items > 0).astype(np.int64)
+    group = np.cumsum(new_user) - 1
+    earlier = np.cumsum(known) - known  # catalog rows before this one, all users
+    first_of_user = np.flatnonzero(new_user)
+    earlier_of_user = earlier - earlier[first_of_user][group]
+    rows = np.flatnonzero((np.asarray(stamps) >= start) & (items > 0) & (earlier_of_user > 0))
+    if len(rows) > max_targets:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, max_targets, replace=False))
+    return rows
+
+
+def sorted_log(log, index: dict):
+    """The log sorted by user then time, with each row's vocabulary index.
+
+    Args:
+        log: pd.DataFrame. user_id, item_id, timestamp.
+        index: dict str -> int. the catalog vocabulary.
+
+    Returns:
+        tuple (pd.DataFrame sorted, str ids; np.ndarray int64 [R] vocabulary indices, 0 outside the catalog).
+    """
+    log = log[["user_id", "item_id", "timestamp"]].copy()
+    log["user_id"] = log["user_id"].astype(str)
+    log["item_id"] = log["item_id"].astype(str)
+    log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    rows = log["item_id"].map(index).fillna(0).to_numpy(np.int64)
+    return log, rows
+
+
+def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray] = None, scale="auto",
+                      half_life_days: float = DEFAULT_HALF_LIFE_DAYS, servable: Optional[np.ndarray] = None,
+                      batch_size: int = 512):
+    """The offset of a (grown, frozen) model from a log, its beta chosen on the log's newest week.
+
+    Args:
+        model: TwoTowerModel. the model on the update's catalog (inference only).
+        item_ids: np.ndarray of str. [C+1] its vocabulary (index 0 padding).
+        log: pd.DataFrame. user_id, item_id, timestamp (Unix seconds).
+        representations: np.ndarray float32 or None. [C+1, D] item representations to score with (a
+            fold-in's); None: the item tower's.
+        scale: str or float. `auto` (calibrated) or a fixed beta >= 0.
+        half_life_days: float. the recency weighting.
+        servable: np.ndarray bool or None. [C+1] items that can be recommended.
+        batch_size: int. histories per user-tower call.
+
+    Returns:
+        tuple (PopularityOffset; np.ndarray int64 the held-out week's rows of the sorted log (empty:
+            none); pd.DataFrame the sorted log, `sorted_log`).
+    """
+    import tensorflow as tf
+
+    from tfrec_lm.catalog.fold_in import history_rows
+
+    index = {item: i for i, item in enumerate(np.asarray(item_ids, dtype=object)) if i > 0}
+    frame, rows = sorted_log(log, index)
+    stamps = frame["timestamp"].to_numpy(np.int64)
+    num_items = len(item_ids)
+    now = float(stamps.max()) + 1.0
+    mass = recent_mass(rows, stamps, now, half_life_days, num_items)
+    start = now - CALIBRATION_DAYS * DAY
+    chosen_rows = calibration_rows(frame["user_id"].to_numpy(dtype=object), stamps, rows, start)
+    if scale != "auto":
+        beta = float(scale)
+        if not beta >= 0 or not np.isfinite(beta):
+            raise ValueError(f"the popularity scale must be >= 0 or auto, got {scale}")
+        chosen = "given" if beta > 0 else "off"
+        return PopularityOffset(offsets_of(mass, beta), beta, float(half_life_days), chosen), chosen_rows, frame
+    if not len(chosen_rows):
+        return (PopularityOffset(offsets_of(mass, 0.0), 0.0, float(half_life_days), "off",
+                                 {"start": start, "end": now, "targets": 0, "hits": {}}), chosen_rows, frame)
+    select = np.zeros(len(frame), bool)
+    select[chosen_rows] = True
+    history, times = history_rows(frame, index, model.user_tower.max_history, select)
+    everything = tf.range(num_items, dtype=tf.int32)
+    tower = model.item_tower
+    reps = tower.representation(everything, training=False) if representations is None else tf.constant(
+        np.asarray(representations, np.float32))
+    embeddings = tower.finalize(reps, everything).numpy()
+    users = model.user_tower.for_export()
+    if representations is not None and hasattr(users, "item_representations"):
+        users.item_representations.assign(np.asarray(representations, np.float32))
+    queries = np.concatenate([users(tf.constant(history[a:a + batch_size]), tf.constant(times[a:a + batch_size]),
+                                    training=False).numpy() for a in range(0, len(history), batch_size)])
+    user_starts = np.maximum.accumulate(np.where(
+        np.concatenate([[True], frame["user_id"].to_numpy(dtype=object)[1:]
+                        != frame["user_id"].to_numpy(dtype=object)[:-1]]), np.arange(len(frame)), 0))
+    exclude = [rows[user_starts[r]:r] for r in chosen_rows]
+    before = np.log1p(recent_mass(rows, stamps, start, half_life_days, num_items))
+    hits = hits_per_scale(queries, embeddings, before, rows[chosen_rows], exclude, SCALE_GRID, servable=servable)
+    best = int(np.flatnonzero(hits == hits.max())[0])  # the grid is increasing: ties go to the smaller beta
+    beta = float(SCALE_GRID[best])
+    calibration = {"start": start, "end": now, "targets": int(len(chosen_rows)),
+                   "hits": {str(s): int(h) for s, h in zip(SCALE_GRID, hits)}}
+    return (PopularityOffset(offsets_of(mass, beta), beta, float(half_life_days),
+                             "calibrated" if beta > 0 else "off", calibration), chosen_rows, frame)
