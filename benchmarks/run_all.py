@@ -45,6 +45,8 @@ BENCHMARKS = {
     "refresh": {"args": [], "quick": ["--set", "epochs=1", "max_train_examples=2000", "max_history=10",
                                       "--refresh", "lr1e-3", "lr3e-4-replay1"],
                 "results": ["refresh"]},
+    "streaming_scale": {"args": [], "quick": ["--smoke", "--output", "streaming_scale"],
+                        "results": ["streaming_scale"]},
     "training_throughput": {"args": [], "quick": ["--quick"], "results": ["training_throughput"]},
     "tuning_ml100k": {"args": [], "quick": None, "results": ["tuning_ml100k"]},
     "user_towers": {"args": [], "quick": ["--steps", "2", "--repeats", "3"], "results": ["user_towers"]},

@@ -592,3 +592,28 @@ def test_streaming_smoke_runs_every_variant_and_its_counts_add_up(encoder_factor
     assert paired["fold_in_vs_stale"]["all"]["ratio"] == pytest.approx(
         seed["overall"]["fold_in"]["all"]["hits"] / seed["overall"]["stale"]["all"]["hits"])
     assert all(s > 0 for s in seed["update_seconds"]["fold_in"]["each"])
+
+
+def test_streaming_scale_data_and_measures(tmp_path):
+    import pandas as pd
+
+    import streaming_scale
+
+    data = streaming_scale.make_data(tmp_path, 600, 40, seed=1)
+    paths = data.pop("paths")
+    catalog, new = pd.read_parquet(paths["catalog.parquet"]), pd.read_csv(paths["new.csv"], dtype=str)
+    train, log = pd.read_parquet(paths["train.parquet"]), pd.read_parquet(paths["log.parquet"])
+    assert len(catalog) == 600 and len(new) == 40 and len(log) == 600 == data["log_rows"]
+    assert catalog["item_id"].astype(int).max() < new["item_id"].astype(int).min()  # the newest items are the new
+    assert (train["timestamp"] < data["t1"]).all() and len(train) == data["train_rows"] < len(log)
+    assert not train["item_id"].isin(set(new["item_id"])).any()
+    assert new["genres"].str.len().min() > 0  # "Drama|Horror"
+    run = streaming_scale.measured([sys.executable, "-c", "x = bytearray(50 * 2 ** 20)"], tmp_path, {},
+                                   tmp_path / "child.log")
+    assert run["peak_rss_bytes"] > 50 * 2 ** 20 and run["wall_seconds"] > 0
+    rows = [{"size": n, "log_rows": n, "cold_x_warm": n * n,
+             **{part: {"wall_seconds": n / 10, "peak_rss_bytes": 2 * n} for part in ("train", "update")},
+             "update_cold_neighbours_0": None} for n in (100, 300)]
+    ratios = streaming_scale.growth(rows)["300"]
+    assert ratios["size"] == 3 and ratios["cold_x_warm"] == 9 and ratios["update_wall_seconds"] == pytest.approx(3)
+    assert "update_cold_neighbours_0_wall_seconds" not in ratios

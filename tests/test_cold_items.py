@@ -188,3 +188,50 @@ def test_id_dropout_must_be_a_probability():
         TrainConfig(cold_popularity=-0.5).validate()
     with pytest.raises(ConfigError, match="cold_items"):
         TrainConfig.from_dict({"cold_items": "maybe"})
+
+
+def test_the_cold_table_is_built_in_chunks_with_the_neighbours_of_the_whole_matrix(monkeypatch):
+    """21 cold of 40 items, 4 cold rows per chunk (6 chunks, the last one padded): the
+    table equals a dense numpy reference, eagerly and inside a tf.function."""
+    from tfrec_lm.models import item_tower as module
+
+    rng = np.random.default_rng(7)
+    warm = rng.random(40) < 0.35
+    warm[0], warm[1], warm[2] = False, True, True
+    counts = np.where(warm, rng.integers(1, 50, 40), 0)
+    table = np.zeros([40, 5], np.int32)
+    table[1:, :4] = [[CLS, 10 + i % 50, 60 + i % 4, SEP] for i in range(1, 40)]
+    item_tower = ItemTower(BertTextEncoder(tiny_bert(VOCAB + 50, seed=4), finetune="frozen"), table,
+                           embedding_dim=8, dropout=0.0, warm_items=warm, cold_neighbours=3, cold_popularity=2.0,
+                           item_counts=counts)
+    item_tower.refresh_cache()
+    item_tower(tf.constant([1]))
+    text = rng.normal(size=[40, item_tower.encoder.hidden_size]).astype(np.float32)  # well-separated cosines
+    item_tower.text_cache.assign(text)
+    ids = rng.normal(size=[40, 8]).astype(np.float32)
+    item_tower.id_embedding.embeddings.assign(ids)
+    cold_rows, warm_rows = np.flatnonzero(~warm[1:]) + 1, np.flatnonzero(warm)
+    assert len(cold_rows) > 4 * 2 and len(cold_rows) % 4  # several chunks, the last one short
+
+    unit = text / np.linalg.norm(text, axis=1, keepdims=True)
+    expected = np.zeros([40, 8])
+    for c in cold_rows:
+        nearest = warm_rows[np.argsort(-(unit[warm_rows] @ unit[c]), kind="stable")[:3]]
+        weights = counts[nearest].astype(np.float64) ** 2.0
+        expected[c] = (weights / weights.sum()) @ ids[nearest]
+
+    chunked = item_tower.cold_id_table(chunk_rows=4).numpy()
+    np.testing.assert_allclose(chunked, expected, atol=1e-5)
+    np.testing.assert_array_equal(chunked, item_tower.cold_id_table(chunk_rows=len(cold_rows)).numpy())  # one chunk
+    np.testing.assert_array_equal(chunked, item_tower.cold_id_table(chunk_rows=1).numpy())
+    # The inference path (id_part) takes the chunk size from the module, in eager and graph mode.
+    monkeypatch.setattr(module, "COLD_CHUNK_ROWS", 5)
+    assert module.cold_chunk_rows(len(warm_rows)) == 5
+    items = tf.range(40)
+    eager = item_tower.id_part(items).numpy()
+    graph = tf.function(lambda x: item_tower.id_part(x))(items).numpy()
+    np.testing.assert_allclose(eager[cold_rows], expected[cold_rows], atol=1e-5)
+    np.testing.assert_allclose(graph, eager, atol=1e-6)
+    np.testing.assert_allclose(eager[warm], ids[warm], atol=1e-6)  # warm items keep their own IDs
+    monkeypatch.setattr(module, "COLD_CHUNK_FLOATS", 2 * len(warm_rows))
+    assert module.cold_chunk_rows(len(warm_rows)) == 2  # the float budget caps the chunk too

@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec_lm.catalog.fold_in import fit_audience_map, fold_in_vectors, history_rows, map_audience
+from tfrec_lm.catalog import fold_in as fold_in_module
+from tfrec_lm.catalog.fold_in import (fit_audience_map, fold_in_vectors, history_rows, map_audience,
+                                     map_fit_rows, vocabulary_rows)
 
 S = 1 / np.sqrt(2)
 
@@ -74,6 +76,43 @@ def test_history_rows_are_each_users_earlier_known_items_in_time_order():
     history, _ = history_rows(log.iloc[:3], {"x": 1, "gone": 4, "y": 2}, max_history=1,
                               select=np.array([False, False, True]))
     assert history.tolist() == [[4]]  # the newest max_history known items
+
+
+def test_history_rows_match_a_row_by_row_reference_on_random_logs():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n, max_history = int(rng.integers(1, 400)), int(rng.integers(1, 9))
+        log = pd.DataFrame({"user_id": rng.integers(0, 6, n).astype(str),  # long histories per user
+                            "item_id": rng.integers(0, 40, n).astype(str), "timestamp": rng.integers(0, 60, n)})
+        log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+        index = {str(i): i for i in range(1, 30)}  # ids 0 and 30-39 are outside the catalog
+        select = rng.random(n) < 0.4
+        history, times = history_rows(log, index, max_history, select)
+        items = [index.get(i, 0) for i in log["item_id"]]
+        users, stamps = log["user_id"].tolist(), log["timestamp"].tolist()
+        for out, row in enumerate(np.flatnonzero(select)):
+            earlier = [r for r in range(row) if users[r] == users[row] and items[r] > 0][-max_history:]
+            pad = [0] * (max_history - len(earlier))
+            assert history[out].tolist() == [items[r] for r in earlier] + pad
+            assert times[out].tolist() == [stamps[r] for r in earlier] + pad
+    assert vocabulary_rows(np.array(["b", "zz", "a"], object), {"a": 1, "b": 2}).tolist() == [2, 0, 1]
+    assert vocabulary_rows(np.array([], object), {"a": 1}).tolist() == []
+
+
+def test_the_map_takes_the_newest_rows_of_the_most_logged_items_up_to_the_cap(monkeypatch):
+    #            item: 5  5  5  2  2  2  7  7  9  3  3  3
+    rows = np.array([5, 5, 5, 2, 2, 2, 7, 7, 9, 3, 3, 3])
+    stamps = np.array([3, 1, 2, 5, 6, 4, 1, 2, 1, 9, 8, 7])
+    candidates = np.ones(len(rows), bool)
+    candidates[11] = False  # item 3 has two candidate rows, as many as item 7
+    assert np.flatnonzero(map_fit_rows(rows, stamps, candidates, max_items=10, per_item=20)).tolist() == \
+        np.flatnonzero(candidates).tolist()  # under the cap: every candidate row, as before the cap
+    # Three rows each for items 2 and 5, two for 3 and 7 (the tie goes to the lower index, 3), one for 9.
+    chosen = map_fit_rows(rows, stamps, candidates, max_items=3, per_item=2)
+    assert np.flatnonzero(chosen).tolist() == [0, 2, 3, 4, 9, 10]  # the two newest of 5, 2 and 3
+    monkeypatch.setattr(fold_in_module, "MAP_MAX_ITEMS", 1)
+    assert np.flatnonzero(map_fit_rows(rows, stamps, candidates, per_item=2)).tolist() == [3, 4]  # item 2: lower index
+    assert not map_fit_rows(rows, stamps, np.zeros(len(rows), bool)).any()
 
 
 def test_the_audience_map_recovers_a_linear_relation_and_applies_before_the_shrinkage():

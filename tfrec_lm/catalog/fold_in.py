@@ -23,7 +23,16 @@ map is fitted in closed form on the known items of the same log: ridge regressio
 warm item's takers' centroid c_j (up to `MAP_ROWS_PER_ITEM` of its newest log rows, at least
 `MAP_MIN_ROWS`) to its current unit vector y_j, with an intercept,
 `W = argmin sum_j |[c_j, 1] W - y_j|^2 + ridge |W|^2`; a folded item's audience is then
-`normalize([q_i, 1] W)` instead of q_i. `none` keeps q_i.
+`normalize([q_i, 1] W)` instead of q_i. `none` keeps q_i. The map is fitted on at most
+`MAP_MAX_ITEMS` warm items, those with the most log rows (ties: the lower vocabulary index),
+so its user-tower queries are at most MAP_MAX_ITEMS x MAP_ROWS_PER_ITEM (82 k) whatever the
+catalog's size: every warm item of a 1 M-item catalog would be up to 20 M queries, for a
+regression with D + 1 unknowns per output coordinate.
+
+Cost: besides the item tower's passes over the catalog, the log is read once (item ids to
+vocabulary indices through a hash index, histories cut with vectorised index arithmetic) and
+the user tower runs on the rows folded in and the (capped) map rows: it grows with the catalog
+and the log, not with catalog x log.
 
 Where it lives: the item's *representation* (the item tower's unnormalised vector, the
 text part plus the ID part) is replaced by `|rep_i| v_i`, so the served item vector (its
@@ -49,6 +58,8 @@ Set a priori, not chosen on a validation window (BUILD_NOTES, "Issue 29")."""
 SCOPES = ("new", "all")
 MAPS = ("linear", "none")
 MAP_ROWS_PER_ITEM = 20
+MAP_MAX_ITEMS = 4096
+"""Most warm items the audience map is fitted on (the ones with the most log rows)."""
 MAP_MIN_ROWS = 3
 MAP_RIDGE = 1.0
 
@@ -166,8 +177,57 @@ def fold_in_vectors(representations: np.ndarray, priors: np.ndarray, queries: np
     return out.astype(np.float32), rows
 
 
+def vocabulary_rows(item_ids, index: dict) -> np.ndarray:
+    """Vocabulary indices of item ids, 0 for ids outside the catalog (one hash lookup per row, no Python loop).
+
+    Args:
+        item_ids: array-like of str. [n] item ids.
+        index: dict str -> int. catalog vocabulary.
+
+    Returns:
+        np.ndarray int64. [n].
+    """
+    values = pd.Series(np.asarray(item_ids, dtype=object))
+    if not len(values) or not index:
+        return np.zeros(len(values), np.int64)
+    return values.map(index).fillna(0).to_numpy(np.int64)
+
+
+def map_fit_rows(rows: np.ndarray, stamps: np.ndarray, candidates: np.ndarray, max_items: Optional[int] = None,
+                 per_item: int = MAP_ROWS_PER_ITEM) -> np.ndarray:
+    """The log rows the audience map is fitted on: the newest `per_item` rows of each of the
+    `max_items` candidate items with the most candidate rows (ties: the lower vocabulary index).
+
+    Args:
+        rows: np.ndarray int. [n] each log row's vocabulary index.
+        stamps: np.ndarray int. [n] each row's timestamp.
+        candidates: np.ndarray bool. [n] rows that may serve (warm items' rows that are not folded in).
+        max_items: int or None. most items kept (None: `MAP_MAX_ITEMS`).
+        per_item: int. newest rows kept per item (ties in time: the earlier log row first).
+
+    Returns:
+        np.ndarray bool. [n] the chosen rows.
+    """
+    max_items = MAP_MAX_ITEMS if max_items is None else int(max_items)
+    chosen = np.zeros(len(rows), bool)
+    if not candidates.any():
+        return chosen
+    rows = np.asarray(rows, np.int64)
+    counts = np.bincount(rows[candidates])
+    logged = np.flatnonzero(counts)
+    top = logged[np.lexsort((logged, -counts[logged]))[:max_items]]
+    keep = candidates & np.isin(rows, top)
+    frame = pd.DataFrame({"item": rows[keep], "time": np.asarray(stamps)[keep], "row": np.flatnonzero(keep)})
+    newest = frame.sort_values(["item", "time"], kind="stable").groupby("item").tail(per_item)
+    chosen[newest["row"].to_numpy()] = True
+    return chosen
+
+
 def history_rows(log: pd.DataFrame, index: dict, max_history: int, select: np.ndarray):
     """Each selected log row's history: its user's earlier rows, newest `max_history` known items.
+
+    Vectorised: O(len(log)) to index the log, then O(max_history) per selected row (no loop over a
+    user's earlier rows).
 
     Args:
         log: pd.DataFrame. user_id, item_id, timestamp, sorted by user then time (stable).
@@ -178,21 +238,25 @@ def history_rows(log: pd.DataFrame, index: dict, max_history: int, select: np.nd
     Returns:
         tuple (history int32 [n, max_history] oldest first, 0-padded at the end; timestamps int64 alike).
     """
-    items = np.array([index.get(i, 0) for i in log["item_id"].to_numpy(dtype=object)], np.int64)
+    items = vocabulary_rows(log["item_id"].to_numpy(dtype=object), index)
     stamps = log["timestamp"].to_numpy(np.int64)
     users = log["user_id"].to_numpy(dtype=object)
     chosen = np.flatnonzero(select)
     history = np.zeros((len(chosen), max_history), np.int32)
     times = np.zeros((len(chosen), max_history), np.int64)
-    starts = np.zeros(len(log), np.int64)  # first row of each row's user
-    if len(log):
-        new_user = np.concatenate([[True], users[1:] != users[:-1]])
-        starts = np.maximum.accumulate(np.where(new_user, np.arange(len(log)), 0))
-    for out, row in enumerate(chosen):
-        earlier = np.arange(starts[row], row)
-        earlier = earlier[items[earlier] > 0][-max_history:]
-        history[out, :len(earlier)] = items[earlier]
-        times[out, :len(earlier)] = stamps[earlier]
+    if not len(chosen) or max_history <= 0:
+        return history, times
+    new_user = np.concatenate([[True], users[1:] != users[:-1]])
+    starts = np.maximum.accumulate(np.where(new_user, np.arange(len(log)), 0))  # first row of each row's user
+    known = np.flatnonzero(items > 0)  # log rows of catalog items, in log order
+    known_before = np.concatenate([[0], np.cumsum(items > 0)])  # known rows in log[:r]
+    end = known_before[chosen]  # known rows before the selected row ...
+    begin = np.maximum(known_before[starts[chosen]], end - max_history)  # ... from its user's first, at most H
+    offsets = begin[:, None] + np.arange(max_history)[None, :]  # [n, H] positions in `known`
+    valid = offsets < end[:, None]
+    source = known[np.where(valid, offsets, 0)] if len(known) else np.zeros(offsets.shape, np.int64)
+    history[valid] = items[source[valid]]
+    times[valid] = stamps[source[valid]]
     return history, times
 
 
@@ -240,21 +304,17 @@ def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shr
     log["user_id"] = log["user_id"].astype(str)
     log["item_id"] = log["item_id"].astype(str)
     log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    rows = np.array([index.get(i, 0) for i in log["item_id"]], np.int64)
+    rows = vocabulary_rows(log["item_id"].to_numpy(dtype=object), index)
     stamps = log["timestamp"].to_numpy(np.int64)
     outside = rows == 0
     in_window = np.ones(len(log), bool) if since is None else stamps >= int(since)
     in_scope = ~outside & (np.ones(len(log), bool) if scope == "all" else ~warm_items[rows])
     use = in_window & in_scope
-    # The map's rows: the newest MAP_ROWS_PER_ITEM rows of each warm item that is not folded in.
+    # The map's rows: the newest MAP_ROWS_PER_ITEM rows of each of the (at most MAP_MAX_ITEMS) warm
+    # items with the most log rows that are not folded in (ties: the lower vocabulary index).
     calibrate = np.zeros(len(log), bool)
     if audience_map == "linear":
-        candidates = ~outside & warm_items[rows] & ~use
-        if candidates.any():
-            frame = pd.DataFrame({"item": rows[candidates], "time": stamps[candidates],
-                                  "row": np.flatnonzero(candidates)})
-            newest = frame.sort_values(["item", "time"], kind="stable").groupby("item").tail(MAP_ROWS_PER_ITEM)
-            calibrate[newest["row"].to_numpy()] = True
+        calibrate = map_fit_rows(rows, stamps, ~outside & warm_items[rows] & ~use)
     history, times = history_rows(log, index, model.user_tower.max_history, use | calibrate)
     served_users = model.user_tower.for_export()
     all_queries = np.zeros((len(history), width), np.float32)

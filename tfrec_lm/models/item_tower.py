@@ -18,6 +18,22 @@ logger = logging.getLogger(__name__)
 # Bump when the way the vectors are computed changes without changing any input below.
 TEXT_CACHE_FORMAT = 2
 FUSIONS = ("sum", "balanced")
+COLD_CHUNK_ROWS = 1024
+"""Most cold rows `ItemTower.cold_id_table` scores against the warm items at once."""
+COLD_CHUNK_FLOATS = 64 * 2 ** 20
+"""Most [chunk x warm] cosines it holds at once (float32: 256 MiB)."""
+
+
+def cold_chunk_rows(warm: int) -> int:
+    """Cold rows per chunk of `ItemTower.cold_id_table` for `warm` warm items.
+
+    Args:
+        warm: int. warm items (columns of the cosine matrix).
+
+    Returns:
+        int. `COLD_CHUNK_ROWS`, fewer where chunk x warm floats would pass `COLD_CHUNK_FLOATS`; at least 1.
+    """
+    return max(1, min(COLD_CHUNK_ROWS, COLD_CHUNK_FLOATS // max(int(warm), 1)))
 
 
 def text_cache_key(token_rows: np.ndarray, encoder) -> str:
@@ -372,7 +388,7 @@ class ItemTower(tf.keras.layers.Layer):
         return bool(self.cold_neighbours and self.text_cache is not None and self.no_id_embedding is not None
                     and self.warm_items is not None and len(self._warm_rows) and len(self._cold_rows))
 
-    def cold_id_table(self):
+    def cold_id_table(self, chunk_rows: Optional[int] = None):
         """Every cold item's ID part taken from its text neighbours; zero rows for the other items.
 
         For a cold item c, with N(c) the `cold_neighbours` warm items whose encoder text
@@ -382,14 +398,36 @@ class ItemTower(tf.keras.layers.Layer):
         items takes after their collaborative vectors (the no-ID vector would leave it
         without any), so it can compete with warm items in a top-k.
 
+        The [cold x warm] cosines are computed and reduced to their top-k a chunk of cold
+        rows at a time (`cold_chunk_rows`; one `tf.map_fn` iteration each, in eager and in
+        graph mode alike), so memory is [chunk x warm] floats, not [cold x warm]; each row's
+        neighbours are those of the whole matrix. The compute is still cold x warm x hidden.
+
+        Args:
+            chunk_rows: int or None. cold rows per chunk; None: `cold_chunk_rows(warm)`.
+
         Returns:
             tf.Tensor float32. [C+1, embedding_dim].
         """
         warm_rows, cold_rows = self._warm_rows, self._cold_rows
+        k = min(self.cold_neighbours, len(warm_rows))
         weights = tf.constant(self._mix_weights)
-        text = tf.math.l2_normalize(self.text_vectors(tf.range(self.num_items)), axis=-1)
-        similarity = tf.matmul(tf.gather(text, cold_rows), tf.gather(text, warm_rows), transpose_b=True)
-        _, nearest = tf.math.top_k(similarity, k=min(self.cold_neighbours, len(warm_rows)))  # [cold, k]
+        warm_text = tf.math.l2_normalize(self.text_vectors(tf.constant(warm_rows, tf.int32)), axis=-1)  # [W, h]
+        chunk = int(chunk_rows) if chunk_rows is not None else cold_chunk_rows(len(warm_rows))
+        chunk = max(1, min(chunk, len(cold_rows)))
+        chunks = -(-len(cold_rows) // chunk)
+        # The last chunk is padded with the first cold row; the padded rows' neighbours are dropped.
+        padded = np.full(chunks * chunk, cold_rows[0], np.int32)
+        padded[: len(cold_rows)] = cold_rows
+
+        def nearest_of(rows):  # int32 [chunk] -> int32 [chunk, k] positions in warm_rows
+            text = tf.math.l2_normalize(self.text_vectors(rows), axis=-1)
+            similarity = tf.matmul(text, warm_text, transpose_b=True)  # [chunk, W]
+            return tf.math.top_k(similarity, k=k).indices
+
+        nearest = tf.map_fn(nearest_of, tf.constant(padded.reshape(chunks, chunk)), parallel_iterations=1,
+                            fn_output_signature=tf.TensorSpec([chunk, k], tf.int32))
+        nearest = tf.reshape(nearest, [chunks * chunk, k])[: len(cold_rows)]  # [cold, k]
         mix = tf.gather(weights, nearest)
         mix = mix / tf.reduce_sum(mix, axis=-1, keepdims=True)
         ids = tf.gather(self.id_embedding.embeddings, tf.gather(tf.constant(warm_rows, tf.int32), nearest))
