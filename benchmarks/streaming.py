@@ -31,7 +31,7 @@ variant's hits against `stale`, fold-in with against without the text prior (new
 those with at most 2 log interactions), and the fold-in against the retrained reference on
 its windows. Every update is published (`publish="always"`).
 
-    python benchmarks/streaming.py --seeds 42 1 2      # writes benchmarks/results/streaming.json
+    python benchmarks/streaming.py --seeds 42 1 2 --extra fold_in_cold0   # writes benchmarks/results/streaming.json
     python benchmarks/streaming.py --smoke             # synthetic data, tiny model: checks the code only
 """
 
@@ -345,7 +345,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument("--workdir", default=None, help="where runs and exports go (default: a temp dir)")
     parser.add_argument("--fold-in-shrinkage", type=float, default=None)
-    parser.add_argument("--extra", action="store_true", help=f"also {', '.join(EXTRA_VARIANTS)}")
+    parser.add_argument("--extra", nargs="*", choices=EXTRA_VARIANTS, default=[],
+                        help="more variants (measured in the first pass)")
     parser.add_argument("--smoke", action="store_true",
                         help="synthetic data, the tiny preset, two windows: checks the code, its numbers mean nothing")
     args = parser.parse_args(argv)
@@ -353,7 +354,7 @@ def main(argv=None) -> int:
     from tfrec_lm.config import PRESETS, TrainConfig
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_streaming_"))
-    variants = BASE_VARIANTS + (EXTRA_VARIANTS if args.extra else ())
+    variants = BASE_VARIANTS + tuple(args.extra)
     if args.smoke:
         dataset = smoke_dataset()
         config = TrainConfig.from_dict({**PRESETS["tiny"], "index": "brute-force"})

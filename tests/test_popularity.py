@@ -61,3 +61,28 @@ def test_calibration_rows_are_the_newest_rows_with_an_earlier_catalog_row():
     assert requests.targets.tolist() == ["y", "y"] and requests.lengths.tolist() == [1, 1]
     assert requests.items.tolist() == ["x", "x"] and requests.timestamps.tolist() == [10, 100]
     assert requests.window == "week"
+
+
+def test_weekly_hits_scores_each_week_with_the_rows_before_it():
+    """Week 0's target (item 2) is popular only in week 1's offset, week 1's target (item 1) only in its own:
+    the replay must use the counts before each target's week, not one count for all."""
+    from tfrec_lm.catalog.popularity import weekly_hits
+
+    week = 7 * DAY
+    start = NOW
+    # log rows: item 1 taken twice before week 0; item 2 taken three times in week 0; two targets.
+    rows = np.array([1, 1, 2, 2, 2, 2, 1])
+    stamps = np.array([NOW - 10, NOW - 5, NOW + 1, NOW + 2, NOW + 3, NOW + 4, NOW + week + 1], np.int64)
+    embeddings = np.array([[0, 0], [0.5, 0], [0.5, 0]], np.float32)  # ties broken by the offset alone
+    queries = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    targets = np.array([5, 6])  # item 2 in week 0, item 1 in week 1
+    empty = [np.array([], int), np.array([], int)]
+    hits, weeks = weekly_hits(queries, embeddings, rows, stamps, targets, empty, start, 7.0, (0.0, 1.0), k=1)
+    assert weeks == 2
+    week0 = np.log1p(recent_mass(rows, stamps, start, 7.0, 3))
+    week1 = np.log1p(recent_mass(rows, stamps, start + week, 7.0, 3))
+    assert week0[1] > week0[2] and week1[2] > week1[1]
+    # beta = 0: the items tie and nothing is above either target; beta = 1: in each week the other item is
+    # the popular one, so both miss. Counting every target with week 0's counts would hit week 1's target.
+    assert hits.tolist() == [2, 0]
+    assert hits_per_scale(queries[1:], embeddings, week0, np.array([1]), empty[:1], (1.0,), k=1).tolist() == [1]

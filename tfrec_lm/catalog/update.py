@@ -39,6 +39,8 @@ from tfrec_lm.registry.model_versions import ModelVersions
 
 logger = logging.getLogger(__name__)
 
+GATE_DAYS = 7
+"""With a log, the gate scores both versions on its newest week's interactions (the calibration's targets)."""
 CATALOG_TOLERANCE = 0.01
 """The relative validation NDCG@10 loss a catalog update may cost and still pass `--publish if-better`."""
 
@@ -327,8 +329,11 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     if log is not None:
         folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
                          half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
-        offset, week, ordered = popularity_offset(new, item_ids, log, folded.representations, popularity, half_life,
-                                                  servable=~retired)
+        trained_until = ((run.record() or {}).get("data") or {}).get("last_timestamp")
+        offset, targets, ordered = popularity_offset(new, item_ids, log, folded.representations, popularity,
+                                                     half_life, servable=~retired, trained_until=trained_until)
+        stamps = ordered["timestamp"].to_numpy(np.int64)
+        week = targets[stamps[targets] >= stamps.max() + 1 - GATE_DAYS * 86400]  # the gate: the newest week
         if len(week):
             validation = ValidationRequests.from_log(ordered, week, window=f"the log's newest week ({len(week)} "
                                                                            "interactions)")
