@@ -29,7 +29,8 @@ folder and fresh processes:
     under `/usr/bin/time -v` (else a wrapper process reading `RUSAGE_CHILDREN`): its wall
     time and peak RSS, and the training process's. Then the same update of the same
     version (`--from-version 1`) with `--cold-neighbours 0`: the difference is what the
-    cold items' neighbour table costs (O(cold x warm), computed about four times per update).
+    cold items' neighbour table costs (O(cold x warm) in compute, computed once per update:
+    `ItemTower.freeze_cold_ids`).
 
 Reported per size: the counts (catalog, new items, log rows, training rows, warm and cold
 items: an update's neighbour table is [cold x warm]), the training and update wall seconds

@@ -235,3 +235,8 @@ def test_the_cold_table_is_built_in_chunks_with_the_neighbours_of_the_whole_matr
     np.testing.assert_allclose(eager[warm], ids[warm], atol=1e-6)  # warm items keep their own IDs
     monkeypatch.setattr(module, "COLD_CHUNK_FLOATS", 2 * len(warm_rows))
     assert module.cold_chunk_rows(len(warm_rows)) == 2  # the float budget caps the chunk too
+    # A frozen table (a catalog update) is the same table, computed once: later ID changes do not reach it.
+    item_tower.freeze_cold_ids()
+    np.testing.assert_allclose(item_tower.id_part(items).numpy(), eager, atol=1e-6)
+    item_tower.id_embedding.embeddings.assign(ids + 1.0)
+    np.testing.assert_allclose(item_tower.id_part(items).numpy()[cold_rows], eager[cold_rows], atol=1e-6)

@@ -321,6 +321,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         old.load_towers(run.checkpoint)
         new = build_on_catalog(config, catalog, factory)
     encoded = old.grow_into(new, encode_rows)
+    new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
 
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])

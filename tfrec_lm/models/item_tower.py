@@ -194,6 +194,7 @@ class ItemTower(tf.keras.layers.Layer):
             counts = np.ones(self.num_items) if self.item_counts is None else np.maximum(self.item_counts, 1.0)
             scaled = counts[self._warm_rows] / counts[self._warm_rows].max() if len(self._warm_rows) else counts[:0]
             self._mix_weights = np.maximum(scaled ** self.cold_popularity, 1e-30).astype(np.float32)
+        self._frozen_cold_ids = None  # `freeze_cold_ids`: the table, computed once for a model that no longer trains
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
@@ -378,7 +379,8 @@ class ItemTower(tf.keras.layers.Layer):
         if self.no_id_embedding is not None:
             cold = self.no_id_embedding
             if not training and self.imputes_cold_ids:
-                cold = tf.gather(self.cold_id_table(), items)
+                table = self._frozen_cold_ids if self._frozen_cold_ids is not None else self.cold_id_table()
+                cold = tf.gather(table, items)
             ids = tf.where(self.uses_id(items, training=training)[..., None], ids, cold)
         return _norm_last_axis(self.id_norm, ids) if self.id_norm is not None else ids
 
@@ -387,6 +389,17 @@ class ItemTower(tf.keras.layers.Layer):
         """Whether cold items take their ID part from text neighbours (`cold_neighbours`) outside training."""
         return bool(self.cold_neighbours and self.text_cache is not None and self.no_id_embedding is not None
                     and self.warm_items is not None and len(self._warm_rows) and len(self._cold_rows))
+
+    def freeze_cold_ids(self) -> None:
+        """Computes `cold_id_table` once and serves it from then on (a catalog update: nothing trains).
+
+        The table is [cold x warm] cosines in compute; a catalog update reads the item
+        representations four times (fold-in, its audience map, the popularity calibration,
+        the export), each of which would recompute it. After this call a change of the ID
+        embeddings no longer reaches the cold items, so only a model that will not train
+        again may be frozen.
+        """
+        self._frozen_cold_ids = tf.constant(self.cold_id_table()) if self.imputes_cold_ids else None
 
     def cold_id_table(self, chunk_rows: Optional[int] = None):
         """Every cold item's ID part taken from its text neighbours; zero rows for the other items.
