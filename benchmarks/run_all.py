@@ -47,8 +47,11 @@ BENCHMARKS = {
                 "results": ["refresh"]},
     "streaming_scale": {"args": [], "quick": ["--smoke", "--output", "streaming_scale"],
                         "results": ["streaming_scale"]},
+    "streaming": {"args": ["--seeds", "42", "1", "2", "--extra", "fold_in_cold0"], "quick": None,
+                  "results": ["streaming"]},
     "training_throughput": {"args": [], "quick": ["--quick"], "results": ["training_throughput"]},
     "tuning_ml100k": {"args": [], "quick": None, "results": ["tuning_ml100k"]},
+    "update_cost": {"args": [], "quick": None, "results": ["update_cost"]},
     "user_towers": {"args": [], "quick": ["--steps", "2", "--repeats", "3"], "results": ["user_towers"]},
 }
 
