@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tfrec_lm.catalog.popularity import (DAY, calibration_rows, hits_per_scale, offsets_of, recent_mass,
-                                         sorted_log)
+from tfrec_lm.catalog.fold_in import sorted_log
+from tfrec_lm.catalog.popularity import DAY, calibration_rows, hits_per_scale, offsets_of, recent_mass
 from tfrec_lm.registry.validation import ValidationRequests
 
 NOW = 1_000_000_000.0

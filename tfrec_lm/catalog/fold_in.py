@@ -193,6 +193,24 @@ def vocabulary_rows(item_ids, index: dict) -> np.ndarray:
     return values.map(index).fillna(0).to_numpy(np.int64)
 
 
+def sorted_log(log, index: dict):
+    """The log sorted by user then time, with each row's vocabulary index.
+
+    Args:
+        log: pd.DataFrame. user_id, item_id, timestamp.
+        index: dict str -> int. the catalog vocabulary.
+
+    Returns:
+        tuple (pd.DataFrame sorted, str ids; np.ndarray int64 [R] vocabulary indices, 0 outside the catalog).
+    """
+    log = log[["user_id", "item_id", "timestamp"]].copy()
+    log["user_id"] = log["user_id"].astype(str)
+    log["item_id"] = log["item_id"].astype(str)
+    log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    rows = vocabulary_rows(log["item_id"].to_numpy(dtype=object), index)
+    return log, rows
+
+
 def map_fit_rows(rows: np.ndarray, stamps: np.ndarray, candidates: np.ndarray, max_items: Optional[int] = None,
                  per_item: int = MAP_ROWS_PER_ITEM) -> np.ndarray:
     """The log rows the audience map is fitted on: the newest `per_item` rows of each of the
@@ -300,11 +318,7 @@ def fold_in(model, item_ids, log: pd.DataFrame, since: Optional[int] = None, shr
         warm_items = tower.warm_items if tower.warm_items is not None else np.ones(tower.num_items, bool)
     warm_items = np.asarray(warm_items, bool)
     index = {item: i for i, item in enumerate(np.asarray(item_ids, dtype=object)) if i > 0}
-    log = log[["user_id", "item_id", "timestamp"]].copy()
-    log["user_id"] = log["user_id"].astype(str)
-    log["item_id"] = log["item_id"].astype(str)
-    log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    rows = vocabulary_rows(log["item_id"].to_numpy(dtype=object), index)
+    log, rows = sorted_log(log, index)
     stamps = log["timestamp"].to_numpy(np.int64)
     outside = rows == 0
     in_window = np.ones(len(log), bool) if since is None else stamps >= int(since)

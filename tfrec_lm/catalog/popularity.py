@@ -205,24 +205,6 @@ def weekly_hits(queries: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, s
     return hits, int(len(np.unique(week_of)))
 
 
-def sorted_log(log, index: dict):
-    """The log sorted by user then time, with each row's vocabulary index.
-
-    Args:
-        log: pd.DataFrame. user_id, item_id, timestamp.
-        index: dict str -> int. the catalog vocabulary.
-
-    Returns:
-        tuple (pd.DataFrame sorted, str ids; np.ndarray int64 [R] vocabulary indices, 0 outside the catalog).
-    """
-    log = log[["user_id", "item_id", "timestamp"]].copy()
-    log["user_id"] = log["user_id"].astype(str)
-    log["item_id"] = log["item_id"].astype(str)
-    log = log.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    rows = log["item_id"].map(index).fillna(0).to_numpy(np.int64)
-    return log, rows
-
-
 def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray] = None, scale="auto",
                       half_life_days: float = DEFAULT_HALF_LIFE_DAYS, servable: Optional[np.ndarray] = None,
                       trained_until: Optional[float] = None, batch_size: int = 512):
@@ -247,7 +229,7 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
     """
     import tensorflow as tf
 
-    from tfrec_lm.catalog.fold_in import history_rows
+    from tfrec_lm.catalog.fold_in import history_rows, sorted_log
 
     index = {item: i for i, item in enumerate(np.asarray(item_ids, dtype=object)) if i > 0}
     frame, rows = sorted_log(log, index)
