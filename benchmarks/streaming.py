@@ -14,10 +14,12 @@ Variants:
 - `trending`: the 10 items most interacted with in the 7 days before s, history excluded;
 - `fold_in`: the default update reading the log (`--interactions`): new items folded in from
   the frozen user tower's queries, shrunk toward their text-based vector, and the
-  recency-weighted popularity offset with its scale chosen on the log's newest week;
+  recency-weighted popularity offset and the new-item offset, their scales chosen by
+  replaying the weekly protocol on the log rows the run never trained on;
 - `fold_in_no_text`: the same with the text prior off (`--no-fold-in-text-prior`: every new
   item starts from the no-ID vector, so the update reads no text at all);
-- `fold_in_no_offset`: the fold-in without the popularity offset (`--popularity-offset off`);
+- `fold_in_no_offset`: the fold-in without either offset (`--popularity-offset off
+  --new-item-offset off`);
 - `retrained`: an upper reference, the default config retrained from scratch on every
   interaction before s (the window's catalog; its new items cold), before the first, the
   middle and the last window only;
@@ -186,7 +188,7 @@ def run_seed(dataset, setup: dict, config, workdir: Path, seed: int, encoder_fac
         logged = {"interactions": log, "fold_in_shrinkage": shrinkage}
         options = {"text_only": {}, "fold_in": logged,
                    "fold_in_no_text": {**logged, "fold_in_text_prior": False},
-                   "fold_in_no_offset": {**logged, "popularity": "off"},
+                   "fold_in_no_offset": {**logged, "popularity": "off", "new_item_offset": "off"},
                    "fold_in_centroid": {**logged, "fold_in_map": "none"},
                    "fold_in_cold0": {**logged, "cold_neighbours": 0}}
         folded, offsets = {}, {}
@@ -224,7 +226,8 @@ def run_seed(dataset, setup: dict, config, workdir: Path, seed: int, encoder_fac
                                      for name in shown}})
         print(f"seed {seed} window {j}: {int(rows.sum())} targets, HR@10 "
               + ", ".join(f"{name} {windows[-1]['variants'][name]['all']['HR@10']:.4f}" for name in shown)
-              + (f"; offset {offsets['fold_in']['scale']:g}" if "fold_in" in offsets else ""), flush=True)
+              + (f"; offset {offsets['fold_in']['scale']:g} {offsets['fold_in']['new_item_offset']:+g}"
+                 if "fold_in" in offsets else ""), flush=True)
     return {"seed": seed, "train_seconds": train_seconds, "usable": usable, "tops": tops,
             "log_counts": log_counts_of_query, "windows": windows, "retrained_rows": retrained_rows,
             "retrain_seconds": retrain_seconds, "variants": variants,
@@ -347,6 +350,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fold-in-shrinkage", type=float, default=None)
     parser.add_argument("--extra", nargs="*", choices=EXTRA_VARIANTS, default=[],
                         help="more variants (measured in the first pass)")
+    parser.add_argument("--only", nargs="+", choices=BASE_VARIANTS[1:] + EXTRA_VARIANTS,
+                        help="just these variants beside stale (a rerun of some; runs already in --workdir are reused)")
+    parser.add_argument("--output", default=RESULT, help="the result's name under benchmarks/results/")
     parser.add_argument("--smoke", action="store_true",
                         help="synthetic data, the tiny preset, two windows: checks the code, its numbers mean nothing")
     args = parser.parse_args(argv)
@@ -354,7 +360,7 @@ def main(argv=None) -> int:
     from tfrec_lm.config import PRESETS, TrainConfig
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_streaming_"))
-    variants = BASE_VARIANTS + tuple(args.extra)
+    variants = BASE_VARIANTS + tuple(args.extra) if not args.only else ("stale", *args.only)
     if args.smoke:
         dataset = smoke_dataset()
         config = TrainConfig.from_dict({**PRESETS["tiny"], "index": "brute-force"})
@@ -369,7 +375,7 @@ def main(argv=None) -> int:
     config = TrainConfig.from_dict(PRESETS["cpu"])
     dataset = load_training_data(config)
     payload = run(dataset, config, workdir, args.seeds, shrinkage=args.fold_in_shrinkage, variants=variants)
-    path = write_result(RESULT, {"command": " ".join(["python", "benchmarks/streaming.py", *(argv or sys.argv[1:])]),
+    path = write_result(args.output, {"command": " ".join(["python", "benchmarks/streaming.py", *(argv or sys.argv[1:])]),
                                  **payload})
     print(f"-> {path}", flush=True)
     return 0

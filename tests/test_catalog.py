@@ -313,10 +313,10 @@ def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing
                            encoder_factory=encoder_factory)
     folded = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "folded"),
                             encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=2.0,
-                            fold_in_map="none", popularity="off")
+                            fold_in_map="none", popularity="off", new_item_offset="off")
     audience_only = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "audience"),
                                    encoder_factory=encoder_factory, interactions=log, fold_in_shrinkage=0.0,
-                                   fold_in_text_prior=False, fold_in_map="none", popularity="off")
+                                   fold_in_text_prior=False, fold_in_map="none", popularity="off", new_item_offset="off")
     mapped = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "mapped"),
                             encoder_factory=encoder_factory, interactions=log)
     assert mapped.fold_in.audience_map == "none" and mapped.fold_in.map_items == 0  # 3 known rows: too few to fit
@@ -352,14 +352,16 @@ def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing
 def test_popularity_offset_adds_the_logs_recent_counts_to_every_score(trained, encoder_factory, tmp_path):
     """The export's scores with a fixed beta are the scores without it plus beta * log(1 + m_i), m_i the
     item's log rows weighted 0.5 ** (age / 7 days) from the newest row; `auto` scores the log's newest week."""
-    from tfrec_lm.catalog.popularity import SCALE_GRID
+    from tfrec_lm.catalog.popularity import NEW_ITEM_GRID, SCALE_GRID
 
     catalog = read_catalog(trained["run"] / CATALOG_FILE)
     items = items_file(tmp_path / "items.csv", [("new-a", "red sneakers 40", "sneakers")])
     log, histories = fold_in_log(tmp_path / "log.csv", catalog.loc[catalog["warm"], "item_id"].tolist())
     common = dict(items_path=items, encoder_factory=encoder_factory, interactions=log, publish="always")
-    plain = update_catalog(trained["run"], export_base=str(tmp_path / "plain"), popularity="off", **common)
-    offset = update_catalog(trained["run"], export_base=str(tmp_path / "offset"), popularity=0.5, **common)
+    plain = update_catalog(trained["run"], export_base=str(tmp_path / "plain"), popularity="off",
+                           new_item_offset="off", **common)
+    offset = update_catalog(trained["run"], export_base=str(tmp_path / "offset"), popularity=0.5,
+                            new_item_offset=-0.25, **common)
     assert plain.popularity.chosen == "off" and plain.popularity.scale == 0.0
     assert offset.popularity.chosen == "given" and offset.popularity.scale == 0.5
     rows = pd.read_csv(log)
@@ -369,6 +371,9 @@ def test_popularity_offset_adds_the_logs_recent_counts_to_every_score(trained, e
     ids = [""] + read_catalog(offset.export_path / "assets.extra" / EXPORT_CATALOG_FILE)["item_id"].tolist()
     expected = 0.5 * np.log1p(np.array([mass.get(i, 0.0) for i in ids[1:]]))
     assert expected.max() > 0.5  # new-a was taken three times in the last seconds
+    untrained = {"new-a", *COLD}  # no trained ID embedding: the new item and the items cold in training
+    expected -= 0.25 * np.array([i in untrained for i in ids[1:]])
+    assert offset.popularity.new_item_offset == -0.25 and offset.popularity.new_item_chosen == "given"
     for history, stamps in histories:
         request = dict(history_item_ids=tf.constant([history]), history_timestamps=tf.constant([stamps], tf.int64),
                        candidate_item_ids=tf.constant([ids[1:]]))
@@ -388,6 +393,8 @@ def test_popularity_offset_adds_the_logs_recent_counts_to_every_score(trained, e
     calibration = auto.popularity.calibration
     assert calibration["targets"] == 3  # u1's second and third rows, u2's new-a: rows with an earlier catalog row
     assert list(calibration["hits"]) == [str(s) for s in SCALE_GRID]
+    assert list(calibration["new_item_hits"]) == [str(g) for g in NEW_ITEM_GRID]
+    assert auto.popularity.new_item_offset in NEW_ITEM_GRID
     assert auto.popularity.scale == SCALE_GRID[[calibration["hits"][str(s)] for s in SCALE_GRID].index(
         max(calibration["hits"].values()))]
     assert auto.gate.window.startswith("the log's newest week (3 interactions)")
@@ -419,6 +426,7 @@ def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_facto
              ([str(log), "--since", "2030-01-01"], "no interaction at or after --since"),
              ([str(log), "--popularity-offset", "lots"], "--popularity-offset must be auto, off or a number"),
              ([str(log), "--popularity-half-life", "0"], "--popularity-half-life must be > 0 days"),
+             ([str(log), "--new-item-offset", "down"], "--new-item-offset must be auto, off or a number"),
              ([str(tmp_path / "absent.csv")], "absent.csv")]
     for arguments, message in cases:
         bad_base = tmp_path / "bad"

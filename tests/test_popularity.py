@@ -86,3 +86,18 @@ def test_weekly_hits_scores_each_week_with_the_rows_before_it():
     # the popular one, so both miss. Counting every target with week 0's counts would hit week 1's target.
     assert hits.tolist() == [2, 0]
     assert hits_per_scale(queries[1:], embeddings, week0, np.array([1]), empty[:1], (1.0,), k=1).tolist() == [1]
+
+
+def test_weekly_hits_searches_the_new_item_offset_with_beta_held():
+    """Item 2 (new) scores above the target item 1 (known) unless gamma pushes it below: gamma -0.2 wins
+    at k = 1, and beta's offset is added to both the same way in every gamma."""
+    from tfrec_lm.catalog.popularity import weekly_hits
+
+    rows = np.array([1, 2, 1])
+    stamps = np.array([NOW - 10, NOW - 9, NOW + 1], np.int64)
+    embeddings = np.array([[0, 0], [0.5, 0], [0.6, 0]], np.float32)
+    queries = np.array([[1.0, 0.0]], np.float32)
+    new = np.array([False, False, True])
+    hits, _ = weekly_hits(queries, embeddings, rows, stamps, np.array([2]), [np.array([], int)], NOW, 7.0,
+                          (0.0, -0.05, -0.2), k=1, new_items=new, beta=1.0)
+    assert hits.tolist() == [0, 0, 1]  # both items have one row before the week: beta moves them alike

@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--popularity-offset", default="auto", metavar="BETA",
                         help="with --interactions: add BETA * log(1 + recent interactions) to every item's score; "
                              "auto (default): BETA chosen on the log's newest week (0 when it does not help); off")
+    parser.add_argument("--new-item-offset", default="auto", metavar="GAMMA",
+                        help="with --interactions: add GAMMA to the score of every item without a trained ID "
+                             "embedding; auto (default): chosen after BETA on the same log rows (0 when it does "
+                             "not help); off")
     parser.add_argument("--popularity-half-life", type=float, metavar="DAYS",
                         help=f"half-life of the offset's recency weighting (default {DEFAULT_HALF_LIFE_DAYS:g})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
@@ -131,6 +135,7 @@ def main(argv=None) -> int:
                                 fold_in_half_life_days=args.fold_in_half_life, fold_in_scope=args.fold_in_scope,
                                 fold_in_map=args.fold_in_map, popularity=args.popularity_offset,
                                 popularity_half_life_days=args.popularity_half_life,
+                                new_item_offset=args.new_item_offset,
                                 command=shlex.join(["python", "-m", "tfrec_lm.catalog", *argv]))
     except (ConfigError, DataError, AssetError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -149,10 +154,10 @@ def main(argv=None) -> int:
               f"{fold.out_of_scope} on items out of scope ({fold.scope}), {fold.no_history} without a history")
     if update.popularity is not None:
         offset = update.popularity
-        how = {"calibrated": "chosen on the log's newest week", "given": "given", "off": "off"}[offset.chosen]
         print(f"popularity offset: {offset.scale:g} x log(1 + interactions, half-life {offset.half_life_days:g} "
-              f"days) ({how}" + (f", {offset.calibration['targets']} held-out interactions" if offset.calibration
-                                 else "") + ")")
+              f"days) ({offset.chosen}), {offset.new_item_offset:+g} on items without a trained ID "
+              f"({offset.new_item_chosen})" + (f"; chosen on {offset.calibration['targets']} log interactions"
+                                               if offset.calibration else ""))
     if update.gate is not None:
         print(update.gate.summary())
     print(f"export:  {update.export_path}" + ("" if update.gate is None or update.gate.published

@@ -22,6 +22,11 @@ tie; beta = 0 is in the grid, so an offset that does not help is not used. With 
 `CALIBRATION_DAYS` are the targets instead, though the run trained on them: its beta comes
 out small there (0.01 on MovieLens-100K at T1). The item vectors scored are the update's
 (a fold-in read the same rows: a folded item scores its own takers a little too well).
+
+Then, with beta fixed, the same targets choose gamma (`NEW_ITEM_GRID`, from 0 down, ties to
+the one nearer 0), an offset added to every item without a trained ID embedding: a new item
+in a top 10 takes a known item's slot, and gamma is the price the log says that slot is
+worth. It is part of the same column (`o_i = beta log(1 + m_i) + gamma [i is new]`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ DEFAULT_HALF_LIFE_DAYS = 7.0
 CALIBRATION_DAYS = 7.0
 SCALE_GRID = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.12, 0.16)
 """Candidate betas, in score units (a cosine): 0.06 moves an item with 20 recent interactions up by 0.18."""
+NEW_ITEM_GRID = (0.0, -0.02, -0.04, -0.06, -0.08, -0.1, -0.15)
+"""Candidate gammas, searched after beta: how far every item without a trained ID embedding moves down."""
 MAX_CALIBRATION_TARGETS = 5000
 MIN_CALIBRATION_TARGETS = 500
 CALIBRATION_SEED = 0
@@ -50,8 +57,11 @@ class PopularityOffset:
         offsets: np.ndarray float32. [C+1] each item's score offset (0 for padding).
         scale: float. beta.
         half_life_days: float. the recency weighting.
-        chosen: str. `calibrated` (on the log's newest week), `given` (a fixed beta) or `off`.
-        calibration: dict or None. the held-out week (`start`, `end`, `targets`) and hits at 10 per beta.
+        chosen: str. `calibrated` (on the replayed weeks), `given` (a fixed beta) or `off`.
+        calibration: dict or None. the replayed span (`start`, `end`, `targets`, `weeks`) and hits at 10
+            per beta (`hits`) and per new-item offset (`new_item_hits`).
+        new_item_offset: float. gamma, added to the score of every item without a trained ID embedding.
+        new_item_chosen: str. `calibrated`, `given` or `off`.
     """
 
     offsets: np.ndarray
@@ -59,10 +69,13 @@ class PopularityOffset:
     half_life_days: float
     chosen: str
     calibration: Optional[dict] = None
+    new_item_offset: float = 0.0
+    new_item_chosen: str = "off"
 
     def summary(self) -> dict:
         """The manifest's record (no vectors). dict."""
         return {"scale": self.scale, "half_life_days": self.half_life_days, "chosen": self.chosen,
+                "new_item_offset": self.new_item_offset, "new_item_chosen": self.new_item_chosen,
                 "calibration": self.calibration}
 
 
@@ -98,8 +111,8 @@ def offsets_of(mass: np.ndarray, scale: float) -> np.ndarray:
 
 def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndarray, targets: np.ndarray,
                    exclude: list, scales, k: int = 10, servable: Optional[np.ndarray] = None,
-                   batch_size: int = 256) -> np.ndarray:
-    """Hits at k of `queries . embeddings + beta * offsets` for each beta, exactly, history excluded.
+                   batch_size: int = 256, base: Optional[np.ndarray] = None) -> np.ndarray:
+    """Hits at k of `queries . embeddings + base + beta * offsets` for each beta, exactly, history excluded.
 
     A target is a hit when fewer than k eligible items score above it; the catalog is scored
     in batches of queries, so memory is batch x catalog.
@@ -114,6 +127,7 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
         k: int. the cut-off.
         servable: np.ndarray bool or None. [C+1] items that can be recommended (None: 1..C).
         batch_size: int. queries per batch.
+        base: np.ndarray float32 or None. [C+1] a fixed offset added to every score.
 
     Returns:
         np.ndarray int64. [len(scales)] hits.
@@ -124,6 +138,7 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
     eligible[0] = False
     items = tf.constant(np.asarray(embeddings, np.float32))
     offsets = tf.constant(np.asarray(offsets, np.float32))
+    base = tf.zeros([len(embeddings)]) if base is None else tf.constant(np.asarray(base, np.float32))
     hits = np.zeros(len(scales), np.int64)
     for start in range(0, len(queries), batch_size):
         batch = slice(start, start + batch_size)
@@ -132,7 +147,7 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
         for a, excluded in enumerate(exclude[batch]):
             mask[a, excluded] = False
         mask = tf.constant(mask)
-        scores = tf.matmul(tf.constant(np.asarray(queries[batch], np.float32)), items, transpose_b=True)
+        scores = tf.matmul(tf.constant(np.asarray(queries[batch], np.float32)), items, transpose_b=True) + base
         target = tf.constant(np.asarray(targets[batch], np.int32))
         for s, scale in enumerate(scales):
             shifted = scores + float(scale) * offsets[None, :]
@@ -174,9 +189,13 @@ def calibration_rows(users: np.ndarray, stamps: np.ndarray, items: np.ndarray, s
 
 def weekly_hits(queries: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, stamps: np.ndarray,
                 targets: np.ndarray, exclude: list, start: float, half_life_days: float, scales,
-                servable: Optional[np.ndarray] = None, k: int = 10) -> tuple[np.ndarray, int]:
-    """Hits at 10 per beta of the weekly protocol replayed from `start`: each target scored with the
+                servable: Optional[np.ndarray] = None, k: int = 10, new_items: Optional[np.ndarray] = None,
+                beta: float = 0.0) -> tuple[np.ndarray, int]:
+    """Hits at 10 per scale of the weekly protocol replayed from `start`: each target scored with the
     offset of the log rows before its week (`CALIBRATION_DAYS` long, counted from `start`).
+
+    Without `new_items` the scales are betas of that offset; with it they are gammas of a
+    `new_items` indicator, added to `beta` times that offset.
 
     Args:
         queries: np.ndarray float32. [n, D] each target's query.
@@ -190,6 +209,8 @@ def weekly_hits(queries: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, s
         scales: sequence of float. the betas.
         servable: np.ndarray bool or None. [C+1].
         k: int. the cut-off.
+        new_items: np.ndarray bool or None. [C+1] the items a gamma moves.
+        beta: float. the popularity scale held fixed while gammas are searched.
 
     Returns:
         tuple (np.ndarray int64 [len(scales)] hits; int the weeks replayed).
@@ -200,15 +221,17 @@ def weekly_hits(queries: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, s
         part = np.flatnonzero(week_of == week)
         before = np.log1p(recent_mass(rows, stamps, start + week * CALIBRATION_DAYS * DAY, half_life_days,
                                       len(embeddings)))
-        hits += hits_per_scale(queries[part], embeddings, before, rows[targets[part]], [exclude[i] for i in part],
-                               scales, k=k, servable=servable)
+        offsets, base = (before, None) if new_items is None else (np.asarray(new_items, np.float32), beta * before)
+        hits += hits_per_scale(queries[part], embeddings, offsets, rows[targets[part]], [exclude[i] for i in part],
+                               scales, k=k, servable=servable, base=base)
     return hits, int(len(np.unique(week_of)))
 
 
 def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray] = None, scale="auto",
                       half_life_days: float = DEFAULT_HALF_LIFE_DAYS, servable: Optional[np.ndarray] = None,
-                      trained_until: Optional[float] = None, batch_size: int = 512):
-    """The offset of a (grown, frozen) model from a log, its beta chosen on log rows the run never trained on.
+                      trained_until: Optional[float] = None, new_items: Optional[np.ndarray] = None,
+                      new_item_offset=0.0, batch_size: int = 512):
+    """The offset of a (grown, frozen) model from a log, its scales chosen on log rows the run never trained on.
 
     Args:
         model: TwoTowerModel. the model on the update's catalog (inference only).
@@ -216,11 +239,14 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
         log: pd.DataFrame. user_id, item_id, timestamp (Unix seconds).
         representations: np.ndarray float32 or None. [C+1, D] item representations to score with (a
             fold-in's); None: the item tower's.
-        scale: str or float. `auto` (calibrated) or a fixed beta >= 0.
+        scale: str or float. beta: `auto` (calibrated) or a fixed beta >= 0.
         half_life_days: float. the recency weighting.
         servable: np.ndarray bool or None. [C+1] items that can be recommended.
         trained_until: float or None. the last timestamp of the run's training data (None: unknown,
             the newest week is used).
+        new_items: np.ndarray bool or None. [C+1] items without a trained ID embedding (what gamma moves).
+        new_item_offset: str or float. gamma: `auto` (calibrated after beta, on the same targets) or a
+            fixed number added to the score of every `new_items` item (0: none).
         batch_size: int. histories per user-tower call.
 
     Returns:
@@ -231,11 +257,15 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
 
     from tfrec_lm.catalog.fold_in import history_rows, sorted_log
 
+    for name, value, low in (("popularity scale", scale, 0.0), ("new-item offset", new_item_offset, -np.inf)):
+        if value != "auto" and (not np.isfinite(float(value)) or float(value) < low):
+            raise ValueError(f"the {name} must be auto or a number{' >= 0' if low == 0 else ''}, got {value}")
     index = {item: i for i, item in enumerate(np.asarray(item_ids, dtype=object)) if i > 0}
     frame, rows = sorted_log(log, index)
     stamps = frame["timestamp"].to_numpy(np.int64)
     users_of = frame["user_id"].to_numpy(dtype=object)
     num_items = len(item_ids)
+    new_items = np.zeros(num_items, bool) if new_items is None else np.asarray(new_items, bool)
     now = float(stamps.max()) + 1.0
     mass = recent_mass(rows, stamps, now, half_life_days, num_items)
     start, unseen = now - CALIBRATION_DAYS * DAY, False
@@ -244,16 +274,22 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
         if len(after) >= MIN_CALIBRATION_TARGETS:
             start, unseen = float(trained_until) + 1, True
     chosen_rows = calibration_rows(users_of, stamps, rows, start)
-    if scale != "auto":
-        beta = float(scale)
-        if not beta >= 0 or not np.isfinite(beta):
-            raise ValueError(f"the popularity scale must be >= 0 or auto, got {scale}")
-        chosen = "given" if beta > 0 else "off"
-        return PopularityOffset(offsets_of(mass, beta), beta, float(half_life_days), chosen), chosen_rows, frame
     window = {"start": start, "end": now, "unseen_by_training": unseen, "targets": int(len(chosen_rows))}
+
+    def result(beta, gamma, calibration):
+        offsets = offsets_of(mass, beta) + np.where(new_items, np.float32(gamma), np.float32(0.0))
+        offsets[0] = 0.0
+        how = {True: "calibrated", False: "given"}
+        return (PopularityOffset(offsets.astype(np.float32), float(beta), float(half_life_days),
+                                 how[scale == "auto"] if beta else "off", calibration, float(gamma),
+                                 how[new_item_offset == "auto"] if gamma else "off"), chosen_rows, frame)
+
+    fixed_beta = None if scale == "auto" else float(scale)
+    fixed_gamma = None if new_item_offset == "auto" or not new_items.any() else float(new_item_offset)
+    if fixed_beta is not None and (fixed_gamma is not None or not new_items.any()):
+        return result(fixed_beta, fixed_gamma or 0.0, None)
     if not len(chosen_rows):
-        return (PopularityOffset(offsets_of(mass, 0.0), 0.0, float(half_life_days), "off", {**window, "hits": {}}),
-                chosen_rows, frame)
+        return result(fixed_beta or 0.0, fixed_gamma or 0.0, {**window, "hits": {}})
     select = np.zeros(len(frame), bool)
     select[chosen_rows] = True
     history, times = history_rows(frame, index, model.user_tower.max_history, select)
@@ -270,11 +306,17 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
     user_starts = np.maximum.accumulate(np.where(
         np.concatenate([[True], users_of[1:] != users_of[:-1]]), np.arange(len(frame)), 0))
     exclude = [rows[user_starts[r]:r] for r in chosen_rows]
-    hits, weeks = weekly_hits(queries, embeddings, rows, stamps, chosen_rows, exclude, start, half_life_days,
-                              SCALE_GRID, servable)
-    best = int(np.flatnonzero(hits == hits.max())[0])  # the grid is increasing: ties go to the smaller beta
-    beta = float(SCALE_GRID[best])
-    calibration = {**window, "weeks": weeks,
-                   "hits": {str(s): int(h) for s, h in zip(SCALE_GRID, hits)}}
-    return (PopularityOffset(offsets_of(mass, beta), beta, float(half_life_days),
-                             "calibrated" if beta > 0 else "off", calibration), chosen_rows, frame)
+    replay = dict(queries=queries, embeddings=embeddings, rows=rows, stamps=stamps, targets=chosen_rows,
+                  exclude=exclude, start=start, half_life_days=half_life_days, servable=servable)
+    calibration = {**window}
+    beta = fixed_beta
+    if beta is None:
+        hits, calibration["weeks"] = weekly_hits(scales=SCALE_GRID, **replay)
+        beta = float(SCALE_GRID[int(np.flatnonzero(hits == hits.max())[0])])  # increasing grid: ties to the smaller
+        calibration["hits"] = {str(s): int(h) for s, h in zip(SCALE_GRID, hits)}
+    gamma = fixed_gamma if fixed_gamma is not None else (None if new_items.any() else 0.0)
+    if gamma is None:
+        hits, calibration["weeks"] = weekly_hits(scales=NEW_ITEM_GRID, new_items=new_items, beta=beta, **replay)
+        gamma = float(NEW_ITEM_GRID[int(np.flatnonzero(hits == hits.max())[0])])  # from 0 down: ties to the nearer
+        calibration["new_item_hits"] = {str(s): int(h) for s, h in zip(NEW_ITEM_GRID, hits)}
+    return result(beta, gamma, calibration)

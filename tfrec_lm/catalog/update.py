@@ -203,7 +203,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                    since=None, fold_in_shrinkage: Optional[float] = None, fold_in_text_prior: bool = True,
                    fold_in_half_life_days: Optional[float] = None, fold_in_scope: str = "new",
                    fold_in_map: str = "linear", popularity="auto",
-                   popularity_half_life_days: Optional[float] = None) -> CatalogUpdate:
+                   popularity_half_life_days: Optional[float] = None, new_item_offset="auto") -> CatalogUpdate:
     """Writes the next export version of a trained run with new, changed and retired items.
 
     No training step runs: the towers are the run's checkpoint, and only item texts that
@@ -245,6 +245,9 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
             0 / `off` for none. With a log the gate scores both versions on that week, not on the run's
             validation users.
         popularity_half_life_days: float or None. the offset's half-life (default `DEFAULT_HALF_LIFE_DAYS`).
+        new_item_offset: str or float. with `interactions`: gamma, added to the score of every item
+            without a trained ID embedding: `auto` (chosen after the popularity scale on the same
+            replayed weeks), a number, or 0 / `off`.
 
     Returns:
         CatalogUpdate.
@@ -277,6 +280,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     if fold_in_scope not in SCOPES:
         raise ConfigError(f"--fold-in-scope must be one of {', '.join(SCOPES)}, got {fold_in_scope!r}")
     popularity = parse_popularity(popularity)
+    new_item_offset = parse_new_item_offset(new_item_offset)
     half_life = DEFAULT_HALF_LIFE_DAYS if popularity_half_life_days is None else float(popularity_half_life_days)
     if not half_life > 0 or not np.isfinite(half_life):
         raise ConfigError(f"--popularity-half-life must be > 0 days, got {popularity_half_life_days}")
@@ -331,8 +335,10 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
                          half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
         trained_until = ((run.record() or {}).get("data") or {}).get("last_timestamp")
+        untrained = np.concatenate([[False], ~catalog["warm"].to_numpy(bool)]) & ~retired
         offset, targets, ordered = popularity_offset(new, item_ids, log, folded.representations, popularity,
-                                                     half_life, servable=~retired, trained_until=trained_until)
+                                                     half_life, servable=~retired, trained_until=trained_until,
+                                                     new_items=untrained, new_item_offset=new_item_offset)
         stamps = ordered["timestamp"].to_numpy(np.int64)
         week = targets[stamps[targets] >= stamps.max() + 1 - GATE_DAYS * 86400]  # the gate: the newest week
         if len(week):
@@ -340,7 +346,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                                                                            "interactions)")
     module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
                            item_representations=None if folded is None else folded.representations,
-                           item_offsets=None if offset is None or offset.scale == 0 else offset.offsets)
+                           item_offsets=None if offset is None or not offset.offsets.any() else offset.offsets)
     record = run.record() or {}
     fold_record = {} if folded is None else {"fold_in": {**folded.summary(), "since": since},
                                              "popularity_offset": offset.summary()}
@@ -360,6 +366,21 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     return CatalogUpdate(export_path=decision.path, changes=changes, encoded=encoded, num_items=int(len(catalog)),
                          num_servable=module.num_servable, base=base_name, seconds=seconds, gate=decision,
                          run_dir=run.path, fold_in=folded, popularity=offset)
+
+
+def parse_new_item_offset(value):
+    """`--new-item-offset`: `auto`, `off` or a number. Returns `auto` or a float; ConfigError otherwise."""
+    if value is None or value == "auto":
+        return "auto"
+    if value == "off":
+        return 0.0
+    try:
+        gamma = float(value)
+    except (TypeError, ValueError):
+        gamma = float("nan")
+    if not np.isfinite(gamma):
+        raise ConfigError(f"--new-item-offset must be auto, off or a number, got {value!r}")
+    return gamma
 
 
 def parse_popularity(value):
