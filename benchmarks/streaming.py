@@ -24,7 +24,8 @@ Variants:
   interaction before s (the window's catalog; its new items cold), before the first, the
   middle and the last window only;
 - with `--extra`: `fold_in_centroid` (`--fold-in-map none`) and `fold_in_cold0`
-  (`--cold-neighbours 0`), measured in the first pass (BUILD_NOTES, "Issue 29").
+  (`--cold-neighbours 0`), measured in the first pass (BUILD_NOTES, "Issue 29"), and
+  `fold_in_no_new_item_offset` (`--new-item-offset off`: the popularity offset alone).
 
 Reported per variant, per window and overall: HR@10, NDCG@10 and hits on all, known-item
 and new-item targets (new split by 0, 1-2, 3+ log interactions of the target item at update
@@ -33,7 +34,8 @@ variant's hits against `stale`, fold-in with against without the text prior (new
 those with at most 2 log interactions), and the fold-in against the retrained reference on
 its windows. Every update is published (`publish="always"`).
 
-    python benchmarks/streaming.py --seeds 42 1 2 --extra fold_in_cold0   # writes benchmarks/results/streaming.json
+    python benchmarks/streaming.py --seeds 42 1 2 --extra fold_in_cold0 fold_in_no_new_item_offset
+                                                       # writes benchmarks/results/streaming.json
     python benchmarks/streaming.py --smoke             # synthetic data, tiny model: checks the code only
 """
 
@@ -55,7 +57,7 @@ from _common import write_result  # noqa: E402
 RESULT = "streaming"
 WEEK = 7 * 86400
 BASE_VARIANTS = ("stale", "text_only", "trending", "fold_in", "fold_in_no_text", "fold_in_no_offset", "retrained")
-EXTRA_VARIANTS = ("fold_in_centroid", "fold_in_cold0")
+EXTRA_VARIANTS = ("fold_in_centroid", "fold_in_cold0", "fold_in_no_new_item_offset")
 
 
 def stream_setup(dataset, q1: float = 70.0, window_seconds: int = WEEK, max_windows=None) -> dict:
@@ -190,7 +192,8 @@ def run_seed(dataset, setup: dict, config, workdir: Path, seed: int, encoder_fac
                    "fold_in_no_text": {**logged, "fold_in_text_prior": False},
                    "fold_in_no_offset": {**logged, "popularity": "off", "new_item_offset": "off"},
                    "fold_in_centroid": {**logged, "fold_in_map": "none"},
-                   "fold_in_cold0": {**logged, "cold_neighbours": 0}}
+                   "fold_in_cold0": {**logged, "cold_neighbours": 0},
+                   "fold_in_no_new_item_offset": {**logged, "new_item_offset": "off"}}
         folded, offsets = {}, {}
         for name in updates:
             if not len(new_ids) and name == "text_only":  # nothing to add: the update is the stale export
