@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_config
 from tfrec_lm.bert import tiny_bert
+from tfrec_lm.config import TrainConfig, shape_conflicts
+from tfrec_lm.errors import ConfigError
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
 from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
 from tfrec_lm.models.item_tower import ItemTower
@@ -207,3 +210,85 @@ def test_the_tower_refuses_what_evidence_cannot_run():
         with pytest.raises(ValueError, match=f"fusion 'evidence' .* needs .*{missing}"):
             build(**kwargs)
 
+
+def test_config_validation_refuses_a_bad_k_and_what_evidence_cannot_run():
+    assert TrainConfig(item_fusion="evidence").validate().evidence_shrinkage == 10.0
+    for bad in (0.0, -2.0):
+        with pytest.raises(ConfigError, match=r"^evidence_shrinkage must be > 0, got"):
+            TrainConfig(evidence_shrinkage=bad).validate()
+    cases = [({"finetune": "full", "negatives": "in-batch"}, "--finetune frozen"),
+             ({"item_text": False}, "--item-text"), ({"item_ids": False}, "--item-ids"),
+             ({"cold_items": "id"}, "--cold-items text"), ({"cold_neighbours": 0}, "--cold-neighbours >= 1")]
+    for changes, flag in cases:
+        with pytest.raises(ConfigError) as error:
+            TrainConfig(item_fusion="evidence", **changes).validate()
+        message = str(error.value)
+        assert message.startswith("--item-fusion evidence shrinks") and message.endswith(flag), message
+        assert "\n" not in message and message.count(". ") == 0  # one sentence
+    with pytest.raises(ConfigError, match="item_fusion='blend' is not one of sum, balanced, evidence"):
+        TrainConfig.from_dict({"item_fusion": "blend"})
+    # Under evidence --cold-neighbours sets the width of a checkpoint's table: a refresh must keep it.
+    run = TrainConfig(item_fusion="evidence").to_dict()
+    assert shape_conflicts(TrainConfig(item_fusion="evidence", cold_neighbours=3), run) == [
+        "--cold-neighbours 3 (the run: 5)"]
+    assert shape_conflicts(TrainConfig(cold_neighbours=3), TrainConfig().to_dict()) == []
+
+
+def test_the_train_cli_takes_the_fusion_and_its_k(tmp_path):
+    from tfrec_lm.train import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--item-fusion", "evidence", "--evidence-shrinkage", "4.5",
+                                      "--output-dir", str(tmp_path / "run")])
+    config = config_from_args(args)
+    assert (config.item_fusion, config.evidence_shrinkage) == ("evidence", 4.5)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--item-fusion", "blend"])
+
+
+def test_training_with_evidence_fusion_exports_a_working_model(synthetic, encoder_factory, tmp_path):
+    from tfrec_lm.scann_ops import load_scann_ops
+    from tfrec_lm.training import train
+
+    config = tiny_config(tmp_path, item_fusion="evidence", evidence_shrinkage=5.0, export=True)
+    result = train(config, dataset=synthetic, encoder_factory=encoder_factory)
+    tower = result.model.item_tower
+    assert tower.fusion == "evidence" and tower.evidence_shrinkage == 5.0
+    np.testing.assert_array_equal(tower.item_counts, result.counts)
+    neighbours = tower.evidence_neighbours.numpy()[1:]
+    assert tower.warm_items[neighbours].all() and (neighbours != np.arange(1, tower.num_items)[:, None]).all()
+    np.testing.assert_allclose(tower.evidence_weights.numpy()[1:].sum(axis=1), 1.0, rtol=1e-5)
+    assert result.metrics["model"]["all"]["NDCG@10"] >= 0 and result.export_path is not None
+    load_scann_ops()
+    serve = tf.saved_model.load(str(result.export_path)).signatures["serving_default"]
+    history = result.vocab.ids[1:4].astype(str)
+    answer = serve(history_item_ids=tf.constant([history.tolist()]),
+                   history_timestamps=tf.constant([[1, 2, 3]], tf.int64))
+    assert answer["item_ids"].shape == (1, config.top_k)
+    served = {item.decode() for item in answer["item_ids"].numpy()[0]}
+    assert served <= set(result.vocab.ids[1:].astype(str)) and not served & set(history)
+
+
+def test_a_catalog_update_gives_new_items_neighbours_and_may_change_their_number(synthetic, encoder_factory,
+                                                                                 tmp_path):
+    """The update grows the trained tower (its table recomputed, not copied); `--cold-neighbours`
+    may differ from the run's, although it sets the width of the run's checkpointed table."""
+    import pandas as pd
+
+    from tfrec_lm.catalog.update import update_catalog
+    from tfrec_lm.training import train
+
+    config = tiny_config(tmp_path, item_fusion="evidence", export=True, index="brute-force", top_k=5)
+    train(config, dataset=synthetic, encoder_factory=encoder_factory)
+    new = pd.DataFrame([("new-a", "red sneakers 40", "sneakers"), ("new-b", "blue novels 41", "novels")],
+                       columns=["item_id", "title", "genres"])
+    new.to_csv(tmp_path / "new.csv", index=False)
+    embeddings = {}
+    for neighbours in (None, 3):
+        update = update_catalog(tmp_path / "run", items_path=tmp_path / "new.csv",
+                                export_base=str(tmp_path / f"exports-{neighbours}"), encoder_factory=encoder_factory,
+                                cold_neighbours=neighbours)
+        assert update.encoded == 2 and update.num_items == len(synthetic.items) + 2
+        embeddings[neighbours] = tf.saved_model.load(str(update.export_path)).item_embeddings.numpy()
+    assert np.isfinite(embeddings[3]).all()
+    rows = len(synthetic.items) + 1
+    assert np.abs(embeddings[None][rows:] - embeddings[3][rows:]).max() > 1e-4  # five (the run's) vs three neighbours
