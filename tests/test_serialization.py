@@ -170,3 +170,14 @@ def test_item_tower_with_cold_items_from_text_neighbours():
     assert (config["cold_neighbours"], config["cold_popularity"]) == (2, 1.5)
     assert config["item_counts"] == [0, 4, 1, 0, 2, 9]
     assert_round_trip(layer, lambda tower: built(tower)(tf.constant([[1, 3], [5, 0]])))
+
+
+def test_item_tower_with_evidence_fusion():
+    warm = np.array([False, True, True, False, True, True])
+    layer = item_tower(warm_items=warm, cold_neighbours=2, cold_popularity=1.5, item_counts=[0, 4, 1, 0, 2, 9],
+                       fusion="evidence", evidence_shrinkage=7.5)
+    config = layer.get_config()
+    assert (config["fusion"], config["evidence_shrinkage"]) == ("evidence", 7.5)
+    assert layer.evidence_weights.numpy()[1:].sum(axis=1) == pytest.approx(np.ones(5))  # the table is filled
+    # The clone's table is a weight: it comes with the copied weights, like the text cache.
+    assert_round_trip(layer, lambda tower: built(tower)(tf.constant([[1, 3], [5, 0]]), training=True))

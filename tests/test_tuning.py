@@ -342,6 +342,50 @@ def test_trials_vary_only_live_knobs():
     assert not hp.is_active("short_window") and not hp.is_active("long_short")
 
 
+
+def test_evidence_shrinkage_is_a_knob_only_where_the_tower_has_text_and_ids():
+    """`item_fusion=evidence` needs a frozen encoder, the item text and IDs: the search offers it (and its
+    k, `evidence_shrinkage`, in a nested conditional scope) only where every trial could run it."""
+    frozen = RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen"})
+    assert "evidence" in frozen.space["item_fusion"] and "evidence_shrinkage" in frozen.space
+    hp = kt.HyperParameters()
+    frozen.build(hp)
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=500, seed=4)
+    oracle.hyperparameters = hp.copy()
+    fusions, ks = set(), set()
+    for _ in range(200):
+        sample = hp.copy()
+        sample.values = oracle._random_values()
+        config = frozen.build(sample)  # validated
+        values = sample.values
+        fusions.add((config.item_ids, config.item_fusion))
+        if config.item_fusion == "evidence":
+            assert values["evidence_shrinkage"] == config.evidence_shrinkage and 1.0 <= config.evidence_shrinkage <= 100
+            ks.add(config.evidence_shrinkage)
+        else:
+            assert "evidence_shrinkage" not in values and not sample.is_active("evidence_shrinkage")
+            assert config.evidence_shrinkage == TrainConfig().evidence_shrinkage
+    assert {(True, "sum"), (True, "balanced"), (True, "evidence"), (False, "sum")} == fusions and len(ks) > 10
+    # No text or no IDs: neither the fusion nor its k; a tuned encoder could not run it: no evidence.
+    for hypermodel in (RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen", "item_ids": False}),
+                       RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True),
+                                             fixed={"user_tower": "item-sequence", "negatives": "catalog"})):
+        assert not {"item_fusion", "evidence_shrinkage"} & set(hypermodel.space)
+    for hypermodel in (RecommenderHyperModel(TrainConfig()),
+                       RecommenderHyperModel(TrainConfig(cold_neighbours=0), fixed={"finetune": "frozen"}),
+                       RecommenderHyperModel(TrainConfig(cold_items="id"), fixed={"finetune": "frozen"})):
+        assert hypermodel.space["item_fusion"] == ["sum", "balanced"] and "evidence_shrinkage" not in hypermodel.space
+    with pytest.raises(ConfigError, match="item_fusion=evidence needs a frozen encoder in every trial"):
+        RecommenderHyperModel(TrainConfig(), space={"item_fusion": ["sum", "evidence"]})
+    # Evidence as the base's fusion: every trial must be able to run it.
+    with pytest.raises(ConfigError, match="item_fusion=evidence is the base config's"):
+        RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen", "item_fusion": "evidence"})
+    pinned = RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen", "item_fusion": "evidence",
+                                                        "item_ids": True})
+    assert "evidence_shrinkage" in pinned.space and "item_fusion" not in pinned.space
+    hp = kt.HyperParameters()
+    assert pinned.build(hp).item_fusion == "evidence" and "evidence_shrinkage" in hp.values
+
 def test_cli_value_parsing():
     assert search_cli.parse_value("1e-3") == pytest.approx(1e-3)
     assert search_cli.parse_value("64") == 64 and search_cli.parse_value("false") is False

@@ -195,9 +195,16 @@ class TrainConfig:
              "0 weighs the neighbours equally, larger values let a new item take after its most consumed "
              "look-alikes (and surface more often)")
     item_fusion: str = _opt(
-        "sum", "how an item's text and ID parts add up: `sum` (the projected text vector plus the ID embedding) "
-               "or `balanced` (each part LayerNorm-ed before the sum, so the text's larger scale does not drown "
-               "the IDs)", ("sum", "balanced"))
+        "sum", "how an item's text and ID parts add up: `sum` (the projected text vector plus the ID embedding), "
+               "`balanced` (each part LayerNorm-ed before the sum, so the text's larger scale does not drown "
+               "the IDs) or `evidence` (a sum whose ID part is shrunk toward the mix of --cold-neighbours text "
+               "neighbours' IDs that cold items get, in training too: a * own ID + (1 - a) * mix, a = n / (n + "
+               "--evidence-shrinkage) for an item with n training interactions, 0 for a cold one; needs a frozen "
+               "encoder, the item text and IDs, --cold-items text and --cold-neighbours >= 1)",
+        ("sum", "balanced", "evidence"))
+    evidence_shrinkage: float = _opt(
+        10.0, "k of --item-fusion evidence (> 0): an item with k training interactions takes half its ID part "
+              "from its own embedding and half from its text neighbours'")
     id_lr_multiplier: float = _opt(
         1.0, "the item-ID embeddings learn this many times faster than the other weights (stored divided by it): "
              "with Adam an ID coordinate otherwise moves about one learning rate per step while the shared text "
@@ -335,6 +342,16 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.id_lr_multiplier <= 0:
             raise ConfigError(f"id_lr_multiplier must be > 0, got {self.id_lr_multiplier}")
+        if not self.evidence_shrinkage > 0:
+            raise ConfigError(f"evidence_shrinkage must be > 0, got {self.evidence_shrinkage}")
+        if self.item_fusion == "evidence":
+            missing = [flag for flag, ok in (("--finetune frozen", self.finetune == "frozen"),
+                                             ("--item-text", self.item_text), ("--item-ids", self.item_ids),
+                                             ("--cold-items text", self.cold_items == "text"),
+                                             ("--cold-neighbours >= 1", self.cold_neighbours >= 1)) if not ok]
+            if missing:
+                raise ConfigError(f"--item-fusion evidence shrinks each item's ID embedding toward its frozen-text "
+                                  f"neighbours' IDs and needs {', '.join(missing)}")
         if self.cold_neighbours < 0:
             raise ConfigError(f"cold_neighbours must be >= 0, got {self.cold_neighbours}")
         if self.cold_popularity < 0:
@@ -498,6 +515,9 @@ def refresh_base(run_options: dict) -> dict:
 def shape_conflicts(config: TrainConfig, run_options: dict) -> list[str]:
     """The `SHAPE_OPTIONS` on which `config` differs from a warm-started run's options.
 
+    With `--item-fusion evidence` `cold_neighbours` shapes the checkpoint too (the width of
+    the item tower's neighbour table).
+
     Args:
         config: TrainConfig. the refresh's options.
         run_options: dict. the warm-started run's recorded options.
@@ -505,5 +525,6 @@ def shape_conflicts(config: TrainConfig, run_options: dict) -> list[str]:
     Returns:
         list of str. `--name X (the run: Y)` for each.
     """
+    names = SHAPE_OPTIONS + (("cold_neighbours",) if config.item_fusion == "evidence" else ())
     return [f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run: {run_options[name]!r})"
-            for name in SHAPE_OPTIONS if name in run_options and run_options[name] != getattr(config, name)]
+            for name in names if name in run_options and run_options[name] != getattr(config, name)]

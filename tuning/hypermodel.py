@@ -21,6 +21,9 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
 - `id_lr_multiplier`, `item_fusion` and `id_dropout` are tuned only where `item_ids` is
   on (without IDs the multiplier keeps 1, the others the base config's value);
   `item_fusion` needs the item text too, and `id_dropout` `--cold-items text`.
+- `item_fusion` offers `evidence` only where every trial can run it (`finetune` can only be
+  `frozen`, `--cold-items text`, `--cold-neighbours` >= 1); `evidence_shrinkage` is tuned
+  only where `item_fusion` is `evidence` (so only where the item tower has text and IDs).
 
 Each trial varies only the knobs that can matter to it. A knob whose condition holds
 only for some trials is declared in KerasTuner conditional scopes (`hp.conditional_scope`,
@@ -106,7 +109,8 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "retrieval_weight": [1.0],
     "ranking_weight": [0.0, 0.01, 0.1, 0.3, 1.0],
     "item_ids": [True, False],                  # only when the base config keeps item_text
-    "item_fusion": ["sum", "balanced"],
+    "item_fusion": ["sum", "balanced", "evidence"],  # evidence only where it can run (frozen encoder, ...)
+    "evidence_shrinkage": Range(1.0, 100.0, sampling="log"),  # only for item_fusion == evidence
     "id_dropout": [0.0, 0.1, 0.25],              # issue 12's cold-item training against warm quality
     "id_lr_multiplier": [1.0, 2.0, 3.0],        # only with item_ids; 2-3: +2.5% on ML-100K, within noise
     "item_bias": [False, True],
@@ -127,6 +131,7 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "text_tuning_steps": ("finetune", ("frozen",)),
     "id_lr_multiplier": ("item_ids", (True,)),
     "item_fusion": ("item_ids", (True,)),
+    "evidence_shrinkage": ("item_fusion", ("evidence",)),
     "id_dropout": ("item_ids", (True,)),
     "num_blocks": ("user_tower", ("item-sequence",)),
     "num_heads": ("user_tower", ("item-sequence",)),
@@ -211,8 +216,19 @@ class RecommenderHyperModel(kt.HyperModel):
                 self.space.pop("finetune", None)  # no tower reads the encoder: fine-tuning cannot matter
         if self.base.cold_items != "text":
             self.space.pop("id_dropout", None)  # the factory passes id_dropout only with --cold-items text
+        fusions = self.space.get("item_fusion")
+        if isinstance(fusions, list) and "evidence" in fusions and not self._evidence_runs():
+            if "item_fusion" in space:
+                raise ConfigError("item_fusion=evidence needs a frozen encoder in every trial (pin finetune=frozen), "
+                                  "the item text, cold_items=text and cold_neighbours >= 1")
+            self.space["item_fusion"] = [value for value in fusions if value != "evidence"]  # the default's
         self._drop_dead_knobs()
         self._check()
+
+    def _evidence_runs(self) -> bool:
+        """Whether every trial of this search could run `item_fusion=evidence` (given item IDs)."""
+        return bool(self.base.item_text and set(self.possible_values("finetune")) == {"frozen"}
+                    and self.base.cold_items == "text" and self.base.cold_neighbours >= 1)
 
     def _reachable(self, name: str) -> Optional[set]:
         """The values a knob can have in some trial (None: any, a continuous range)."""
@@ -256,6 +272,12 @@ class RecommenderHyperModel(kt.HyperModel):
             raise ConfigError("negatives=catalog is pinned but finetune may be "
                               f"{sorted(set(finetunes) - {'frozen'})}: catalog negatives need finetune=frozen; "
                               "pin finetune=frozen or let negatives be tuned")
+        # A trial without item IDs (or with item_fusion untuned) keeps the base's item_fusion.
+        if self.base.item_fusion == "evidence" and (self.tuned("item_ids") or (
+                not self.tuned("item_fusion") and not self._evidence_runs())):
+            raise ConfigError("item_fusion=evidence is the base config's, so trials without a tuned item_fusion "
+                              "(and those without item IDs) run it, and it needs finetune=frozen, item_ids=true, the "
+                              "item text, cold_items=text and cold_neighbours >= 1 in every trial: pin them")
         heads = self.possible_values("num_heads")
         dims = self.possible_values("embedding_dim")
         if heads and dims and "item-sequence" in self.possible_values("user_tower"):
@@ -323,7 +345,8 @@ class RecommenderHyperModel(kt.HyperModel):
                  "finetune", "trainable_layers", "negatives", "history_negatives",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",
-                 "retrieval_weight", "ranking_weight", "item_ids", "item_fusion", "id_dropout", "id_lr_multiplier",
+                 "retrieval_weight", "ranking_weight", "item_ids", "item_fusion", "evidence_shrinkage", "id_dropout",
+                 "id_lr_multiplier",
                  "item_bias", "text_tuning_steps"]
         assert set(order) == set(KNOBS), "every knob has a place in build()"
         for name in order:

@@ -287,7 +287,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     versions = ModelVersions(export_base or (named.export_base if named else "exports"),
                              model_name or (named.model_name if named else "tfrec_lm"))
     run, parent = starting_point(versions, None if run_dir is None else Path(run_dir), from_version)
-    config = run.config()
+    trained_config = config = run.config()
     changes_to = {key: value for key, value in
                   {"export_base": str(versions.export_base), "model_name": versions.model_name, "index": index,
                    "top_k": top_k, "cold_neighbours": cold_neighbours, "cold_popularity": cold_popularity,
@@ -321,7 +321,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     factory = encoder_factory or pretrained_encoder_factory(config.encoder)
     with dtype_policy(config.mixed_precision):
-        old = build_on_catalog(config, trained, factory)
+        # The model as trained: with --item-fusion evidence, --cold-neighbours sets a table's width.
+        old = build_on_catalog(trained_config, trained, factory)
         old.load_towers(run.checkpoint)
         new = build_on_catalog(config, catalog, factory)
     encoded = old.grow_into(new, encode_rows)

@@ -75,7 +75,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
             (`text_tuning.tune_text_encoder`) and the cache filled from the tuned encoder. None:
             no tuning (a catalog update restores the tuned weights from the checkpoint).
         item_counts: np.ndarray or None. [C+1] training interactions per item: the weights of
-            `config.cold_neighbours`' mix (None: equal).
+            `config.cold_neighbours`' mix (None: equal) and the evidence of `--item-fusion evidence`
+            (which needs them).
 
     Returns:
         TwoTowerModel. With a frozen encoder and `encode_texts` the item text vectors are cached.
@@ -96,7 +97,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            fusion=config.item_fusion, id_lr_multiplier=config.id_lr_multiplier,
                            bias=config.item_bias, bias_scale=config.temperature,
                            cold_neighbours=config.cold_neighbours if config.cold_items == "text" else 0,
-                           cold_popularity=config.cold_popularity, item_counts=item_counts, name="item_tower")
+                           cold_popularity=config.cold_popularity, item_counts=item_counts,
+                           evidence_shrinkage=config.evidence_shrinkage, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,

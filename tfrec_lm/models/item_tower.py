@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the way the vectors are computed changes without changing any input below.
 TEXT_CACHE_FORMAT = 2
-FUSIONS = ("sum", "balanced")
+FUSIONS = ("sum", "balanced", "evidence")
 COLD_CHUNK_ROWS = 1024
 """Most cold rows `ItemTower.cold_id_table` scores against the warm items at once."""
 COLD_CHUNK_FLOATS = 64 * 2 ** 20
@@ -115,8 +115,12 @@ class ItemTower(tf.keras.layers.Layer):
             cold one (text and the no-ID vector) for a step, so the text-only path is
             trained to stand on its own. One draw per item per call.
         fusion: str. how the text and ID parts add up: `sum` (projected text vector plus
-            ID embedding as they are) or `balanced` (each part LayerNorm-ed first, so
-            neither outweighs the other by its scale; the norms' gains learn the balance).
+            ID embedding as they are), `balanced` (each part LayerNorm-ed first, so
+            neither outweighs the other by its scale; the norms' gains learn the balance) or
+            `evidence` (a sum whose ID part is shrunk toward the text neighbours' IDs by the
+            item's evidence, in training too: `a_i * id_i + (1 - a_i) * mix_i`,
+            `a_i = n_i / (n_i + evidence_shrinkage)`, see `evidence_id_part`; needs text, IDs,
+            a frozen encoder, `warm_items`, `item_counts` and `cold_neighbours` >= 1).
         id_lr_multiplier: float. the ID embeddings learn this many times faster than
             the other weights: they are stored divided by it (initialised at stddev
             0.02 / m) and multiplied back, and Adam moves a stored coordinate by about
@@ -135,7 +139,9 @@ class ItemTower(tf.keras.layers.Layer):
             a frozen encoder (its cached text vectors).
         cold_popularity: float. the mix weighs each neighbour by `count ** cold_popularity`.
         item_counts: np.ndarray or None. [C+1] training interactions per item, for the mix's
-            weights (None: every warm item counts 1).
+            weights (None: every warm item counts 1) and, with `evidence`, the n_i of `a_i`.
+        evidence_shrinkage: float. k of the `evidence` fusion (> 0): an item with k training
+            interactions takes half its ID part from its own embedding, half from the mix.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -151,7 +157,8 @@ class ItemTower(tf.keras.layers.Layer):
                  dropout: float = 0.1, normalize: bool = True, use_text: bool = True, unique_items: bool = True,
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
                  id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0,
-                 cold_neighbours: int = 0, cold_popularity: float = 1.0, item_counts=None, **kwargs):
+                 cold_neighbours: int = 0, cold_popularity: float = 1.0, item_counts=None,
+                 evidence_shrinkage: float = 10.0, **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -195,6 +202,19 @@ class ItemTower(tf.keras.layers.Layer):
             scaled = counts[self._warm_rows] / counts[self._warm_rows].max() if len(self._warm_rows) else counts[:0]
             self._mix_weights = np.maximum(scaled ** self.cold_popularity, 1e-30).astype(np.float32)
         self._frozen_cold_ids = None  # `freeze_cold_ids`: the table, computed once for a model that no longer trains
+        self.evidence_shrinkage = float(evidence_shrinkage)
+        if not self.evidence_shrinkage > 0:
+            raise ValueError(f"evidence_shrinkage must be > 0, got {evidence_shrinkage}")
+        evidence = fusion == "evidence"
+        if evidence:
+            missing = [what for what, ok in (
+                ("the item text", self.use_text), ("item IDs", self.use_item_ids),
+                ("a frozen encoder", encoder.is_frozen), ("warm_items", self.warm_items is not None),
+                ("item_counts", self.item_counts is not None), ("cold_neighbours >= 1", self.cold_neighbours >= 1),
+                ("a warm item", self.warm_items is not None and len(self._warm_rows) > 0)) if not ok]
+            if missing:
+                raise ValueError(f"fusion 'evidence' shrinks each ID embedding toward the IDs of its frozen-text "
+                                 f"neighbours and needs {', '.join(missing)}")
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
@@ -211,10 +231,11 @@ class ItemTower(tf.keras.layers.Layer):
         # Stands in for the ID embedding of a cold (or ID-dropped) item. It exists whenever
         # cold items can (a catalog update adds some later) and trains when any item is
         # represented without its ID in training.
+        # With `evidence` cold (and ID-dropped) items take the mix instead: it never trains.
         has_cold = self.warm_items is not None and not self.warm_items[1:].all()
         self.no_id_embedding = self.add_weight(
             name="no_id_embedding", shape=[self.embedding_dim], initializer="zeros", dtype="float32",
-            trainable=bool(has_cold or self.id_dropout > 0),
+            trainable=bool(has_cold or self.id_dropout > 0) and not evidence,
             experimental_autocast=False,  # added to the float32 ID embeddings, also under mixed precision
         ) if self.use_item_ids and (self.warm_items is not None or self.id_dropout > 0) else None
         self.item_bias = self.add_weight(
@@ -229,6 +250,22 @@ class ItemTower(tf.keras.layers.Layer):
             initializer="zeros",
         ) if encoder.is_frozen and use_text else None
         self._cache_ready = False
+        # `evidence`: each item's `cold_neighbours` neighbours (item rows) and their normalised
+        # mix weights, derived from the text cache by `refresh_evidence` (non-trainable: they
+        # travel with the checkpoint, consistent with the cache they were computed from), and
+        # each item's own share a_i (constructor data: counts and the warm set).
+        self.evidence_neighbours = self.evidence_weights = self._evidence_alpha = None
+        if evidence:
+            width = min(self.cold_neighbours, len(self._warm_rows))
+            self.evidence_neighbours = self.add_weight(
+                name="evidence_neighbours", shape=[self.num_items, width], dtype="int64", initializer="zeros",
+                trainable=False)
+            self.evidence_weights = self.add_weight(
+                name="evidence_weights", shape=[self.num_items, width], dtype="float32", initializer="zeros",
+                trainable=False, experimental_autocast=False)
+            counts = np.maximum(self.item_counts, 0.0)
+            self._evidence_alpha = np.where(self.warm_items, counts / (counts + self.evidence_shrinkage),
+                                            0.0).astype(np.float32)
         # A trainable encoder runs once per distinct item of a call (a batch of histories
         # repeats popular items and padding), on token rows cut to the longest of those
         # texts. Both give dynamic shapes; the model factory turns them off under XLA.
@@ -262,6 +299,7 @@ class ItemTower(tf.keras.layers.Layer):
                 if table.shape == tuple(self.text_cache.shape):
                     self.text_cache.assign(table)
                     self._cache_ready = True
+                    self.refresh_evidence()
                     logger.info("item text vectors loaded from %s", path)
                     return True
                 logger.warning("ignoring %s: shape %s, expected %s", path, table.shape, tuple(self.text_cache.shape))
@@ -272,6 +310,7 @@ class ItemTower(tf.keras.layers.Layer):
         table[0] = 0.0
         self.text_cache.assign(table)
         self._cache_ready = True
+        self.refresh_evidence()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as handle:
@@ -285,7 +324,10 @@ class ItemTower(tf.keras.layers.Layer):
         Rows of the item tables (ID embeddings, item biases, cached text vectors) are copied
         for this tower's items and left for `target`'s new ones (keras-rs's
         `update_candidates`, for a tower); every other weight is copied whole. The rows in
-        `encode_rows` (new or changed texts) are encoded by `target`'s frozen encoder.
+        `encode_rows` (new or changed texts) are encoded by `target`'s frozen encoder. With
+        `evidence`, `target`'s neighbour table is then computed from its whole cache
+        (`refresh_evidence`: a changed text moves its item's neighbours and its place among
+        the others'), not copied.
 
         Args:
             target: ItemTower. built with the same options on the longer catalog (this tower's
@@ -303,8 +345,10 @@ class ItemTower(tf.keras.layers.Layer):
         tables = {id(w) for w in (self.text_cache, self.item_bias,
                                   None if self.id_embedding is None else self.id_embedding.embeddings) if w is not None}
         by_attribute = (self.no_id_embedding, self.no_id_bias)  # trainable only with cold items: moves in the lists
-        skip = {id(w) for w in by_attribute if w is not None}
-        skip_target = {id(w) for w in (target.no_id_embedding, target.no_id_bias) if w is not None}
+        derived = (self.evidence_neighbours, self.evidence_weights)  # recomputed below, not copied
+        skip = {id(w) for w in (*by_attribute, *derived) if w is not None}
+        skip_target = {id(w) for w in (target.no_id_embedding, target.no_id_bias, target.evidence_neighbours,
+                                       target.evidence_weights) if w is not None}
         mine = [w for w in self.weights if id(w) not in skip]
         theirs = [w for w in target.weights if id(w) not in skip_target]
         if len(mine) != len(theirs):
@@ -327,10 +371,12 @@ class ItemTower(tf.keras.layers.Layer):
             destination.assign(value)
         encode_rows = np.asarray(encode_rows, dtype=np.int64).reshape(-1)
         if target.text_cache is None or not len(encode_rows):
+            target.refresh_evidence()
             return 0
         vectors = target.encoder.encode_table(target.token_rows[encode_rows])
         target.text_cache.scatter_nd_update(encode_rows[:, None], vectors)
         target._cache_ready = True
+        target.refresh_evidence()
         return int(len(encode_rows))
 
     def text_vectors(self, items, training=False):
@@ -365,7 +411,8 @@ class ItemTower(tf.keras.layers.Layer):
 
     def id_part(self, items, training=False):
         """The ID's share of `representation`: the ID embedding, or the no-ID vector where an item
-        is cold (or dropped in training); normalised when balanced.
+        is cold (or dropped in training); normalised when balanced; with `evidence`,
+        `evidence_id_part`.
 
         Returns:
             tf.Tensor float32 or None. [..., embedding_dim]; None without IDs.
@@ -376,6 +423,8 @@ class ItemTower(tf.keras.layers.Layer):
         ids = self.id_embedding(items)
         if self.id_lr_multiplier != 1.0:
             ids = ids * self.id_lr_multiplier
+        if self.fusion == "evidence":
+            return self.evidence_id_part(items, ids, training=training)
         if self.no_id_embedding is not None:
             cold = self.no_id_embedding
             if not training and self.imputes_cold_ids:
@@ -384,9 +433,107 @@ class ItemTower(tf.keras.layers.Layer):
             ids = tf.where(self.uses_id(items, training=training)[..., None], ids, cold)
         return _norm_last_axis(self.id_norm, ids) if self.id_norm is not None else ids
 
+    def evidence_id_part(self, items, ids, training=False):
+        """The `evidence` fusion's ID part: each item's ID shrunk toward its text neighbours' by its evidence.
+
+        `a_i * id_i + (1 - a_i) * mix_i`, with n_i the item's training interactions,
+        `a_i = n_i / (n_i + evidence_shrinkage)` for a warm item and 0 for a cold one (or, in
+        training, one dropped by `id_dropout`), and `mix_i = sum_j w_ij * id_j` over the
+        `evidence_neighbours` of i: its `cold_neighbours` nearest warm items by cosine of the
+        frozen text vectors, itself left out, weighted as `cold_id_table` weighs them (a cold
+        item's mix is its `cold_id_table` row). The same in training and outside it, so the
+        gradient reaches id_i scaled by a_i and each neighbour's id_j by (1 - a_i) * w_ij.
+        An item whose only warm item is itself keeps its own ID as its mix.
+
+        Args:
+            items: tf.Tensor int32. [...] item indices.
+            ids: tf.Tensor float32. [..., embedding_dim] their ID embeddings (times `id_lr_multiplier`).
+            training: bool. whether `id_dropout` may drop items.
+
+        Returns:
+            tf.Tensor float32. [..., embedding_dim].
+        """
+        neighbours = tf.gather(self.evidence_neighbours, items)  # [..., K] item rows
+        weights = tf.gather(self.evidence_weights, items)  # [..., K]
+        mixed = tf.reduce_sum(weights[..., None] * self.id_embedding(neighbours), axis=-2)
+        if self.id_lr_multiplier != 1.0:
+            mixed = mixed * self.id_lr_multiplier
+        alpha = tf.gather(tf.constant(self._evidence_alpha), items)
+        alpha = tf.where(self.uses_id(items, training=training), alpha, tf.zeros_like(alpha))[..., None]
+        return alpha * ids + (1.0 - alpha) * mixed
+
+    def refresh_evidence(self, chunk_rows: Optional[int] = None) -> None:
+        """Computes the `evidence` neighbour table from the text cache (nothing without `evidence`).
+
+        Every item's `cold_neighbours` nearest warm items (itself excluded) by cosine of the
+        cached text vectors, a chunk of rows at a time as `cold_id_table` finds them
+        (`_nearest_warm`), and their normalised mix weights, into `evidence_neighbours` and
+        `evidence_weights`. Called whenever the cache is filled (`refresh_cache`, `grow_into`)
+        and after a checkpoint of another run is loaded (`TwoTowerModel.load_towers`); after
+        writing `text_cache` directly, call it again. Memory: [chunk x warm] cosines and
+        [C+1 x K] results; compute: C x warm x hidden, once.
+
+        Args:
+            chunk_rows: int or None. rows per chunk; None: `cold_chunk_rows(warm)`.
+        """
+        if self.fusion != "evidence":
+            return
+        warm_rows = self._warm_rows
+        width = int(self.evidence_neighbours.shape[1])
+        rows = np.arange(1, self.num_items)
+        nearest = self._nearest_warm(rows, width, chunk_rows=chunk_rows, exclude_self=True).numpy()
+        neighbours = warm_rows[nearest]  # [C, K] item rows
+        weights = self._mix_weights[nearest]
+        weights[neighbours == rows[:, None]] = 0.0  # a lone warm item's only candidate is itself
+        totals = weights.sum(axis=1, keepdims=True)
+        alone = totals[:, 0] == 0
+        weights[alone] = (neighbours[alone] == rows[alone, None]).astype(np.float32)
+        weights = weights / weights.sum(axis=1, keepdims=True)
+        self.evidence_neighbours.assign(np.concatenate([np.zeros([1, width], np.int64), neighbours]))
+        self.evidence_weights.assign(np.concatenate([np.zeros([1, width], np.float32), weights]).astype(np.float32))
+
+    def _nearest_warm(self, rows, k: int, chunk_rows: Optional[int] = None, exclude_self: bool = False):
+        """The k warm items whose cached text vectors have the highest cosine with each row's.
+
+        The [rows x warm] cosines are computed and reduced to their top-k a chunk of rows at a
+        time (`cold_chunk_rows`; one `tf.map_fn` iteration each, in eager and in graph mode
+        alike), so memory is [chunk x warm] floats; each row's neighbours are those of the
+        whole matrix.
+
+        Args:
+            rows: np.ndarray int. [R] item rows, R >= 1.
+            k: int. neighbours per row, at most the warm items.
+            chunk_rows: int or None. rows per chunk; None: `cold_chunk_rows(warm)`.
+            exclude_self: bool. a row's own column (a warm row) ranks last.
+
+        Returns:
+            tf.Tensor int32. [R, k] positions in `_warm_rows`, nearest first.
+        """
+        warm_rows = self._warm_rows
+        warm_text = tf.math.l2_normalize(self.text_vectors(tf.constant(warm_rows, tf.int32)), axis=-1)  # [W, h]
+        chunk = int(chunk_rows) if chunk_rows is not None else cold_chunk_rows(len(warm_rows))
+        chunk = max(1, min(chunk, len(rows)))
+        chunks = -(-len(rows) // chunk)
+        # The last chunk is padded with the first row; the padded rows' neighbours are dropped.
+        padded = np.full(chunks * chunk, rows[0], np.int32)
+        padded[: len(rows)] = rows
+
+        def nearest_of(chunk_of_rows):  # int32 [chunk] -> int32 [chunk, k] positions in warm_rows
+            text = tf.math.l2_normalize(self.text_vectors(chunk_of_rows), axis=-1)
+            similarity = tf.matmul(text, warm_text, transpose_b=True)  # [chunk, W]
+            if exclude_self:
+                own = tf.equal(chunk_of_rows[:, None], tf.constant(warm_rows, tf.int32)[None, :])
+                similarity = tf.where(own, tf.fill(tf.shape(similarity), -np.inf), similarity)
+            return tf.math.top_k(similarity, k=k).indices
+
+        nearest = tf.map_fn(nearest_of, tf.constant(padded.reshape(chunks, chunk)), parallel_iterations=1,
+                            fn_output_signature=tf.TensorSpec([chunk, k], tf.int32))
+        return tf.reshape(nearest, [chunks * chunk, k])[: len(rows)]
+
     @property
     def imputes_cold_ids(self) -> bool:
-        """Whether cold items take their ID part from text neighbours (`cold_neighbours`) outside training."""
+        """Whether cold items take their ID part from text neighbours (`cold_neighbours`) outside training
+        (with `evidence` they do in training too, through `evidence_id_part`)."""
         return bool(self.cold_neighbours and self.text_cache is not None and self.no_id_embedding is not None
                     and self.warm_items is not None and len(self._warm_rows) and len(self._cold_rows))
 
@@ -399,7 +546,8 @@ class ItemTower(tf.keras.layers.Layer):
         embeddings no longer reaches the cold items, so only a model that will not train
         again may be frozen.
         """
-        self._frozen_cold_ids = tf.constant(self.cold_id_table()) if self.imputes_cold_ids else None
+        self._frozen_cold_ids = (tf.constant(self.cold_id_table()) if self.imputes_cold_ids
+                                 and self.fusion != "evidence" else None)  # evidence: `refresh_evidence` did
 
     def cold_id_table(self, chunk_rows: Optional[int] = None):
         """Every cold item's ID part taken from its text neighbours; zero rows for the other items.
@@ -412,9 +560,9 @@ class ItemTower(tf.keras.layers.Layer):
         without any), so it can compete with warm items in a top-k.
 
         The [cold x warm] cosines are computed and reduced to their top-k a chunk of cold
-        rows at a time (`cold_chunk_rows`; one `tf.map_fn` iteration each, in eager and in
-        graph mode alike), so memory is [chunk x warm] floats, not [cold x warm]; each row's
-        neighbours are those of the whole matrix. The compute is still cold x warm x hidden.
+        rows at a time (`_nearest_warm`), so memory is [chunk x warm] floats, not
+        [cold x warm]; each row's neighbours are those of the whole matrix. The compute is
+        still cold x warm x hidden.
 
         Args:
             chunk_rows: int or None. cold rows per chunk; None: `cold_chunk_rows(warm)`.
@@ -425,22 +573,7 @@ class ItemTower(tf.keras.layers.Layer):
         warm_rows, cold_rows = self._warm_rows, self._cold_rows
         k = min(self.cold_neighbours, len(warm_rows))
         weights = tf.constant(self._mix_weights)
-        warm_text = tf.math.l2_normalize(self.text_vectors(tf.constant(warm_rows, tf.int32)), axis=-1)  # [W, h]
-        chunk = int(chunk_rows) if chunk_rows is not None else cold_chunk_rows(len(warm_rows))
-        chunk = max(1, min(chunk, len(cold_rows)))
-        chunks = -(-len(cold_rows) // chunk)
-        # The last chunk is padded with the first cold row; the padded rows' neighbours are dropped.
-        padded = np.full(chunks * chunk, cold_rows[0], np.int32)
-        padded[: len(cold_rows)] = cold_rows
-
-        def nearest_of(rows):  # int32 [chunk] -> int32 [chunk, k] positions in warm_rows
-            text = tf.math.l2_normalize(self.text_vectors(rows), axis=-1)
-            similarity = tf.matmul(text, warm_text, transpose_b=True)  # [chunk, W]
-            return tf.math.top_k(similarity, k=k).indices
-
-        nearest = tf.map_fn(nearest_of, tf.constant(padded.reshape(chunks, chunk)), parallel_iterations=1,
-                            fn_output_signature=tf.TensorSpec([chunk, k], tf.int32))
-        nearest = tf.reshape(nearest, [chunks * chunk, k])[: len(cold_rows)]  # [cold, k]
+        nearest = self._nearest_warm(cold_rows, k, chunk_rows=chunk_rows)  # [cold, k]
         mix = tf.gather(weights, nearest)
         mix = mix / tf.reduce_sum(mix, axis=-1, keepdims=True)
         ids = tf.gather(self.id_embedding.embeddings, tf.gather(tf.constant(warm_rows, tf.int32), nearest))
@@ -526,6 +659,7 @@ class ItemTower(tf.keras.layers.Layer):
             "cold_neighbours": self.cold_neighbours,
             "cold_popularity": self.cold_popularity,
             "item_counts": None if self.item_counts is None else self.item_counts.tolist(),
+            "evidence_shrinkage": self.evidence_shrinkage,
         })
         return config
 

@@ -75,6 +75,10 @@ class TwoTowerModel(tfrs.Model):
     def load_towers(self, prefix: str) -> None:
         """Loads the towers and the rating head of a training checkpoint (not its optimizer).
 
+        The item tower's `evidence` neighbour table is computed again from the loaded text
+        cache (`ItemTower.refresh_evidence`): the checkpoint's was made with that run's warm
+        items and counts, and this model's data (a warm start's) may have others.
+
         Args:
             prefix: str. a checkpoint prefix (`<run>/checkpoints/best.weights`); every variable of
                 this model already created, with the checkpoint's shapes.
@@ -85,6 +89,7 @@ class TwoTowerModel(tfrs.Model):
         towers = tf.train.Checkpoint(user_tower=self.user_tower, item_tower=self.item_tower,
                                      ranking_head=self.ranking_head)
         towers.read(prefix).expect_partial().assert_existing_objects_matched()
+        self.item_tower.refresh_evidence()
 
     def grow_into(self, target: "TwoTowerModel", encode_rows=()) -> int:
         """Copies this model into `target`, the same model built on a catalog that appends items.
