@@ -279,8 +279,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         raise ConfigError(f"--fold-in-map must be one of {', '.join(MAPS)}, got {fold_in_map!r}")
     if fold_in_scope not in SCOPES:
         raise ConfigError(f"--fold-in-scope must be one of {', '.join(SCOPES)}, got {fold_in_scope!r}")
-    popularity = parse_popularity(popularity)
-    new_item_offset = parse_new_item_offset(new_item_offset)
+    popularity = parse_scale(popularity, "--popularity-offset", at_least=0.0)
+    new_item_offset = parse_scale(new_item_offset, "--new-item-offset")
     half_life = DEFAULT_HALF_LIFE_DAYS if popularity_half_life_days is None else float(popularity_half_life_days)
     if not half_life > 0 or not np.isfinite(half_life):
         raise ConfigError(f"--popularity-half-life must be > 0 days, got {popularity_half_life_days}")
@@ -369,34 +369,32 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                          run_dir=run.path, fold_in=folded, popularity=offset)
 
 
-def parse_new_item_offset(value):
-    """`--new-item-offset`: `auto`, `off` or a number. Returns `auto` or a float; ConfigError otherwise."""
+def parse_scale(value, flag: str, at_least: Optional[float] = None):
+    """An offset scale option (`--popularity-offset`, `--new-item-offset`): `auto`, `off` (0) or a number.
+
+    Args:
+        value: str | float or None. the option's value (None: `auto`).
+        flag: str. the option, for the message.
+        at_least: float or None. the smallest number allowed.
+
+    Returns:
+        `auto` or a float.
+
+    Raises:
+        ConfigError: anything else.
+    """
     if value is None or value == "auto":
         return "auto"
     if value == "off":
         return 0.0
     try:
-        gamma = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        gamma = float("nan")
-    if not np.isfinite(gamma):
-        raise ConfigError(f"--new-item-offset must be auto, off or a number, got {value!r}")
-    return gamma
-
-
-def parse_popularity(value):
-    """`--popularity-offset`: `auto`, `off` or a beta >= 0. Returns `auto` or a float; ConfigError otherwise."""
-    if value is None or value == "auto":
-        return "auto"
-    if value == "off":
-        return 0.0
-    try:
-        beta = float(value)
-    except (TypeError, ValueError):
-        beta = float("nan")
-    if not beta >= 0 or not np.isfinite(beta):
-        raise ConfigError(f"--popularity-offset must be auto, off or a number >= 0, got {value!r}")
-    return beta
+        number = float("nan")
+    if not np.isfinite(number) or (at_least is not None and number < at_least):
+        bound = f" >= {at_least:g}" if at_least is not None else ""
+        raise ConfigError(f"{flag} must be auto, off or a number{bound}, got {value!r}")
+    return number
 
 
 def build_on_catalog(config, catalog: pd.DataFrame, factory):
