@@ -241,9 +241,9 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         fold_in_map: str. `linear` (the takers' centroid mapped into the item space by a ridge map fitted
             on the log's known items) or `none` (the centroid as it is).
         popularity: str or float. with `interactions`: the recency-weighted popularity offset's scale
-            (`tfrec_lm.catalog.popularity`): `auto` (chosen on the log's newest week), a fixed beta, or
-            0 / `off` for none. With a log the gate scores both versions on that week, not on the run's
-            validation users.
+            (`tfrec_lm.catalog.popularity`): `auto` (chosen by replaying the weekly protocol on the log
+            rows the run never trained on), a fixed beta, or 0 / `off` for none. With a log the gate
+            scores both versions on the log's newest week, not on the run's validation users.
         popularity_half_life_days: float or None. the offset's half-life (default `DEFAULT_HALF_LIFE_DAYS`).
         new_item_offset: str or float. with `interactions`: gamma, added to the score of every item
             without a trained ID embedding: `auto` (chosen after the popularity scale on the same
