@@ -193,6 +193,15 @@ def vocabulary_rows(item_ids, index: dict) -> np.ndarray:
     return values.map(index).fillna(0).to_numpy(np.int64)
 
 
+def user_first_rows(users: np.ndarray) -> np.ndarray:
+    """Each row's user's first row, in a log sorted by user. np.ndarray int64 [R] (empty for an empty log)."""
+    users = np.asarray(users, dtype=object)
+    if not len(users):
+        return np.zeros(0, np.int64)
+    new_user = np.concatenate([[True], users[1:] != users[:-1]])
+    return np.maximum.accumulate(np.where(new_user, np.arange(len(users)), 0))
+
+
 def sorted_log(log, index: dict):
     """The log sorted by user then time, with each row's vocabulary index.
 
@@ -264,8 +273,7 @@ def history_rows(log: pd.DataFrame, index: dict, max_history: int, select: np.nd
     times = np.zeros((len(chosen), max_history), np.int64)
     if not len(chosen) or max_history <= 0:
         return history, times
-    new_user = np.concatenate([[True], users[1:] != users[:-1]])
-    starts = np.maximum.accumulate(np.where(new_user, np.arange(len(log)), 0))  # first row of each row's user
+    starts = user_first_rows(users)
     known = np.flatnonzero(items > 0)  # log rows of catalog items, in log order
     known_before = np.concatenate([[0], np.cumsum(items > 0)])  # known rows in log[:r]
     end = known_before[chosen]  # known rows before the selected row ...

@@ -331,11 +331,12 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])
     retired = np.concatenate([[False], catalog["retired"].to_numpy(bool)])
+    record = run.record() or {}
     folded, offset, validation = None, None, None
     if log is not None:
         folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
                          half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
-        trained_until = ((run.record() or {}).get("data") or {}).get("last_timestamp")
+        trained_until = (record.get("data") or {}).get("last_timestamp")
         untrained = np.concatenate([[False], ~catalog["warm"].to_numpy(bool)]) & ~retired
         offset, targets, ordered = popularity_offset(new, item_ids, log, folded.representations, popularity,
                                                      half_life, servable=~retired, trained_until=trained_until,
@@ -348,7 +349,6 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
                            item_representations=None if folded is None else folded.representations,
                            item_offsets=None if offset is None or not offset.offsets.any() else offset.offsets)
-    record = run.record() or {}
     fold_record = {} if folded is None else {"fold_in": {**folded.summary(), "since": since},
                                              "popularity_offset": offset.summary()}
     manifest = build_manifest(
