@@ -46,6 +46,17 @@ def timed(command: list, log: Path) -> float:
     return seconds
 
 
+FLOOR = {
+    "imports": "import tensorflow, tensorflow_recommenders, scann; from transformers import TFBertModel",
+    "imports_and_encoder": "import tfrec_lm.bert as b; import tensorflow_recommenders, scann; b.load_bert({encoder!r})",
+    "imports_load_and_resave_export": (
+        "import tempfile, tensorflow as tf, scann; m = tf.saved_model.load({export!r}); "
+        "tf.saved_model.save(m, tempfile.mkdtemp() + '/v', signatures=dict(m.signatures), "
+        "options=tf.saved_model.SaveOptions(namespace_whitelist=['Scann']))"),
+}
+"""What `floor` times, each as `python -c`: the fixed cost of any update process."""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default=None, help="where data, runs and exports go (default: a temp dir)")
@@ -56,6 +67,7 @@ def main(argv=None) -> int:
     from streaming import retrain_windows, stream_setup
     from tfrec_lm.config import PRESETS, TrainConfig
     from tfrec_lm.data.prepare import load_training_data
+    from tfrec_lm.registry.model_versions import ModelVersions
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="tfrec_lm_update_cost_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +85,8 @@ def main(argv=None) -> int:
                      "--export-base", str(exports), "--overwrite"]
     train_seconds = timed(train_command, workdir / "train.log")
     print(f"training from scratch: {train_seconds:.1f} s", flush=True)
+    served = ModelVersions(exports, "tfrec_lm")
+    trained_version = served.path(served.newest())
     updates = []
     for j in retrain_windows(len(setup["starts"])):
         start = setup["starts"][j]
@@ -82,17 +96,23 @@ def main(argv=None) -> int:
         log = workdir / f"w{j:02d}_log.csv"
         frame.loc[stamps < start, columns].to_csv(log, index=False)
         command = [sys.executable, "-m", "tfrec_lm.catalog", "--run", str(run_dir), "--items", str(items),
-                   "--interactions", str(log), "--export-base", str(workdir / f"exports-w{j:02d}"),
-                   "--publish", "always"]
+                   "--interactions", str(log), "--export-base", str(exports), "--publish", "always"]
         seconds = timed(command, workdir / f"update_w{j:02d}.log")
         updates.append({"window": int(j), "new_items": int(len(new_ids)), "log_rows": int((stamps < start).sum()),
                         "seconds": seconds, "over_training": seconds / train_seconds})
         print(f"update before window {j} ({len(new_ids)} new items, {updates[-1]['log_rows']} log rows): "
               f"{seconds:.1f} s = {100 * seconds / train_seconds:.1f}% of training", flush=True)
+    floor = {}
+    for name, code in FLOOR.items():
+        code = code.format(encoder=TrainConfig.from_dict(PRESETS["cpu"]).encoder, export=str(trained_version))
+        seconds = timed([sys.executable, "-c", f"import tfrec_lm; {code}"], workdir / f"floor_{name}.log")
+        floor[name] = {"code": code, "seconds": seconds, "over_training": seconds / train_seconds}
+        print(f"floor {name}: {seconds:.1f} s = {100 * seconds / train_seconds:.1f}% of training", flush=True)
     payload = {"command": " ".join(["python", "benchmarks/update_cost.py", *(argv or sys.argv[1:])]),
                "train_command": " ".join(train_command[1:]), "train_seconds": train_seconds, "updates": updates,
                "max_over_training": max(u["over_training"] for u in updates),
-               "median_over_training": float(np.median([u["over_training"] for u in updates]))}
+               "median_over_training": float(np.median([u["over_training"] for u in updates])),
+               "floor": floor}
     path = write_result(RESULT, payload)
     print(f"-> {path}", flush=True)
     return 0
