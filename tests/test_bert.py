@@ -16,7 +16,7 @@ from transformers.modeling_tf_pytorch_utils import TransposeType, convert_tf_wei
 
 from tfrec_lm.assets import encoder_dir
 from tfrec_lm.errors import AssetError
-from tfrec_lm.bert import SPECIAL_TOKENS, load_bert, tiny_bert, tiny_tokenizer, write_vocab
+from tfrec_lm.bert import SPECIAL_TOKENS, bert_architecture, load_bert, tiny_bert, tiny_tokenizer, write_vocab
 
 WORDS = ["a", "man", "is", "eating", "food", "riding", "horse", "Bread"]
 
@@ -114,6 +114,19 @@ def test_load_bert_safetensors_round_trip(tiny, tmp_path, prefix, caplog):
     sentences = ["a man is eating food", "a man riding a horse"]
     np.testing.assert_allclose(_embed(loaded, loaded_tok, sentences), _embed(model, tokenizer, sentences),
                                atol=1e-6)
+
+
+def test_bert_architecture_reads_no_weights(tiny, tmp_path):
+    """The config and tokenizer only: the same shapes as `load_bert`'s encoder, none of its weights."""
+    tokenizer, model, tok_folder = tiny
+    folder = tmp_path / "enc"
+    model.config.save_pretrained(str(folder))  # no checkpoint in the folder at all
+    for f in tok_folder.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    built, built_tokenizer = bert_architecture(folder)
+    assert [w.shape for w in built.weights] == [w.shape for w in model.weights]
+    assert not np.allclose(built.weights[0].numpy(), model.weights[0].numpy())
+    assert built_tokenizer("a horse")["input_ids"] == tokenizer("a horse")["input_ids"]
 
 
 def test_load_bert_without_pooler_keeps_random_pooler(tiny, tmp_path, caplog):

@@ -66,6 +66,30 @@ def test_training_keeps_its_catalog_beside_the_checkpoint(trained):
     assert (trained["result"].export_path / "assets.extra" / EXPORT_CATALOG_FILE).is_file()
 
 
+def test_the_update_encodes_with_the_checkpoints_encoder_weights(trained, tokenizer, encoder_factory, tmp_path):
+    """The update builds its encoder from random weights: the run's checkpoint must fill every one."""
+    from tfrec_lm.bert import tiny_bert
+
+    path = items_file(tmp_path / "items.csv", [("new-a", "red sneakers 40", "sneakers"),
+                                               ("new-b", "blue novels 41", "novels")])
+    calls = []
+
+    def other_weights():  # the same architecture as training's encoder, other random weights
+        calls.append(None)
+        return tiny_bert(tokenizer.vocab_size, seed=7), tokenizer
+
+    reference = update_catalog(trained["run"], items_path=path, export_base=str(tmp_path / "a"),
+                               encoder_factory=encoder_factory)
+    update = update_catalog(trained["run"], items_path=path, export_base=str(tmp_path / "b"),
+                            encoder_factory=other_weights)
+    assert len(calls) == 1  # the trained model's encoder is built once and the grown model shares it
+    assert not np.allclose(tiny_bert(tokenizer.vocab_size, seed=7).get_weights()[0],
+                           encoder_factory()[0].get_weights()[0])
+    expected = tf.saved_model.load(str(reference.export_path)).item_embeddings.numpy()
+    got = tf.saved_model.load(str(update.export_path)).item_embeddings.numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)  # the new items' text vectors included
+
+
 def test_add_change_retire_writes_the_next_version(trained, encoder_factory, tmp_path, monkeypatch):
     base = tmp_path / "exports"
     catalog = read_catalog(trained["run"] / CATALOG_FILE)
@@ -403,7 +427,7 @@ def test_popularity_offset_adds_the_logs_recent_counts_to_every_score(trained, e
 def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_factory, tmp_path, capsys, monkeypatch):
     from tfrec_lm.models import factory
 
-    monkeypatch.setattr(factory, "pretrained_encoder_factory", lambda spec: encoder_factory)  # the tiny BERT
+    monkeypatch.setattr(factory, "checkpoint_encoder_factory", lambda spec: encoder_factory)  # the tiny BERT
     catalog = read_catalog(trained["run"] / CATALOG_FILE)
     items = items_file(tmp_path / "items.csv", [("new-a", "red sneakers 40", "sneakers")])
     log, _ = fold_in_log(tmp_path / "log.csv", catalog.loc[catalog["warm"], "item_id"].tolist())

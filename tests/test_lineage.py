@@ -81,6 +81,7 @@ def patched(synthetic, encoder_factory, monkeypatch, tmp_path):
     """The CLI's data and encoder are the synthetic data and the tiny BERT; cwd is a fresh folder."""
     monkeypatch.setattr(prepare, "load_training_data", lambda config, shard=None: synthetic)
     monkeypatch.setattr(model_factory, "pretrained_encoder_factory", lambda spec: encoder_factory)
+    monkeypatch.setattr(model_factory, "checkpoint_encoder_factory", lambda spec: encoder_factory)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -219,6 +219,28 @@ def load_bert(spec: str | os.PathLike) -> tuple[TFBertModel, BertTokenizerFast]:
     return model, _load_tokenizer(folder, config)
 
 
+def bert_architecture(spec: str | os.PathLike) -> tuple[TFBertModel, BertTokenizerFast]:
+    """A BERT-family encoder built with fresh random weights, and its tokenizer, for a caller that
+    restores every weight from a training checkpoint (a catalog update), so that the pretrained
+    weights are neither read nor converted.
+
+    Args:
+        spec: str | PathLike. what `load_bert` accepts (only its config and tokenizer are read).
+
+    Returns:
+        tuple[TFBertModel, BertTokenizerFast]. the built encoder (random weights) and the tokenizer.
+
+    Raises:
+        AssetError: unresolvable spec, or not a BERT-family config.
+    """
+    folder = encoder_dir(spec)
+    _read_model_type(folder)
+    config = BertConfig.from_pretrained(str(folder))
+    model = TFBertModel(config)
+    model(model.dummy_inputs, training=False)  # build the weights
+    return model, _load_tokenizer(folder, config)
+
+
 def tiny_bert(
     vocab_size: int,
     hidden_size: int = 32,

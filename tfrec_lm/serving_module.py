@@ -120,7 +120,8 @@ class ServingModule(tf.Module):
                           tf.gather(self.popularity_share, items))
         return items, tf.where(filled, scores, LOWEST_SCORE)
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+    @tf.function(autograph=False,  # no tensor-dependent Python control flow: tracing skips the AST rewrite
+                 input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
     def retrieve(self, history_item_ids, history_timestamps):
         """Top-K items per user, none from the history; popular items without history."""
@@ -128,7 +129,8 @@ class ServingModule(tf.Module):
         return {"item_ids": tf.ensure_shape(tf.gather(self.item_ids, items), [None, self.top_k]),
                 "scores": tf.ensure_shape(scores, [None, self.top_k])}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+    @tf.function(autograph=False,  # no tensor-dependent Python control flow: tracing skips the AST rewrite
+                 input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps")])
     def explain(self, history_item_ids, history_timestamps):
         """`serving_default`'s answer plus, per item, the history item that most supports it.
@@ -152,7 +154,8 @@ class ServingModule(tf.Module):
         return {"item_ids": tf.gather(self.item_ids, items), "scores": scores,
                 "because_item_ids": tf.gather(self.item_ids, because), "because_similarity": best_similarity}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
+    @tf.function(autograph=False,  # no tensor-dependent Python control flow: tracing skips the AST rewrite
+                 input_signature=[tf.TensorSpec([None, None], tf.string, name="history_item_ids"),
                                   tf.TensorSpec([None, None], tf.int64, name="history_timestamps"),
                                   tf.TensorSpec([None, None], tf.string, name="candidate_item_ids")])
     def rank(self, history_item_ids, history_timestamps, candidate_item_ids):

@@ -260,7 +260,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     """
     from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS, popularity_offset
-    from tfrec_lm.models.factory import pretrained_encoder_factory
+    from tfrec_lm.models.factory import checkpoint_encoder_factory
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
 
@@ -319,12 +319,14 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                             f"{'at or after --since ' if since is not None else ''}is in the catalog "
                             f"({len(catalog)} items)")
 
-    factory = encoder_factory or pretrained_encoder_factory(config.encoder)
+    # The checkpoint holds every encoder weight, so only the architecture is built; and the grown
+    # model shares the trained model's encoders (nothing trains), so each is built once.
+    making, sharing = shared_encoders(encoder_factory or checkpoint_encoder_factory(config.encoder))
     with dtype_policy(config.mixed_precision):
         # The model as trained: with --item-fusion evidence, --cold-neighbours sets a table's width.
-        old = build_on_catalog(trained_config, trained, factory)
+        old = build_on_catalog(trained_config, trained, making)
         old.load_towers(run.checkpoint)
-        new = build_on_catalog(config, catalog, factory)
+        new = build_on_catalog(config, catalog, sharing)
     encoded = old.grow_into(new, encode_rows)
     new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
 
@@ -395,6 +397,29 @@ def parse_scale(value, flag: str, at_least: Optional[float] = None):
         bound = f" >= {at_least:g}" if at_least is not None else ""
         raise ConfigError(f"{flag} must be auto, off or a number{bound}, got {value!r}")
     return number
+
+
+def shared_encoders(factory):
+    """Two encoder factories for a model and its grown copy: the second hands out the first's encoders.
+
+    Args:
+        factory: EncoderFactory. makes the encoders (`tfrec_lm.models.factory`).
+
+    Returns:
+        tuple (EncoderFactory, EncoderFactory). the first calls `factory` and keeps what it made;
+            the second returns those, in the order they were made (then new ones from `factory`).
+    """
+    made, handed = [], []
+
+    def making():
+        made.append(factory())
+        return made[-1]
+
+    def sharing():
+        handed.append(None)
+        return made[len(handed) - 1] if len(handed) <= len(made) else factory()
+
+    return making, sharing
 
 
 def build_on_catalog(config, catalog: pd.DataFrame, factory):

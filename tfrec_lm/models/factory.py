@@ -51,6 +51,24 @@ def pretrained_encoder_factory(spec: str) -> EncoderFactory:
     return factory
 
 
+def checkpoint_encoder_factory(spec: str) -> EncoderFactory:
+    """Encoders whose weights a training checkpoint will restore: the architecture of `spec`, built, random.
+
+    A catalog update restores every encoder weight from the run's checkpoint (which holds the
+    pretrained or tuned weights the run used; `TwoTowerModel.load_towers` fails on any weight it
+    lacks), so reading and converting the pretrained checkpoint first would be wasted.
+
+    Args:
+        spec: str. `--encoder` (`tfrec_lm.bert.bert_architecture`).
+
+    Returns:
+        EncoderFactory. `() -> (TFBertModel, tokenizer)`, a new encoder each call.
+    """
+    from tfrec_lm.bert import bert_architecture
+
+    return lambda: bert_architecture(spec)
+
+
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
                 item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
                 encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None,

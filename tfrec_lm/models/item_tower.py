@@ -361,6 +361,8 @@ class ItemTower(tf.keras.layers.Layer):
             if a is not None:
                 pairs.append((a, b))
         for source, destination in pairs:
+            if source is destination:  # an encoder both towers share (a catalog update's)
+                continue
             value = source.numpy()
             if id(source) in tables:
                 grown = np.zeros(destination.shape, value.dtype.name)

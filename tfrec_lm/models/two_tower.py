@@ -113,6 +113,8 @@ class TwoTowerModel(tfrs.Model):
             if len(mine) != len(theirs):
                 raise ValueError(f"the target model has {len(theirs)} weights where this one has {len(mine)}")
             for source, destination in zip(mine, theirs):
+                if source is destination:  # a shared encoder's
+                    continue
                 if tuple(source.shape) != tuple(destination.shape):
                     raise ValueError(f"weight {source.name}: shape {source.shape} here, {destination.shape} in the target")
                 destination.assign(source)
