@@ -127,3 +127,24 @@ def test_the_audience_map_recovers_a_linear_relation_and_applies_before_the_shri
     out, _ = fold_in_vectors(representations, priors, np.array([[0, 1.0]]), np.array([1]), np.ones(1),
                              shrinkage=0.0, mapping=mapping)
     np.testing.assert_allclose(out[1], [3, 0], atol=1e-6)  # the audience (0, 1) mapped to (1, 0), at norm 3
+
+
+def test_user_queries_in_padded_batches_match_the_tower_row_by_row(item_sequence_run):
+    """One trace over fixed-size batches (the last padded) gives each history its own query."""
+    import tensorflow as tf
+
+    from tfrec_lm.catalog.fold_in import user_queries
+
+    users = item_sequence_run.model.user_tower.for_export()
+    width = item_sequence_run.model.user_tower.max_history
+    rng = np.random.default_rng(0)
+    history = rng.integers(0, 6, (7, width)).astype(np.int32)
+    history[3] = 0  # an empty history among them
+    times = np.sort(rng.integers(1, 10_000, (7, width)), axis=1).astype(np.int64)
+    got = user_queries(users, history, times, batch_size=3)  # batches of 3, 3 and 1 (padded to 3)
+    expected = np.concatenate([users(tf.constant(history[i:i + 1]), tf.constant(times[i:i + 1]),
+                                     training=False).numpy() for i in range(7)])
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    none = user_queries(users, history[:0], times[:0])
+    assert none.shape == (0, expected.shape[1])

@@ -255,7 +255,7 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
     """
     import tensorflow as tf
 
-    from tfrec_lm.catalog.fold_in import history_rows, sorted_log, user_first_rows
+    from tfrec_lm.catalog.fold_in import history_rows, sorted_log, user_first_rows, user_queries
 
     for name, value, low in (("popularity scale", scale, 0.0), ("new-item offset", new_item_offset, -np.inf)):
         if value != "auto" and (not np.isfinite(float(value)) or float(value) < low):
@@ -301,8 +301,7 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
     users = model.user_tower.for_export()
     if representations is not None and hasattr(users, "item_representations"):
         users.item_representations.assign(np.asarray(representations, np.float32))
-    queries = np.concatenate([users(tf.constant(history[a:a + batch_size]), tf.constant(times[a:a + batch_size]),
-                                    training=False).numpy() for a in range(0, len(history), batch_size)])
+    queries = user_queries(users, history, times, batch_size)
     user_starts = user_first_rows(users_of)
     exclude = [rows[user_starts[r]:r] for r in chosen_rows]
     replay = dict(queries=queries, embeddings=embeddings, rows=rows, stamps=stamps, targets=chosen_rows,
