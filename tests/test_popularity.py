@@ -101,3 +101,31 @@ def test_weekly_hits_searches_the_new_item_offset_with_beta_held():
     hits, _ = weekly_hits(queries, embeddings, rows, stamps, np.array([2]), [np.array([], int)], NOW, 7.0,
                           (0.0, -0.05, -0.2), k=1, new_items=new, beta=1.0)
     assert hits.tolist() == [0, 0, 1]  # both items have one row before the week: beta moves them alike
+
+
+def test_hits_per_scale_matches_a_query_by_query_reference_in_any_batching(monkeypatch):
+    """Every scale of a batch scored at once equals scoring each query and scale alone, whatever the batch."""
+    from tfrec_lm.catalog import popularity
+
+    rng = np.random.default_rng(3)
+    queries, embeddings = rng.normal(size=(23, 4)).astype(np.float32), rng.normal(size=(12, 4)).astype(np.float32)
+    offsets, base = rng.random(12).astype(np.float32), rng.normal(size=12).astype(np.float32)
+    targets = rng.integers(1, 12, 23)
+    exclude = [rng.choice(np.arange(1, 12), rng.integers(0, 4), replace=False) for _ in range(23)]
+    servable = np.ones(12, bool)
+    servable[5] = False
+    scales = (0.0, 0.5, 2.0)
+    expected = np.zeros(3, np.int64)
+    for q, t, ex in zip(queries, targets, exclude):
+        for s, scale in enumerate(scales):
+            scores = embeddings @ q + base + np.float32(scale) * offsets
+            eligible = servable.copy()
+            eligible[0] = False
+            eligible[ex] = False
+            expected[s] += bool(eligible[t] and (eligible & (scores > scores[t])).sum() < 3)
+    assert expected.min() > 0 and expected.max() < 23  # the reference tells scales apart
+    for batch, budget in ((256, popularity.MAX_SCORE_ELEMENTS), (5, popularity.MAX_SCORE_ELEMENTS), (256, 40)):
+        monkeypatch.setattr(popularity, "MAX_SCORE_ELEMENTS", budget)  # 40: one query per batch
+        got = hits_per_scale(queries, embeddings, offsets, targets, exclude, scales, k=3, servable=servable,
+                             batch_size=batch, base=base)
+        assert got.tolist() == expected.tolist(), (batch, budget)

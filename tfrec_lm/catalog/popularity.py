@@ -46,6 +46,8 @@ NEW_ITEM_GRID = (0.0, -0.02, -0.04, -0.06, -0.08, -0.1, -0.15)
 MAX_CALIBRATION_TARGETS = 5000
 MIN_CALIBRATION_TARGETS = 500
 CALIBRATION_SEED = 0
+MAX_SCORE_ELEMENTS = 2 ** 26
+"""`hits_per_scale` scores every scale of a batch at once: at most this many [queries x scales x items] scores."""
 DAY = 86400.0
 
 
@@ -115,7 +117,7 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
     """Hits at k of `queries . embeddings + base + beta * offsets` for each beta, exactly, history excluded.
 
     A target is a hit when fewer than k eligible items score above it; the catalog is scored
-    in batches of queries, so memory is batch x catalog.
+    in batches of queries, every scale at once, so memory is batch x scales x catalog.
 
     Args:
         queries: np.ndarray float32. [n, D] user queries.
@@ -126,7 +128,7 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
         scales: sequence of float. the betas.
         k: int. the cut-off.
         servable: np.ndarray bool or None. [C+1] items that can be recommended (None: 1..C).
-        batch_size: int. queries per batch.
+        batch_size: int. queries per batch (fewer where batch x scales x catalog exceeds `MAX_SCORE_ELEMENTS`).
         base: np.ndarray float32 or None. [C+1] a fixed offset added to every score.
 
     Returns:
@@ -140,6 +142,8 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
     offsets = tf.constant(np.asarray(offsets, np.float32))
     base = tf.zeros([len(embeddings)]) if base is None else tf.constant(np.asarray(base, np.float32))
     hits = np.zeros(len(scales), np.int64)
+    betas = tf.constant(np.asarray(scales, np.float32))
+    batch_size = max(1, min(int(batch_size), MAX_SCORE_ELEMENTS // max(len(scales) * len(embeddings), 1)))
     for start in range(0, len(queries), batch_size):
         batch = slice(start, start + batch_size)
         rows = len(targets[batch])
@@ -149,12 +153,11 @@ def hits_per_scale(queries: np.ndarray, embeddings: np.ndarray, offsets: np.ndar
         mask = tf.constant(mask)
         scores = tf.matmul(tf.constant(np.asarray(queries[batch], np.float32)), items, transpose_b=True) + base
         target = tf.constant(np.asarray(targets[batch], np.int32))
-        for s, scale in enumerate(scales):
-            shifted = scores + float(scale) * offsets[None, :]
-            own = tf.gather(shifted, target, batch_dims=1)
-            above = tf.reduce_sum(tf.cast(tf.logical_and(mask, shifted > own[:, None]), tf.int32), axis=1)
-            valid = tf.gather(mask, target, batch_dims=1)  # a target in the history can never be shown
-            hits[s] += int(tf.reduce_sum(tf.cast(tf.logical_and(valid, above < k), tf.int32)))
+        shifted = scores[:, None, :] + betas[None, :, None] * offsets[None, None, :]  # [B, S, C]: every beta
+        own = tf.gather(shifted, target, axis=2, batch_dims=1)  # [B, S]
+        above = tf.reduce_sum(tf.cast(tf.logical_and(mask[:, None, :], shifted > own[..., None]), tf.int32), axis=2)
+        valid = tf.gather(mask, target, batch_dims=1)  # a target in the history can never be shown
+        hits += tf.reduce_sum(tf.cast(tf.logical_and(valid[:, None], above < k), tf.int64), axis=0).numpy()
     return hits
 
 
