@@ -159,6 +159,9 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
         "test_by_target_frequency": {"rare_max_train_count": RARE_TARGET_MAX_COUNT, **by_target},
         "test_ndcg_by_target_count": ndcg_by_target_count(ranks, result.counts[test.target]),
         "item_parts": item_parts(result.model, result.counts),
+        # --text-whitening: the training items' mean pairwise text cosine, as cached and as projected
+        **({} if result.model.item_tower.text_mean is None else dict(zip(
+            ("text_cosine_before", "text_cosine_after"), result.model.item_tower.text_cosines()))),
         # Per test user (SPEC order): the target's 0-based full-catalog rank, and the slices'
         # members, so runs can be compared user by user (paired) after the fact.
         "test_ranks": ranks.astype(int).tolist(),

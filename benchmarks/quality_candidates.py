@@ -154,6 +154,10 @@ CANDIDATES = {
     # part mostly from their text neighbours' trained IDs, in training too: a * own + (1 - a) * mix,
     # a = n / (n + 10)
     "evidence-fusion": {"item_fusion": "evidence"},
+    # issue 30 item 2: the frozen text vectors spread apart before the projection (BERT-whitening, Su et
+    # al. 2021): centred on the training items' mean, and whitened to their identity covariance
+    "text-whiten": {"text_whitening": "whiten"},
+    "text-center": {"text_whitening": "center"},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {

@@ -205,6 +205,13 @@ class TrainConfig:
     evidence_shrinkage: float = _opt(
         10.0, "k of --item-fusion evidence (> 0): an item with k training interactions takes half its ID part "
               "from its own embedding and half from its text neighbours'")
+    text_whitening: str = _opt(
+        "none", "what the item tower does to the frozen text vectors before its projection: `none` (as they are), "
+                "`center` (the mean of the training items' vectors subtracted) or `whiten` (BERT-whitening, Su et "
+                "al. 2021: centred, then rotated and scaled so the training items' vectors have identity "
+                "covariance); the mean and the matrix are computed once when the cache is filled and kept by "
+                "warm starts and catalog updates; needs a frozen encoder and the item text",
+        ("none", "center", "whiten"))
     id_lr_multiplier: float = _opt(
         1.0, "the item-ID embeddings learn this many times faster than the other weights (stored divided by it): "
              "with Adam an ID coordinate otherwise moves about one learning rate per step while the shared text "
@@ -352,6 +359,12 @@ class TrainConfig:
             if missing:
                 raise ConfigError(f"--item-fusion evidence shrinks each item's ID embedding toward its frozen-text "
                                   f"neighbours' IDs and needs {', '.join(missing)}")
+        if self.text_whitening != "none":
+            missing = [flag for flag, ok in (("--finetune frozen", self.finetune == "frozen"),
+                                             ("--item-text", self.item_text)) if not ok]
+            if missing:
+                raise ConfigError(f"--text-whitening {self.text_whitening} transforms the item tower's cached "
+                                  f"frozen-encoder text vectors and needs {', '.join(missing)}")
         if self.cold_neighbours < 0:
             raise ConfigError(f"cold_neighbours must be >= 0, got {self.cold_neighbours}")
         if self.cold_popularity < 0:
@@ -433,7 +446,7 @@ RUN_CONTROL = ("backup_steps", "resume", "overwrite", "publish", "staging_base")
 
 # Options that shape the checkpoint's variables: a warm start must keep the warm-started run's.
 SHAPE_OPTIONS = ("encoder", "max_history", "max_item_tokens", "user_tower", "embedding_dim", "item_ids",
-                 "item_text", "cold_items", "item_fusion", "item_bias", "num_blocks", "num_heads",
+                 "item_text", "cold_items", "item_fusion", "text_whitening", "item_bias", "num_blocks", "num_heads",
                  "sequence_pooling", "time_features", "long_short", "short_window", "similarity",
                  "text_tuning_steps", "text_tuning_layers")
 # A refresh's own options: everything else defaults to the warm-started run's.

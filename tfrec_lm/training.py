@@ -286,6 +286,9 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
         "replicas": strategy.num_replicas_in_sync,
         "data_digest": data.digest,
     }
+    if config.text_whitening != "none":
+        # The mean pairwise cosine of the training items' text vectors, as cached and as projected.
+        summary["text_cosine_before"], summary["text_cosine_after"] = model.item_tower.text_cosines()
     if stages is not None:
         stages.done("export")
         summary["stages"] = stages.stages

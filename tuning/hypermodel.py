@@ -15,7 +15,8 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
   `history-text` tower.
 - `item_ids` is tuned only when the base config keeps the item text (`item_text`); an
   ID-only item tower needs its IDs. `text_tuning_steps` likewise needs the item text (and
-  `--strategy default`), and is active only with a frozen encoder.
+  `--strategy default`), and is active only with a frozen encoder. `text_whitening` likewise:
+  tuned only with the item text, active only with a frozen encoder (`none` otherwise).
 - `temperature` is tuned only for `similarity` `cosine`; raw dot products keep 1 (their
   norms set the scale).
 - `id_lr_multiplier`, `item_fusion` and `id_dropout` are tuned only where `item_ids` is
@@ -115,6 +116,7 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "id_lr_multiplier": [1.0, 2.0, 3.0],        # only with item_ids; 2-3: +2.5% on ML-100K, within noise
     "item_bias": [False, True],
     "text_tuning_steps": [0, 300],              # only for finetune == frozen
+    "text_whitening": ["none", "center", "whiten"],  # only for finetune == frozen, with the item text
     # Recency: item-age embeddings and the long/short-term gate (item-sequence only).
     "time_features": [True, False],
     "long_short": [True, False],
@@ -129,6 +131,7 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
     "trainable_layers": ("finetune", ("top-k",)),
     "negatives": ("finetune", ("frozen",)),
     "text_tuning_steps": ("finetune", ("frozen",)),
+    "text_whitening": ("finetune", ("frozen",)),
     "id_lr_multiplier": ("item_ids", (True,)),
     "item_fusion": ("item_ids", (True,)),
     "evidence_shrinkage": ("item_fusion", ("evidence",)),
@@ -142,7 +145,7 @@ CONDITIONS: dict[str, tuple[str, tuple]] = {
 }
 # Value of a conditional knob where its condition does not hold (None: the base config's).
 INACTIVE_VALUE: dict[str, Any] = {"temperature": 1.0, "negatives": "in-batch", "time_features": False, "long_short": False,
-                                  "text_tuning_steps": 0, "id_lr_multiplier": 1.0}
+                                  "text_tuning_steps": 0, "id_lr_multiplier": 1.0, "text_whitening": "none"}
 
 _CONFIG_FIELDS = {field.name for field in dataclasses.fields(TrainConfig)}
 
@@ -210,8 +213,9 @@ class RecommenderHyperModel(kt.HyperModel):
             del self.space["text_tuning_steps"]
             self.base = self.base.replace(text_tuning_steps=0)
         if not self.base.item_text:
-            # No text part: nothing to balance against the IDs.
+            # No text part: nothing to balance against the IDs, no text vectors to whiten.
             self.space.pop("item_fusion", None)
+            self.space.pop("text_whitening", None)
             if "history-text" not in self.possible_values("user_tower"):
                 self.space.pop("finetune", None)  # no tower reads the encoder: fine-tuning cannot matter
         if self.base.cold_items != "text":
@@ -347,7 +351,7 @@ class RecommenderHyperModel(kt.HyperModel):
                  "time_features", "long_short", "short_window",
                  "retrieval_weight", "ranking_weight", "item_ids", "item_fusion", "evidence_shrinkage", "id_dropout",
                  "id_lr_multiplier",
-                 "item_bias", "text_tuning_steps"]
+                 "item_bias", "text_tuning_steps", "text_whitening"]
         assert set(order) == set(KNOBS), "every knob has a place in build()"
         for name in order:
             chosen[name] = self._value(hp, name, chosen)

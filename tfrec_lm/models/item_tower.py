@@ -18,6 +18,11 @@ logger = logging.getLogger(__name__)
 # Bump when the way the vectors are computed changes without changing any input below.
 TEXT_CACHE_FORMAT = 2
 FUSIONS = ("sum", "balanced", "evidence")
+TEXT_WHITENINGS = ("none", "center", "whiten")
+WHITENING_EPS = 1e-6
+"""`whiten`'s floor on the covariance eigenvalues, relative to the largest: 1 / sqrt(s + eps * max(s))."""
+STATISTICS_CHUNK_ROWS = 65536
+"""Rows the text statistics and `mean_pairwise_cosine` hold in float64 at once."""
 COLD_CHUNK_ROWS = 1024
 """Most cold rows `ItemTower.cold_id_table` scores against the warm items at once."""
 COLD_CHUNK_FLOATS = 64 * 2 ** 20
@@ -34,6 +39,67 @@ def cold_chunk_rows(warm: int) -> int:
         int. `COLD_CHUNK_ROWS`, fewer where chunk x warm floats would pass `COLD_CHUNK_FLOATS`; at least 1.
     """
     return max(1, min(COLD_CHUNK_ROWS, COLD_CHUNK_FLOATS // max(int(warm), 1)))
+
+
+def mean_pairwise_cosine(vectors) -> float:
+    """The mean cosine over all pairs i != j of rows, exactly, in O(N x D).
+
+    With u_i = v_i / |v_i|, the sum over i != j of u_i . u_j is |sum u|^2 - sum |u_i|^2; a
+    zero row has u = 0 and counts as cosine 0 with every other row.
+
+    Args:
+        vectors: np.ndarray float. [N, D] rows, N >= 2.
+
+    Returns:
+        float. mean over the N (N - 1) ordered pairs of distinct rows of their cosine.
+    """
+    vectors = np.asarray(vectors)
+    count = int(vectors.shape[0])
+    if count < 2:
+        raise ValueError(f"a mean pairwise cosine needs at least 2 vectors, got {count}")
+    total = np.zeros(vectors.shape[1], np.float64)
+    squares = 0.0
+    for start in range(0, count, STATISTICS_CHUNK_ROWS):
+        chunk = vectors[start:start + STATISTICS_CHUNK_ROWS].astype(np.float64)
+        norms = np.linalg.norm(chunk, axis=1, keepdims=True)
+        units = np.divide(chunk, norms, out=np.zeros_like(chunk), where=norms > 0)
+        total += units.sum(axis=0)
+        squares += float((units * units).sum())
+    return float((total @ total - squares) / (count * (count - 1)))
+
+
+def whitening_statistics(vectors, whiten: bool = True):
+    """BERT-whitening's statistics (Su et al. 2021) of a set of vectors.
+
+    The mean mu and, with `whiten`, W = U diag(1 / sqrt(s + eps)) from the eigendecomposition
+    U diag(s) U^T of the covariance (over N, so (v - mu) @ W of the rows has identity
+    covariance and zero mean); full dimension, eps = `WHITENING_EPS` x the largest eigenvalue
+    (directions the rows do not span are scaled by at most 1 / sqrt(eps)). In float64, a
+    chunk of rows at a time.
+
+    Args:
+        vectors: np.ndarray float. [N, D] rows, N >= 1.
+        whiten: bool. also compute W (False: the mean only, `center`).
+
+    Returns:
+        tuple (np.ndarray float32 [D], np.ndarray float32 [D, D] or None). mu and W.
+    """
+    vectors = np.asarray(vectors)
+    count = int(vectors.shape[0])
+    if count < 1:
+        raise ValueError("text statistics need at least one vector")
+    chunks = range(0, count, STATISTICS_CHUNK_ROWS)
+    mean = sum(vectors[start:start + STATISTICS_CHUNK_ROWS].astype(np.float64).sum(axis=0) for start in chunks) / count
+    if not whiten:
+        return mean.astype(np.float32), None
+    covariance = np.zeros([vectors.shape[1]] * 2, np.float64)
+    for start in chunks:
+        centred = vectors[start:start + STATISTICS_CHUNK_ROWS].astype(np.float64) - mean
+        covariance += centred.T @ centred
+    values, basis = np.linalg.eigh(covariance / count)
+    values = np.maximum(values, 0.0)
+    floor = WHITENING_EPS * max(float(values.max()), np.finfo(np.float64).tiny)
+    return mean.astype(np.float32), (basis / np.sqrt(values + floor)[None, :]).astype(np.float32)
 
 
 def text_cache_key(token_rows: np.ndarray, encoder) -> str:
@@ -142,6 +208,17 @@ class ItemTower(tf.keras.layers.Layer):
             weights (None: every warm item counts 1) and, with `evidence`, the n_i of `a_i`.
         evidence_shrinkage: float. k of the `evidence` fusion (> 0): an item with k training
             interactions takes half its ID part from its own embedding, half from the mix.
+        text_whitening: str. what `text_part` does to the cached text vectors v before the
+            dropout and the projection: `none` (nothing), `center` (v - mu) or `whiten`
+            ((v - mu) @ W, BERT-whitening), mu [hidden] and W [hidden, hidden] the
+            `whitening_statistics` of the warm items' cached vectors (`warm_items`; without
+            them, the items with `item_counts` > 0; without either, every item), computed
+            when the cache is filled (`refresh_cache`, `refresh_text_statistics`). They are
+            non-trainable weights (`text_mean`, `text_whitener`), so a checkpoint, a load
+            (`TwoTowerModel.load_towers`) and a catalog update (`grow_into`: new rows are
+            transformed with them) keep the statistics the projection was trained on. The
+            cold-neighbour cosines (`_nearest_warm`) read the raw vectors. Needs the item
+            text and a frozen encoder.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -158,7 +235,7 @@ class ItemTower(tf.keras.layers.Layer):
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
                  id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0,
                  cold_neighbours: int = 0, cold_popularity: float = 1.0, item_counts=None,
-                 evidence_shrinkage: float = 10.0, **kwargs):
+                 evidence_shrinkage: float = 10.0, text_whitening: str = "none", **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -215,6 +292,12 @@ class ItemTower(tf.keras.layers.Layer):
             if missing:
                 raise ValueError(f"fusion 'evidence' shrinks each ID embedding toward the IDs of its frozen-text "
                                  f"neighbours and needs {', '.join(missing)}")
+        if text_whitening not in TEXT_WHITENINGS:
+            raise ValueError(f"text_whitening must be one of {', '.join(TEXT_WHITENINGS)}, got {text_whitening!r}")
+        self.text_whitening = text_whitening
+        if text_whitening != "none" and not (self.use_text and encoder.is_frozen):
+            raise ValueError(f"text_whitening {text_whitening!r} transforms the cached frozen-encoder text vectors "
+                             f"and needs the item text and a frozen encoder")
         # Output layers stay float32 under a mixed-precision policy (the logits are built from them).
         self.projection = tf.keras.layers.Dense(self.embedding_dim, name="text_projection", dtype="float32")
         self.text_dropout = tf.keras.layers.Dropout(self.dropout)
@@ -250,6 +333,15 @@ class ItemTower(tf.keras.layers.Layer):
             initializer="zeros",
         ) if encoder.is_frozen and use_text else None
         self._cache_ready = False
+        # `center` / `whiten`: mu and W of the warm items' cached vectors (`refresh_text_statistics`),
+        # non-trainable so they travel with the checkpoint; float32 also under mixed precision.
+        hidden = encoder.hidden_size
+        self.text_mean = self.add_weight(
+            name="text_mean", shape=[hidden], dtype="float32", initializer="zeros", trainable=False,
+            experimental_autocast=False) if text_whitening != "none" else None
+        self.text_whitener = self.add_weight(
+            name="text_whitener", shape=[hidden, hidden], dtype="float32", initializer="identity", trainable=False,
+            experimental_autocast=False) if text_whitening == "whiten" else None
         # `evidence`: each item's `cold_neighbours` neighbours (item rows) and their normalised
         # mix weights, derived from the text cache by `refresh_evidence` (non-trainable: they
         # travel with the checkpoint, consistent with the cache they were computed from), and
@@ -276,6 +368,10 @@ class ItemTower(tf.keras.layers.Layer):
                       vectors: Optional[np.ndarray] = None, verbose: int = 0) -> bool:
         """Encodes every item text with the (frozen) encoder into the cache.
 
+        With `text_whitening`, mu and W are then computed from it (`refresh_text_statistics`):
+        a model that a checkpoint fills afterwards (`TwoTowerModel.load_towers`) gets the
+        checkpoint's instead.
+
         Args:
             batch_size: int. items per encoder forward pass.
             cache_dir: path or None. where encoded catalogs are kept between runs, one
@@ -300,6 +396,7 @@ class ItemTower(tf.keras.layers.Layer):
                     self.text_cache.assign(table)
                     self._cache_ready = True
                     self.refresh_evidence()
+                    self.refresh_text_statistics()
                     logger.info("item text vectors loaded from %s", path)
                     return True
                 logger.warning("ignoring %s: shape %s, expected %s", path, table.shape, tuple(self.text_cache.shape))
@@ -311,6 +408,7 @@ class ItemTower(tf.keras.layers.Layer):
         self.text_cache.assign(table)
         self._cache_ready = True
         self.refresh_evidence()
+        self.refresh_text_statistics()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npy.tmp", delete=False) as handle:
@@ -327,7 +425,8 @@ class ItemTower(tf.keras.layers.Layer):
         `encode_rows` (new or changed texts) are encoded by `target`'s frozen encoder. With
         `evidence`, `target`'s neighbour table is then computed from its whole cache
         (`refresh_evidence`: a changed text moves its item's neighbours and its place among
-        the others'), not copied.
+        the others'), not copied. With `text_whitening`, mu and W are copied, not recomputed:
+        the new rows are transformed with the statistics the projection was trained on.
 
         Args:
             target: ItemTower. built with the same options on the longer catalog (this tower's
@@ -402,14 +501,79 @@ class ItemTower(tf.keras.layers.Layer):
     def text_part(self, items, training=False):
         """The text's share of `representation`: the projected (and, balanced, normalised) text vector.
 
+        With `text_whitening` the text vectors are centred (and whitened, `whiten_text`) first.
+
         Returns:
             tf.Tensor float32 or None. [..., embedding_dim]; None without text.
         """
         if not self.use_text:
             return None
-        text = self.text_dropout(self.text_vectors(items, training=training), training=training)
+        text = self.text_vectors(items, training=training)
+        if self.text_mean is not None:
+            text = self.whiten_text(text)
+        text = self.text_dropout(text, training=training)
         vectors = self.projection(text)
         return _norm_last_axis(self.text_norm, vectors) if self.text_norm is not None else vectors
+
+    def whiten_text(self, vectors):
+        """`center`: v - mu; `whiten`: (v - mu) @ W (`text_whitening`). float [..., hidden] -> float32 [..., hidden]."""
+        centred = tf.cast(vectors, tf.float32) - self.text_mean
+        if self.text_whitener is None:
+            return centred
+        return tf.einsum("...h,hk->...k", centred, self.text_whitener)
+
+    def _statistics_rows(self) -> np.ndarray:
+        """The rows `text_whitening`'s statistics are computed from: warm items (see its Args). int64 [R]."""
+        if self.warm_items is not None:
+            return self._warm_rows
+        if self.item_counts is not None and (self.item_counts[1:] > 0).any():
+            return np.flatnonzero(self.item_counts[1:] > 0) + 1
+        return np.arange(1, self.num_items)
+
+    def refresh_text_statistics(self) -> None:
+        """Computes `text_whitening`'s mu (and W) from the text cache (nothing with `none`).
+
+        `whitening_statistics` of the cached vectors of `_statistics_rows` (the warm items)
+        into `text_mean` and `text_whitener`, and logs `text_cosines`. Called when the cache
+        is filled (`refresh_cache`); never by `grow_into` or `TwoTowerModel.load_towers`,
+        which keep the trained statistics. After writing `text_cache` directly, call it
+        again. Memory: the rows' vectors in float32 once, a chunk of them in float64.
+        """
+        if self.text_mean is None:
+            return
+        rows = self._statistics_rows()
+        if not len(rows):
+            raise ValueError(f"text_whitening {self.text_whitening!r} computes its statistics from the warm items' "
+                             f"text vectors and needs a warm item")
+        if len(rows) <= self.encoder.hidden_size and self.text_whitener is not None:
+            logger.warning("text whitening: %d training items span at most %d of %d dimensions; the others are "
+                           "scaled by up to 1/sqrt(%g) of the largest variance", len(rows), max(len(rows) - 1, 0),
+                           self.encoder.hidden_size, WHITENING_EPS)
+        vectors = tf.gather(self.text_cache, tf.constant(rows, tf.int64)).numpy()
+        mean, whitener = whitening_statistics(vectors, whiten=self.text_whitener is not None)
+        self.text_mean.assign(mean)
+        if whitener is not None:
+            self.text_whitener.assign(whitener)
+        if len(rows) < 2:
+            return
+        before, after = self.text_cosines()
+        logger.info("text %s over %d training items: mean pairwise cosine %.4f before, %.4f after",
+                    self.text_whitening, len(rows), before, after)
+
+    def text_cosines(self) -> tuple:
+        """The mean pairwise cosine (`mean_pairwise_cosine`) of the warm items' cached text vectors, as
+        they are and as `text_part` projects them (after `whiten_text`; the same without `text_whitening`).
+
+        Returns:
+            tuple (float, float). before and after (the rows of `_statistics_rows`, at least 2).
+        """
+        if self.text_cache is None:
+            raise ValueError("text_cosines needs a frozen encoder and use_text=True")
+        vectors = tf.gather(self.text_cache, tf.constant(self._statistics_rows(), tf.int64))
+        before = mean_pairwise_cosine(vectors.numpy())
+        if self.text_mean is None:
+            return before, before
+        return before, mean_pairwise_cosine(self.whiten_text(vectors).numpy())
 
     def id_part(self, items, training=False):
         """The ID's share of `representation`: the ID embedding, or the no-ID vector where an item
@@ -496,6 +660,10 @@ class ItemTower(tf.keras.layers.Layer):
 
     def _nearest_warm(self, rows, k: int, chunk_rows: Optional[int] = None, exclude_self: bool = False):
         """The k warm items whose cached text vectors have the highest cosine with each row's.
+
+        The raw vectors, also with `text_whitening`: the neighbours of the cold path and of
+        `evidence` are those the model had before the option (and a catalog update's new
+        items find them without the statistics).
 
         The [rows x warm] cosines are computed and reduced to their top-k a chunk of rows at a
         time (`cold_chunk_rows`; one `tf.map_fn` iteration each, in eager and in graph mode
@@ -662,6 +830,7 @@ class ItemTower(tf.keras.layers.Layer):
             "cold_popularity": self.cold_popularity,
             "item_counts": None if self.item_counts is None else self.item_counts.tolist(),
             "evidence_shrinkage": self.evidence_shrinkage,
+            "text_whitening": self.text_whitening,
         })
         return config
 

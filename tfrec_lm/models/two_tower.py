@@ -77,7 +77,9 @@ class TwoTowerModel(tfrs.Model):
 
         The item tower's `evidence` neighbour table is computed again from the loaded text
         cache (`ItemTower.refresh_evidence`): the checkpoint's was made with that run's warm
-        items and counts, and this model's data (a warm start's) may have others.
+        items and counts, and this model's data (a warm start's) may have others. Its
+        `text_whitening` statistics (mu, W) are the checkpoint's, not recomputed: the
+        projection was trained on them.
 
         Args:
             prefix: str. a checkpoint prefix (`<run>/checkpoints/best.weights`); every variable of
