@@ -9,7 +9,9 @@ the items seen before T1) are written as `--data files` inputs, and in one run
 are timed as whole processes (interpreter start, TensorFlow import, data reading, the
 export and the publishing gate included), the update before the first, the middle and the
 last weekly window, each with that week's catalog and its log of every interaction before
-the window. The claim is the ratio of each update's wall time to the training's, measured
+the window. Each update also records the stages its command reports (`time:`,
+`tfrec_lm.catalog.update.STAGES`, in-process wall seconds) and the seconds before
+`update_catalog` began (interpreter start, imports, argument parsing). The claim is the ratio of each update's wall time to the training's, measured
 in the same run. The machine should be otherwise idle.
 
     python benchmarks/update_cost.py                 # writes benchmarks/results/update_cost.json
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,14 @@ def timed(command: list, log: Path) -> float:
     if code:
         raise SystemExit(f"{' '.join(command)} failed ({code}); see {log}")
     return seconds
+
+
+def stage_seconds(log: Path) -> tuple[dict, float]:
+    """The catalog command's `time:` line (`CatalogUpdate.stages`): stage -> seconds, and their total."""
+    line = next(line for line in log.read_text().splitlines() if line.startswith("time: "))
+    stages = {name.replace(" ", "_"): float(value)
+              for name, value in re.findall(r"([a-z][a-z ]*?) ([0-9.]+) s", line.split(" (of ")[0][len("time: "):])}
+    return stages, float(re.search(r"\(of ([0-9.]+) s\)", line).group(1))
 
 
 FLOOR = {
@@ -98,8 +109,11 @@ def main(argv=None) -> int:
         command = [sys.executable, "-m", "tfrec_lm.catalog", "--run", str(run_dir), "--items", str(items),
                    "--interactions", str(log), "--export-base", str(exports), "--publish", "always"]
         seconds = timed(command, workdir / f"update_w{j:02d}.log")
+        stages, inside = stage_seconds(workdir / f"update_w{j:02d}.log")
         updates.append({"window": int(j), "new_items": int(len(new_ids)), "log_rows": int((stamps < start).sum()),
-                        "seconds": seconds, "over_training": seconds / train_seconds})
+                        "seconds": seconds, "over_training": seconds / train_seconds,
+                        "update_catalog_seconds": inside, "before_update_catalog_seconds": seconds - inside,
+                        "stages": stages})
         print(f"update before window {j} ({len(new_ids)} new items, {updates[-1]['log_rows']} log rows): "
               f"{seconds:.1f} s = {100 * seconds / train_seconds:.1f}% of training", flush=True)
     floor = {}

@@ -27,7 +27,7 @@ from conftest import tiny_config
 from tfrec_lm.catalog.__main__ import main as catalog_main
 from tfrec_lm.catalog.table import read_catalog
 from tfrec_lm.registry.layout import CATALOG_FILE, EXPORT_CATALOG_FILE
-from tfrec_lm.catalog.update import update_catalog
+from tfrec_lm.catalog.update import STAGES, update_catalog
 from tfrec_lm.errors import ConfigError, DataError
 from tfrec_lm.serving_module import LOWEST_SCORE
 from tfrec_lm.training import train
@@ -344,6 +344,10 @@ def test_fold_in_moves_logged_new_items_toward_their_audience_and_trains_nothing
     mapped = update_catalog(trained["run"], items_path=items, export_base=str(tmp_path / "mapped"),
                             encoder_factory=encoder_factory, interactions=log)
     assert mapped.fold_in.audience_map == "none" and mapped.fold_in.map_items == 0  # 3 known rows: too few to fit
+    assert list(folded.stages) == list(STAGES) and list(plain.stages) == [
+        name for name in STAGES if name not in ("fold_in", "popularity")]  # no log: neither ran
+    assert all(seconds >= 0 for seconds in folded.stages.values())
+    assert sum(folded.stages.values()) <= folded.seconds
     fold = folded.fold_in
     assert fold.log_rows == 8 and fold.used_rows == 2 and fold.no_history == 1  # u3 had nothing before new-a
     assert fold.outside_catalog == 2 and fold.outside_catalog_items == 2 and fold.out_of_scope == 3
@@ -437,6 +441,10 @@ def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_facto
     out = capsys.readouterr().out
     assert "fold-in: 2 of 8 log rows folded into 1 items" in out
     assert "2 rows on 2 items outside the catalog" in out and "1 without a history" in out
+    timing = next(line for line in out.splitlines() if line.startswith("time: "))  # where the update's time went
+    assert [part.rsplit(" ", 2)[0] for part in timing[len("time: "):].split(" (of ")[0].split(", ")] == [
+        "read", "encoder import", "build", "grow and encode", "fold in", "popularity", "serving module", "save",
+        "gate"]
     assert (base / trained["config"].model_name / "1").is_dir()
 
     malformed = tmp_path / "malformed.csv"

@@ -160,6 +160,8 @@ def main(argv=None) -> int:
                                                if offset.calibration else ""))
     if update.gate is not None:
         print(update.gate.summary())
+    print("time: " + ", ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for name, seconds in update.stages.items())
+          + f" (of {update.seconds:.1f} s)")
     print(f"export:  {update.export_path}" + ("" if update.gate is None or update.gate.published
                                               else "  (staging: not served)"))
     return 0

@@ -20,6 +20,7 @@ roll the served model back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -43,6 +44,27 @@ GATE_DAYS = 7
 """With a log, the gate scores both versions on its newest week's interactions (the calibration's targets)."""
 CATALOG_TOLERANCE = 0.01
 """The relative validation NDCG@10 loss a catalog update may cost and still pass `--publish if-better`."""
+STAGES = ("read", "encoder_import", "build", "grow_and_encode", "fold_in", "popularity", "serving_module", "save",
+          "gate")
+"""What `CatalogUpdate.stages` times: reading the items, the log and the catalogs; importing the
+encoder's library; building the models and loading the checkpoint; growing the towers and encoding
+new texts; the fold-in; the popularity offset's calibration; the serving module (its top-k index); writing the SavedModel; the gate
+(loading and scoring the candidate and the served version, publishing)."""
+
+
+class _Stopwatch:
+    """Wall seconds per named stage: `with watch("build"): ...` adds to `watch.seconds["build"]` (stages may nest)."""
+
+    def __init__(self):
+        self.seconds: dict = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - began
 
 
 @dataclasses.dataclass
@@ -62,6 +84,8 @@ class CatalogUpdate:
         run_dir: Path. the run whose weights the version serves.
         fold_in: FoldIn or None. what the interaction log did (`--interactions`), vectors included.
         popularity: PopularityOffset or None. the log's popularity offset and how its scale was chosen.
+        stages: dict. str -> float, wall seconds of each stage (`STAGES`, in order; a stage that did
+            not run is absent). Their sum is at most `seconds`.
     """
 
     export_path: Path
@@ -75,6 +99,7 @@ class CatalogUpdate:
     run_dir: Optional[Path] = None
     fold_in: Optional[object] = None
     popularity: Optional[object] = None
+    stages: dict = dataclasses.field(default_factory=dict)
 
 
 def starting_point(versions: ModelVersions, run_dir: Optional[Path], from_version: Optional[int]
@@ -265,6 +290,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     from tfrec_lm.serving_module import ServingModule
 
     start = time.monotonic()
+    watch = _Stopwatch()
     retire = list(retire)
     named = RunFolder(run_dir).config() if run_dir is not None else None
     if items_path is None and not retire and interactions is None:
@@ -295,14 +321,14 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     config = config.replace(**changes_to)
     if not run.has_checkpoint():
         raise ConfigError(f"--run: no checkpoint at {run.checkpoint} (expected {run.checkpoint}.index)")
-    items = read_items(items_path) if items_path is not None else None
-    log, since = read_log(interactions, since) if interactions is not None else (None, None)
-
-    trained = read_catalog(run.catalog_file)
-    if parent is not None and versions.catalog_path(parent).is_file():
-        base, base_name = read_catalog(versions.catalog_path(parent)), f"version {parent}"
-    else:
-        base, base_name = trained, "run"
+    with watch("read"):
+        items = read_items(items_path) if items_path is not None else None
+        log, since = read_log(interactions, since) if interactions is not None else (None, None)
+        trained = read_catalog(run.catalog_file)
+        if parent is not None and versions.catalog_path(parent).is_file():
+            base, base_name = read_catalog(versions.catalog_path(parent)), f"version {parent}"
+        else:
+            base, base_name = trained, "run"
     if base["item_id"].tolist()[: len(trained)] != trained["item_id"].tolist():
         raise ConfigError(f"the catalog of {base_name} does not start with the items {run.path} was trained on: "
                           "pass the --run that version was made from")
@@ -321,14 +347,17 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     # The checkpoint holds every encoder weight, so only the architecture is built; and the grown
     # model shares the trained model's encoders (nothing trains), so each is built once.
-    making, sharing = shared_encoders(encoder_factory or checkpoint_encoder_factory(config.encoder))
-    with dtype_policy(config.mixed_precision):
+    with watch("encoder_import"):
+        factory = encoder_factory or checkpoint_encoder_factory(config.encoder)
+    making, sharing = shared_encoders(factory)
+    with watch("build"), dtype_policy(config.mixed_precision):
         # The model as trained: with --item-fusion evidence, --cold-neighbours sets a table's width.
         old = build_on_catalog(trained_config, trained, making)
         old.load_towers(run.checkpoint)
         new = build_on_catalog(config, catalog, sharing)
-    encoded = old.grow_into(new, encode_rows)
-    new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
+    with watch("grow_and_encode"):
+        encoded = old.grow_into(new, encode_rows)
+        new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
 
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])
@@ -336,21 +365,24 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     record = run.record() or {}
     folded, offset, validation = None, None, None
     if log is not None:
-        folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
-                         half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
+        with watch("fold_in"):
+            folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
+                             half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
         trained_until = (record.get("data") or {}).get("last_timestamp")
         untrained = np.concatenate([[False], ~catalog["warm"].to_numpy(bool)]) & ~retired
-        offset, targets, ordered = popularity_offset(new, item_ids, log, folded.representations, popularity,
-                                                     half_life, servable=~retired, trained_until=trained_until,
-                                                     new_items=untrained, new_item_offset=new_item_offset)
+        with watch("popularity"):
+            offset, targets, ordered = popularity_offset(
+                new, item_ids, log, folded.representations, popularity, half_life, servable=~retired,
+                trained_until=trained_until, new_items=untrained, new_item_offset=new_item_offset)
         stamps = ordered["timestamp"].to_numpy(np.int64)
         week = targets[stamps[targets] >= stamps.max() + 1 - GATE_DAYS * 86400]  # the gate: the newest week
         if len(week):
             validation = ValidationRequests.from_log(ordered, week, window=f"the log's newest week ({len(week)} "
                                                                            "interactions)")
-    module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
-                           item_representations=None if folded is None else folded.representations,
-                           item_offsets=None if offset is None or not offset.offsets.any() else offset.offsets)
+    with watch("serving_module"):
+        module = ServingModule(new, item_ids, counts, top_k=config.top_k, index=config.index, retired=retired,
+                               item_representations=None if folded is None else folded.representations,
+                               item_offsets=None if offset is None or not offset.offsets.any() else offset.offsets)
     fold_record = {} if folded is None else {"fold_in": {**folded.summary(), "since": since},
                                              "popularity_offset": offset.summary()}
     manifest = build_manifest(
@@ -362,13 +394,21 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         validation = ValidationRequests.load(run.validation_file)
     gate = PublishGate(versions, ModelVersions(config.staging, config.model_name), publish, validation,
                        tolerance=tolerance)
-    decision = gate.submit(lambda target: target.save(module, manifest, extras=catalog_extras(catalog)), config.top_k)
+
+    def write(target):
+        with watch("save"):
+            return target.save(module, manifest, extras=catalog_extras(catalog))
+
+    with watch("gate"):
+        decision = gate.submit(write, config.top_k)
+    watch.seconds["gate"] -= watch.seconds.get("save", 0.0)  # the gate's own work: scoring and publishing
     seconds = time.monotonic() - start
-    logger.info("catalog update: %s; %d texts encoded; %s in %.1f s", changes.summary(), encoded, decision.path,
-                seconds)
+    stages = {name: watch.seconds[name] for name in STAGES if name in watch.seconds}
+    logger.info("catalog update: %s; %d texts encoded; %s in %.1f s (%s)", changes.summary(), encoded, decision.path,
+                seconds, ", ".join(f"{name} {value:.2f} s" for name, value in stages.items()))
     return CatalogUpdate(export_path=decision.path, changes=changes, encoded=encoded, num_items=int(len(catalog)),
                          num_servable=module.num_servable, base=base_name, seconds=seconds, gate=decision,
-                         run_dir=run.path, fold_in=folded, popularity=offset)
+                         run_dir=run.path, fold_in=folded, popularity=offset, stages=stages)
 
 
 def parse_scale(value, flag: str, at_least: Optional[float] = None):
