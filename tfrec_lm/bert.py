@@ -125,8 +125,7 @@ def _load_pytorch_checkpoint(folder: Path, config: BertConfig) -> TFBertModel:
     state = _strip_to_base_model(state, source)
     has_pooler = any(key.startswith("pooler.") for key in state)
 
-    model = TFBertModel(config)
-    model(model.dummy_inputs, training=False)  # build the weights
+    model = _built(config)
 
     # Fill every weight with NaN so that a weight the loader does not assign is detectable
     # exactly (comparing against the random init would miss legitimately equal values).
@@ -171,6 +170,20 @@ def _load_pytorch_checkpoint(folder: Path, config: BertConfig) -> TFBertModel:
     return model
 
 
+def _encoder_config(spec: str | os.PathLike) -> tuple[Path, BertConfig]:
+    """The encoder folder of `spec` and its BERT config (AssetError: unresolvable, or not BERT-family)."""
+    folder = encoder_dir(spec)
+    _read_model_type(folder)
+    return folder, BertConfig.from_pretrained(str(folder))
+
+
+def _built(config: BertConfig) -> TFBertModel:
+    """A TFBertModel of `config` with its weights created (random)."""
+    model = TFBertModel(config)
+    model(model.dummy_inputs, training=False)  # build the weights
+    return model
+
+
 def _load_tokenizer(folder: Path, config: BertConfig) -> BertTokenizerFast:
     has_files = any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
     if not has_files:
@@ -204,9 +217,7 @@ def load_bert(spec: str | os.PathLike) -> tuple[TFBertModel, BertTokenizerFast]:
         AssetError: unresolvable spec, not a BERT-family config, no usable checkpoint
             (or a .bin checkpoint without torch), or TF weights missing from the checkpoint.
     """
-    folder = encoder_dir(spec)
-    _read_model_type(folder)
-    config = BertConfig.from_pretrained(str(folder))
+    folder, config = _encoder_config(spec)
     if (folder / "tf_model.h5").is_file():
         model = TFBertModel.from_pretrained(str(folder))
     elif any((folder / name).is_file() for name in
@@ -233,11 +244,8 @@ def bert_architecture(spec: str | os.PathLike) -> tuple[TFBertModel, BertTokeniz
     Raises:
         AssetError: unresolvable spec, or not a BERT-family config.
     """
-    folder = encoder_dir(spec)
-    _read_model_type(folder)
-    config = BertConfig.from_pretrained(str(folder))
-    model = TFBertModel(config)
-    model(model.dummy_inputs, training=False)  # build the weights
+    folder, config = _encoder_config(spec)
+    model = _built(config)
     return model, _load_tokenizer(folder, config)
 
 
