@@ -73,7 +73,8 @@ def item_parts(model, counts) -> dict | None:
 
     Per bucket of training interactions: the mean norm of the (projected) text part and of
     the ID part of the item representation, and the mean cosine between the text part and
-    the whole (1: the item is its text). None for a tower without both parts.
+    the whole (1: the item is its text). With `--item-fusion gated` the text part is the
+    gated one (times `ItemTower.text_gate`). None for a tower without both parts.
 
     Args:
         model: TwoTowerModel. a trained model.
@@ -86,6 +87,7 @@ def item_parts(model, counts) -> dict | None:
         return None
     items = tf.range(1, tower.num_items)
     text, ids = tower.text_part(items).numpy(), tower.id_part(items).numpy()
+    text = text * tower.text_gate(items).numpy()[:, None]  # 1 but under --item-fusion gated
     whole = text + ids
     cosine = np.sum(text * whole, 1) / np.maximum(np.linalg.norm(text, axis=1) * np.linalg.norm(whole, axis=1), 1e-12)
     buckets = count_buckets(np.asarray(counts)[1:])
@@ -162,6 +164,9 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
         # --text-whitening: the training items' mean pairwise text cosine, as cached and as projected
         **({} if result.model.item_tower.text_mean is None else dict(zip(
             ("text_cosine_before", "text_cosine_after"), result.model.item_tower.text_cosines()))),
+        # --item-fusion gated: the learned a, b and the gate at 1, 10 and 100 training interactions
+        **({} if result.model.item_tower.fusion_gate() is None else {
+            "fusion_gate": result.model.item_tower.fusion_gate()}),
         # Per test user (SPEC order): the target's 0-based full-catalog rank, and the slices'
         # members, so runs can be compared user by user (paired) after the fact.
         "test_ranks": ranks.astype(int).tolist(),

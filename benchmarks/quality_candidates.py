@@ -154,6 +154,9 @@ CANDIDATES = {
     # part mostly from their text neighbours' trained IDs, in training too: a * own + (1 - a) * mix,
     # a = n / (n + 10)
     "evidence-fusion": {"item_fusion": "evidence"},
+    # issue 30: the text part scaled by a learned gate on log(1 + n), g = sigmoid(a log(1 + n) + b) from a = 0,
+    # b = 4, so rare warm items may learn to take less of their text, popular ones keep it (unmeasured)
+    "gated-fusion": {"item_fusion": "gated"},
     # issue 30 item 2: the frozen text vectors spread apart before the projection (BERT-whitening, Su et
     # al. 2021): centred on the training items' mean, and whitened to their identity covariance
     "text-whiten": {"text_whitening": "whiten"},

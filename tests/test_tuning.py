@@ -318,7 +318,7 @@ def test_trials_vary_only_live_knobs():
             id_knobs.add((values["item_fusion"], values["id_dropout"]))
         if config.similarity == "dot":
             assert "temperature" not in values
-    assert finetunes == {"frozen", "top-k", "full"} and len(id_knobs) == 6
+    assert finetunes == {"frozen", "top-k", "full"} and len(id_knobs) == 9  # sum, balanced, gated x 3 dropouts
 
     # Pinned parents take their children out of the search.
     frozen = RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen"})
@@ -365,7 +365,8 @@ def test_evidence_shrinkage_is_a_knob_only_where_the_tower_has_text_and_ids():
         else:
             assert "evidence_shrinkage" not in values and not sample.is_active("evidence_shrinkage")
             assert config.evidence_shrinkage == TrainConfig().evidence_shrinkage
-    assert {(True, "sum"), (True, "balanced"), (True, "evidence"), (False, "sum")} == fusions and len(ks) > 10
+    assert {(True, "sum"), (True, "balanced"), (True, "evidence"), (True, "gated"), (False, "sum")} == fusions
+    assert len(ks) > 10
     # No text or no IDs: neither the fusion nor its k; a tuned encoder could not run it: no evidence.
     for hypermodel in (RecommenderHyperModel(TrainConfig(), fixed={"finetune": "frozen", "item_ids": False}),
                        RecommenderHyperModel(TrainConfig(item_text=False, item_ids=True),
@@ -374,7 +375,8 @@ def test_evidence_shrinkage_is_a_knob_only_where_the_tower_has_text_and_ids():
     for hypermodel in (RecommenderHyperModel(TrainConfig()),
                        RecommenderHyperModel(TrainConfig(cold_neighbours=0), fixed={"finetune": "frozen"}),
                        RecommenderHyperModel(TrainConfig(cold_items="id"), fixed={"finetune": "frozen"})):
-        assert hypermodel.space["item_fusion"] == ["sum", "balanced"] and "evidence_shrinkage" not in hypermodel.space
+        assert hypermodel.space["item_fusion"] == ["sum", "balanced", "gated"]
+        assert "evidence_shrinkage" not in hypermodel.space
     with pytest.raises(ConfigError, match="item_fusion=evidence needs a frozen encoder in every trial"):
         RecommenderHyperModel(TrainConfig(), space={"item_fusion": ["sum", "evidence"]})
     # Evidence as the base's fusion: every trial must be able to run it.

@@ -200,8 +200,11 @@ class TrainConfig:
                "the IDs) or `evidence` (a sum whose ID part is shrunk toward the mix of --cold-neighbours text "
                "neighbours' IDs that cold items get, in training too: a * own ID + (1 - a) * mix, a = n / (n + "
                "--evidence-shrinkage) for an item with n training interactions, 0 for a cold one; needs a frozen "
-               "encoder, the item text and IDs, --cold-items text and --cold-neighbours >= 1)",
-        ("sum", "balanced", "evidence"))
+               "encoder, the item text and IDs, --cold-items text and --cold-neighbours >= 1) or `gated` (g * "
+               "the text part + the ID part, the gate g = sigmoid(a * log(1 + n) + b) learned in training, a and b "
+               "starting at 0 and 4 so g starts at 0.98, for an item with n training interactions; 1 for a cold "
+               "item, whose text is all it has; needs the item text and IDs)",
+        ("sum", "balanced", "evidence", "gated"))
     evidence_shrinkage: float = _opt(
         10.0, "k of --item-fusion evidence (> 0): an item with k training interactions takes half its ID part "
               "from its own embedding and half from its text neighbours'")
@@ -359,6 +362,11 @@ class TrainConfig:
             if missing:
                 raise ConfigError(f"--item-fusion evidence shrinks each item's ID embedding toward its frozen-text "
                                   f"neighbours' IDs and needs {', '.join(missing)}")
+        if self.item_fusion == "gated":
+            missing = [flag for flag, ok in (("--item-text", self.item_text), ("--item-ids", self.item_ids)) if not ok]
+            if missing:
+                raise ConfigError(f"--item-fusion gated scales each item's text part by a learned gate on its "
+                                  f"training interactions and needs {', '.join(missing)}")
         if self.text_whitening != "none":
             missing = [flag for flag, ok in (("--finetune frozen", self.finetune == "frozen"),
                                              ("--item-text", self.item_text)) if not ok]

@@ -29,7 +29,8 @@ _EPOCH_ENDS_ONLY = 2 ** 62  # a step frequency that never comes: backups at epoc
 
 
 def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
-    """AdamW with `learning_rate` and `weight_decay` (none on biases, norms and embeddings);
+    """AdamW with `learning_rate` and `weight_decay` (none on biases, norms, embeddings and the
+    `--item-fusion gated` gate's a and b, whose decay would pull the gate toward 1/2);
     wrapped in a LossScaleOptimizer under `mixed_float16`.
 
     Args:
@@ -43,7 +44,8 @@ def make_optimizer(config: TrainConfig, total_steps: Optional[int] = None):
             raise ValueError("--lr-decay cosine needs the run's total steps")
         learning_rate = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
     optimizer = tf.keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm", "norm", "embedding"])
+    optimizer.exclude_from_weight_decay(var_names=["bias", "LayerNorm", "layer_norm", "norm", "embedding",
+                                                 "fusion_gate"])
     if config.mixed_precision == "mixed_float16":
         # float16 gradients underflow without loss scaling (bfloat16 has float32's range).
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)

@@ -289,6 +289,10 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
     if config.text_whitening != "none":
         # The mean pairwise cosine of the training items' text vectors, as cached and as projected.
         summary["text_cosine_before"], summary["text_cosine_after"] = model.item_tower.text_cosines()
+    if config.item_fusion == "gated":
+        # The learned text gate: a, b and g at 1, 10 and 100 training interactions.
+        summary["fusion_gate"] = model.item_tower.fusion_gate()
+        logger.info("item fusion gate: %s", summary["fusion_gate"])
     if stages is not None:
         stages.done("export")
         summary["stages"] = stages.stages

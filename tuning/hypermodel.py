@@ -25,6 +25,7 @@ constraints of `TrainConfig.validate` are part of the space, not left to failing
 - `item_fusion` offers `evidence` only where every trial can run it (`finetune` can only be
   `frozen`, `--cold-items text`, `--cold-neighbours` >= 1); `evidence_shrinkage` is tuned
   only where `item_fusion` is `evidence` (so only where the item tower has text and IDs).
+  `gated` runs wherever `item_fusion` is tuned (it needs the item text and IDs, any `finetune`).
 
 Each trial varies only the knobs that can matter to it. A knob whose condition holds
 only for some trials is declared in KerasTuner conditional scopes (`hp.conditional_scope`,
@@ -110,7 +111,7 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "retrieval_weight": [1.0],
     "ranking_weight": [0.0, 0.01, 0.1, 0.3, 1.0],
     "item_ids": [True, False],                  # only when the base config keeps item_text
-    "item_fusion": ["sum", "balanced", "evidence"],  # evidence only where it can run (frozen encoder, ...)
+    "item_fusion": ["sum", "balanced", "evidence", "gated"],  # evidence only where it can run (frozen encoder, ...)
     "evidence_shrinkage": Range(1.0, 100.0, sampling="log"),  # only for item_fusion == evidence
     "id_dropout": [0.0, 0.1, 0.25],              # issue 12's cold-item training against warm quality
     "id_lr_multiplier": [1.0, 2.0, 3.0],        # only with item_ids; 2-3: +2.5% on ML-100K, within noise

@@ -93,8 +93,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
             (`text_tuning.tune_text_encoder`) and the cache filled from the tuned encoder. None:
             no tuning (a catalog update restores the tuned weights from the checkpoint).
         item_counts: np.ndarray or None. [C+1] training interactions per item: the weights of
-            `config.cold_neighbours`' mix (None: equal) and the evidence of `--item-fusion evidence`
-            (which needs them).
+            `config.cold_neighbours`' mix (None: equal), the evidence of `--item-fusion evidence`
+            and the gate's n of `--item-fusion gated` (which need them).
 
     Returns:
         TwoTowerModel. With a frozen encoder and `encode_texts` the item text vectors are cached.

@@ -17,7 +17,11 @@ logger = logging.getLogger(__name__)
 
 # Bump when the way the vectors are computed changes without changing any input below.
 TEXT_CACHE_FORMAT = 2
-FUSIONS = ("sum", "balanced", "evidence")
+FUSIONS = ("sum", "balanced", "evidence", "gated")
+GATE_INITIAL_A = 0.0
+"""`gated`'s slope a at initialisation: the gate starts flat in log(1 + n)."""
+GATE_INITIAL_B = 4.0
+"""`gated`'s offset b at initialisation: every warm item's gate starts at sigmoid(4) = 0.982."""
 TEXT_WHITENINGS = ("none", "center", "whiten")
 WHITENING_EPS = 1e-6
 """`whiten`'s floor on the covariance eigenvalues, relative to the largest: 1 / sqrt(s + eps * max(s))."""
@@ -186,7 +190,13 @@ class ItemTower(tf.keras.layers.Layer):
             `evidence` (a sum whose ID part is shrunk toward the text neighbours' IDs by the
             item's evidence, in training too: `a_i * id_i + (1 - a_i) * mix_i`,
             `a_i = n_i / (n_i + evidence_shrinkage)`, see `evidence_id_part`; needs text, IDs,
-            a frozen encoder, `warm_items`, `item_counts` and `cold_neighbours` >= 1).
+            a frozen encoder, `warm_items`, `item_counts` and `cold_neighbours` >= 1) or
+            `gated` (`g_i * text_i + id_i`, text_i and id_i the parts of `sum`, with a learned
+            gate on the item's training interactions n_i, `g_i = sigmoid(a * log(1 + n_i) + b)`,
+            a and b trainable scalars initialised at `GATE_INITIAL_A` = 0 and `GATE_INITIAL_B` = 4,
+            so every gate starts at 0.982; an item without a trained ID embedding, cold, n_i = 0,
+            or dropped by `id_dropout` in training, keeps g = 1 exactly, see `text_gate`; needs
+            text, IDs and `item_counts`; any `finetune`).
         id_lr_multiplier: float. the ID embeddings learn this many times faster than
             the other weights: they are stored divided by it (initialised at stddev
             0.02 / m) and multiplied back, and Adam moves a stored coordinate by about
@@ -205,7 +215,8 @@ class ItemTower(tf.keras.layers.Layer):
             a frozen encoder (its cached text vectors).
         cold_popularity: float. the mix weighs each neighbour by `count ** cold_popularity`.
         item_counts: np.ndarray or None. [C+1] training interactions per item, for the mix's
-            weights (None: every warm item counts 1) and, with `evidence`, the n_i of `a_i`.
+            weights (None: every warm item counts 1) and, with `evidence`, the n_i of `a_i`
+            (with `gated`, of `g_i`).
         evidence_shrinkage: float. k of the `evidence` fusion (> 0): an item with k training
             interactions takes half its ID part from its own embedding, half from the mix.
         text_whitening: str. what `text_part` does to the cached text vectors v before the
@@ -292,6 +303,13 @@ class ItemTower(tf.keras.layers.Layer):
             if missing:
                 raise ValueError(f"fusion 'evidence' shrinks each ID embedding toward the IDs of its frozen-text "
                                  f"neighbours and needs {', '.join(missing)}")
+        if fusion == "gated":
+            missing = [what for what, ok in (
+                ("the item text", self.use_text), ("item IDs", self.use_item_ids),
+                ("item_counts", self.item_counts is not None)) if not ok]
+            if missing:
+                raise ValueError(f"fusion 'gated' scales each item's text part by a learned gate on its training "
+                                 f"interactions and needs {', '.join(missing)}")
         if text_whitening not in TEXT_WHITENINGS:
             raise ValueError(f"text_whitening must be one of {', '.join(TEXT_WHITENINGS)}, got {text_whitening!r}")
         self.text_whitening = text_whitening
@@ -358,6 +376,22 @@ class ItemTower(tf.keras.layers.Layer):
             counts = np.maximum(self.item_counts, 0.0)
             self._evidence_alpha = np.where(self.warm_items, counts / (counts + self.evidence_shrinkage),
                                             0.0).astype(np.float32)
+        # `gated`: the gate's a and b (trainable scalars, float32 also under mixed precision) and
+        # each item's log(1 + n_i), 0 where the item has no gate (`text_gate`): a non-trainable
+        # per-item table, so it travels with the checkpoint and a catalog update grows it row by
+        # row, its new (cold) items' rows 0 (`grow_into`).
+        self.fusion_gate_a = self.fusion_gate_b = self.gate_log_counts = None
+        if fusion == "gated":
+            self.fusion_gate_a = self.add_weight(
+                name="fusion_gate_a", shape=[], dtype="float32", trainable=True, experimental_autocast=False,
+                initializer=tf.keras.initializers.Constant(GATE_INITIAL_A))
+            self.fusion_gate_b = self.add_weight(
+                name="fusion_gate_b", shape=[], dtype="float32", trainable=True, experimental_autocast=False,
+                initializer=tf.keras.initializers.Constant(GATE_INITIAL_B))
+            self.gate_log_counts = self.add_weight(
+                name="fusion_gate_log_counts", shape=[self.num_items], dtype="float32", initializer="zeros",
+                trainable=False, experimental_autocast=False)
+            self.refresh_gate()
         # A trainable encoder runs once per distinct item of a call (a batch of histories
         # repeats popular items and padding), on token rows cut to the longest of those
         # texts. Both give dynamic shapes; the model factory turns them off under XLA.
@@ -419,14 +453,17 @@ class ItemTower(tf.keras.layers.Layer):
     def grow_into(self, target: "ItemTower", encode_rows=()) -> int:
         """Copies this tower into `target`, the same tower built on a catalog that appends items.
 
-        Rows of the item tables (ID embeddings, item biases, cached text vectors) are copied
+        Rows of the item tables (ID embeddings, item biases, cached text vectors, `gated`'s
+        log counts) are copied
         for this tower's items and left for `target`'s new ones (keras-rs's
         `update_candidates`, for a tower); every other weight is copied whole. The rows in
         `encode_rows` (new or changed texts) are encoded by `target`'s frozen encoder. With
         `evidence`, `target`'s neighbour table is then computed from its whole cache
         (`refresh_evidence`: a changed text moves its item's neighbours and its place among
         the others'), not copied. With `text_whitening`, mu and W are copied, not recomputed:
-        the new rows are transformed with the statistics the projection was trained on.
+        the new rows are transformed with the statistics the projection was trained on. With
+        `gated`, a and b are copied and the log-count table grows like the other tables: the
+        new items' rows are 0, so their gate is 1 (new items are cold, `text_gate`).
 
         Args:
             target: ItemTower. built with the same options on the longer catalog (this tower's
@@ -441,7 +478,7 @@ class ItemTower(tf.keras.layers.Layer):
         """
         if target.num_items < self.num_items:
             raise ValueError(f"the target catalog has {target.num_items} rows, fewer than this tower's {self.num_items}")
-        tables = {id(w) for w in (self.text_cache, self.item_bias,
+        tables = {id(w) for w in (self.text_cache, self.item_bias, self.gate_log_counts,
                                   None if self.id_embedding is None else self.id_embedding.embeddings) if w is not None}
         by_attribute = (self.no_id_embedding, self.no_id_bias)  # trainable only with cold items: moves in the lists
         derived = (self.evidence_neighbours, self.evidence_weights)  # recomputed below, not copied
@@ -575,10 +612,16 @@ class ItemTower(tf.keras.layers.Layer):
             return before, before
         return before, mean_pairwise_cosine(self.whiten_text(vectors).numpy())
 
-    def id_part(self, items, training=False):
+    def id_part(self, items, training=False, use=None):
         """The ID's share of `representation`: the ID embedding, or the no-ID vector where an item
         is cold (or dropped in training); normalised when balanced; with `evidence`,
         `evidence_id_part`.
+
+        Args:
+            items: tf.Tensor int. [...] item indices.
+            training: bool. whether `id_dropout` may drop items.
+            use: tf.Tensor bool or None. [...] `uses_id(items, training)`, drawn once by the
+                caller (`gated` reads the same draw for its gate); None: drawn here.
 
         Returns:
             tf.Tensor float32 or None. [..., embedding_dim]; None without IDs.
@@ -596,7 +639,8 @@ class ItemTower(tf.keras.layers.Layer):
             if not training and self.imputes_cold_ids:
                 table = self._frozen_cold_ids if self._frozen_cold_ids is not None else self.cold_id_table()
                 cold = tf.gather(table, items)
-            ids = tf.where(self.uses_id(items, training=training)[..., None], ids, cold)
+            use = self.uses_id(items, training=training) if use is None else use
+            ids = tf.where(use[..., None], ids, cold)
         return _norm_last_axis(self.id_norm, ids) if self.id_norm is not None else ids
 
     def evidence_id_part(self, items, ids, training=False):
@@ -754,10 +798,82 @@ class ItemTower(tf.keras.layers.Layer):
                              [self.num_items, self.embedding_dim])
 
     def representation(self, items, training=False):
-        """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim]."""
+        """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim].
+
+        The text part plus the ID part; with `gated`, the text part times `text_gate` (one
+        `id_dropout` draw for both, so a dropped item is its text and the no-ID vector, g = 1).
+        """
+        if self.fusion == "gated":
+            items = tf.cast(items, tf.int32)
+            use = self.uses_id(items, training=training)
+            text = self.text_part(items, training=training)
+            return self.text_gate(items, use=use)[..., None] * text + self.id_part(items, training=training, use=use)
         parts = [part for part in (self.text_part(items, training=training), self.id_part(items, training=training))
                  if part is not None]
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+    def gate_log_count_table(self) -> np.ndarray:
+        """`gated`'s per-item log(1 + n_i) from the constructor data: 0 where the item gets no gate.
+
+        An item gets a gate when it has a trained ID embedding, that is when it is warm
+        (`warm_items`; None: every item) and n_i > 0 (`item_counts`); the padding row never.
+
+        Returns:
+            np.ndarray float32. [C+1].
+        """
+        counts = np.maximum(self.item_counts, 0.0)
+        warm = np.ones(self.num_items, bool) if self.warm_items is None else self.warm_items.copy()
+        warm[0] = False
+        return np.where(warm & (counts > 0), np.log1p(counts), 0.0).astype(np.float32)
+
+    def refresh_gate(self) -> None:
+        """Sets `gated`'s log-count table from this tower's `item_counts` and `warm_items` (nothing without `gated`).
+
+        Called by the constructor and after a checkpoint is loaded (`TwoTowerModel.load_towers`:
+        a warm start's data may have other counts; a and b stay the checkpoint's). Never by
+        `grow_into`, which copies the trained rows and leaves the new items' at 0.
+        """
+        if self.gate_log_counts is not None:
+            self.gate_log_counts.assign(self.gate_log_count_table())
+
+    def text_gate(self, items, use=None):
+        """`gated`'s factor on each item's text part: `sigmoid(a * log(1 + n) + b)`, or exactly 1.
+
+        1 where the item has no trained ID embedding (its text is all it has): a cold item,
+        one with n = 0, a catalog update's new item (its `gate_log_counts` row is 0) and, in
+        training, a warm item that `id_dropout` drops (`use` False). So the cold paths
+        (`cold_neighbours` mixes, catalog updates, fold-in) see the item as under `sum`.
+
+        Args:
+            items: tf.Tensor int. [...] item indices.
+            use: tf.Tensor bool or None. [...] `uses_id` of the items (None: the warm items).
+
+        Returns:
+            tf.Tensor float32. [...] g (all ones without `gated`).
+        """
+        items = tf.cast(items, tf.int32)
+        if self.gate_log_counts is None:
+            return tf.ones(tf.shape(items), tf.float32)
+        log_counts = tf.gather(self.gate_log_counts, items)
+        gated = tf.math.sigmoid(self.fusion_gate_a * log_counts + self.fusion_gate_b)
+        has_gate = log_counts > 0
+        if use is not None:
+            has_gate = tf.logical_and(has_gate, use)
+        return tf.where(has_gate, gated, tf.ones_like(gated))
+
+    def fusion_gate(self) -> Optional[dict]:
+        """`gated`'s learned a and b and the gate they give at n = 1, 10 and 100 training interactions.
+
+        Returns:
+            dict or None. {"a", "b", "g_at_1", "g_at_10", "g_at_100"} floats; None without `gated`.
+        """
+        if self.fusion_gate_a is None:
+            return None
+        a, b = float(self.fusion_gate_a.numpy()), float(self.fusion_gate_b.numpy())
+        out = {"a": a, "b": b}
+        for n in (1, 10, 100):
+            out[f"g_at_{n}"] = float(1.0 / (1.0 + np.exp(-(a * np.log1p(n) + b))))
+        return out
 
     def uses_id(self, items, training=False):
         """Whether each item is represented with its ID embedding. int32 [...] -> bool [...].

@@ -79,7 +79,9 @@ class TwoTowerModel(tfrs.Model):
         cache (`ItemTower.refresh_evidence`): the checkpoint's was made with that run's warm
         items and counts, and this model's data (a warm start's) may have others. Its
         `text_whitening` statistics (mu, W) are the checkpoint's, not recomputed: the
-        projection was trained on them.
+        projection was trained on them. Its `gated` log-count table is set again from this
+        model's counts and warm items (`ItemTower.refresh_gate`), its gate's a and b are the
+        checkpoint's.
 
         Args:
             prefix: str. a checkpoint prefix (`<run>/checkpoints/best.weights`); every variable of
@@ -92,6 +94,7 @@ class TwoTowerModel(tfrs.Model):
                                      ranking_head=self.ranking_head)
         towers.read(prefix).expect_partial().assert_existing_objects_matched()
         self.item_tower.refresh_evidence()
+        self.item_tower.refresh_gate()
 
     def grow_into(self, target: "TwoTowerModel", encode_rows=()) -> int:
         """Copies this model into `target`, the same model built on a catalog that appends items.
