@@ -161,6 +161,10 @@ CANDIDATES = {
     # al. 2021): centred on the training items' mean, and whitened to their identity covariance
     "text-whiten": {"text_whitening": "whiten"},
     "text-center": {"text_whitening": "center"},
+    # issue 30 item 1: rare items lose to popular look-alikes; the training softmax's logits get
+    # + tau * log p (the item's smoothed share of training targets), served scores not
+    "logit-adjust-0.5": {"logit_adjustment": 0.5},
+    "logit-adjust-1.0": {"logit_adjustment": 1.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {

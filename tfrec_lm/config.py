@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, Optional
@@ -254,6 +255,12 @@ class TrainConfig:
         False, "make the query's own history items negatives of its retrieval softmax, as the earlier default did "
                "(off by default: the evaluation and the served top-k never rank history items, so training need "
                "not push down the items most like the next one)")
+    logit_adjustment: float = _opt(
+        0.0, "TAU of the logit adjustment (Menon et al. 2021; Yi et al. 2019's popularity correction): the "
+             "training softmax's logit of every candidate item, after the temperature, gets + TAU * log of its "
+             "smoothed share of training targets, in both --negatives (beside in-batch log-Q); it acts on "
+             "the training loss only, served and evaluated scores are unchanged, so their ranking leans away from "
+             "popular items; 0 is off; must be >= 0")
     retrieval_weight: float = _opt(1.0, "weight of the TFRS Retrieval loss")
     ranking_weight: float = _opt(0.1, "weight of the TFRS Ranking (rating regression) loss")
 
@@ -373,6 +380,8 @@ class TrainConfig:
             if missing:
                 raise ConfigError(f"--text-whitening {self.text_whitening} transforms the item tower's cached "
                                   f"frozen-encoder text vectors and needs {', '.join(missing)}")
+        if not (math.isfinite(self.logit_adjustment) and self.logit_adjustment >= 0):
+            raise ConfigError(f"logit_adjustment must be a finite number >= 0 (0 is off), got {self.logit_adjustment}")
         if self.cold_neighbours < 0:
             raise ConfigError(f"cold_neighbours must be >= 0, got {self.cold_neighbours}")
         if self.cold_popularity < 0:

@@ -101,6 +101,7 @@ DEFAULT_SPACE: dict[str, SpaceEntry] = {
     "trainable_layers": Range(1, 4),            # only for finetune == top-k
     "negatives": ["catalog", "in-batch"],       # only for finetune == frozen (else in-batch)
     "history_negatives": [True, False],         # False: the query's own history out of its softmax
+    "logit_adjustment": [0.0, 0.5, 1.0],        # training logits + tau * log p (issue 30); 0: off
     "user_tower": ["item-sequence", "history-text"],
     "num_blocks": Range(1, 3),                  # only for user_tower == item-sequence
     "num_heads": [1, 2, 4],                     # only for user_tower == item-sequence
@@ -347,7 +348,7 @@ class RecommenderHyperModel(kt.HyperModel):
         chosen: dict[str, Any] = {}
         order = ["learning_rate", "lr_decay", "weight_decay", "batch_size", "similarity", "temperature",
                  "embedding_dim", "dropout",
-                 "finetune", "trainable_layers", "negatives", "history_negatives",
+                 "finetune", "trainable_layers", "negatives", "history_negatives", "logit_adjustment",
                  "user_tower", "num_blocks", "num_heads", "max_history", "history_tokens",
                  "time_features", "long_short", "short_window",
                  "retrieval_weight", "ranking_weight", "item_ids", "item_fusion", "evidence_shrinkage", "id_dropout",

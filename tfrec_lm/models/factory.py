@@ -137,7 +137,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                                           bias_column=config.item_bias, name="user_tower")
     model = TwoTowerModel(user_tower, item_tower, negatives=config.negatives, temperature=config.temperature,
                           retrieval_weight=config.retrieval_weight, ranking_weight=config.ranking_weight,
-                          item_probability=item_probability, history_negatives=config.history_negatives)
+                          item_probability=item_probability, history_negatives=config.history_negatives,
+                          logit_adjustment=config.logit_adjustment)
     tuned = None
     if config.text_tuning_steps and tuning_pairs is not None:
         tuned = tune_text_encoder(item_encoder, token_rows, tuning_pairs, config.text_tuning_steps,

@@ -26,6 +26,12 @@ class TwoTowerModel(tfrs.Model):
         ranking_weight: float. weight of the rating regression loss.
         item_probability: np.ndarray. [C+1] sampling probability of each item as
             an in-batch negative (its share of training targets), for log-Q.
+        logit_adjustment: float. TAU >= 0 of the logit adjustment (Menon et al. 2021; the
+            popularity correction of Yi et al. 2019): in the training loss only, both
+            `negatives`, every candidate j's final logit (after the temperature, beside
+            log-Q) gets `+ TAU * log p_j`, p_j the smoothed share of training targets
+            (`logit_offsets`); evaluation, validation loss and served scores never see it.
+            0: off, the loss as before.
         history_negatives: bool. whether a query's own history items are negatives of its
             softmax; False leaves them out (the evaluation and the served top-k never rank
             them), either way the query's own positive stays.
@@ -38,7 +44,7 @@ class TwoTowerModel(tfrs.Model):
 
     def __init__(self, user_tower, item_tower, negatives: str = "catalog", temperature: float = 0.05,
                  retrieval_weight: float = 1.0, ranking_weight: float = 0.1, item_probability=None,
-                 history_negatives: bool = False, metrics_k=(10, 50), **kwargs):
+                 history_negatives: bool = False, metrics_k=(10, 50), logit_adjustment: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         ks = [k for k in metrics_k if k < item_tower.num_items - 1] or [1]
         self.user_tower = user_tower
@@ -47,6 +53,10 @@ class TwoTowerModel(tfrs.Model):
         self.retrieval_weight = float(retrieval_weight)
         self.ranking_weight = float(ranking_weight)
         self.history_negatives = bool(history_negatives)
+        self.temperature = float(temperature)
+        self.logit_adjustment = float(logit_adjustment)
+        if not (np.isfinite(self.logit_adjustment) and self.logit_adjustment >= 0):
+            raise ValueError(f"logit_adjustment must be a finite number >= 0, got {logit_adjustment!r}")
         # Per-example losses: `compute_loss` averages them over the *global* batch itself,
         # so a step's gradient is the same on one replica or many (Keras' mean reductions
         # would average over each replica's share, and refuse to run under a strategy).
@@ -69,6 +79,8 @@ class TwoTowerModel(tfrs.Model):
         if item_probability is None:
             item_probability = np.ones(item_tower.num_items, dtype=np.float32) / item_tower.num_items
         self.item_probability = tf.constant(np.maximum(np.asarray(item_probability, np.float32), 1e-8))
+        # [C+1] TAU * log p_j, added to every candidate's training logit (`_with_logit_offsets`).
+        self.logit_offsets = tf.constant(self.logit_adjustment * logit_offsets(item_probability), tf.float32)
         # Every value train_step returns is already the same on all replicas.
         self.distribute_reduction_method = "first"
 
@@ -181,13 +193,41 @@ class TwoTowerModel(tfrs.Model):
         """Rating head over both towers. [B, D], [B, D] -> [B]."""
         return tf.squeeze(self.ranking_head(tf.concat([users, items], axis=-1)), axis=-1)
 
+    def _with_logit_offsets(self, users, candidates, candidate_ids, training):
+        """The retrieval task's inputs with `logit_adjustment`: each candidate's logit gets + TAU * log p_j.
+
+        TFRS's Retrieval computes its logits inside, `users @ candidates^T / temperature` (then
+        `- log q_j` for log-Q, the accidental hits and the score mask), so the offset goes in as
+        one more embedding column, as `item_bias` does: the queries get `temperature`, candidate
+        j gets `TAU * log p_j`, and the column's product divided by the temperature is exactly
+        `TAU * log p_j`, added after the temperature to every query's logit of j. (Through
+        `candidate_sampling_probability` it cannot: TFRS clips that to [1e-6, 1] before its log,
+        and `p_j ** -TAU` is above 1.) Gradients are unchanged in form: the column is a constant.
+
+        Args:
+            users: tf.Tensor float. [B, D] query embeddings.
+            candidates: tf.Tensor float. [M, D] candidate embeddings.
+            candidate_ids: tf.Tensor int32. [M] their item indices.
+            training: bool. False (evaluation, validation loss) or TAU = 0: the inputs as they are.
+
+        Returns:
+            (tf.Tensor [B, D+1], tf.Tensor [M, D+1]), or the inputs unchanged.
+        """
+        if not training or self.logit_adjustment == 0.0:
+            return users, candidates
+        column = tf.fill([tf.shape(users)[0], 1], tf.cast(self.temperature, users.dtype))
+        offsets = tf.cast(tf.gather(self.logit_offsets, candidate_ids), candidates.dtype)[:, None]
+        return tf.concat([users, column], axis=1), tf.concat([candidates, offsets], axis=1)
+
     def compute_loss(self, features, training=False):
         """This replica's share of the global batch's mean loss.
 
         Per example: `retrieval_weight * softmax cross-entropy + ranking_weight * squared
         rating error` (0 where the rating is unknown); the sum over this replica's
         examples is divided by the number of examples of the global batch (all replicas),
-        so the shares add up to the single-replica loss of the same batch.
+        so the shares add up to the single-replica loss of the same batch. In training with
+        `logit_adjustment` TAU > 0 the softmax's logit of every candidate j (the positive
+        included) is `score / temperature + TAU * log p_j` (`- log q_j` too for in-batch).
         """
         target = tf.cast(features["target"], tf.int32)
         if self.negatives == "catalog":
@@ -207,9 +247,10 @@ class TwoTowerModel(tfrs.Model):
             if not self.history_negatives:
                 negatives = tf.logical_and(negatives, tf.logical_not(in_history(features["history"], catalog_ids)))
             score_mask = tf.concat([tf.cast(tf.eye(batch), tf.bool), negatives], axis=1)
+            queries, candidates = self._with_logit_offsets(
+                users, tf.concat([positives, catalog], axis=0), tf.concat([target, catalog_ids], axis=0), training)
             retrieval_loss = self.retrieval_task(
-                users, tf.concat([positives, catalog], axis=0), score_mask=score_mask,
-                compute_metrics=False, compute_batch_metrics=False,
+                queries, candidates, score_mask=score_mask, compute_metrics=False, compute_batch_metrics=False,
             )
         else:
             users, positives = self(features, training=training)
@@ -219,8 +260,9 @@ class TwoTowerModel(tfrs.Model):
             if not self.history_negatives:
                 own = tf.cast(tf.eye(tf.shape(target)[0], tf.shape(candidate_ids)[0]), tf.bool)
                 score_mask = tf.logical_or(tf.logical_not(in_history(features["history"], candidate_ids)), own)
+            queries, candidates = self._with_logit_offsets(users, candidates, candidate_ids, training)
             retrieval_loss = self.retrieval_task(
-                users, candidates, candidate_ids=candidate_ids,
+                queries, candidates, candidate_ids=candidate_ids,
                 candidate_sampling_probability=tf.gather(self.item_probability, candidate_ids),
                 compute_metrics=False, compute_batch_metrics=False, score_mask=score_mask,
             )
@@ -237,6 +279,36 @@ class TwoTowerModel(tfrs.Model):
         per_example = self.retrieval_weight * retrieval_loss + self.ranking_weight * ranking_loss
         global_batch = _sum_over_replicas(tf.cast(tf.shape(target)[0], tf.float32))
         return tf.math.divide_no_nan(tf.reduce_sum(per_example), global_batch)
+
+
+def logit_offsets(item_probability) -> np.ndarray:
+    """log p_j of the logit adjustment: each item's share of training targets, add-one smoothed.
+
+    With n_j training targets of item j, S their sum over the C items 1..C and n_min the
+    smallest positive n_j, p_j = (n_j + n_min) / (S + C * n_min), computed from the shares
+    n_j / S alone as (share_j + m) / (1 + C * m), m the smallest positive share: add-one
+    smoothing, (n_j + 1) / (S + C), whenever some item has a single target. An item without
+    targets gets log(n_min / (S + C * n_min)): finite, below every trained item's, not the
+    log(1e-8) of log-Q's floor (with `--cold-items text` the catalog softmax leaves such
+    items out anyway, `ItemTower.negative_mask`; in-batch candidates are targets). A constant
+    added to every logit leaves the softmax as it is, so only the ratios of the p_j count.
+
+    Args:
+        item_probability: np.ndarray. [C+1] each item's share of training targets (row 0:
+            padding, never a candidate).
+
+    Returns:
+        np.ndarray float64. [C+1] log p_j, 0 in row 0 and everywhere for no positive share.
+    """
+    shares = np.asarray(item_probability, np.float64).copy()
+    shares[0] = 0.0
+    offsets = np.zeros(len(shares))
+    positive = shares[1:] > 0
+    if not positive.any():
+        return offsets
+    smallest = shares[1:][positive].min()
+    offsets[1:] = np.log((shares[1:] + smallest) / (shares[1:].sum() + (len(shares) - 1) * smallest))
+    return offsets
 
 
 def _replica_context():
