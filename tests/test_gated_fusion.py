@@ -245,3 +245,39 @@ def test_a_checkpoint_carries_a_and_b_and_the_config_round_trips(tmp_path):
     assert (float(rebuilt.fusion_gate_a.numpy()), float(rebuilt.fusion_gate_b.numpy())) == (0.0, 4.0)
     assert rebuilt.fusion_gate() == pytest.approx({"a": 0.0, "b": 4.0, "g_at_1": sigmoid(4.0),
                                                    "g_at_10": sigmoid(4.0), "g_at_100": sigmoid(4.0)})
+
+
+def test_a_gated_run_exports_and_a_catalog_update_serves_it_with_a_new_item(synthetic, encoder_factory,
+                                                                                  tmp_path):
+    """Through the export: the trained gate scales the served warm vectors, and an update appends a new
+    item (its g = 1 is `test_a_grown_tower_keeps_a_and_b_and_gives_appended_items_g_1`'s), reloaded and
+    asked through `serving_default`."""
+    import pandas as pd
+
+    from tfrec_lm.catalog.update import update_catalog
+    from tfrec_lm.scann_ops import load_scann_ops
+    from tfrec_lm.training import train
+
+    config = tiny_config(tmp_path, item_fusion="gated", export=True, index="brute-force", top_k=5)
+    result = train(config, dataset=synthetic, encoder_factory=encoder_factory)
+    trained = result.model.item_tower
+    new = pd.DataFrame([("new-a", "red sneakers 40", "sneakers")], columns=["item_id", "title", "genres"])
+    new.to_csv(tmp_path / "new.csv", index=False)
+    update = update_catalog(tmp_path / "run", items_path=tmp_path / "new.csv",
+                            export_base=str(tmp_path / "updated"), encoder_factory=encoder_factory)
+    load_scann_ops()
+    exported = tf.saved_model.load(str(update.export_path))
+    served = exported.item_embeddings.numpy()
+    rows = len(synthetic.items) + 1
+    assert served.shape[0] == rows + 1
+    # Known items are served as trained: the checkpoint's gate, a and b included.
+    everything = tf.range(trained.num_items)
+    np.testing.assert_allclose(served[1:rows], trained(everything, training=False).numpy()[1:], atol=1e-5)
+    gate = trained.text_gate(everything).numpy()
+    warm = trained.warm_items & (np.asarray(result.counts) > 0)
+    assert (gate[1:][warm[1:]] < 1.0).all() and np.allclose(gate[~warm], 1.0)
+    answer = exported.signatures["serving_default"](
+        history_item_ids=tf.constant([result.vocab.ids[1:4].astype(str).tolist()]),
+        history_timestamps=tf.constant([[1, 2, 3]], tf.int64))
+    assert answer["item_ids"].shape == (1, 5)
+    assert np.isfinite(served[rows]).all() and np.linalg.norm(served[rows]) > 0
