@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from _common import RESULTS, results_dir, write_result  # noqa: E402
@@ -175,7 +177,10 @@ RETIRED = {
                   "(the 4 items without a training target) were placed by their text and the no-ID vector, before "
                   "--cold-neighbours 5 --cold-popularity 2 (session 10) gave them their text neighbours' IDs",
 }
-BASELINES = ("default", "default-s12", "previous-default")
+BASELINES = ("default", "default-s12", "previous-default", "no-history-negatives-id-only")
+"""Every candidate is compared with these (the last: item IDs alone, the text's share, issue 30)."""
+RARE = (1, 19)
+"""Issue 30's rare targets: test targets with 1-19 training interactions, a slice (`rare`) of every comparison."""
 # The SASRec reference (`sasrec.json`) and the same reference trained without its history
 # negatives (`sasrec_no_history_negatives.json`, `sasrec.py --no-history-negatives`), where present.
 REFERENCES = {"sasrec": "sasrec.json", "sasrec-no-history-negatives": "sasrec_no_history_negatives.json"}
@@ -215,11 +220,13 @@ def summarize(runs: dict, reference: dict, target_counts) -> dict:
     """The output file's content: `paired` (every variant against the default and SASRec over the
     seeds both ran), `ndcg_by_target_count` and the runs."""
     everything = {**runs, **reference}
+    counts = np.asarray(target_counts)
+    rare = {"rare": np.flatnonzero((counts >= RARE[0]) & (counts <= RARE[1]))}
     comparisons = {}
     for variant in sorted({run["variant"] for run in runs.values()}):
         for baseline in (*BASELINES, *REFERENCES):
             if variant != baseline:
-                result = paired(everything, variant, baseline)
+                result = paired(everything, variant, baseline, extra_slices=rare)
                 if result:
                     comparisons[f"{variant}:{baseline}"] = result
     return {"candidates": CANDIDATES, "retired": RETIRED, "paired": comparisons,

@@ -79,13 +79,14 @@ def summarise(runs: dict) -> dict:
     return table
 
 
-def paired(runs: dict, variant: str, baseline: str, samples: int = 2000) -> dict:
+def paired(runs: dict, variant: str, baseline: str, samples: int = 2000, extra_slices: dict | None = None) -> dict:
     """`variant` against `baseline` over the seeds both ran, user by user.
 
     Per slice: the mean NDCG@10 over seeds of each, their ratio, and a 95% bootstrap
     interval of the ratio that resamples test users (each user's NDCG averaged over the
     seeds first, so seed noise and user sampling noise are both in it). Runs written
-    before per-user ranks were recorded are skipped.
+    before per-user ranks were recorded are skipped. `extra_slices` (name -> test-user
+    indices) are compared the same way after `SLICES`.
     """
     seeds = sorted({run["config"]["seed"] for key, run in runs.items() if run["variant"] == variant and "test_ranks" in run}
                    & {run["config"]["seed"] for key, run in runs.items() if run["variant"] == baseline and "test_ranks" in run})
@@ -97,8 +98,8 @@ def paired(runs: dict, variant: str, baseline: str, samples: int = 2000) -> dict
     members = runs[run_key(variant, seeds[0])]["test_slices"]
     rng = np.random.default_rng(0)
     out = {"seeds": seeds}
-    for slice_name in SLICES:
-        idx = np.asarray(members[slice_name])
+    for slice_name, idx in [*((name, members[name]) for name in SLICES), *(extra_slices or {}).items()]:
+        idx = np.asarray(idx)
         draws = rng.integers(0, len(idx), size=(samples, len(idx)))
         ratios = a[idx][draws].mean(axis=1) / np.maximum(b[idx][draws].mean(axis=1), 1e-12)
         per_seed = [float(x[idx].mean() / y[idx].mean()) for x, y in zip(per_seed_a, per_seed_b)]

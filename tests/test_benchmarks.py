@@ -215,6 +215,11 @@ def test_recency_ablation_pairs_runs_by_seed_and_user():
     assert 1.0 <= low <= 2.0 <= high
     assert result["stable"]["ratio"] == pytest.approx(1.0)
     assert recency_ablation.paired(runs, "time", "no-recency") == {}  # nothing to pair with
+    # A slice given by its users (quality_candidates' `rare`): users 1 and 2, hit in both seeds by time
+    # (NDCG 1 each) and once of four by positions (user 1 in seed 1): 1 against 0.25.
+    extra = recency_ablation.paired(runs, "time", "positions", extra_slices={"rare": [1, 2]})
+    assert extra["rare"]["users"] == 2 and extra["rare"]["ratio"] == pytest.approx(4.0)
+    assert extra["migrating"] == result["migrating"]
 
 
 def test_new_item_queries_carry_the_full_prior_history_and_popularity_excludes_it():
