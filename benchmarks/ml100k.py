@@ -150,6 +150,7 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
     user = int(np.argmax([len(h) >= 50 for h in histories]))
     one = history_requests([histories[user]], [stamps[user]], result.vocab.ids)
     batch = history_requests(histories[:64], stamps[:64], result.vocab.ids)
+    gate = result.model.item_tower.fusion_gate()  # --item-fusion gated's a, b and g (None otherwise)
     return {
         "variant": name,
         "overrides": overrides,
@@ -165,8 +166,7 @@ def run_variant(name: str, overrides: dict, workdir: Path) -> dict:
         **({} if result.model.item_tower.text_mean is None else dict(zip(
             ("text_cosine_before", "text_cosine_after"), result.model.item_tower.text_cosines()))),
         # --item-fusion gated: the learned a, b and the gate at 1, 10 and 100 training interactions
-        **({} if result.model.item_tower.fusion_gate() is None else {
-            "fusion_gate": result.model.item_tower.fusion_gate()}),
+        **({} if gate is None else {"fusion_gate": gate}),
         # Per test user (SPEC order): the target's 0-based full-catalog rank, and the slices'
         # members, so runs can be compared user by user (paired) after the fact.
         "test_ranks": ranks.astype(int).tolist(),

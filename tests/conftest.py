@@ -56,6 +56,19 @@ def pytest_unconfigure(config):
 NUM_USERS = 60
 
 
+def tiny_two_tower(item_tower):
+    """A two-tower model around `item_tower` (a small item-sequence user tower, H = 3, no rating loss), its
+    variables created by one probe call: what a checkpoint round trip of the item tower needs."""
+    from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
+    from tfrec_lm.models.two_tower import TwoTowerModel
+
+    user = ItemSequenceUserTower(item_tower, max_history=3, num_heads=2, dropout=0.0, time_features=False)
+    model = TwoTowerModel(user, item_tower, negatives="catalog", ranking_weight=0.0)
+    model({"history": tf.constant([[1, 2, 0]]), "history_timestamps": tf.zeros([1, 3], tf.int64),
+           "target": tf.constant([3])})
+    return model
+
+
 def tiny_config(directory, **changes) -> TrainConfig:
     """The `tiny` preset, silent and local: outputs under `directory`, no export."""
     values = dict(PRESETS["tiny"])

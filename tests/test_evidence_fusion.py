@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_two_tower
 from tfrec_lm.bert import tiny_bert
 from tfrec_lm.config import TrainConfig, shape_conflicts
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
-from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
 from tfrec_lm.models.item_tower import ItemTower
-from tfrec_lm.models.two_tower import TwoTowerModel
 
 CLS, SEP, VOCAB = 2, 3, 64
 WARM = np.array([False, True, True, True, False, True])  # item 4 is cold (row 0 is padding)
@@ -170,13 +168,7 @@ def test_a_grown_tower_and_a_loaded_checkpoint_get_their_own_table(tmp_path):
     np.testing.assert_allclose(grown.id_part(tf.constant([6]), training=True).numpy()[0],
                                grown.cold_id_table().numpy()[6], atol=1e-6)
 
-    def two_tower(item):
-        user = ItemSequenceUserTower(item, max_history=3, num_heads=2, dropout=0.0, time_features=False)
-        return TwoTowerModel(user, item, negatives="catalog", ranking_weight=0.0)
-
-    saved = two_tower(item_tower)
-    saved({"history": tf.constant([[1, 2, 0]]), "history_timestamps": tf.zeros([1, 3], tf.int64),
-           "target": tf.constant([3])})
+    saved = tiny_two_tower(item_tower)
     prefix = tf.train.Checkpoint(user_tower=saved.user_tower, item_tower=saved.item_tower,
                                  ranking_head=saved.ranking_head).write(str(tmp_path / "ckpt"))
     # The refresh's data: item 3 is cold now, item 4 warm (counts 5).
@@ -184,9 +176,7 @@ def test_a_grown_tower_and_a_loaded_checkpoint_get_their_own_table(tmp_path):
     own = other.evidence_neighbours.numpy().copy()
     assert not np.array_equal(own, item_tower.evidence_neighbours.numpy())
     other.text_cache.assign(np.zeros_like(other.text_cache.numpy()))  # the checkpoint brings the cache back
-    loading = two_tower(other)
-    loading({"history": tf.constant([[1, 2, 0]]), "history_timestamps": tf.zeros([1, 3], tf.int64),
-             "target": tf.constant([3])})
+    loading = tiny_two_tower(other)
     loading.load_towers(prefix)
     np.testing.assert_array_equal(other.text_cache.numpy(), item_tower.text_cache.numpy())
     np.testing.assert_array_equal(other.evidence_neighbours.numpy(), own)

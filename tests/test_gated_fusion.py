@@ -14,14 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_two_tower
 from tfrec_lm.bert import tiny_bert
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
-from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
 from tfrec_lm.models.item_tower import GATE_INITIAL_A, GATE_INITIAL_B, ItemTower
-from tfrec_lm.models.two_tower import TwoTowerModel
 
 CLS, SEP, VOCAB = 2, 3, 64
 WARM = np.array([False, True, True, True, False, True])  # item 4 is cold (row 0 is padding)
@@ -216,19 +214,12 @@ def test_the_config_and_the_tower_refuse_gated_without_text_or_ids():
 
 
 def test_a_checkpoint_carries_a_and_b_and_the_config_round_trips(tmp_path):
-    def two_tower(item):
-        user = ItemSequenceUserTower(item, max_history=3, num_heads=2, dropout=0.0, time_features=False)
-        model = TwoTowerModel(user, item, negatives="catalog", ranking_weight=0.0)
-        model({"history": tf.constant([[1, 2, 0]]), "history_timestamps": tf.zeros([1, 3], tf.int64),
-               "target": tf.constant([3])})
-        return model
-
-    saved = two_tower(tower())
+    saved = tiny_two_tower(tower())
     prefix = tf.train.Checkpoint(user_tower=saved.user_tower, item_tower=saved.item_tower,
                                  ranking_head=saved.ranking_head).write(str(tmp_path / "ckpt"))
     # A warm start's data: item 3 cold now, item 4 warm with 7 interactions.
     warm, counts = np.array([False, True, True, False, True, True]), np.array([0, 2, 6, 0, 7, 300])
-    loading = two_tower(tower(warm_items=warm, counts=counts, gate=None))
+    loading = tiny_two_tower(tower(warm_items=warm, counts=counts, gate=None))
     assert float(loading.item_tower.fusion_gate_b.numpy()) == GATE_INITIAL_B
     loading.load_towers(prefix)
     item_tower = loading.item_tower

@@ -14,15 +14,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import tiny_config, tiny_two_tower
 from test_evidence_fusion import VOCAB  # the tiny BERT's vocabulary of the evidence tests
 from tfrec_lm.bert import tiny_bert
 from tfrec_lm.config import TrainConfig, shape_conflicts
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
-from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
 from tfrec_lm.models.item_tower import WHITENING_EPS, ItemTower, mean_pairwise_cosine
-from tfrec_lm.models.two_tower import TwoTowerModel
 
 CLS, SEP = 2, 3
 HIDDEN = 32  # tiny_bert's
@@ -137,22 +135,14 @@ def test_the_config_round_trip_keeps_the_option_and_the_weights():
     assert TrainConfig().text_whitening == "none"
 
 
-def two_tower(item):
-    user = ItemSequenceUserTower(item, max_history=3, num_heads=2, dropout=0.0, time_features=False)
-    model = TwoTowerModel(user, item, negatives="catalog", ranking_weight=0.0)
-    model({"history": tf.constant([[1, 2, 0]]), "history_timestamps": tf.zeros([1, 3], tf.int64),
-           "target": tf.constant([3])})
-    return model
-
-
 def test_a_checkpoint_load_keeps_the_trained_statistics(tmp_path):
-    saved = two_tower(tower())
+    saved = tiny_two_tower(tower())
     prefix = tf.train.Checkpoint(user_tower=saved.user_tower, item_tower=saved.item_tower,
                                  ranking_head=saved.ranking_head).write(str(tmp_path / "ckpt"))
     # A warm start's model: other warm items, its cache filled (and its statistics computed) from other vectors.
     other_warm = WARM.copy()
     other_warm[1:40] = ~other_warm[1:40]
-    loading = two_tower(tower(warm_items=other_warm, vectors=crowded_vectors(seed=9, warm=other_warm)))
+    loading = tiny_two_tower(tower(warm_items=other_warm, vectors=crowded_vectors(seed=9, warm=other_warm)))
     assert not np.allclose(loading.item_tower.text_mean.numpy(), saved.item_tower.text_mean.numpy())
     loading.load_towers(prefix)
     for name in ("text_mean", "text_whitener", "text_cache"):
