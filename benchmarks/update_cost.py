@@ -11,8 +11,9 @@ export and the publishing gate included), the update before the first, the middl
 last weekly window, each with that week's catalog and its log of every interaction before
 the window. Each update also records the stages its command reports (`time:`,
 `tfrec_lm.catalog.update.STAGES`, in-process wall seconds) and the seconds before
-`update_catalog` began (interpreter start, imports, argument parsing). The claim is the ratio of each update's wall time to the training's, measured
-in the same run. The machine should be otherwise idle.
+`update_catalog` began (interpreter start, imports, argument parsing). The claim is the
+ratio of each update's wall time to the training's, measured in the same run. The machine
+should be otherwise idle.
 
     python benchmarks/update_cost.py                 # writes benchmarks/results/update_cost.json
 """

@@ -48,8 +48,9 @@ STAGES = ("read", "encoder_import", "build", "grow_and_encode", "fold_in", "popu
           "gate")
 """What `CatalogUpdate.stages` times: reading the items, the log and the catalogs; importing the
 encoder's library; building the models and loading the checkpoint; growing the towers and encoding
-new texts; the fold-in; the popularity offset's calibration; the serving module (its top-k index); writing the SavedModel; the gate
-(loading and scoring the candidate and the served version, publishing)."""
+new texts; the fold-in; the popularity offset's calibration; the serving module (its top-k index);
+writing the SavedModel; the gate (loading and scoring the candidate and the served version,
+publishing)."""
 
 
 class _Stopwatch:
