@@ -394,3 +394,14 @@ def test_cli_value_parsing():
     assert search_cli.parse_space("16,32") == [16, 32]
     assert search_cli.parse_space("1e-4..1e-2:log") == Range(1e-4, 1e-2, sampling="log")
     assert np.isclose(search_cli.parse_space("0.0..0.5").max, 0.5)
+
+
+def test_a_choice_named_none_stays_a_choice_on_the_command_line():
+    from tuning.search import build_parser, hypermodel_from_args, parse_space, parse_value
+
+    assert parse_space("none,center", "text_whitening") == ["none", "center"]
+    assert parse_value("none", "text_whitening") == "none"
+    assert parse_value("none", "max_history") is None  # no choices: still None
+    args = build_parser().parse_args(["--space", "text_whitening=none,center", "--tune", "text_whitening"])
+    hypermodel = hypermodel_from_args(args)
+    assert hypermodel.space["text_whitening"] == ["none", "center"]

@@ -28,10 +28,22 @@ from tfrec_lm.errors import AssetError, ConfigError, DataError
 from tuning.hypermodel import DEFAULT_SPACE, Range
 from tuning.tuner import STRATEGIES
 
+_CHOICES = {field.name: field.metadata["choices"] for field in dataclasses.fields(TrainConfig)
+            if "choices" in field.metadata}
+"""Each option with named choices, and them."""
 
 
-def parse_value(text: str):
-    """A command-line value: bool, None, int, float or string (`1e-3` is a float)."""
+def parse_value(text: str, knob: str = ""):
+    """A command-line value: bool, None, int, float or string (`1e-3` is a float).
+
+    Args:
+        text: str. the value as typed.
+        knob: str. the option it is for: a value among that option's choices stays the string
+            (`text_whitening=none` is the choice `none`, not None).
+    """
+    choices = _CHOICES.get(knob, ())
+    if text.strip() in choices:
+        return text.strip()
     try:
         return parse_bool(text, digits=False)
     except ValueError:
@@ -54,13 +66,13 @@ def _key_value(text: str) -> tuple[str, str]:
     return key.strip().replace("-", "_"), value
 
 
-def parse_space(text: str):
-    """`v1,v2,...` -> list of choices; `MIN..MAX[:log]` -> Range."""
+def parse_space(text: str, knob: str = ""):
+    """`v1,v2,...` -> list of choices; `MIN..MAX[:log]` -> Range (`knob`: as for `parse_value`)."""
     if ".." in text:
         bounds, _, sampling = text.partition(":")
-        low, high = (parse_value(v) for v in bounds.split("..", 1))
+        low, high = (parse_value(v, knob) for v in bounds.split("..", 1))
         return Range(low, high, sampling=sampling or "linear")
-    return [parse_value(v) for v in text.split(",") if v.strip()]
+    return [parse_value(v, knob) for v in text.split(",") if v.strip()]
 
 
 def _describe_space() -> str:
@@ -123,8 +135,8 @@ def base_config_from_args(args) -> TrainConfig:
 def hypermodel_from_args(args):
     from tuning.hypermodel import RecommenderHyperModel
 
-    fixed = {key: parse_value(value) for key, value in args.set_values}
-    space = {key: parse_space(value) for key, value in args.space_values}
+    fixed = {key: parse_value(value, key) for key, value in args.set_values}
+    space = {key: parse_space(value, key) for key, value in args.space_values}
     tune = [k.strip().replace("-", "_") for k in args.tune.split(",") if k.strip()] if args.tune else None
     return RecommenderHyperModel(base_config_from_args(args), fixed=fixed, space=space, tune=tune)
 
