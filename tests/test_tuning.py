@@ -239,6 +239,31 @@ def test_bayesian_optimization_second_trial_from_the_gaussian_process(tiny_data,
     assert config.embedding_dim in (16, 32) and 1e-3 <= config.learning_rate <= 1e-2
 
 
+def test_the_bayesian_oracle_never_runs_a_tried_point_again(tmp_path):
+    pytest.importorskip("sklearn", reason="BayesianOptimization needs keras-tuner[bayesian] (scikit-learn)")
+    from tuning.tuner import NoRepeatBayesianOracle
+
+    hp = kt.HyperParameters()
+    hp.Choice("item_fusion", ["sum", "gated"])
+    hp.Choice("logit_adjustment", [0.0, 0.5])
+    oracle = NoRepeatBayesianOracle(objective=kt.Objective(OBJECTIVE_NAME, "max"), max_trials=8,
+                                    num_initial_points=1, seed=3)
+    oracle.hyperparameters = hp
+    oracle._set_project_dir(str(tmp_path), "oracle")
+    seen = []
+    while True:
+        trial = oracle.create_trial("tuner0")
+        if trial.status == "STOPPED":
+            break
+        values = (trial.hyperparameters.values["item_fusion"], trial.hyperparameters.values["logit_adjustment"])
+        seen.append(values)
+        # One point scores far above the rest: the Gaussian process's optimum stays there.
+        oracle.update_trial(trial.trial_id, {OBJECTIVE_NAME: 1.0 if values == seen[0] else 0.0})
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    assert len(seen) == len(set(seen)) == 4  # every point once, then the search stops
+
+
 def test_search_space_respects_train_config_constraints():
     hypermodel = RecommenderHyperModel(TrainConfig())
     hp = kt.HyperParameters()

@@ -46,6 +46,7 @@ import keras_tuner as kt
 import tensorflow as tf
 import yaml
 from keras_tuner.src.engine import oracle as kt_oracle
+from keras_tuner.src.tuners.bayesian import BayesianOptimizationOracle
 
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.errors import ConfigError
@@ -124,7 +125,9 @@ class TrainingTunerMixin:
         # KerasTuner prints "Reloading Tuner from ..." on resume; a library logs instead.
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
-            super().__init__(hypermodel=hypermodel, objective=OBJECTIVE, **kwargs)
+            if "oracle" not in kwargs:  # a tuner that builds its own oracle gives it the objective
+                kwargs["objective"] = OBJECTIVE
+            super().__init__(hypermodel=hypermodel, **kwargs)
         if captured.getvalue().strip():
             logger.info(captured.getvalue().strip())
         display = TrialIdDisplay(self.oracle)
@@ -294,8 +297,39 @@ class RandomSearchTuner(TrainingTunerMixin, kt.RandomSearch):
     """`kt.RandomSearch` over `RecommenderHyperModel`, trials through `tfrec_lm.training.train`."""
 
 
-class BayesianOptimizationTuner(TrainingTunerMixin, kt.BayesianOptimization):
-    """`kt.BayesianOptimization` (Gaussian process) over `RecommenderHyperModel`."""
+class NoRepeatBayesianOracle(BayesianOptimizationOracle):
+    """KerasTuner's Gaussian-process oracle that never proposes a point a trial already had.
+
+    On a small discrete space the process's optimum often lands on a tried point again, and
+    KerasTuner 1.4.8 runs it again: a search over three two- and three-valued knobs
+    (`benchmarks/results/tuning_issue30.json`) spent four of its six trials on one point. A
+    repeated proposal is replaced by an untried random point; once none is left (KerasTuner's
+    collision limit), the search stops. Arguments: those of `BayesianOptimizationOracle`.
+    """
+
+    def populate_space(self, trial_id):
+        proposal = super().populate_space(trial_id)
+        if proposal.get("status") == kt.engine.trial.TrialStatus.RUNNING and self._duplicate(proposal["values"]):
+            logger.info("the Gaussian process proposed a tried point again; trial %s gets an untried random one",
+                        trial_id)
+            return self._random_populate_space()
+        return proposal
+
+
+class BayesianOptimizationTuner(TrainingTunerMixin, kt.Tuner):
+    """Bayesian optimisation (a Gaussian process, `NoRepeatBayesianOracle`) over `RecommenderHyperModel`.
+
+    Args: `kt.BayesianOptimization`'s (`max_trials`, `num_initial_points`, `alpha`, `beta`,
+    `seed`, ...) and `TrainingTunerMixin`'s.
+    """
+
+    def __init__(self, hypermodel: RecommenderHyperModel, max_trials: int = 10, num_initial_points=None,
+                 alpha: float = 1e-4, beta: float = 2.6, seed=None, budget_minutes: Optional[float] = None,
+                 keep_checkpoints: bool = False, **kwargs):
+        oracle = NoRepeatBayesianOracle(objective=OBJECTIVE, max_trials=max_trials,
+                                        num_initial_points=num_initial_points, alpha=alpha, beta=beta, seed=seed)
+        super().__init__(hypermodel, budget_minutes=budget_minutes, keep_checkpoints=keep_checkpoints,
+                         oracle=oracle, **kwargs)
 
 
 class HyperbandTuner(TrainingTunerMixin, kt.Hyperband):
