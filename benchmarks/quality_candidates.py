@@ -170,6 +170,13 @@ CANDIDATES = {
     # the two together, the adjustment halved: logit-adjust-0.5 matched IDs alone on the rare targets but lost
     # 8% overall (the 200+ bucket); the gate gained overall and on migrating users
     "gated-logit-adjust-0.25": {"item_fusion": "gated", "logit_adjustment": 0.25},
+    # issue 30 item 5: low-rank adapters (r = 8, scale 1) on the query/key/value/output projections of the
+    # item encoder's top 2 layers, trained inside the recommender over cached layer-4 states; the catalog
+    # softmax's negatives come from a table of adapted vectors refreshed every 50 steps, each step's positives
+    # recomputed with gradient (BUILD_NOTES "Issue 30: --finetune lora": about 1 s a step on the 2-core CPU,
+    # 17x the frozen step, so a seed takes hours there)
+    "lora": {"finetune": "lora"},
+    "lora-r4": {"finetune": "lora", "lora_rank": 4},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
