@@ -238,3 +238,32 @@ def test_exported_lora_model_reloads_with_the_in_memory_scores(lora_run):
     for u in range(2):
         picked = [index[v.decode()] for v in served["item_ids"].numpy()[u]]
         np.testing.assert_allclose(served["scores"].numpy()[u], users[u] @ items[picked].T, rtol=1e-4, atol=1e-5)
+
+
+def test_a_catalog_update_reads_new_texts_with_the_adapted_encoder(lora_run, encoder_factory, tokenizer, tmp_path):
+    import pandas as pd
+
+    from tfrec_lm.catalog.table import read_catalog
+    from tfrec_lm.catalog.update import update_catalog
+    from tfrec_lm.registry.layout import EXPORT_CATALOG_FILE
+
+    items = tmp_path / "items.csv"
+    pd.DataFrame([("new-a", "red sneakers 40", "sneakers")], columns=["item_id", "title", "genres"]).to_csv(
+        items, index=False)
+    update = update_catalog(lora_run.config.output_dir, items_path=items, export_base=str(tmp_path / "exports"),
+                            encoder_factory=encoder_factory, cold_neighbours=0, publish="always")
+    assert update.encoded == 1
+    catalog = read_catalog(update.export_path / "assets.extra" / EXPORT_CATALOG_FILE)
+    text = catalog.set_index("item_id").loc["new-a", "text"]
+    embeddings = tf.saved_model.load(str(update.export_path)).item_embeddings.numpy()
+    row = 1 + catalog["item_id"].tolist().index("new-a")
+    tower = lora_run.model.item_tower
+    token_row = tokenize_items([text], tokenizer, lora_run.config.max_item_tokens).with_special_tokens()[1:]
+
+    def served(encoder):  # a cold item's export row: its projected text plus the no-ID vector, normalised
+        vector = tower.projection(tf.constant(encoder.encode_table(token_row))) + tower.no_id_embedding
+        return tf.math.l2_normalize(vector, axis=-1).numpy()[0]
+
+    np.testing.assert_allclose(embeddings[row], served(tower.encoder), rtol=1e-4, atol=1e-5)
+    unadapted = BertTextEncoder(encoder_factory()[0], finetune="frozen")
+    assert np.abs(embeddings[row] - served(unadapted)).max() > 1e-4

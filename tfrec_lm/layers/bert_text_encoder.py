@@ -90,6 +90,10 @@ class BertTextEncoder(tf.keras.layers.Layer):
         for layer in self.bert.bert.encoder.layer[self.first_adapted_layer:]:
             for name, (owner, attribute) in self._projections(layer).items():
                 base = getattr(owner, attribute)
+                if isinstance(base, LoraDense):  # a BERT shared with another encoder (a catalog update's grown model)
+                    if (base.rank, base.alpha) != (self.lora_rank, float(self.lora_alpha or self.lora_rank)):
+                        raise ValueError(f"this BERT already has rank {base.rank} adapters (alpha {base.alpha})")
+                    continue
                 delattr(owner, attribute)  # untracked first, so the base is tracked once, under the adapter
                 adapter = LoraDense(base, rank=self.lora_rank, alpha=self.lora_alpha, name=f"lora_{name}")
                 adapter.build(tf.TensorShape([None, None, base.kernel.shape[0]]))
