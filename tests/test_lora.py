@@ -111,6 +111,16 @@ def test_train_config_round_trip_and_shape_conflicts():
     assert shape_conflicts(TrainConfig(), {**TrainConfig().to_dict(), "finetune": "lora"})
 
 
+def test_the_command_line_sets_the_lora_options():
+    from tfrec_lm.train import build_parser, config_from_args
+
+    args = build_parser().parse_args(["--finetune", "lora", "--trainable-layers", "1", "--lora-rank", "4",
+                                      "--lora-alpha", "8", "--lora-refresh-steps", "20"])
+    config = config_from_args(args)
+    assert (config.finetune, config.trainable_layers, config.lora_rank, config.lora_alpha,
+            config.lora_refresh_steps) == ("lora", 1, 4, 8.0, 20)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"negatives": "in-batch"}, "--negatives catalog"),
     ({"user_tower": "history-text"}, "--user-tower item-sequence"),
