@@ -425,7 +425,8 @@ class TrainConfig:
         if self.finetune == "lora":
             missing = [flag for flag, ok in (
                 ("the item text", self.item_text), ("--user-tower item-sequence", self.user_tower == "item-sequence"),
-                ("--negatives catalog", self.negatives == "catalog"), ("--strategy default", self.strategy == "default"),
+                ("--negatives catalog", self.negatives == "catalog"),
+                ("--strategy default", self.strategy == "default"),
                 ("--mixed-precision float32", self.mixed_precision == "float32"),
                 ("no --jit-compile", not self.jit_compile)) if not ok]
             if missing:

@@ -129,7 +129,8 @@ class BertTextEncoder(tf.keras.layers.Layer):
                 # every weight-holding sublayer but the adapters is switched off instead.
                 layer.trainable = True
                 for sub in layer.submodules:
-                    if isinstance(sub, tf.keras.layers.Layer) and not isinstance(sub, LoraDense) and sub._trainable_weights:
+                    holds_weights = isinstance(sub, tf.keras.layers.Layer) and sub._trainable_weights
+                    if holds_weights and not isinstance(sub, LoraDense):
                         sub.trainable = False
 
     def call(self, input_ids, attention_mask, training=False):

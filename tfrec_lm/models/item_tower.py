@@ -177,7 +177,10 @@ class ItemTower(tf.keras.layers.Layer):
     The item texts were tokenized once; the tower gathers their token rows and
     runs the BERT encoder. With a frozen encoder the pooled BERT vectors of the
     whole catalog are computed once (`refresh_cache`) and kept in a
-    non-trainable table, so a training step only projects cached vectors.
+    non-trainable table, so a training step only projects cached vectors. With a `lora`
+    encoder the table holds the adapted encoder's vectors, recomputed from cached lower-layer
+    token states (`prepare_lora`, `refresh_adapted_table`), and a training step recomputes the
+    rows of its positives with gradient (`adapted_table`, `fresh_items`).
 
     Args:
         encoder: tfrec_lm.layers.BertTextEncoder. the item text encoder.
