@@ -182,6 +182,9 @@ def test_a_step_recomputes_its_positives_through_the_adapters(synthetic, encoder
     others = np.setdiff1d(np.arange(tower.num_items), [3, 5, 9])
     np.testing.assert_array_equal(table[others], stale[others])
     assert np.abs(adapted[1:] - stale[1:]).max() > 1e-3
+    one = tower.adapted_table(tf.constant([4])).numpy()  # one item: an empty half of the length split
+    np.testing.assert_allclose(one[4], adapted[4], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.delete(one, 4, axis=0), np.delete(stale, 4, axis=0))
     tower.refresh_adapted_table()
     np.testing.assert_allclose(tower.text_cache.numpy()[1:], adapted[1:], rtol=1e-4, atol=1e-5)
 

@@ -599,7 +599,8 @@ class ItemTower(tf.keras.layers.Layer):
         """`lora` in a training step: `text_cache` with the rows of `fresh_items` recomputed with gradient.
 
         The distinct items run through the adapted top layers (dropout off, as for the table) over
-        their cached states, cut to their longest text, and replace their (stale) rows; every other
+        their cached states, shortest first in two halves each cut to its longest text, and
+        replace their (stale) rows; every other
         row is the table as the last refresh left it, a constant of the step.
 
         Args:
@@ -612,9 +613,16 @@ class ItemTower(tf.keras.layers.Layer):
         if not lora.ready:
             raise ValueError("a lora training step needs the catalog's lower states: call prepare_lora first")
         items, _ = tf.unique(tf.reshape(tf.cast(fresh_items, tf.int32), [-1]))
-        mask = tf.gather(lora.mask, items)
-        width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
-        fresh = self.lora_top()(tf.gather(lora.states, items)[:, :width], mask[:, :width], training=False)
+        # Shortest texts first, in two halves each cut to its own longest text (as text tuning
+        # does): the short titles' half does not pay for the long ones' padding.
+        items = tf.gather(items, tf.argsort(tf.gather(tf.constant(lora.lengths, tf.int32), items), stable=True))
+        half = tf.size(items) // 2
+        fresh = []
+        for part in (items[:half], items[half:]):
+            mask = tf.gather(lora.mask, part)
+            width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
+            fresh.append(self.lora_top()(tf.gather(lora.states, part)[:, :width], mask[:, :width], training=False))
+        fresh = tf.concat(fresh, axis=0)
         return tf.tensor_scatter_nd_update(tf.stop_gradient(tf.convert_to_tensor(self.text_cache)), items[:, None],
                                            tf.cast(fresh, self.text_cache.dtype))
 
