@@ -173,8 +173,8 @@ CANDIDATES = {
     # issue 30 item 5: low-rank adapters (r = 8, scale 1) on the query/key/value/output projections of the
     # item encoder's top 2 layers, trained inside the recommender over cached layer-4 states; the catalog
     # softmax's negatives come from a table of adapted vectors refreshed every 50 steps, each step's positives
-    # recomputed with gradient (BUILD_NOTES "Issue 30: --finetune lora": about 1 s a step on the 2-core CPU,
-    # 17x the frozen step, so a seed takes hours there)
+    # recomputed with gradient (BUILD_NOTES "Issue 30: --finetune lora": about 0.5 s a step on the 2-core
+    # CPU, 6x the frozen step, so a seed takes over an hour there)
     "lora": {"finetune": "lora"},
     "lora-r4": {"finetune": "lora", "lora_rank": 4},
 }
