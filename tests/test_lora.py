@@ -130,6 +130,7 @@ def test_the_command_line_sets_the_lora_options():
     ({"jit_compile": True}, "no --jit-compile"),
     ({"lora_rank": 0}, "lora_rank must be >= 1"),
     ({"lora_refresh_steps": 0}, "lora_refresh_steps must be >= 1"),
+    ({"lora_negative_samples": -1}, "lora_negative_samples must be >= 0"),
     ({"lora_alpha": 0.0}, "lora_alpha must be"),
     ({"text_tuning_steps": 10}, "--text-tuning-steps"),
     ({"text_whitening": "center"}, "--finetune frozen"),
@@ -170,8 +171,9 @@ def test_training_steps_move_the_adapters_and_not_the_base(synthetic, encoder_fa
 
 
 def test_a_step_recomputes_its_positives_through_the_adapters(synthetic, encoder_factory, tmp_path):
-    model, features = _tiny_lora_model(synthetic, encoder_factory, tmp_path)
+    model, features = _tiny_lora_model(synthetic, encoder_factory, tmp_path, lora_negative_samples=0)
     tower = model.item_tower
+    assert tower.lora_negative_samples == 0
     for adapter in tower.encoder.adapters():
         adapter.lora_b.assign(tf.random.normal(adapter.lora_b.shape, stddev=0.5))
     stale = tower.text_cache.numpy().copy()  # the table of B = 0
@@ -187,6 +189,42 @@ def test_a_step_recomputes_its_positives_through_the_adapters(synthetic, encoder
     np.testing.assert_array_equal(np.delete(one, 4, axis=0), np.delete(stale, 4, axis=0))
     tower.refresh_adapted_table()
     np.testing.assert_allclose(tower.text_cache.numpy()[1:], adapted[1:], rtol=1e-4, atol=1e-5)
+
+
+def test_sampled_negatives_are_fresh_and_their_gradient_is_scaled_to_the_catalog(synthetic, encoder_factory,
+                                                                                 tmp_path):
+    model, _ = _tiny_lora_model(synthetic, encoder_factory, tmp_path, lora_negative_samples=6)
+    tower = model.item_tower
+    for adapter in tower.encoder.adapters():
+        adapter.lora_b.assign(tf.random.normal(adapter.lora_b.shape, stddev=0.5))
+    stale = tower.text_cache.numpy().copy()
+    adapted = tower.encoder.encode_table(tower.token_rows)
+    tf.random.set_seed(3)
+    positives = tf.constant([3, 5])
+    table = tower.adapted_table(positives).numpy()
+    fresh = np.flatnonzero(np.abs(table - stale).max(axis=1) > 0)
+    sampled = np.setdiff1d(fresh, [3, 5])
+    assert {3, 5} <= set(fresh) and 1 <= len(sampled) <= 6
+    np.testing.assert_allclose(table[fresh], adapted[fresh], rtol=1e-4, atol=1e-5)
+    others = np.setdiff1d(np.arange(tower.num_items), fresh)
+    np.testing.assert_array_equal(table[others], stale[others])
+    # a positive's row carries its own gradient; a sampled one (C - P) / |S| times its own
+    variable = tower.encoder.adapters()[-1].lora_b
+    weights = tf.constant(np.random.default_rng(0).normal(size=table.shape[1]), tf.float32)
+
+    def gradients(item):
+        with tf.GradientTape(persistent=True) as tape:
+            tf.random.set_seed(3)  # the same draw
+            through = tf.reduce_sum(tower.adapted_table(positives)[item] * weights)
+            direct = tf.reduce_sum(tower.lora_top()(tf.gather(tower._lora.states, [item]),
+                                                    tf.gather(tower._lora.mask, [item]))[0] * weights)
+        return tape.gradient(through, variable).numpy(), tape.gradient(direct, variable).numpy()
+
+    through, direct = gradients(int(sampled[0]))
+    assert np.abs(direct).max() > 0
+    np.testing.assert_allclose(through, (tower.num_items - 1 - 2) / len(sampled) * direct, rtol=1e-3, atol=1e-6)
+    through, direct = gradients(3)
+    np.testing.assert_allclose(through, direct, rtol=1e-3, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,9 @@ class TrainConfig:
     lora_refresh_steps: int = _opt(
         50, "--finetune lora: steps between recomputations of the whole catalog's adapted text vectors (the "
             "softmax negatives in between are that stale; each step recomputes its positives with gradient)")
+    lora_negative_samples: int = _opt(
+        128, "--finetune lora: catalog items drawn per step whose text vectors are also recomputed, their "
+             "gradient scaled to estimate the whole catalog's (0: the positives only)")
     max_item_tokens: int = _opt(32, "word pieces kept per item text")
     history_tokens: int = _opt(128, "token budget of the history text (history-text tower)")
     cache_text_vectors: bool = _opt(
@@ -422,6 +425,9 @@ class TrainConfig:
             raise ConfigError("--data files needs --interactions PATH")
         if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
             raise ConfigError(f"lora_alpha must be a finite number > 0 (default: the rank), got {self.lora_alpha}")
+        if self.lora_negative_samples < 0:
+            raise ConfigError(f"lora_negative_samples must be >= 0 (0: the positives only), got "
+                              f"{self.lora_negative_samples}")
         if self.finetune == "lora":
             missing = [flag for flag, ok in (
                 ("the item text", self.item_text), ("--user-tower item-sequence", self.user_tower == "item-sequence"),

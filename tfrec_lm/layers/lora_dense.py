@@ -10,7 +10,8 @@ import tensorflow as tf
 class LoraDense(tf.keras.layers.Layer):
     """`y = base(x) + (alpha / rank) * (x @ A) @ B`, with `base` a frozen `Dense`.
 
-    A is drawn from a normal distribution (stddev 1 / sqrt(rank)) and B starts at zeros, so
+    A is drawn from a normal distribution (stddev 1 / sqrt(in), Kaiming-like: x A keeps about x's
+    per-coordinate scale) and B starts at zeros, so
     the layer starts as exactly `base`. Only A and B train: `base` is set non-trainable.
     `merge` folds the adapter into `base`'s kernel and zeroes B, which keeps the function.
 
@@ -67,7 +68,7 @@ class LoraDense(tf.keras.layers.Layer):
         fan_in = int(input_shape[-1])
         self.lora_a = self.add_weight(
             name="lora_a", shape=[fan_in, self.rank], trainable=True,
-            initializer=tf.keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(self.rank)))
+            initializer=tf.keras.initializers.RandomNormal(stddev=1.0 / np.sqrt(fan_in)))
         self.lora_b = self.add_weight(name="lora_b", shape=[self.rank, self.units], trainable=True,
                                       initializer="zeros")
         super().build(input_shape)

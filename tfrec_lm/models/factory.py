@@ -117,7 +117,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            cold_neighbours=config.cold_neighbours if config.cold_items == "text" else 0,
                            cold_popularity=config.cold_popularity, item_counts=item_counts,
                            evidence_shrinkage=config.evidence_shrinkage,
-                           text_whitening=config.text_whitening, name="item_tower")
+                           text_whitening=config.text_whitening,
+                           lora_negative_samples=config.lora_negative_samples, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,

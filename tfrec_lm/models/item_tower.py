@@ -247,6 +247,9 @@ class ItemTower(tf.keras.layers.Layer):
             transformed with them) keep the statistics the projection was trained on. The
             cold-neighbour cosines (`_nearest_warm`) read the raw vectors. Needs the item
             text and a frozen encoder.
+        lora_negative_samples: int. with a `lora` encoder, catalog items drawn uniformly per training
+            step whose rows are also recomputed with gradient, scaled so that their gradient
+            estimates the whole catalog's (`adapted_table`); 0: the positives only.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -263,7 +266,8 @@ class ItemTower(tf.keras.layers.Layer):
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
                  id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0,
                  cold_neighbours: int = 0, cold_popularity: float = 1.0, item_counts=None,
-                 evidence_shrinkage: float = 10.0, text_whitening: str = "none", **kwargs):
+                 evidence_shrinkage: float = 10.0, text_whitening: str = "none", lora_negative_samples: int = 128,
+                 **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -370,6 +374,9 @@ class ItemTower(tf.keras.layers.Layer):
         # `lora`: the catalog's token states at the input of the first adapted layer (`prepare_lora`),
         # held outside Keras's tracking (they are no weight: never checkpointed, computed once per run).
         self._lora = _LoraStates() if encoder.finetune == "lora" and use_text else None
+        self.lora_negative_samples = int(lora_negative_samples)
+        if self.lora_negative_samples < 0:
+            raise ValueError(f"lora_negative_samples must be >= 0, got {lora_negative_samples}")
         self._cache_ready = False
         # `center` / `whiten`: mu and W of the warm items' cached vectors (`refresh_text_statistics`),
         # non-trainable so they travel with the checkpoint; float32 also under mixed precision.
@@ -598,10 +605,16 @@ class ItemTower(tf.keras.layers.Layer):
     def adapted_table(self, fresh_items):
         """`lora` in a training step: `text_cache` with the rows of `fresh_items` recomputed with gradient.
 
-        The distinct items run through the adapted top layers (dropout off, as for the table) over
-        their cached states, shortest first in two halves each cut to its longest text, and
-        replace their (stale) rows; every other
-        row is the table as the last refresh left it, a constant of the step.
+        The distinct items, and `lora_negative_samples` catalog items drawn uniformly (S, those
+        not among them), run through the adapted top layers (dropout off, as for the table)
+        over their cached states, shortest first in two halves each cut to its longest text,
+        and replace their (stale) rows; every other row is the table as the last refresh left
+        it, a constant of the step. A sampled row's value is its fresh vector, its gradient
+        scaled by (C - P) / |S| (C catalog items, P positives): the softmax's gradient through
+        the negatives is then estimated over the whole catalog, not dropped. Without it the
+        adapters learn to raise whatever is recomputed (the positives) against the stale rows:
+        on ML-100K, 60 steps gave a lower training loss than frozen's (5.2 against 7.2) and a
+        validation NDCG@10 of 0.010 against 0.036.
 
         Args:
             fresh_items: tf.Tensor int. [...] items recomputed (the batch's positives).
@@ -612,7 +625,11 @@ class ItemTower(tf.keras.layers.Layer):
         lora = self._lora
         if not lora.ready:
             raise ValueError("a lora training step needs the catalog's lower states: call prepare_lora first")
-        items, _ = tf.unique(tf.reshape(tf.cast(fresh_items, tf.int32), [-1]))
+        positives, _ = tf.unique(tf.reshape(tf.cast(fresh_items, tf.int32), [-1]))
+        items = positives
+        if self.lora_negative_samples:
+            drawn = tf.random.uniform([self.lora_negative_samples], 1, self.num_items, tf.int32)
+            items, _ = tf.unique(tf.concat([positives, drawn], axis=0))
         # Shortest texts first, in two halves each cut to its own longest text (as text tuning
         # does): the short titles' half does not pay for the long ones' padding.
         items = tf.gather(items, tf.argsort(tf.gather(tf.constant(lora.lengths, tf.int32), items), stable=True))
@@ -623,6 +640,12 @@ class ItemTower(tf.keras.layers.Layer):
             width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
             fresh.append(self.lora_top()(tf.gather(lora.states, part)[:, :width], mask[:, :width], training=False))
         fresh = tf.concat(fresh, axis=0)
+        if self.lora_negative_samples:
+            positive = tf.reduce_any(tf.equal(items[:, None], positives[None, :]), axis=1)
+            sampled = tf.reduce_sum(tf.cast(tf.logical_not(positive), tf.float32))
+            others = tf.cast(self.num_items - 1 - tf.size(positives), tf.float32)
+            scale = tf.where(positive, 1.0, others / tf.maximum(sampled, 1.0))[:, None]
+            fresh = tf.stop_gradient(fresh) + scale * (fresh - tf.stop_gradient(fresh))
         return tf.tensor_scatter_nd_update(tf.stop_gradient(tf.convert_to_tensor(self.text_cache)), items[:, None],
                                            tf.cast(fresh, self.text_cache.dtype))
 
@@ -1068,6 +1091,7 @@ class ItemTower(tf.keras.layers.Layer):
             "item_counts": None if self.item_counts is None else self.item_counts.tolist(),
             "evidence_shrinkage": self.evidence_shrinkage,
             "text_whitening": self.text_whitening,
+            "lora_negative_samples": self.lora_negative_samples,
         })
         return config
 
