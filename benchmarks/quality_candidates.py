@@ -173,8 +173,8 @@ CANDIDATES = {
     # issue 30 item 5: low-rank adapters (r = 8, scale 1) on the query/key/value/output projections of the
     # item encoder's top 2 layers, trained inside the recommender over cached layer-4 states; the catalog
     # softmax's negatives come from a table of adapted vectors refreshed every 50 steps, each step's positives
-    # recomputed with gradient (BUILD_NOTES "Issue 30: --finetune lora": about 0.5 s a step on the 2-core
-    # CPU, 6x the frozen step, so a seed takes over an hour there)
+    # recomputed with gradient, with 128 drawn negatives (BUILD_NOTES "Issue 30: --finetune lora": about
+    # 0.66 s a step on the 2-core CPU, 11x the frozen step, so a seed takes about 90 minutes there)
     "lora": {"finetune": "lora"},
     "lora-r4": {"finetune": "lora", "lora_rank": 4},
 }
