@@ -177,6 +177,8 @@ CANDIDATES = {
     # 0.66 s a step on the 2-core CPU, 11x the frozen step, so a seed takes about 90 minutes there)
     "lora": {"finetune": "lora"},
     "lora-r4": {"finetune": "lora", "lora_rank": 4},
+    # ... with the update scaled by 1/8 (alpha 1): level with frozen after a 60-step check where scale 1 was not
+    "lora-alpha-1": {"finetune": "lora", "lora_alpha": 1.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {
