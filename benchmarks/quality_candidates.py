@@ -170,6 +170,15 @@ CANDIDATES = {
     # the two together, the adjustment halved: logit-adjust-0.5 matched IDs alone on the rare targets but lost
     # 8% overall (the 200+ bucket); the gate gained overall and on migrating users
     "gated-logit-adjust-0.25": {"item_fusion": "gated", "logit_adjustment": 0.25},
+    # issue 30 item 5: low-rank adapters (r = 8, scale 1) on the query/key/value/output projections of the
+    # item encoder's top 2 layers, trained inside the recommender over cached layer-4 states; the catalog
+    # softmax's negatives come from a table of adapted vectors refreshed every 50 steps, each step's positives
+    # recomputed with gradient, with 128 drawn negatives (BUILD_NOTES "Issue 30: --finetune lora": about
+    # 0.66 s a step on the 2-core CPU, 11x the frozen step, so a seed takes about 90 minutes there)
+    "lora": {"finetune": "lora"},
+    "lora-r4": {"finetune": "lora", "lora_rank": 4},
+    # ... with the update scaled by 1/8 (alpha 1): level with frozen after a 60-step check where scale 1 was not
+    "lora-alpha-1": {"finetune": "lora", "lora_alpha": 1.0},
 }
 # Runs kept under another name because the code they ran changed; not runnable any more.
 RETIRED = {

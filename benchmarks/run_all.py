@@ -33,6 +33,8 @@ RESULTS_ENV = "TFREC_LM_BENCH_RESULTS"  # read by _common.write_result
 # by --quick), and the result names it writes under the results directory.
 BENCHMARKS = {
     "ml100k": {"args": [], "quick": None, "results": ["ml100k_default"]},
+    "lora_cost": {"args": [], "quick": ["--steps", "2", "--rounds", "1", "--refreshes", "1"],
+                  "results": ["lora_cost"]},
     # Refuses a loaded machine (exit status 2): waits up to 10 minutes for the previous benchmark's load to pass.
     "retrieval_scale": {"args": ["--wait-quiet", "600"], "quick": ["--quick"], "results": ["retrieval_scale"]},
     # Without --export-base this trains and exports a tiny model (its smoke mode); the

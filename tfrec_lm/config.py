@@ -150,8 +150,20 @@ class TrainConfig:
 
     # Encoder
     encoder: str = _opt("all-MiniLM-L6-v2", "BERT-family encoder: a known alias, a local folder, or a hub name")
-    finetune: str = _opt("frozen", "encoder fine-tuning: full, top-k layers, or frozen", ("full", "top-k", "frozen"))
-    trainable_layers: int = _opt(2, "k for --finetune top-k")
+    finetune: str = _opt(
+        "frozen", "encoder fine-tuning: full, top-k layers, frozen, or lora (low-rank adapters on the attention "
+                  "projections of the top --trainable-layers layers, over cached lower-layer states)",
+        ("full", "top-k", "frozen", "lora"))
+    trainable_layers: int = _opt(2, "k for --finetune top-k and lora: the top layers trained or adapted")
+    lora_rank: int = _opt(8, "r of the --finetune lora adapters")
+    lora_alpha: Optional[float] = _opt(None, "scale alpha of the --finetune lora adapters (update x alpha / r); "
+                                             "default: the rank (scale 1)")
+    lora_refresh_steps: int = _opt(
+        50, "--finetune lora: steps between recomputations of the whole catalog's adapted text vectors (the "
+            "softmax negatives in between are that stale; each step recomputes its positives with gradient)")
+    lora_negative_samples: int = _opt(
+        128, "--finetune lora: catalog items drawn per step whose text vectors are also recomputed, their "
+             "gradient scaled to estimate the whole catalog's (0: the positives only)")
     max_item_tokens: int = _opt(32, "word pieces kept per item text")
     history_tokens: int = _opt(128, "token budget of the history text (history-text tower)")
     cache_text_vectors: bool = _opt(
@@ -347,7 +359,7 @@ class TrainConfig:
                 raise ConfigError(f"{field.name}={value!r} is not one of {', '.join(choices)}")
         positive = ["max_history", "max_item_tokens", "history_tokens", "embedding_dim", "num_blocks",
                     "num_heads", "epochs", "batch_size", "top_k", "trainable_layers", "text_tuning_layers",
-                    "text_tuning_batch_size"]
+                    "text_tuning_batch_size", "lora_rank", "lora_refresh_steps"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -411,10 +423,26 @@ class TrainConfig:
             raise ConfigError("--no-item-text needs --item-ids: an item tower needs text, IDs or both")
         if self.data == "files" and not self.interactions:
             raise ConfigError("--data files needs --interactions PATH")
-        if self.negatives == "catalog" and self.finetune != "frozen":
+        if self.lora_alpha is not None and not (math.isfinite(self.lora_alpha) and self.lora_alpha > 0):
+            raise ConfigError(f"lora_alpha must be a finite number > 0 (default: the rank), got {self.lora_alpha}")
+        if self.lora_negative_samples < 0:
+            raise ConfigError(f"lora_negative_samples must be >= 0 (0: the positives only), got "
+                              f"{self.lora_negative_samples}")
+        if self.finetune == "lora":
+            missing = [flag for flag, ok in (
+                ("the item text", self.item_text), ("--user-tower item-sequence", self.user_tower == "item-sequence"),
+                ("--negatives catalog", self.negatives == "catalog"),
+                ("--strategy default", self.strategy == "default"),
+                ("--mixed-precision float32", self.mixed_precision == "float32"),
+                ("no --jit-compile", not self.jit_compile)) if not ok]
+            if missing:
+                raise ConfigError(f"--finetune lora trains adapters of the item encoder's top layers over the "
+                                  f"catalog's cached lower-layer states, with catalog negatives from a periodically "
+                                  f"refreshed table, on one device in float32; it needs {', '.join(missing)}")
+        if self.negatives == "catalog" and self.finetune not in ("frozen", "lora"):
             raise ConfigError(
-                "--negatives catalog re-encodes the whole catalog each step and needs --finetune frozen; "
-                "use --negatives in-batch for full or top-k fine-tuning"
+                "--negatives catalog re-encodes the whole catalog each step and needs --finetune frozen (or lora, "
+                "which caches it); use --negatives in-batch for full or top-k fine-tuning"
             )
         if self.jit_compile and self.user_tower == "history-text":
             raise ConfigError(
@@ -546,7 +574,8 @@ def shape_conflicts(config: TrainConfig, run_options: dict) -> list[str]:
     """The `SHAPE_OPTIONS` on which `config` differs from a warm-started run's options.
 
     With `--item-fusion evidence` `cold_neighbours` shapes the checkpoint too (the width of
-    the item tower's neighbour table).
+    the item tower's neighbour table); with `--finetune lora` (here or in the run) `finetune`,
+    `trainable_layers` and `lora_rank` do (the adapters' variables).
 
     Args:
         config: TrainConfig. the refresh's options.
@@ -556,5 +585,7 @@ def shape_conflicts(config: TrainConfig, run_options: dict) -> list[str]:
         list of str. `--name X (the run: Y)` for each.
     """
     names = SHAPE_OPTIONS + (("cold_neighbours",) if config.item_fusion == "evidence" else ())
+    if "lora" in (config.finetune, run_options.get("finetune")):  # the adapters are checkpoint variables
+        names += ("finetune", "trainable_layers", "lora_rank")
     return [f"--{name.replace('_', '-')} {getattr(config, name)!r} (the run: {run_options[name]!r})"
             for name in names if name in run_options and run_options[name] != getattr(config, name)]

@@ -306,6 +306,66 @@ class ResumableBackup(tf.keras.callbacks.BackupAndRestore):
                 stale.unlink(missing_ok=True)
 
 
+class LoraTableRefresh(tf.keras.callbacks.Callback):
+    """`--finetune lora`: keeps the item tower's table of adapted text vectors in step with the adapters.
+
+    The table (`ItemTower.text_cache`) serves the catalog softmax's negatives, the history
+    positions and every evaluation; a training step recomputes only its positives with gradient
+    (`ItemTower.adapted_table`). This recomputes the whole table from the adapted top layers
+    (`ItemTower.refresh_adapted_table`) at the start, every `every_steps` steps and at every
+    epoch end, before the validation callback scores the epoch (it must come before it in
+    `fit`'s callbacks).
+
+    Args:
+        item_tower: tfrec_lm.models.ItemTower. a tower with `adapts_text`.
+        every_steps: int. steps between refreshes (>= 1).
+    """
+
+    def __init__(self, item_tower, every_steps: int):
+        super().__init__()
+        self.item_tower = item_tower
+        self.every_steps = int(every_steps)
+        self.refreshes = 0
+        self.refresh_seconds = 0.0
+        self._steps = 0
+
+    def _refresh(self) -> None:
+        start = time.monotonic()
+        self.item_tower.refresh_adapted_table()
+        self.refreshes += 1
+        self.refresh_seconds += time.monotonic() - start
+
+    def on_train_begin(self, logs=None):
+        self.item_tower.prepare_lora()
+        self._refresh()
+
+    def _implements_train_batch_hooks(self):
+        return True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self._steps % self.every_steps == 0:
+            self._refresh()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._refresh()
+
+    def on_train_end(self, logs=None):
+        logger.info("lora: %d refreshes of the adapted item table, %.1f s", self.refreshes, self.refresh_seconds)
+
+
+def finish_lora(model) -> None:
+    """After `--finetune lora` trains: folds the adapters into the encoder's base kernels
+    (`BertTextEncoder.merge_adapters`, B = 0 after: the same encoder) and recomputes the item
+    table from it, so the final item vectors, the export and a catalog update's new texts are the
+    adapted encoder's. Nothing for another strategy."""
+    tower = model.item_tower
+    if not tower.adapts_text:
+        return
+    tower.encoder.merge_adapters()
+    tower.refresh_adapted_table()
+
+
 def restore_callbacks(state: dict, directory: Path, validation: ValidationNDCG, early_stopping, checkpoint) -> None:
     """Puts a `callbacks.json` state back into the callbacks (after their own `on_train_begin`).
 
@@ -436,6 +496,8 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
                                                     save_weights_only=True)
     backup = ResumableBackup(backup_dir, config.backup_steps, chief, validation, early_stopping, checkpoint, resume)
     callbacks = [
+        # `--finetune lora`: the adapted item table is recomputed before the validation scores an epoch.
+        *([LoraTableRefresh(model.item_tower, config.lora_refresh_steps)] if model.item_tower.adapts_text else []),
         validation,
         tf.keras.callbacks.LambdaCallback(on_epoch_end=log_epochs_trained),
         early_stopping,
@@ -462,6 +524,7 @@ def fit(config: TrainConfig, model, data: PreparedData, strategy, output_dir: Pa
             # EarlyStopping restores the best weights only when it stops early; make it
             # unconditional (from memory: a non-chief worker has no checkpoint file).
             model.set_weights(early_stopping.best_weights)
+    finish_lora(model)
     # Seconds of training, the resumed-from run's included (until its last validation).
     train_seconds = time.monotonic() - start_time + (resume["validation"]["seconds"][-1]
                                                      if resume and resume["validation"]["seconds"] else 0.0)

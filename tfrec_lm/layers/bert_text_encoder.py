@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrec_lm.layers.lora_dense import LoraDense
 from tfrec_lm.layers.pooling import masked_mean
 
-FINETUNE_STRATEGIES = ("full", "top-k", "frozen")
+FINETUNE_STRATEGIES = ("full", "top-k", "frozen", "lora")
+CACHED_STRATEGIES = ("frozen", "lora")
+"""Strategies whose item text vectors an item tower keeps in a table (`ItemTower.text_cache`)."""
 EAGER_MAX_BATCHES = 8
 """`encode_table` runs eagerly up to this many batches (a catalog update's new texts), traced above."""
 
@@ -19,9 +22,13 @@ class BertTextEncoder(tf.keras.layers.Layer):
     Args:
         bert: transformers.TFBertModel. the encoder (pretrained or tiny random).
         finetune: str. one of `full` (every weight trains), `top-k` (only the top
-            `trainable_layers` transformer layers train) or `frozen` (no encoder
-            weight trains; what surrounds it does).
-        trainable_layers: int. the k of `top-k`.
+            `trainable_layers` transformer layers train), `frozen` (no encoder
+            weight trains; what surrounds it does) or `lora` (every encoder weight is
+            frozen; the query, key, value and attention-output projections of the top
+            `trainable_layers` layers get trainable low-rank adapters, `LoraDense`).
+        trainable_layers: int. the k of `top-k` and of `lora`.
+        lora_rank: int. r of the `lora` adapters.
+        lora_alpha: float or None. the adapters' scale is alpha / r; None: alpha = r (scale 1).
 
     Call args:
         input_ids: tf.Tensor int32. [B, L] word-piece ids.
@@ -31,20 +38,25 @@ class BertTextEncoder(tf.keras.layers.Layer):
         tf.Tensor float32. [B, hidden_size] mean-pooled last hidden states.
     """
 
-    def __init__(self, bert, finetune: str = "frozen", trainable_layers: int = 2, **kwargs):
+    def __init__(self, bert, finetune: str = "frozen", trainable_layers: int = 2, lora_rank: int = 8,
+                 lora_alpha=None, **kwargs):
         super().__init__(**kwargs)
         if finetune not in FINETUNE_STRATEGIES:
             raise ValueError(
                 f"unknown fine-tuning strategy {finetune!r}; choose one of {FINETUNE_STRATEGIES}"
             )
         num_layers = bert.config.num_hidden_layers
-        if finetune == "top-k" and not 1 <= trainable_layers <= num_layers:
+        if finetune in ("top-k", "lora") and not 1 <= trainable_layers <= num_layers:
             raise ValueError(
                 f"trainable_layers must be in [1, {num_layers}] for this encoder, got {trainable_layers}"
             )
         self.bert = bert
         self.finetune = finetune
         self.trainable_layers = int(trainable_layers)
+        self.lora_rank = int(lora_rank)
+        self.lora_alpha = None if lora_alpha is None else float(lora_alpha)
+        if finetune == "lora":
+            self._add_adapters()
         self._apply_strategy()
 
     @property
@@ -54,6 +66,50 @@ class BertTextEncoder(tf.keras.layers.Layer):
     @property
     def is_frozen(self) -> bool:
         return self.finetune == "frozen"
+
+    @property
+    def caches_text(self) -> bool:
+        """Whether an item tower keeps this encoder's item vectors in a table (`frozen`, `lora`)."""
+        return self.finetune in CACHED_STRATEGIES
+
+    @property
+    def first_adapted_layer(self) -> int:
+        """Index of the lowest transformer layer `lora` adapts (or `top-k` trains)."""
+        return int(self.bert.config.num_hidden_layers) - self.trainable_layers
+
+    @staticmethod
+    def _projections(layer) -> dict:
+        """The dense projections of one transformer layer's attention that `lora` adapts, by name."""
+        attention = layer.attention
+        return {"query": (attention.self_attention, "query"), "key": (attention.self_attention, "key"),
+                "value": (attention.self_attention, "value"), "output": (attention.dense_output, "dense")}
+
+    def _add_adapters(self) -> None:
+        if not self.bert.built:  # the wrapped projections must have their kernels before a checkpoint loads
+            self.bert(self.bert.dummy_inputs)
+        for layer in self.bert.bert.encoder.layer[self.first_adapted_layer:]:
+            for name, (owner, attribute) in self._projections(layer).items():
+                base = getattr(owner, attribute)
+                if isinstance(base, LoraDense):  # a BERT shared with another encoder (a catalog update's grown model)
+                    if (base.rank, base.alpha) != (self.lora_rank, float(self.lora_alpha or self.lora_rank)):
+                        raise ValueError(f"this BERT already has rank {base.rank} adapters (alpha {base.alpha})")
+                    continue
+                delattr(owner, attribute)  # untracked first, so the base is tracked once, under the adapter
+                adapter = LoraDense(base, rank=self.lora_rank, alpha=self.lora_alpha, name=f"lora_{name}")
+                adapter.build(tf.TensorShape([None, None, base.kernel.shape[0]]))
+                setattr(owner, attribute, adapter)
+
+    def adapters(self) -> list:
+        """The `LoraDense` layers, bottom to top (empty unless `lora`)."""
+        if self.finetune != "lora":
+            return []
+        return [getattr(owner, attribute) for layer in self.bert.bert.encoder.layer[self.first_adapted_layer:]
+                for owner, attribute in self._projections(layer).values()]
+
+    def merge_adapters(self) -> None:
+        """Folds every adapter into its base kernel (`LoraDense.merge`): the same encoder, B = 0 after."""
+        for adapter in self.adapters():
+            adapter.merge()
 
     def _apply_strategy(self) -> None:
         main = self.bert.bert
@@ -66,12 +122,22 @@ class BertTextEncoder(tf.keras.layers.Layer):
             layers = main.encoder.layer
             for index, layer in enumerate(layers):
                 layer.trainable = index >= len(layers) - self.trainable_layers
+        elif self.finetune == "lora":
+            main.embeddings.trainable = False
+            for layer in main.encoder.layer:
+                # A layer's own flag must stay on for its adapters' weights to be trainable:
+                # every weight-holding sublayer but the adapters is switched off instead.
+                layer.trainable = True
+                for sub in layer.submodules:
+                    holds_weights = isinstance(sub, tf.keras.layers.Layer) and sub._trainable_weights
+                    if holds_weights and not isinstance(sub, LoraDense):
+                        sub.trainable = False
 
     def call(self, input_ids, attention_mask, training=False):
         outputs = self.bert(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            training=training and not self.is_frozen,
+            training=training and self.finetune in ("full", "top-k"),
         )
         return masked_mean(outputs.last_hidden_state, attention_mask)
 
@@ -113,6 +179,8 @@ class BertTextEncoder(tf.keras.layers.Layer):
                 "bert_config": self.bert.config.to_dict(),
                 "finetune": self.finetune,
                 "trainable_layers": self.trainable_layers,
+                "lora_rank": self.lora_rank,
+                "lora_alpha": self.lora_alpha,
             }
         )
         return config

@@ -102,7 +102,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
     bert, tokenizer = encoder_factory()
     tokens = tokenize_items(item_texts, tokenizer, config.max_item_tokens)
     item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
-                                   name="item_text_encoder")
+                                   lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, name="item_text_encoder")
     token_rows = tokens.with_special_tokens()
     if config.cold_items == "text" and warm_items is None:
         warm_items = np.arange(len(token_rows)) > 0
@@ -117,7 +117,8 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            cold_neighbours=config.cold_neighbours if config.cold_items == "text" else 0,
                            cold_popularity=config.cold_popularity, item_counts=item_counts,
                            evidence_shrinkage=config.evidence_shrinkage,
-                           text_whitening=config.text_whitening, name="item_tower")
+                           text_whitening=config.text_whitening,
+                           lora_negative_samples=config.lora_negative_samples, name="item_tower")
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
@@ -144,7 +145,11 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
         tuned = tune_text_encoder(item_encoder, token_rows, tuning_pairs, config.text_tuning_steps,
                                   layers=config.text_tuning_layers, batch_size=config.text_tuning_batch_size,
                                   learning_rate=config.text_tuning_learning_rate, seed=config.seed)
-    if item_tower.text_cache is not None and encode_texts:
+    if item_tower.adapts_text and encode_texts:
+        # The lower states are computed once; the table (at B = 0 the frozen vectors) comes from them.
+        item_tower.prepare_lora()
+        item_tower.refresh_adapted_table()
+    elif item_tower.text_cache is not None and encode_texts:
         cache_dir = None
         if config.cache_text_vectors:
             from tfrec_lm.assets import cache_dir as asset_cache_dir

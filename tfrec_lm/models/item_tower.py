@@ -156,6 +156,20 @@ def _norm_last_axis(norm, vectors):
     return tf.reshape(rows, tf.shape(vectors))
 
 
+class _LoraStates:
+    """`lora`'s per-run cache of an item tower: the lower token states, masks and traced functions.
+
+    A plain object, so Keras tracks none of it (it must not enter checkpoints or `weights`).
+    """
+
+    def __init__(self):
+        self.states = self.mask = self.lengths = self.top = self.refresh = None
+
+    @property
+    def ready(self) -> bool:
+        return self.states is not None
+
+
 @tf.keras.utils.register_keras_serializable(package="tfrec_lm")
 class ItemTower(tf.keras.layers.Layer):
     """Embeds catalog items by index.
@@ -163,7 +177,10 @@ class ItemTower(tf.keras.layers.Layer):
     The item texts were tokenized once; the tower gathers their token rows and
     runs the BERT encoder. With a frozen encoder the pooled BERT vectors of the
     whole catalog are computed once (`refresh_cache`) and kept in a
-    non-trainable table, so a training step only projects cached vectors.
+    non-trainable table, so a training step only projects cached vectors. With a `lora`
+    encoder the table holds the adapted encoder's vectors, recomputed from cached lower-layer
+    token states (`prepare_lora`, `refresh_adapted_table`), and a training step recomputes the
+    rows of its positives with gradient (`adapted_table`, `fresh_items`).
 
     Args:
         encoder: tfrec_lm.layers.BertTextEncoder. the item text encoder.
@@ -230,6 +247,9 @@ class ItemTower(tf.keras.layers.Layer):
             transformed with them) keep the statistics the projection was trained on. The
             cold-neighbour cosines (`_nearest_warm`) read the raw vectors. Needs the item
             text and a frozen encoder.
+        lora_negative_samples: int. with a `lora` encoder, catalog items drawn uniformly per training
+            step whose rows are also recomputed with gradient, scaled so that their gradient
+            estimates the whole catalog's (`adapted_table`); 0: the positives only.
 
     The config carries `token_rows` as a nested list: like a lookup layer's vocabulary,
     the table is constructor data, and `from_config` needs it to rebuild the layer.
@@ -246,7 +266,8 @@ class ItemTower(tf.keras.layers.Layer):
                  trim_padding: bool = True, warm_items=None, id_dropout: float = 0.0, fusion: str = "sum",
                  id_lr_multiplier: float = 1.0, bias: bool = False, bias_scale: float = 1.0,
                  cold_neighbours: int = 0, cold_popularity: float = 1.0, item_counts=None,
-                 evidence_shrinkage: float = 10.0, text_whitening: str = "none", **kwargs):
+                 evidence_shrinkage: float = 10.0, text_whitening: str = "none", lora_negative_samples: int = 128,
+                 **kwargs):
         super().__init__(**kwargs)
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
@@ -349,7 +370,13 @@ class ItemTower(tf.keras.layers.Layer):
         self.text_cache = self.add_weight(
             name="text_cache", shape=[self.num_items, encoder.hidden_size], trainable=False,
             initializer="zeros",
-        ) if encoder.is_frozen and use_text else None
+        ) if encoder.caches_text and use_text else None
+        # `lora`: the catalog's token states at the input of the first adapted layer (`prepare_lora`),
+        # held outside Keras's tracking (they are no weight: never checkpointed, computed once per run).
+        self._lora = _LoraStates() if encoder.finetune == "lora" and use_text else None
+        self.lora_negative_samples = int(lora_negative_samples)
+        if self.lora_negative_samples < 0:
+            raise ValueError(f"lora_negative_samples must be >= 0, got {lora_negative_samples}")
         self._cache_ready = False
         # `center` / `whiten`: mu and W of the warm items' cached vectors (`refresh_text_statistics`),
         # non-trainable so they travel with the checkpoint; float32 also under mixed precision.
@@ -420,7 +447,7 @@ class ItemTower(tf.keras.layers.Layer):
             bool. True when the vectors came from `cache_dir`.
         """
         if self.text_cache is None:
-            raise ValueError("refresh_cache needs a frozen encoder and use_text=True")
+            raise ValueError("refresh_cache needs a frozen (or lora) encoder and use_text=True")
         path = None
         if cache_dir is not None:
             path = Path(cache_dir) / f"{text_cache_key(self.token_rows, self.encoder)}.npy"
@@ -517,10 +544,124 @@ class ItemTower(tf.keras.layers.Layer):
         target.refresh_evidence()
         return int(len(encode_rows))
 
-    def text_vectors(self, items, training=False):
-        """Pooled encoder vectors of items. [..., hidden_size]."""
+    @property
+    def adapts_text(self) -> bool:
+        """Whether the text encoder trains through `lora` adapters over cached lower states."""
+        return self._lora is not None
+
+    def prepare_lora(self, batch_size: int = 64) -> None:
+        """`lora`: computes every item's token states at the input of the first adapted layer, once.
+
+        The layers below are frozen, so the states never change; a step (`adapted_table`) and a
+        refresh of the table (`refresh_adapted_table`) run only the adapted top layers over them.
+        Rows are trimmed to the longest text. Memory: [C+1, longest, hidden] float32 (MiniLM on
+        MovieLens-100K: 1,683 x 34 x 384, 88 MB).
+        """
+        from tfrec_lm.models.text_tuning import lower_states
+
+        if self._lora is None:
+            raise ValueError("prepare_lora needs --finetune lora and the item text")
+        if self._lora.ready:
+            return
+        states, mask = lower_states(self.encoder, self.token_rows, self.encoder.first_adapted_layer,
+                                    batch_size=batch_size)
+        self._lora.states = tf.Variable(states, trainable=False, name="lora_lower_states")
+        self._lora.mask = tf.Variable(mask, trainable=False, name="lora_lower_mask")
+        self._lora.lengths = mask.sum(axis=1)
+
+    def lora_top(self):
+        """`lora`: the adapted top layers and mean pooling over cached states (`text_tuning._TopLayers`)."""
+        from tfrec_lm.models.text_tuning import _TopLayers
+
+        if self._lora.top is None:
+            self._lora.top = _TopLayers(self.encoder, self.encoder.trainable_layers)
+        return self._lora.top
+
+    def refresh_adapted_table(self, chunk_rows: int = 256) -> None:
+        """`lora`: recomputes every item's text vector in `text_cache` from the adapted top layers.
+
+        Rows go shortest first in chunks of `chunk_rows`, each cut to its own longest text, through
+        one traced function. Row 0 (padding) stays zeros. Also what a frozen-equivalent cache is at
+        step 0 (B = 0).
+        """
+        self.prepare_lora()
+        lora = self._lora
+        if lora.refresh is None:
+            top = self.lora_top()
+            hidden = self.encoder.hidden_size
+            lora.refresh = tf.function(lambda states, mask: top(states, mask, training=False), input_signature=[
+                tf.TensorSpec([None, None, hidden], tf.float32), tf.TensorSpec([None, None], tf.int32)])
+        order = np.argsort(lora.lengths, kind="stable")
+        table = np.zeros(tuple(self.text_cache.shape), np.float32)
+        for start in range(0, len(order), chunk_rows):
+            rows = order[start:start + chunk_rows]
+            width = max(1, int(lora.lengths[rows].max()))
+            table[rows] = lora.refresh(tf.gather(lora.states, rows)[:, :width],
+                                       tf.gather(lora.mask, rows)[:, :width]).numpy()
+        table[0] = 0.0
+        self.text_cache.assign(table)
+        self._cache_ready = True
+
+    def adapted_table(self, fresh_items):
+        """`lora` in a training step: `text_cache` with the rows of `fresh_items` recomputed with gradient.
+
+        The distinct items, and `lora_negative_samples` catalog items drawn uniformly (S, those
+        not among them), run through the adapted top layers (dropout off, as for the table)
+        over their cached states, shortest first in two halves each cut to its longest text,
+        and replace their (stale) rows; every other row is the table as the last refresh left
+        it, a constant of the step. A sampled row's value is its fresh vector, its gradient
+        scaled by (C - P) / |S| (C catalog items, P positives): the softmax's gradient through
+        the negatives is then estimated over the whole catalog, not dropped. Without it the
+        adapters learn to raise whatever is recomputed (the positives) against the stale rows:
+        on ML-100K, 60 steps gave a lower training loss than frozen's (5.2 against 7.2) and a
+        validation NDCG@10 of 0.010 against 0.036.
+
+        Args:
+            fresh_items: tf.Tensor int. [...] items recomputed (the batch's positives).
+
+        Returns:
+            tf.Tensor float32. [C+1, hidden].
+        """
+        lora = self._lora
+        if not lora.ready:
+            raise ValueError("a lora training step needs the catalog's lower states: call prepare_lora first")
+        positives, _ = tf.unique(tf.reshape(tf.cast(fresh_items, tf.int32), [-1]))
+        items = positives
+        if self.lora_negative_samples:
+            drawn = tf.random.uniform([self.lora_negative_samples], 1, self.num_items, tf.int32)
+            items, _ = tf.unique(tf.concat([positives, drawn], axis=0))
+        # Shortest texts first, in two halves each cut to its own longest text (as text tuning
+        # does): the short titles' half does not pay for the long ones' padding.
+        items = tf.gather(items, tf.argsort(tf.gather(tf.constant(lora.lengths, tf.int32), items), stable=True))
+        half = tf.size(items) // 2
+        fresh = []
+        for part in (items[:half], items[half:]):
+            mask = tf.gather(lora.mask, part)
+            width = tf.maximum(tf.reduce_max(tf.reduce_sum(mask, axis=1)), 1)
+            fresh.append(self.lora_top()(tf.gather(lora.states, part)[:, :width], mask[:, :width], training=False))
+        fresh = tf.concat(fresh, axis=0)
+        if self.lora_negative_samples:
+            positive = tf.reduce_any(tf.equal(items[:, None], positives[None, :]), axis=1)
+            sampled = tf.reduce_sum(tf.cast(tf.logical_not(positive), tf.float32))
+            others = tf.cast(self.num_items - 1 - tf.size(positives), tf.float32)
+            scale = tf.where(positive, 1.0, others / tf.maximum(sampled, 1.0))[:, None]
+            fresh = tf.stop_gradient(fresh) + scale * (fresh - tf.stop_gradient(fresh))
+        return tf.tensor_scatter_nd_update(tf.stop_gradient(tf.convert_to_tensor(self.text_cache)), items[:, None],
+                                           tf.cast(fresh, self.text_cache.dtype))
+
+    def text_vectors(self, items, training=False, fresh_items=None):
+        """Pooled encoder vectors of items. [..., hidden_size].
+
+        Args:
+            items: tf.Tensor int. [...] item indices.
+            training: bool. training mode (a trainable encoder's dropout).
+            fresh_items: tf.Tensor int or None. `lora` in training: these items' vectors are
+                recomputed with gradient (`adapted_table`), the others read from the table.
+        """
         items = tf.cast(items, tf.int32)
         if self.text_cache is not None:
+            if fresh_items is not None and training and self._lora is not None:
+                return tf.gather(self.adapted_table(fresh_items), items)
             return tf.gather(self.text_cache, items)
         flat = tf.reshape(items, [-1])
         if self.unique_items:
@@ -535,7 +676,7 @@ class ItemTower(tf.keras.layers.Layer):
             pooled = tf.gather(pooled, position)
         return tf.reshape(pooled, tf.concat([tf.shape(items), [self.encoder.hidden_size]], axis=0))
 
-    def text_part(self, items, training=False):
+    def text_part(self, items, training=False, fresh_items=None):
         """The text's share of `representation`: the projected (and, balanced, normalised) text vector.
 
         With `text_whitening` the text vectors are centred (and whitened, `whiten_text`) first.
@@ -545,7 +686,7 @@ class ItemTower(tf.keras.layers.Layer):
         """
         if not self.use_text:
             return None
-        text = self.text_vectors(items, training=training)
+        text = self.text_vectors(items, training=training, fresh_items=fresh_items)
         if self.text_mean is not None:
             text = self.whiten_text(text)
         text = self.text_dropout(text, training=training)
@@ -797,18 +938,21 @@ class ItemTower(tf.keras.layers.Layer):
         return tf.scatter_nd(tf.constant(cold_rows[:, None], tf.int32), imputed,
                              [self.num_items, self.embedding_dim])
 
-    def representation(self, items, training=False):
+    def representation(self, items, training=False, fresh_items=None):
         """Unnormalised item vectors, also the user tower's history inputs. [..., embedding_dim].
 
         The text part plus the ID part; with `gated`, the text part times `text_gate` (one
         `id_dropout` draw for both, so a dropped item is its text and the no-ID vector, g = 1).
+        `fresh_items` (int [...] or None): with `lora` in training, the items whose text vectors
+        are recomputed with gradient (`text_vectors`).
         """
         if self.fusion == "gated":
             items = tf.cast(items, tf.int32)
             use = self.uses_id(items, training=training)
-            text = self.text_part(items, training=training)
+            text = self.text_part(items, training=training, fresh_items=fresh_items)
             return self.text_gate(items, use=use)[..., None] * text + self.id_part(items, training=training, use=use)
-        parts = [part for part in (self.text_part(items, training=training), self.id_part(items, training=training))
+        parts = [part for part in (self.text_part(items, training=training, fresh_items=fresh_items),
+                                   self.id_part(items, training=training))
                  if part is not None]
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
 
@@ -947,6 +1091,7 @@ class ItemTower(tf.keras.layers.Layer):
             "item_counts": None if self.item_counts is None else self.item_counts.tolist(),
             "evidence_shrinkage": self.evidence_shrinkage,
             "text_whitening": self.text_whitening,
+            "lora_negative_samples": self.lora_negative_samples,
         })
         return config
 

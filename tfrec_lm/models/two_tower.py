@@ -234,7 +234,11 @@ class TwoTowerModel(tfrs.Model):
             # One item-tower pass over the catalog per step serves the softmax, the
             # positives and (item-sequence) the history positions. Each query's candidates
             # are its own positive and the catalog: nothing to share across replicas.
-            table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training)
+            # `lora`: the table holds the last refresh's adapted vectors (stale negatives); the
+            # batch's positives are recomputed with gradient through the adapters.
+            fresh = target if training and self.item_tower.adapts_text else None
+            table = self.item_tower.representation(tf.range(self.item_tower.num_items), training=training,
+                                                   fresh_items=fresh)
             users = self.user_tower(features["history"], features.get("history_timestamps"), training=training,
                                     item_table=table)
             embeddings = self.item_tower.finalize(table, tf.range(self.item_tower.num_items))
