@@ -239,6 +239,15 @@ def test_bayesian_optimization_second_trial_from_the_gaussian_process(tiny_data,
     assert config.embedding_dim in (16, 32) and 1e-3 <= config.learning_rate <= 1e-2
 
 
+def test_the_bayesian_tuner_hands_kerastuners_oracle_arguments_to_its_oracle(tmp_path):
+    pytest.importorskip("sklearn", reason="BayesianOptimization needs keras-tuner[bayesian] (scikit-learn)")
+    tuner = make_tuner("bayesian", tiny_hypermodel(tmp_path), max_trials=3, num_initial_points=2, beta=1.5,
+                       max_consecutive_failed_trials=5, directory=str(tmp_path), project_name="args")
+    oracle = tuner.oracle
+    assert (oracle.max_trials, oracle.num_initial_points, oracle.beta, oracle.max_consecutive_failed_trials) == (
+        3, 2, 1.5, 5)
+
+
 def test_the_bayesian_oracle_never_runs_a_tried_point_again(tmp_path):
     pytest.importorskip("sklearn", reason="BayesianOptimization needs keras-tuner[bayesian] (scikit-learn)")
     from tuning.tuner import NoRepeatBayesianOracle

@@ -323,11 +323,15 @@ class BayesianOptimizationTuner(TrainingTunerMixin, kt.Tuner):
     `seed`, ...) and `TrainingTunerMixin`'s.
     """
 
-    def __init__(self, hypermodel: RecommenderHyperModel, max_trials: int = 10, num_initial_points=None,
-                 alpha: float = 1e-4, beta: float = 2.6, seed=None, budget_minutes: Optional[float] = None,
+    ORACLE_ARGUMENTS = ("max_trials", "num_initial_points", "alpha", "beta", "seed", "hyperparameters",
+                        "tune_new_entries", "allow_new_entries", "max_retries_per_trial",
+                        "max_consecutive_failed_trials")
+    """What `kt.BayesianOptimization` hands its oracle; the rest of its arguments go to `kt.Tuner`."""
+
+    def __init__(self, hypermodel: RecommenderHyperModel, budget_minutes: Optional[float] = None,
                  keep_checkpoints: bool = False, **kwargs):
-        oracle = NoRepeatBayesianOracle(objective=OBJECTIVE, max_trials=max_trials,
-                                        num_initial_points=num_initial_points, alpha=alpha, beta=beta, seed=seed)
+        oracle_kwargs = {name: kwargs.pop(name) for name in self.ORACLE_ARGUMENTS if name in kwargs}
+        oracle = NoRepeatBayesianOracle(objective=OBJECTIVE, **oracle_kwargs)
         super().__init__(hypermodel, budget_minutes=budget_minutes, keep_checkpoints=keep_checkpoints,
                          oracle=oracle, **kwargs)
 
