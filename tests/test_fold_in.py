@@ -148,3 +148,22 @@ def test_user_queries_in_padded_batches_match_the_tower_row_by_row(item_sequence
     np.testing.assert_allclose(got, expected, atol=1e-5)
     none = user_queries(users, history[:0], times[:0])
     assert none.shape == (0, expected.shape[1])
+
+
+def test_user_queries_trace_a_tower_once_and_read_its_table_when_they_run(item_sequence_run):
+    """The fold-in and the calibration share one tower: the second call reuses the trace and sees a new table."""
+    from tfrec_lm.catalog.fold_in import _TRACED, user_queries
+
+    users = item_sequence_run.model.user_tower.for_export()
+    width = item_sequence_run.model.user_tower.max_history
+    history = np.zeros((4, width), np.int32)
+    history[:, -1] = [1, 2, 3, 4]
+    times = np.ones((4, width), np.int64)
+    first = user_queries(users, history, times, batch_size=4)
+    table = users.item_representations.numpy()
+    users.item_representations.assign(table[::-1].copy())  # another table, as the calibration assigns
+    second = user_queries(users, history, times, batch_size=4)
+    assert _TRACED[users].experimental_get_tracing_count() == 1
+    assert not np.allclose(first, second)
+    users.item_representations.assign(table)
+    np.testing.assert_allclose(user_queries(users, history, times, batch_size=4), first, atol=1e-6)

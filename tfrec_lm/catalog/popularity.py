@@ -233,7 +233,7 @@ def weekly_hits(queries: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, s
 def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray] = None, scale="auto",
                       half_life_days: float = DEFAULT_HALF_LIFE_DAYS, servable: Optional[np.ndarray] = None,
                       trained_until: Optional[float] = None, new_items: Optional[np.ndarray] = None,
-                      new_item_offset=0.0, batch_size: int = 512):
+                      new_item_offset=0.0, batch_size: int = 512, users=None):
     """The offset of a (grown, frozen) model from a log, its scales chosen on log rows the run never trained on.
 
     Args:
@@ -251,6 +251,8 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
         new_item_offset: str or float. gamma: `auto` (calibrated after beta, on the same targets) or a
             fixed number added to the score of every `new_items` item (0: none).
         batch_size: int. histories per user-tower call.
+        users: the user tower to run (`model.user_tower.for_export()`, made here when None; the fold-in's,
+            so that it is traced once); `representations` are assigned to its table.
 
     Returns:
         tuple (PopularityOffset; np.ndarray int64 the calibration targets' rows of the sorted log (empty:
@@ -301,7 +303,7 @@ def popularity_offset(model, item_ids, log, representations: Optional[np.ndarray
     reps = tower.representation(everything, training=False) if representations is None else tf.constant(
         np.asarray(representations, np.float32))
     embeddings = tower.finalize(reps, everything).numpy()
-    users = model.user_tower.for_export()
+    users = model.user_tower.for_export() if users is None else users
     if representations is not None and hasattr(users, "item_representations"):
         users.item_representations.assign(np.asarray(representations, np.float32))
     queries = user_queries(users, history, times, batch_size)

@@ -367,14 +367,16 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     folded, offset, validation = None, None, None
     if log is not None:
         with watch("fold_in"):
+            users = new.user_tower.for_export()  # one tower (and one trace) for the fold-in and the calibration
             folded = fold_in(new, item_ids, log, since=since, shrinkage=shrinkage, text_prior=fold_in_text_prior,
-                             half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map)
+                             half_life_days=fold_in_half_life_days, scope=fold_in_scope, audience_map=fold_in_map,
+                             users=users)
         trained_until = (record.get("data") or {}).get("last_timestamp")
         untrained = np.concatenate([[False], ~catalog["warm"].to_numpy(bool)]) & ~retired
         with watch("popularity"):
             offset, targets, ordered = popularity_offset(
                 new, item_ids, log, folded.representations, popularity, half_life, servable=~retired,
-                trained_until=trained_until, new_items=untrained, new_item_offset=new_item_offset)
+                trained_until=trained_until, new_items=untrained, new_item_offset=new_item_offset, users=users)
         stamps = ordered["timestamp"].to_numpy(np.int64)
         week = targets[stamps[targets] >= stamps.max() + 1 - GATE_DAYS * 86400]  # the gate: the newest week
         if len(week):
