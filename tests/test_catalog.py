@@ -153,7 +153,7 @@ def test_updates_chain_and_a_fresh_process_serves_them(trained, encoder_factory,
                             encoder_factory=encoder_factory)
     assert first.base == "run" and second.base == "version 1"
     assert second.export_path.name == "2" and second.changes.retired == ["new-a", COLD[0]]
-    assert second.encoded == 1  # new-a still differs from the training catalog; nothing else is encoded
+    assert second.encoded == 0 and second.reused == 1  # new-a's vector is version 1's: nothing is encoded
     catalog = read_catalog(second.export_path / "assets.extra" / EXPORT_CATALOG_FILE)
     assert catalog.set_index("item_id").loc[["new-a", COLD[0]], "retired"].all()
     metadata = json.loads((second.export_path / "assets.extra" / "tfrec_lm.json").read_text())
@@ -172,6 +172,38 @@ def test_updates_chain_and_a_fresh_process_serves_them(trained, encoder_factory,
     got = json.loads(answer.stdout.strip().splitlines()[-1])
     assert "new-a" not in got["top"][0] and COLD[0] not in got["top"][0] and len(got["top"][0]) == 5
     assert got["rank"][0][0] == LOWEST_SCORE and got["rank"][0][1] > LOWEST_SCORE  # retired; cold but live
+
+
+def test_a_chained_update_encodes_only_texts_new_to_the_version_it_extends(trained, encoder_factory, tmp_path,
+                                                                           monkeypatch):
+    """Version 1's encoded texts travel in its assets.extra; version 2 reuses them and encodes only new-b."""
+    from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+    from tfrec_lm.registry.layout import EXPORT_TEXT_VECTORS_FILE
+
+    base = tmp_path / "exports"
+    first = update_catalog(trained["run"], items_path=items_file(tmp_path / "a.csv", [("new-a", "red sneakers 40", "sneakers")]),
+                           export_base=str(base), encoder_factory=encoder_factory)
+    stored = np.load(first.export_path / "assets.extra" / EXPORT_TEXT_VECTORS_FILE)
+    texts = read_catalog(first.export_path / "assets.extra" / EXPORT_CATALOG_FILE).set_index("item_id")["text"]
+    assert stored["item_ids"].tolist() == ["new-a"] and stored["texts"].tolist() == [texts["new-a"]]
+    encoded_rows = []
+    original = BertTextEncoder.encode_table
+    monkeypatch.setattr(BertTextEncoder, "encode_table",
+                        lambda self, rows, **kw: encoded_rows.append(len(rows)) or original(self, rows, **kw))
+    second = update_catalog(trained["run"], items_path=items_file(tmp_path / "b.csv", [("new-b", "blue novel", "novels")]),
+                            export_base=str(base), encoder_factory=encoder_factory)
+    assert (second.encoded, second.reused, encoded_rows) == (1, 1, [1])  # new-b only
+    again = np.load(second.export_path / "assets.extra" / EXPORT_TEXT_VECTORS_FILE)
+    assert again["item_ids"].tolist() == ["new-a", "new-b"]
+    np.testing.assert_array_equal(again["vectors"][0], stored["vectors"][0])
+    h, t = tf.constant([["sne1", "nov1"]]), tf.zeros([1, 2], tf.int64)
+    scores = [signature(v.export_path, "rank")(history_item_ids=h, history_timestamps=t,
+                                               candidate_item_ids=tf.constant([["new-a"]]))["scores"].numpy()
+              for v in (first, second)]
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)  # new-a is the same vector in both versions
+    third = update_catalog(trained["run"], items_path=items_file(tmp_path / "c.csv", [("new-a", "green boots", "boots")]),
+                           export_base=str(base), encoder_factory=encoder_factory)
+    assert (third.encoded, third.reused, encoded_rows) == (1, 1, [1, 1])  # a changed text is encoded again
 
 
 def test_a_running_server_hot_swaps_to_the_update(trained, encoder_factory, tmp_path):

@@ -143,7 +143,8 @@ def main(argv=None) -> int:
     summary = update.changes.summary()
     print(f"catalog update from {update.base}: {summary['added']} added, {summary['changed']} changed, "
           f"{summary['retired']} retired, {summary['restored']} restored, {summary['unchanged']} unchanged; "
-          f"{update.encoded} texts encoded; {update.num_servable} of {update.num_items} items can be "
+          f"{update.encoded} texts encoded{f' ({update.reused} more carried over)' if update.reused else ''}; "
+          f"{update.num_servable} of {update.num_items} items can be "
           f"recommended; {update.seconds:.1f} s")
     if update.fold_in is not None:
         fold = update.fold_in

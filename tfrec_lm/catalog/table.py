@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tfrec_lm.errors import DataError
-from tfrec_lm.registry.layout import EXPORT_CATALOG_FILE
+from tfrec_lm.registry.layout import EXPORT_CATALOG_FILE, EXPORT_TEXT_VECTORS_FILE
 
 COLUMNS = ("item_id", "title", "year", "genres", "text", "count", "warm", "retired")
 
@@ -86,18 +86,63 @@ def write_catalog(catalog: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 
-def catalog_extras(catalog: Optional[pd.DataFrame]) -> dict:
+def catalog_extras(catalog: Optional[pd.DataFrame], text_vectors: Optional[tuple] = None) -> dict:
     """The `extras` of `ModelVersions.save` that keep a version's catalog in its `assets.extra/`.
 
     Args:
         catalog: pd.DataFrame or None. the catalog behind the version.
+        text_vectors: tuple or None. (item ids [N] str, texts [N] str, vectors [N, hidden] float32):
+            the encoder vectors of the texts a catalog update encoded or carried over, so that
+            the next update of the version encodes only what is new to it (`write_text_vectors`).
 
     Returns:
-        dict. `{EXPORT_CATALOG_FILE: write(path)}` (empty for None).
+        dict. `{EXPORT_CATALOG_FILE: write(path)}`, and `EXPORT_TEXT_VECTORS_FILE` with `text_vectors`
+            (empty for None).
     """
     if catalog is None:
         return {}
-    return {EXPORT_CATALOG_FILE: functools.partial(write_catalog, catalog)}
+    extras = {EXPORT_CATALOG_FILE: functools.partial(write_catalog, catalog)}
+    if text_vectors is not None and len(text_vectors[0]):
+        extras[EXPORT_TEXT_VECTORS_FILE] = functools.partial(write_text_vectors, *text_vectors)
+    return extras
+
+
+def write_text_vectors(item_ids, texts, vectors: np.ndarray, path: str | os.PathLike) -> Path:
+    """Writes encoder text vectors with the item ids and texts they were encoded from (`.npz`, atomically).
+
+    Args:
+        item_ids: array-like of str. [N].
+        texts: array-like of str. [N] the texts encoded.
+        vectors: np.ndarray float32. [N, hidden] the run's frozen encoder's vectors of `texts`.
+        path: str | PathLike. the file.
+
+    Returns:
+        Path. `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(temporary, item_ids=np.asarray(item_ids, dtype=str), texts=np.asarray(texts, dtype=str),
+             vectors=np.asarray(vectors, np.float32))
+    os.replace(temporary, path)
+    return path
+
+
+def read_text_vectors(path: str | os.PathLike) -> dict:
+    """The vectors `write_text_vectors` wrote, by (item id, text); empty when there is no such file.
+
+    Args:
+        path: str | PathLike. the file.
+
+    Returns:
+        dict. (item_id, text) -> np.ndarray float32 [hidden].
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as stored:
+        return {(item, text): vector for item, text, vector in
+                zip(stored["item_ids"].tolist(), stored["texts"].tolist(), stored["vectors"])}
 
 def read_catalog(path: str | os.PathLike) -> pd.DataFrame:
     """Reads a catalog written by `write_catalog`.

@@ -3,7 +3,9 @@
 The run's checkpoint holds the towers trained on its catalog. An update rebuilds the
 model on the new catalog, grows the trained towers into it (`TwoTowerModel.grow_into`: the
 item tables row by row, an update only appends rows), encodes only the texts that are new
-or changed since training with the run's frozen encoder, and hands the new version to the
+or changed since training with the run's frozen encoder (a text the version extended already
+encoded is carried over from its `assets.extra/`, so a weekly chain encodes only the week's
+new texts), and hands the new version to the
 publishing gate (`tfrec_lm.registry.gate`), which writes it beside the previous versions
 (atomically, as training does) when its policy allows. New items are cold: their text
 places them, and their ID part is the mix of the trained ID embeddings of their nearest
@@ -30,7 +32,7 @@ from typing import Iterable, Optional
 import numpy as np
 import pandas as pd
 
-from tfrec_lm.catalog.table import CatalogChanges, apply_changes, catalog_extras, read_catalog
+from tfrec_lm.catalog.table import CatalogChanges, apply_changes, catalog_extras, read_catalog, read_text_vectors
 from tfrec_lm.errors import ConfigError, DataError
 from tfrec_lm.registry.gate import GateDecision, PublishGate
 from tfrec_lm.registry.manifest import build_manifest
@@ -75,7 +77,8 @@ class CatalogUpdate:
     Attributes:
         export_path: Path. the new export version directory.
         changes: CatalogChanges. added, changed, unchanged, retired and restored item ids.
-        encoded: int. item texts encoded (new or changed since training).
+        encoded: int. item texts encoded: new or changed since training, and not encoded by the
+            version extended (whose vectors, `reused`, are carried over).
         num_items: int. catalog items in the new version (retired ones included).
         num_servable: int. items the new version can recommend.
         base: str. the catalog the update started from: `run` or the export version it extended.
@@ -87,6 +90,7 @@ class CatalogUpdate:
         popularity: PopularityOffset or None. the log's popularity offset and how its scale was chosen.
         stages: dict. str -> float, wall seconds of each stage (`STAGES`, in order; a stage that did
             not run is absent). Their sum is at most `seconds`.
+        reused: int. texts whose vectors came from the version extended (its `assets.extra/`).
     """
 
     export_path: Path
@@ -101,6 +105,7 @@ class CatalogUpdate:
     fold_in: Optional[object] = None
     popularity: Optional[object] = None
     stages: dict = dataclasses.field(default_factory=dict)
+    reused: int = 0
 
 
 def starting_point(versions: ModelVersions, run_dir: Optional[Path], from_version: Optional[int]
@@ -284,6 +289,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         DataError: a bad items file, an unknown item to retire, nothing left to recommend, or a bad
             interaction log (malformed, empty, nothing at or after `since`, none of its items in the catalog).
     """
+    import tensorflow as tf
+
     from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS, popularity_offset
     from tfrec_lm.models.factory import checkpoint_encoder_factory
@@ -326,8 +333,10 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         items = read_items(items_path) if items_path is not None else None
         log, since = read_log(interactions, since) if interactions is not None else (None, None)
         trained = read_catalog(run.catalog_file)
+        encoded_before = {}  # (item id, text) -> the run's encoder vector, from the version extended
         if parent is not None and versions.catalog_path(parent).is_file():
             base, base_name = read_catalog(versions.catalog_path(parent)), f"version {parent}"
+            encoded_before = read_text_vectors(versions.text_vectors_path(parent))
         else:
             base, base_name = trained, "run"
     if base["item_id"].tolist()[: len(trained)] != trained["item_id"].tolist():
@@ -338,7 +347,13 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     trained_texts = trained["text"].to_numpy(dtype=object)
     differs = np.ones(len(catalog), bool)
     differs[: len(trained)] = catalog_texts[: len(trained)] != trained_texts
-    encode_rows = np.flatnonzero(differs) + 1  # vocabulary indices
+    text_rows = np.flatnonzero(differs) + 1  # vocabulary indices whose text the checkpoint has not encoded
+    # The version extended encoded some of them already, with the same run's encoder: only the rest are encoded.
+    catalog_ids = catalog["item_id"].to_numpy(dtype=object)
+    before = [encoded_before.get((catalog_ids[row - 1], catalog_texts[row - 1])) for row in text_rows]
+    reused = np.array([vector is not None for vector in before], bool)
+    encode_rows = text_rows[~reused]
+    known_vectors = (text_rows[reused], np.stack([v for v in before if v is not None])) if reused.any() else None
     if log is not None:
         window = log if since is None else log[log["timestamp"].to_numpy(np.int64) >= since]
         if not window["item_id"].astype(str).isin(set(catalog["item_id"])).any():
@@ -357,8 +372,12 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         old.load_towers(run.checkpoint)
         new = build_on_catalog(config, catalog, sharing)
     with watch("grow_and_encode"):
-        encoded = old.grow_into(new, encode_rows)
+        encoded = old.grow_into(new, encode_rows, known_vectors)
         new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
+    text_vectors = None  # what this version carries for the next update: every text the checkpoint lacks
+    if new.item_tower.text_cache is not None and len(text_rows):
+        text_vectors = (catalog_ids[text_rows - 1], catalog_texts[text_rows - 1],
+                        tf.gather(new.item_tower.text_cache, text_rows).numpy())
 
     item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])
@@ -390,7 +409,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                                              "popularity_offset": offset.summary()}
     manifest = build_manifest(
         "catalog-update", config, run.path, run.run_id(), parent, record.get("data"), len(catalog), command,
-        catalog_update={"base": base_name, "encoded": encoded, **changes.summary(), "added": changes.added,
+        catalog_update={"base": base_name, "encoded": encoded, "reused_vectors": int(reused.sum()),
+                        **changes.summary(), "added": changes.added,
                         "changed": changes.changed, "retired": changes.retired, "restored": changes.restored,
                         **fold_record})
     if validation is None and run.validation_file.is_file():
@@ -400,7 +420,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     def write(target):
         with watch("save"):
-            return target.save(module, manifest, extras=catalog_extras(catalog))
+            return target.save(module, manifest, extras=catalog_extras(catalog, text_vectors))
 
     with watch("gate"):
         decision = gate.submit(write, config.top_k)
@@ -409,7 +429,8 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     stages = {name: watch.seconds[name] for name in STAGES if name in watch.seconds}
     logger.info("catalog update: %s; %d texts encoded; %s in %.1f s (%s)", changes.summary(), encoded, decision.path,
                 seconds, ", ".join(f"{name} {value:.2f} s" for name, value in stages.items()))
-    return CatalogUpdate(export_path=decision.path, changes=changes, encoded=encoded, num_items=int(len(catalog)),
+    return CatalogUpdate(export_path=decision.path, changes=changes, encoded=encoded, reused=int(reused.sum()),
+                         num_items=int(len(catalog)),
                          num_servable=module.num_servable, base=base_name, seconds=seconds, gate=decision,
                          run_dir=run.path, fold_in=folded, popularity=offset, stages=stages)
 

@@ -477,7 +477,7 @@ class ItemTower(tf.keras.layers.Layer):
             os.replace(handle.name, path)  # readers never see half a file
         return False
 
-    def grow_into(self, target: "ItemTower", encode_rows=()) -> int:
+    def grow_into(self, target: "ItemTower", encode_rows=(), known_vectors=None) -> int:
         """Copies this tower into `target`, the same tower built on a catalog that appends items.
 
         Rows of the item tables (ID embeddings, item biases, cached text vectors, `gated`'s
@@ -496,6 +496,8 @@ class ItemTower(tf.keras.layers.Layer):
             target: ItemTower. built with the same options on the longer catalog (this tower's
                 items first, in order), its variables created.
             encode_rows: array-like of int. vocabulary indices of `target` whose text is encoded.
+            known_vectors: tuple or None. (rows [M] int, vectors [M, hidden] float32): rows of `target`
+                whose text this encoder already encoded (a catalog version's), set without encoding.
 
         Returns:
             int. texts encoded.
@@ -535,6 +537,9 @@ class ItemTower(tf.keras.layers.Layer):
                 raise ValueError(f"weight {source.name}: shape {source.shape} here, {destination.shape} in the target")
             destination.assign(value)
         encode_rows = np.asarray(encode_rows, dtype=np.int64).reshape(-1)
+        if target.text_cache is not None and known_vectors is not None and len(known_vectors[0]):
+            rows = np.asarray(known_vectors[0], np.int64).reshape(-1)
+            target.text_cache.scatter_nd_update(rows[:, None], np.asarray(known_vectors[1], np.float32))
         if target.text_cache is None or not len(encode_rows):
             target.refresh_evidence()
             return 0

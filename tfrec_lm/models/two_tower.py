@@ -108,7 +108,7 @@ class TwoTowerModel(tfrs.Model):
         self.item_tower.refresh_evidence()
         self.item_tower.refresh_gate()
 
-    def grow_into(self, target: "TwoTowerModel", encode_rows=()) -> int:
+    def grow_into(self, target: "TwoTowerModel", encode_rows=(), known_vectors=None) -> int:
         """Copies this model into `target`, the same model built on a catalog that appends items.
 
         The item tower grows row by row (`ItemTower.grow_into`); the user tower's own weights
@@ -117,6 +117,7 @@ class TwoTowerModel(tfrs.Model):
         Args:
             target: TwoTowerModel. the same options on the longer catalog, variables created.
             encode_rows: array-like of int. `target`'s vocabulary indices whose text must be encoded.
+            known_vectors: tuple or None. (rows, vectors) already encoded (`ItemTower.grow_into`).
 
         Returns:
             int. texts encoded.
@@ -135,7 +136,7 @@ class TwoTowerModel(tfrs.Model):
                 if tuple(source.shape) != tuple(destination.shape):
                     raise ValueError(f"weight {source.name}: shape {source.shape} here, {destination.shape} in the target")
                 destination.assign(source)
-        return self.item_tower.grow_into(target.item_tower, encode_rows)
+        return self.item_tower.grow_into(target.item_tower, encode_rows, known_vectors)
 
     def _loss_and_gradients(self, features):
         """This replica's share of the loss and its gradients (loss-scaled under mixed_float16).

@@ -29,4 +29,5 @@ TENSORBOARD_DIR = "tensorboard"
 ASSETS_EXTRA = "assets.extra"
 MANIFEST_FILE = "tfrec_lm.json"  # in ASSETS_EXTRA
 EXPORT_CATALOG_FILE = "tfrec_lm_catalog.parquet"  # in ASSETS_EXTRA
+EXPORT_TEXT_VECTORS_FILE = "tfrec_lm_text_vectors.npz"  # in ASSETS_EXTRA: a catalog update's encoded texts
 STAGING_PREFIX = ".tmp-"  # a version being written: never a version name (not all digits)

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from tfrec_lm.registry.layout import ASSETS_EXTRA, EXPORT_CATALOG_FILE, MANIFEST_FILE, STAGING_PREFIX
+from tfrec_lm.registry.layout import (ASSETS_EXTRA, EXPORT_CATALOG_FILE, EXPORT_TEXT_VECTORS_FILE, MANIFEST_FILE,
+                                      STAGING_PREFIX)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ class ModelVersions:
     def catalog_path(self, version: int) -> Path:
         """The catalog file `version` carries. Path."""
         return self.path(version) / ASSETS_EXTRA / EXPORT_CATALOG_FILE
+
+    def text_vectors_path(self, version: int) -> Path:
+        """The encoded texts `version` carries (a catalog update's; `tfrec_lm.catalog.table`). Path."""
+        return self.path(version) / ASSETS_EXTRA / EXPORT_TEXT_VECTORS_FILE
 
     def find(self, **match) -> Optional[int]:
         """The newest version whose manifest has every `key=value` of `match`, None for none. int."""
