@@ -43,9 +43,8 @@ BAR = 0.05
 def timed(command: list, log: Path) -> float:
     """Runs `command` as a fresh process (output to `log`); its wall seconds. Exits on failure.
 
-    The files earlier commands wrote are flushed to disk first (`os.sync`): the kernel's writeback
-    of a training's checkpoints ran during the first update and cost it about 2.9 s (16.1 s against
-    13.2 s for the same update on a quiet machine, session 19).
+    The files earlier commands wrote are flushed to disk first (`os.sync`), so that the kernel's
+    writeback of a training's checkpoints does not run inside the next command's time.
     """
     os.sync()
     began = time.monotonic()
