@@ -499,3 +499,19 @@ def test_fold_in_cli_reports_the_log_and_refuses_bad_logs(trained, encoder_facto
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert not bad_base.exists()  # no version written
+
+
+def test_text_vectors_that_do_not_fit_the_encoder_are_encoded_again(trained, encoder_factory, tmp_path):
+    """A version's vectors of another width (not this run's encoder) are not used: the texts are encoded."""
+    from tfrec_lm.catalog.table import write_text_vectors
+    from tfrec_lm.registry.layout import EXPORT_TEXT_VECTORS_FILE
+
+    base = tmp_path / "exports"
+    first = update_catalog(trained["run"], items_path=items_file(tmp_path / "a.csv", [("new-a", "red sneakers 40", "sneakers")]),
+                           export_base=str(base), encoder_factory=encoder_factory)
+    path = first.export_path / "assets.extra" / EXPORT_TEXT_VECTORS_FILE
+    with np.load(path) as stored:
+        write_text_vectors(stored["item_ids"], stored["texts"], np.zeros((1, 3), np.float32), path)
+    second = update_catalog(trained["run"], items_path=items_file(tmp_path / "b.csv", [("new-b", "blue novel", "novels")]),
+                            export_base=str(base), encoder_factory=encoder_factory)
+    assert (second.encoded, second.reused) == (2, 0)

@@ -371,6 +371,11 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         old = build_on_catalog(trained_config, trained, making)
         old.load_towers(run.checkpoint)
         new = build_on_catalog(config, catalog, sharing)
+    cache = new.item_tower.text_cache
+    if known_vectors is not None and (cache is None or known_vectors[1].shape[1:] != tuple(cache.shape[1:])):
+        logger.warning("%s: its text vectors do not fit this run's encoder; every new text is encoded again",
+                       versions.text_vectors_path(parent))
+        encode_rows, known_vectors, reused = text_rows, None, np.zeros(len(text_rows), bool)
     with watch("grow_and_encode"):
         encoded = old.grow_into(new, encode_rows, known_vectors)
         new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
