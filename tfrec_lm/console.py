@@ -89,3 +89,28 @@ def quiet_native_warnings() -> bool:
     set_min_log_level.restype = None
     set_min_log_level(_ABSL_ERROR)
     return True
+
+
+def exit_at_once(code: int) -> None:
+    """Ends a command line's process with `code`, skipping the interpreter's teardown.
+
+    At shutdown Python frees every object one by one, and a catalog update holds many
+    TensorFlow objects (two models, the loaded versions the gate scored, their traced
+    functions): freeing them took 1.3 s of a 16 s update on a 2-core CPU, which the operating
+    system does at once. Everything a clean exit does for the files is still done first: other
+    threads are waited for, the `atexit` handlers run (logging's flush, temporary files'
+    clean-up), and both streams are flushed. Call it only as a CLI's last statement.
+
+    Args:
+        code: int. the exit status.
+    """
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001  (what a normal exit runs; there is no public name for it)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

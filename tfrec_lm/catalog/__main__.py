@@ -22,7 +22,7 @@ from pathlib import Path
 from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE
 from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS
 from tfrec_lm.catalog.update import CATALOG_TOLERANCE
-from tfrec_lm.console import quiet_native_warnings, quiet_third_party_logs
+from tfrec_lm.console import exit_at_once, quiet_native_warnings, quiet_third_party_logs
 from tfrec_lm.errors import AssetError, ConfigError, DataError
 
 
@@ -169,4 +169,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_at_once(main())  # the teardown of the update's TensorFlow objects is the OS's job (`console.exit_at_once`)

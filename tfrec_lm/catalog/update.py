@@ -47,12 +47,13 @@ GATE_DAYS = 7
 CATALOG_TOLERANCE = 0.01
 """The relative validation NDCG@10 loss a catalog update may cost and still pass `--publish if-better`."""
 STAGES = ("read", "encoder_import", "build", "grow_and_encode", "fold_in", "popularity", "serving_module", "save",
-          "gate")
+          "gate", "encoder_export")
 """What `CatalogUpdate.stages` times: reading the items, the log and the catalogs; importing the
-encoder's library; building the models and loading the checkpoint; growing the towers and encoding
-new texts; the fold-in; the popularity offset's calibration; the serving module (its top-k index);
-writing the SavedModel; the gate (loading and scoring the candidate and the served version,
-publishing)."""
+encoder's library (none when the run's exported encoder is used); building the models and loading
+the checkpoint; growing the towers and encoding new texts; the fold-in; the popularity offset's
+calibration; the serving module (its top-k index); writing the SavedModel; the gate (loading and
+scoring the candidate and the served version, publishing); a run's first update: exporting its
+frozen encoder for the later ones (`run_encoder_factory`)."""
 
 
 class _Stopwatch:
@@ -293,7 +294,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS, popularity_offset
-    from tfrec_lm.models.factory import checkpoint_encoder_factory
+    from tfrec_lm.layers.exported_text_encoder import save_text_encoder
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
 
@@ -361,11 +362,16 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
                             f"{'at or after --since ' if since is not None else ''}is in the catalog "
                             f"({len(catalog)} items)")
 
-    # The checkpoint holds every encoder weight, so only the architecture is built; and the grown
-    # model shares the trained model's encoders (nothing trains), so each is built once.
+    # The checkpoint holds every encoder weight, so only the architecture is built (or the run's exported
+    # encoder loaded); and the grown model shares the trained model's encoders (nothing trains), so each is
+    # built once.
+    export_digest = None  # set when this update must export the run's encoder for the later ones
     with watch("encoder_import"):
-        factory = encoder_factory or checkpoint_encoder_factory(config.encoder)
-    making, sharing = shared_encoders(factory)
+        if encoder_factory is not None:
+            factory = encoder_factory
+        else:
+            factory, export_digest = run_encoder_factory(run, trained_config)
+    making, sharing, made = shared_encoders(factory)
     with watch("build"), dtype_policy(config.mixed_precision):
         # The model as trained: with --item-fusion evidence, --cold-neighbours sets a table's width.
         old = build_on_catalog(trained_config, trained, making)
@@ -430,6 +436,13 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     with watch("gate"):
         decision = gate.submit(write, config.top_k)
     watch.seconds["gate"] -= watch.seconds.get("save", 0.0)  # the gate's own work: scoring and publishing
+    if export_digest is not None:
+        with watch("encoder_export"):
+            try:
+                save_text_encoder(old.item_tower.encoder, made[0][1], run.text_encoder_dir, export_digest)
+            except (OSError, tf.errors.OpError) as error:  # the version is out; later updates build the encoder
+                logger.warning("could not export the run's text encoder to %s (%s); later updates build it again",
+                               run.text_encoder_dir, error)
     seconds = time.monotonic() - start
     stages = {name: watch.seconds[name] for name in STAGES if name in watch.seconds}
     logger.info("catalog update: %s; %d texts encoded; %s in %.1f s (%s)", changes.summary(), encoded, decision.path,
@@ -468,6 +481,34 @@ def parse_scale(value, flag: str, at_least: Optional[float] = None):
     return number
 
 
+def run_encoder_factory(run: RunFolder, config) -> tuple:
+    """The encoder a catalog update of `run` builds its models with, and whether it must export it.
+
+    A run whose item encoder is frozen under an item-sequence user tower (the default) needs its
+    encoder only to encode new texts. Its first update builds the architecture (transformers),
+    restores the weights from the checkpoint, and then exports the encoder to `<run>/text_encoder/`
+    (`save_text_encoder`); later updates load that folder and never import transformers. A folder
+    written from another checkpoint (an earlier training of the same folder) is not used.
+
+    Args:
+        run: RunFolder. the run.
+        config: TrainConfig. the options it trained with.
+
+    Returns:
+        tuple (EncoderFactory, str or None). the factory; the checkpoint digest to export the encoder
+            under once the update is done (None: nothing to export).
+    """
+    from tfrec_lm.layers.exported_text_encoder import checkpoint_digest, exported_digest
+    from tfrec_lm.models.factory import checkpoint_encoder_factory, exported_encoder_factory
+
+    if not (config.finetune == "frozen" and config.user_tower == "item-sequence" and config.item_text):
+        return checkpoint_encoder_factory(config.encoder), None
+    digest = checkpoint_digest(run.checkpoint, config.mixed_precision)
+    if exported_digest(run.text_encoder_dir) == digest:
+        return exported_encoder_factory(run.text_encoder_dir), None
+    return checkpoint_encoder_factory(config.encoder), digest
+
+
 def shared_encoders(factory):
     """Two encoder factories for a model and its grown copy: the second hands out the first's encoders.
 
@@ -475,8 +516,9 @@ def shared_encoders(factory):
         factory: EncoderFactory. makes the encoders (`tfrec_lm.models.factory`).
 
     Returns:
-        tuple (EncoderFactory, EncoderFactory). the first calls `factory` and keeps what it made;
-            the second returns those, in the order they were made (then new ones from `factory`).
+        tuple (EncoderFactory, EncoderFactory, list). the first calls `factory` and keeps what it
+            made; the second returns those, in the order they were made (then new ones from
+            `factory`); the list holds what the first made, `(encoder, tokenizer)` each.
     """
     made, handed = [], []
 
@@ -488,7 +530,7 @@ def shared_encoders(factory):
         handed.append(None)
         return made[len(handed) - 1] if len(handed) <= len(made) else factory()
 
-    return making, sharing
+    return making, sharing, made
 
 
 def build_on_catalog(config, catalog: pd.DataFrame, factory):

@@ -9,6 +9,7 @@ import numpy as np
 from tfrec_lm.config import TrainConfig
 from tfrec_lm.data.prepare import PreparedData, examples_to_features
 from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+from tfrec_lm.layers.exported_text_encoder import ExportedTextEncoder
 from tfrec_lm.layers.history_text_composer import HistoryTextComposer
 from tfrec_lm.models.history_text_user_tower import HistoryTextUserTower
 from tfrec_lm.models.item_sequence_user_tower import ItemSequenceUserTower
@@ -18,7 +19,7 @@ from tfrec_lm.models.text_tuning import consecutive_pairs, tune_text_encoder
 from tfrec_lm.models.two_tower import TwoTowerModel
 from tfrec_lm.text import tokenize_items
 
-EncoderFactory = Callable[[], tuple]  # () -> (TFBertModel, tokenizer)
+EncoderFactory = Callable[[], tuple]  # () -> (TFBertModel or ExportedTextEncoder, tokenizer)
 
 
 def pretrained_encoder_factory(spec: str) -> EncoderFactory:
@@ -69,6 +70,30 @@ def checkpoint_encoder_factory(spec: str) -> EncoderFactory:
     return lambda: bert_architecture(spec)
 
 
+def exported_encoder_factory(path) -> EncoderFactory:
+    """A run's frozen item encoder as its first catalog update exported it (`ExportedTextEncoder`).
+
+    It loads without transformers; every call returns the same encoder (nothing trains it).
+    Only an item-sequence user tower over a frozen item encoder can be built on it
+    (`build_model` refuses a history-text tower, which runs a BERT of its own).
+
+    Args:
+        path: str | Path. the folder (`<run>/text_encoder`).
+
+    Returns:
+        EncoderFactory. `() -> (ExportedTextEncoder, SavedTokenizer)`.
+    """
+    loaded = []
+
+    def factory():
+        if not loaded:
+            encoder = ExportedTextEncoder(path, name="item_text_encoder")
+            loaded.append((encoder, encoder.tokenizer()))
+        return loaded[0]
+
+    return factory
+
+
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
                 item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
                 encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None,
@@ -101,8 +126,15 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
     """
     bert, tokenizer = encoder_factory()
     tokens = tokenize_items(item_texts, tokenizer, config.max_item_tokens)
-    item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
-                                   lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, name="item_text_encoder")
+    if isinstance(bert, ExportedTextEncoder):  # a catalog update's: the frozen encoder, already whole
+        if config.finetune != "frozen" or config.user_tower != "item-sequence":
+            raise ValueError(f"an exported text encoder stands in for a frozen item encoder under an item-sequence "
+                             f"user tower, not --finetune {config.finetune} with --user-tower {config.user_tower}")
+        item_encoder = bert
+    else:
+        item_encoder = BertTextEncoder(bert, finetune=config.finetune, trainable_layers=config.trainable_layers,
+                                       lora_rank=config.lora_rank, lora_alpha=config.lora_alpha,
+                                       name="item_text_encoder")
     token_rows = tokens.with_special_tokens()
     if config.cold_items == "text" and warm_items is None:
         warm_items = np.arange(len(token_rows)) > 0

@@ -1103,7 +1103,10 @@ class ItemTower(tf.keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         from tfrec_lm.layers.bert_text_encoder import BertTextEncoder
+        from tfrec_lm.layers.exported_text_encoder import ExportedTextEncoder
 
         config = dict(config)
-        config["encoder"] = BertTextEncoder.from_config(config["encoder"]["config"])
+        encoders = {"ExportedTextEncoder": ExportedTextEncoder}
+        encoder_class = encoders.get(config["encoder"]["class_name"].rsplit(">", 1)[-1], BertTextEncoder)
+        config["encoder"] = encoder_class.from_config(config["encoder"]["config"])
         return cls(**config)

@@ -9,6 +9,8 @@ A run (`--output-dir`):
     <run>/backup/                 a killed run's state (removed once the run is recorded)
     <run>/backup/run.json         the options, data and run id the backup belongs to
     <run>/tensorboard/            TensorBoard logs
+    <run>/text_encoder/           the run's frozen item encoder as a SavedModel, written by its first
+                                  catalog update (`tfrec_lm.layers.exported_text_encoder`)
 
 A version (`<export_base>/<model_name>/<version>/`) is a SavedModel plus:
 
@@ -25,6 +27,7 @@ BACKUP_DIR = "backup"
 RUN_FILE = "run.json"  # in BACKUP_DIR
 STATE_FILE = "callbacks.json"  # in BACKUP_DIR
 TENSORBOARD_DIR = "tensorboard"
+TEXT_ENCODER_DIR = "text_encoder"
 
 ASSETS_EXTRA = "assets.extra"
 MANIFEST_FILE = "tfrec_lm.json"  # in ASSETS_EXTRA

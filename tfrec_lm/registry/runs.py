@@ -14,7 +14,7 @@ from typing import Optional
 from tfrec_lm.config import RUN_CONTROL
 from tfrec_lm.errors import ConfigError
 from tfrec_lm.registry.layout import (BACKUP_DIR, CATALOG_FILE, CHECKPOINT, METRICS_FILE, RUN_FILE, TENSORBOARD_DIR,
-                                      VALIDATION_FILE)
+                                      TEXT_ENCODER_DIR, VALIDATION_FILE)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ class RunFolder:
 
     Attributes:
         path: Path. the folder.
-        metrics_file, catalog_file, validation_file, backup_dir, run_file: Path. its files.
+        metrics_file, catalog_file, validation_file, backup_dir, run_file, tensorboard_dir, text_encoder_dir:
+            Path. its files and folders.
         checkpoint: str. the kept weights' checkpoint prefix.
     """
 
@@ -82,6 +83,7 @@ class RunFolder:
         self.backup_dir = self.path / BACKUP_DIR
         self.run_file = self.backup_dir / RUN_FILE
         self.tensorboard_dir = self.path / TENSORBOARD_DIR
+        self.text_encoder_dir = self.path / TEXT_ENCODER_DIR
         self.checkpoint = str(self.path / CHECKPOINT)
 
     def __repr__(self) -> str:
