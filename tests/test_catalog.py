@@ -295,6 +295,27 @@ def test_new_items_take_after_their_text_neighbours_and_the_update_can_turn_it_o
     assert not (tmp_path / "c").exists()
 
 
+def test_the_neighbour_table_is_computed_once_and_the_deferral_changes_nothing_published(trained, encoder_factory,
+                                                                                          tmp_path, monkeypatch):
+    """The two models an update builds serve a zero cold-ID table until the grown one is filled."""
+    from tfrec_lm.models.item_tower import ItemTower
+
+    rows = [("new-a", "red sneakers 40", "sneakers"), ("new-b", "blue novels 41", "novels")]
+    path = items_file(tmp_path / "a.csv", rows)
+    calls = []
+    table = ItemTower.cold_id_table
+    monkeypatch.setattr(ItemTower, "cold_id_table", lambda self, *a, **k: calls.append(self) or table(self, *a, **k))
+    deferred = update_catalog(trained["run"], items_path=path, export_base=str(tmp_path / "a"),
+                              encoder_factory=encoder_factory)
+    assert len(calls) == 1  # the grown model's, by `freeze_cold_ids`
+    monkeypatch.setattr(ItemTower, "defer_cold_ids", lambda self: None)  # every inference call computes it again
+    reference = update_catalog(trained["run"], items_path=path, export_base=str(tmp_path / "b"),
+                               encoder_factory=encoder_factory)
+    assert len(calls) > 2
+    np.testing.assert_array_equal(tf.saved_model.load(str(deferred.export_path)).item_embeddings.numpy(),
+                                  tf.saved_model.load(str(reference.export_path)).item_embeddings.numpy())
+
+
 def test_cli_reports_errors_with_exit_code_2(trained, tmp_path, capsys):
     assert catalog_main(["--run", str(trained["run"]), "--retire", "no-such-item",
                          "--export-base", str(tmp_path / "exports")]) == 2

@@ -549,5 +549,6 @@ def build_on_catalog(config, catalog: pd.DataFrame, factory):
     model = build_model(config, catalog["text"].tolist(), factory,
                         warm_items=np.concatenate([[False], catalog["warm"].to_numpy(bool)]), encode_texts=False,
                         item_counts=np.concatenate([[0], catalog["count"].to_numpy(np.int64)]))
+    model.item_tower.defer_cold_ids()  # computed once, for the grown model, after `grow_into`
     create_variables(model, _probe_features(config.max_history))
     return model

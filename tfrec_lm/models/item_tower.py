@@ -507,6 +507,7 @@ class ItemTower(tf.keras.layers.Layer):
         """
         if target.num_items < self.num_items:
             raise ValueError(f"the target catalog has {target.num_items} rows, fewer than this tower's {self.num_items}")
+        target._frozen_cold_ids = None  # its tables are this tower's from here: cold IDs follow them (`defer_cold_ids`)
         tables = {id(w) for w in (self.text_cache, self.item_bias, self.gate_log_counts,
                                   None if self.id_embedding is None else self.id_embedding.embeddings) if w is not None}
         by_attribute = (self.no_id_embedding, self.no_id_bias)  # trainable only with cold items: moves in the lists
@@ -908,6 +909,18 @@ class ItemTower(tf.keras.layers.Layer):
         """
         self._frozen_cold_ids = (tf.constant(self.cold_id_table()) if self.imputes_cold_ids
                                  and self.fusion != "evidence" else None)  # evidence: `refresh_evidence` did
+
+    def defer_cold_ids(self) -> None:
+        """Serves a zero cold-ID table until `freeze_cold_ids` (a catalog update's models while they are built).
+
+        Creating a model's variables runs it once, and outside training every call computes
+        `cold_id_table` from the ID embeddings, which at that point are not loaded yet: the
+        mix would be thrown away. A catalog update builds two models (the trained one and the
+        grown one), so this saves two of those tables; the grown model's is computed by
+        `freeze_cold_ids` once its tables are grown.
+        """
+        if self.imputes_cold_ids and self.fusion != "evidence":
+            self._frozen_cold_ids = tf.zeros([self.num_items, self.embedding_dim], tf.float32)
 
     def cold_id_table(self, chunk_rows: Optional[int] = None):
         """Every cold item's ID part taken from its text neighbours; zero rows for the other items.
