@@ -2,10 +2,11 @@
 
 The encoder read back encodes as the `BertTextEncoder` it was written from, holds no weights
 of its own (a checkpoint restore neither expects nor reads them) and round-trips its config.
-A run's first catalog update (no encoder factory given: the run's own `--encoder`, built from
-the checkpoint) exports the encoder to `<run>/text_encoder/`; the next update loads it
-instead, publishes the same vectors and, as a fresh `python -m tfrec_lm.catalog` process,
-imports no module of transformers. A folder written from another checkpoint is not used.
+Training (`--export-text-encoder`, on by default) exports the encoder to `<run>/text_encoder/`;
+a catalog update (no encoder factory given) loads it, publishes the vectors the BERT restored
+from the checkpoint gives and, as a fresh `python -m tfrec_lm.catalog` process, imports no
+module of transformers. A folder written from another checkpoint is not used: the first update
+builds the BERT and writes the folder again.
 """
 
 import tfrec_lm  # noqa: F401  (before TensorFlow)
@@ -102,36 +103,44 @@ def new_items(path):
     return path
 
 
-def test_the_first_update_exports_the_encoder_and_the_next_uses_it_with_the_same_vectors(encoder_run, tmp_path):
+def test_training_exports_the_encoder_and_an_update_uses_it_with_the_same_vectors(encoder_run, tokenizer, tmp_path):
     run = encoder_run / "run"
-    items = new_items(tmp_path / "items.csv")
-    first = update_catalog(run, items_path=items, export_base=str(tmp_path / "a"))
-    assert "encoder_export" in first.stages and first.encoded == 2
     digest = checkpoint_digest(str(run / "checkpoints" / "best.weights"), "float32")
-    assert exported_digest(run / "text_encoder") == digest
-    second = update_catalog(run, items_path=items, export_base=str(tmp_path / "b"))
-    assert "encoder_export" not in second.stages and second.encoded == 2
+    assert exported_digest(run / "text_encoder") == digest  # written by training (--export-text-encoder)
+    record = json.loads((run / "metrics.json").read_text())
+    assert record["text_encoder_seconds"] > 0
+    items = new_items(tmp_path / "items.csv")
+    fast = update_catalog(run, items_path=items, export_base=str(tmp_path / "a"))
+    assert "encoder_export" not in fast.stages and fast.encoded == 2
+    # The same update building the BERT, its weights restored from the checkpoint.
+    built = update_catalog(run, items_path=items, export_base=str(tmp_path / "b"),
+                           encoder_factory=lambda: (tiny_bert(tokenizer.vocab_size, seed=11), tokenizer))
     a = read_text_vectors(ModelVersions(tmp_path / "a", "tfrec_lm").text_vectors_path(1))
     b = read_text_vectors(ModelVersions(tmp_path / "b", "tfrec_lm").text_vectors_path(1))
     assert set(a) == set(b) and {item for item, _ in a} == {"new-a", "new-b"}
     for key in a:
-        np.testing.assert_allclose(b[key], a[key], atol=1e-5)
-    expected = tf.saved_model.load(str(first.export_path)).item_embeddings.numpy()
-    got = tf.saved_model.load(str(second.export_path)).item_embeddings.numpy()
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5)
+    np.testing.assert_allclose(tf.saved_model.load(str(fast.export_path)).item_embeddings.numpy(),
+                               tf.saved_model.load(str(built.export_path)).item_embeddings.numpy(), atol=1e-5)
 
-    # A folder written from another checkpoint (an earlier training of this --output-dir) is not used.
+
+def test_without_a_current_export_the_first_update_writes_it(encoder_run, tmp_path):
+    """A folder written from another checkpoint (an earlier training of this --output-dir) is not used."""
+    run = encoder_run / "run"
+    digest = exported_digest(run / "text_encoder")
     meta = json.loads((run / "text_encoder" / META_FILE).read_text())
     (run / "text_encoder" / META_FILE).write_text(json.dumps({**meta, "digest": "another checkpoint"}))
-    third = update_catalog(run, items_path=items, export_base=str(tmp_path / "c"))
-    assert "encoder_export" in third.stages and exported_digest(run / "text_encoder") == digest
+    items = new_items(tmp_path / "items.csv")
+    first = update_catalog(run, items_path=items, export_base=str(tmp_path / "a"))
+    assert "encoder_export" in first.stages and exported_digest(run / "text_encoder") == digest
+    second = update_catalog(run, items_path=items, export_base=str(tmp_path / "b"))
+    assert "encoder_export" not in second.stages
 
 
 def test_an_update_with_the_exported_encoder_imports_no_transformers(encoder_run, tmp_path):
     run = encoder_run / "run"
     items = new_items(tmp_path / "items.csv")
-    if exported_digest(run / "text_encoder") is None:  # this test alone: the first update exports it
-        update_catalog(run, items_path=items, export_base=str(tmp_path / "first"))
+    assert exported_digest(run / "text_encoder") is not None
     base = tmp_path / "exports"
     answer = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfrec_lm.catalog", "--run", str(run),
                              "--items", str(items), "--export-base", str(base), "--publish", "always"],

@@ -166,6 +166,11 @@ class TrainConfig:
              "gradient scaled to estimate the whole catalog's (0: the positives only)")
     max_item_tokens: int = _opt(32, "word pieces kept per item text")
     history_tokens: int = _opt(128, "token budget of the history text (history-text tower)")
+    export_text_encoder: bool = _opt(
+        True, "with --export and a frozen item encoder under the item-sequence user tower: write the encoder and "
+              "its tokenizer to <run>/text_encoder/ (a SavedModel the size of the encoder's weights), so that "
+              "catalog updates encode new texts without importing transformers (without it, a run's first "
+              "catalog update writes it)")
     cache_text_vectors: bool = _opt(
         True, "keep a frozen encoder's item text vectors on disk ($TFREC_LM_CACHE/text_vectors, keyed by the "
               "item tokens and the encoder weights), so later runs over the same catalog skip encoding it")
@@ -487,7 +492,7 @@ class TrainConfig:
 
 # How a run is carried out, not what it trains: a finished run re-run with other values of
 # these is the same run (its identity, `TrainConfig.options`, leaves them out).
-RUN_CONTROL = ("backup_steps", "resume", "overwrite", "publish", "staging_base")
+RUN_CONTROL = ("backup_steps", "resume", "overwrite", "publish", "staging_base", "export_text_encoder")
 
 # Options that shape the checkpoint's variables: a warm start must keep the warm-started run's.
 SHAPE_OPTIONS = ("encoder", "max_history", "max_item_tokens", "user_tower", "embedding_dim", "item_ids",

@@ -293,6 +293,8 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
         # The learned text gate: a, b and g at 1, 10 and 100 training interactions.
         summary["fusion_gate"] = model.item_tower.fusion_gate()
         logger.info("item fusion gate: %s", summary["fusion_gate"])
+    if config.export and config.export_text_encoder and outputs.chief:
+        summary["text_encoder_seconds"] = export_text_encoder(config, model, run)
     if stages is not None:
         stages.done("export")
         summary["stages"] = stages.stages
@@ -303,6 +305,37 @@ def export_and_record(config: TrainConfig, model: TwoTowerModel, data: PreparedD
     if not outputs.chief:
         result.export_path = None  # written to this worker's temporary directory, removed on return
     return result
+
+
+def export_text_encoder(config: TrainConfig, model: TwoTowerModel, run: RunFolder) -> Optional[float]:
+    """Writes the run's frozen item encoder to `<run>/text_encoder/` for its catalog updates (`--export-text-encoder`).
+
+    Only where an update needs the encoder for new texts alone (`exportable_item_encoder`); a failure
+    is logged, never fatal (the run's first update then writes it).
+
+    Args:
+        config: TrainConfig. the run's options.
+        model: TwoTowerModel. the trained model (its item tower's encoder and tokenizer).
+        run: RunFolder. the run, its checkpoint written.
+
+    Returns:
+        float or None. the seconds it took (None: nothing written).
+    """
+    from tfrec_lm.layers.exported_text_encoder import checkpoint_digest, save_text_encoder
+    from tfrec_lm.models.factory import exportable_item_encoder
+
+    tokenizer = getattr(model.item_tower, "tokenizer", None)
+    if not (exportable_item_encoder(config) and run.has_checkpoint() and tokenizer is not None):
+        return None
+    began = time.monotonic()
+    try:
+        save_text_encoder(model.item_tower.encoder, tokenizer, run.text_encoder_dir,
+                          checkpoint_digest(run.checkpoint, config.mixed_precision))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        logger.warning("could not export the item encoder to %s (%s); the run's first catalog update will",
+                       run.text_encoder_dir, error)
+        return None
+    return time.monotonic() - began
 
 
 def validation_requests(config: TrainConfig, data: PreparedData) -> ValidationRequests:

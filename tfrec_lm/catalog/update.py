@@ -499,9 +499,9 @@ def run_encoder_factory(run: RunFolder, config) -> tuple:
             under once the update is done (None: nothing to export).
     """
     from tfrec_lm.layers.exported_text_encoder import checkpoint_digest, exported_digest
-    from tfrec_lm.models.factory import checkpoint_encoder_factory, exported_encoder_factory
+    from tfrec_lm.models.factory import checkpoint_encoder_factory, exportable_item_encoder, exported_encoder_factory
 
-    if not (config.finetune == "frozen" and config.user_tower == "item-sequence" and config.item_text):
+    if not exportable_item_encoder(config):
         return checkpoint_encoder_factory(config.encoder), None
     digest = checkpoint_digest(run.checkpoint, config.mixed_precision)
     if exported_digest(run.text_encoder_dir) == digest:

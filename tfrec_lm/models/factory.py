@@ -94,6 +94,13 @@ def exported_encoder_factory(path) -> EncoderFactory:
     return factory
 
 
+def exportable_item_encoder(config: TrainConfig) -> bool:
+    """Whether a run of `config` needs its item encoder only to encode new item texts, so that the
+    encoder can be exported and stand in for the BERT (`ExportedTextEncoder`): a frozen item encoder
+    under the item-sequence user tower, with the item text on. bool."""
+    return config.finetune == "frozen" and config.user_tower == "item-sequence" and bool(config.item_text)
+
+
 def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory,
                 item_probability: Optional[np.ndarray] = None, warm_items: Optional[np.ndarray] = None,
                 encode_texts: bool = True, tuning_pairs: Optional[np.ndarray] = None,
@@ -127,7 +134,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
     bert, tokenizer = encoder_factory()
     tokens = tokenize_items(item_texts, tokenizer, config.max_item_tokens)
     if isinstance(bert, ExportedTextEncoder):  # a catalog update's: the frozen encoder, already whole
-        if config.finetune != "frozen" or config.user_tower != "item-sequence":
+        if not exportable_item_encoder(config):
             raise ValueError(f"an exported text encoder stands in for a frozen item encoder under an item-sequence "
                              f"user tower, not --finetune {config.finetune} with --user-tower {config.user_tower}")
         item_encoder = bert
@@ -151,6 +158,7 @@ def build_model(config: TrainConfig, item_texts, encoder_factory: EncoderFactory
                            evidence_shrinkage=config.evidence_shrinkage,
                            text_whitening=config.text_whitening,
                            lora_negative_samples=config.lora_negative_samples, name="item_tower")
+    item_tower.tokenizer = tokenizer  # what made `token_rows`; a run exports it beside its encoder
     if config.user_tower == "item-sequence":
         user_tower = ItemSequenceUserTower(item_tower, max_history=config.max_history,
                                            num_blocks=config.num_blocks, num_heads=config.num_heads,
