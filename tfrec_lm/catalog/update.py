@@ -386,11 +386,11 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
         encoded = old.grow_into(new, encode_rows, known_vectors)
         new.item_tower.freeze_cold_ids()  # nothing trains from here: the neighbour table is computed once
     text_vectors = None  # what this version carries for the next update: every text the checkpoint lacks
-    if new.item_tower.text_cache is not None and len(text_rows):
+    if cache is not None and len(text_rows):
         text_vectors = (catalog_ids[text_rows - 1], catalog_texts[text_rows - 1],
                         tf.gather(new.item_tower.text_cache, text_rows).numpy())
 
-    item_ids = np.concatenate([[""], catalog["item_id"].to_numpy(dtype=object)])
+    item_ids = np.concatenate([[""], catalog_ids])
     counts = np.concatenate([[0], catalog["count"].to_numpy(np.int64)])
     retired = np.concatenate([[False], catalog["retired"].to_numpy(bool)])
     record = run.record() or {}

@@ -2,10 +2,10 @@
 
 A catalog update encodes a few new item texts with the run's frozen encoder. Building that
 encoder means importing transformers and constructing a `TFBertModel` (2-4 s on a 2-core
-CPU, more than the encoding itself), and reading its weights from the run's checkpoint. The
-first update of a run therefore writes the encoder once, as a SavedModel of one function and
-its variables (`save_text_encoder`, `<run>/text_encoder/`): the mean-pooled `BertTextEncoder`
-call, with the tokenizer's own `tokenizer.json` beside it. Later updates load it (about half
+CPU, more than the encoding itself), and reading its weights from the run's checkpoint. Training
+(`--export-text-encoder`; else a run's first update) therefore writes the encoder once, as a
+SavedModel of one function and its variables (`save_text_encoder`, `<run>/text_encoder/`): the
+mean-pooled `BertTextEncoder` call, with the tokenizer's own `tokenizer.json` beside it. Updates load it (about half
 a second) and tokenize with the `tokenizers` library (`tfrec_lm.saved_tokenizer`); they never
 import transformers.
 

@@ -9,8 +9,9 @@ A run (`--output-dir`):
     <run>/backup/                 a killed run's state (removed once the run is recorded)
     <run>/backup/run.json         the options, data and run id the backup belongs to
     <run>/tensorboard/            TensorBoard logs
-    <run>/text_encoder/           the run's frozen item encoder as a SavedModel, written by its first
-                                  catalog update (`tfrec_lm.layers.exported_text_encoder`)
+    <run>/text_encoder/           the run's frozen item encoder as a SavedModel, for its catalog updates
+                                  (training with --export-text-encoder, else the first update;
+                                  `tfrec_lm.layers.exported_text_encoder`)
 
 A version (`<export_base>/<model_name>/<version>/`) is a SavedModel plus:
 
