@@ -96,7 +96,7 @@ def exit_at_once(code: int) -> None:
 
     At shutdown Python frees every object one by one, and a catalog update holds many
     TensorFlow objects (two models, the loaded versions the gate scored, their traced
-    functions): freeing them took 1.3 s of a 16 s update on a 2-core CPU, which the operating
+    functions): freeing them took about 1.4 s of a 16 s update on a 2-core CPU, which the operating
     system does at once. Everything a clean exit does for the files is still done first: other
     threads are waited for, the `atexit` handlers run (logging's flush, temporary files'
     clean-up), and both streams are flushed. Call it only as a CLI's last statement.

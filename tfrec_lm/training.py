@@ -321,21 +321,15 @@ def export_text_encoder(config: TrainConfig, model: TwoTowerModel, run: RunFolde
     Returns:
         float or None. the seconds it took (None: nothing written).
     """
-    from tfrec_lm.layers.exported_text_encoder import checkpoint_digest, save_text_encoder
+    from tfrec_lm.layers import exported_text_encoder
     from tfrec_lm.models.factory import exportable_item_encoder
 
     tokenizer = getattr(model.item_tower, "tokenizer", None)
     if not (exportable_item_encoder(config) and run.has_checkpoint() and tokenizer is not None):
         return None
-    began = time.monotonic()
-    try:
-        save_text_encoder(model.item_tower.encoder, tokenizer, run.text_encoder_dir,
-                          checkpoint_digest(run.checkpoint, config.mixed_precision))
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        logger.warning("could not export the item encoder to %s (%s); the run's first catalog update will",
-                       run.text_encoder_dir, error)
-        return None
-    return time.monotonic() - began
+    return exported_text_encoder.export_text_encoder(
+        model.item_tower.encoder, tokenizer, run.text_encoder_dir,
+        exported_text_encoder.checkpoint_digest(run.checkpoint, config.mixed_precision))
 
 
 def validation_requests(config: TrainConfig, data: PreparedData) -> ValidationRequests:

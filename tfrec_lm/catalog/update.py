@@ -52,8 +52,9 @@ STAGES = ("read", "encoder_import", "build", "grow_and_encode", "fold_in", "popu
 encoder's library (none when the run's exported encoder is used); building the models and loading
 the checkpoint; growing the towers and encoding new texts; the fold-in; the popularity offset's
 calibration; the serving module (its top-k index); writing the SavedModel; the gate (loading and
-scoring the candidate and the served version, publishing); a run's first update: exporting its
-frozen encoder for the later ones (`run_encoder_factory`)."""
+scoring the candidate and the served version, publishing); an update of a run without a current
+`<run>/text_encoder/` (training writes it by default): exporting its frozen encoder for the later
+ones (`run_encoder_factory`)."""
 
 
 class _Stopwatch:
@@ -294,7 +295,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS, popularity_offset
-    from tfrec_lm.layers.exported_text_encoder import save_text_encoder
+    from tfrec_lm.layers.exported_text_encoder import export_text_encoder
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
 
@@ -371,7 +372,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
             factory = encoder_factory
         else:
             factory, export_digest = run_encoder_factory(run, trained_config)
-    making, sharing, made = shared_encoders(factory)
+    making, sharing = shared_encoders(factory)
     with watch("build"), dtype_policy(config.mixed_precision):
         # The model as trained: with --item-fusion evidence, --cold-neighbours sets a table's width.
         old = build_on_catalog(trained_config, trained, making)
@@ -436,13 +437,9 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     with watch("gate"):
         decision = gate.submit(write, config.top_k)
     watch.seconds["gate"] -= watch.seconds.get("save", 0.0)  # the gate's own work: scoring and publishing
-    if export_digest is not None:
+    if export_digest is not None:  # the version is out: a failure only leaves later updates building the BERT
         with watch("encoder_export"):
-            try:
-                save_text_encoder(old.item_tower.encoder, made[0][1], run.text_encoder_dir, export_digest)
-            except (OSError, tf.errors.OpError) as error:  # the version is out; later updates build the encoder
-                logger.warning("could not export the run's text encoder to %s (%s); later updates build it again",
-                               run.text_encoder_dir, error)
+            export_text_encoder(old.item_tower.encoder, old.item_tower.tokenizer, run.text_encoder_dir, export_digest)
     seconds = time.monotonic() - start
     stages = {name: watch.seconds[name] for name in STAGES if name in watch.seconds}
     logger.info("catalog update: %s; %d texts encoded; %s in %.1f s (%s)", changes.summary(), encoded, decision.path,
@@ -485,10 +482,12 @@ def run_encoder_factory(run: RunFolder, config) -> tuple:
     """The encoder a catalog update of `run` builds its models with, and whether it must export it.
 
     A run whose item encoder is frozen under an item-sequence user tower (the default) needs its
-    encoder only to encode new texts. Its first update builds the architecture (transformers),
-    restores the weights from the checkpoint, and then exports the encoder to `<run>/text_encoder/`
-    (`save_text_encoder`); later updates load that folder and never import transformers. A folder
-    written from another checkpoint (an earlier training of the same folder) is not used.
+    encoder only to encode new texts. Training writes it to `<run>/text_encoder/`
+    (`--export-text-encoder`), and updates load that folder and never import transformers. A run
+    without a current folder (trained before the option, with `--no-export-text-encoder`, or a
+    folder written from another checkpoint: an earlier training of the same folder) is updated by
+    building the architecture (transformers) and restoring the weights from the checkpoint; the
+    update then exports the encoder (`export_text_encoder`) for the later ones.
 
     Args:
         run: RunFolder. the run.
@@ -516,9 +515,9 @@ def shared_encoders(factory):
         factory: EncoderFactory. makes the encoders (`tfrec_lm.models.factory`).
 
     Returns:
-        tuple (EncoderFactory, EncoderFactory, list). the first calls `factory` and keeps what it
+        tuple (EncoderFactory, EncoderFactory). the first calls `factory` and keeps what it
             made; the second returns those, in the order they were made (then new ones from
-            `factory`); the list holds what the first made, `(encoder, tokenizer)` each.
+            `factory`).
     """
     made, handed = [], []
 
@@ -530,7 +529,7 @@ def shared_encoders(factory):
         handed.append(None)
         return made[len(handed) - 1] if len(handed) <= len(made) else factory()
 
-    return making, sharing, made
+    return making, sharing
 
 
 def build_on_catalog(config, catalog: pd.DataFrame, factory):

@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -92,6 +93,32 @@ def save_text_encoder(encoder, tokenizer, path, digest: str) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+def export_text_encoder(encoder, tokenizer, path, digest: str) -> Optional[float]:
+    """`save_text_encoder` where a failure costs only speed: it is logged as a warning, never raised.
+
+    Training calls it after its checkpoint (`--export-text-encoder`), and a catalog update of a run
+    without a current folder calls it after publishing. Without the folder, updates build the BERT
+    and read its weights from the checkpoint, as before the export existed.
+
+    Args:
+        encoder: tfrec_lm.layers.BertTextEncoder. the frozen item encoder, weights loaded.
+        tokenizer: transformers.PreTrainedTokenizerFast. its tokenizer.
+        path: str | Path. the folder (`<run>/text_encoder`).
+        digest: str. `checkpoint_digest` of the weights.
+
+    Returns:
+        float or None. the seconds it took (None: nothing written).
+    """
+    began = time.monotonic()
+    try:
+        save_text_encoder(encoder, tokenizer, path, digest)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        logger.warning("could not export the item encoder to %s (%s); catalog updates build it from the "
+                       "checkpoint until one exports it", path, error)
+        return None
+    return time.monotonic() - began
 
 
 def exported_digest(path) -> Optional[str]:
