@@ -622,3 +622,23 @@ def test_streaming_scale_data_and_measures(tmp_path):
     ratios = streaming_scale.growth(rows)["300"]
     assert ratios["size"] == 3 and ratios["cold_x_warm"] == 9 and ratios["update_wall_seconds"] == pytest.approx(3)
     assert "update_cold_neighbours_0_wall_seconds" not in ratios
+
+
+def test_rare_bar_counts_the_fewest_added_hits_for_the_ratio_and_for_the_interval():
+    import rare_bar
+
+    base = np.zeros(60)
+    base[:6] = 1.0 / np.log2(np.arange(6) + 2.0)  # six users hit at ranks 0-5, the rest missed
+    needed = rare_bar.extra_hits_needed(base, rank=4, samples=500)
+    gain = 1.0 / np.log2(6.0)
+    ratio = lambda m: (base.sum() + m * gain) / base.sum()  # noqa: E731
+    m = needed["for_ratio_1_25"]
+    assert ratio(m) >= rare_bar.BAR > ratio(m - 1)
+    lower = needed["for_lower_end_above_1"]
+    assert lower >= m and np.isclose(needed["ndcg_at_10_then"], (base.sum() + lower * gain) / len(base))
+    # The interval is the users' bootstrap: it brackets the ratio, and a copy of the baseline is exactly 1.
+    better = base.copy()
+    better[10:10 + lower] = gain
+    low, high = rare_bar.interval(better, base, samples=500)
+    assert 1.0 < low <= better.mean() / base.mean() <= high
+    assert rare_bar.interval(base, base, samples=100) == [1.0, 1.0]
