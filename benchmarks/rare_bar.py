@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tfrec_lm  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from _common import RESULTS, write_result  # noqa: E402
 from quality_candidates import RARE, test_target_counts  # noqa: E402
-from recency_ablation import per_user_ndcg, run_key  # noqa: E402
+from recency_ablation import per_user_ndcg, ratio_interval, run_key  # noqa: E402
 
 ID_ONLY = "no-history-negatives-id-only"
 BAR = 1.25
@@ -47,10 +47,8 @@ def seed_mean(runs: dict, variant: str, seeds) -> np.ndarray:
 
 
 def interval(a: np.ndarray, b: np.ndarray, samples: int, seed: int = 0) -> list:
-    """95% bootstrap interval of mean(a) / mean(b), resampling users (rows) as `recency_ablation.paired` does."""
-    draws = np.random.default_rng(seed).integers(0, len(a), size=(samples, len(a)))
-    ratios = a[draws].mean(axis=1) / np.maximum(b[draws].mean(axis=1), 1e-12)
-    return [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
+    """95% bootstrap interval of mean(a) / mean(b) over users, as `recency_ablation.paired` computes it."""
+    return ratio_interval(a, b, np.random.default_rng(seed), samples)
 
 
 def extra_hits_needed(base: np.ndarray, rank: int, samples: int) -> dict:

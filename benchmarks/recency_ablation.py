@@ -79,6 +79,23 @@ def summarise(runs: dict) -> dict:
     return table
 
 
+def ratio_interval(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, samples: int = 2000) -> list:
+    """95% bootstrap interval of mean(a) / mean(b) that resamples users (the rows of both, paired).
+
+    Args:
+        a: np.ndarray. [users] the variant's per-user metric.
+        b: np.ndarray. [users] the baseline's, the same users.
+        rng: np.random.Generator. draws `samples` resamples of the users.
+        samples: int. resamples.
+
+    Returns:
+        list of two floats. the 2.5% and 97.5% quantiles of the resampled ratio.
+    """
+    draws = rng.integers(0, len(a), size=(samples, len(a)))
+    ratios = a[draws].mean(axis=1) / np.maximum(b[draws].mean(axis=1), 1e-12)
+    return [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
+
+
 def paired(runs: dict, variant: str, baseline: str, samples: int = 2000, extra_slices: dict | None = None) -> dict:
     """`variant` against `baseline` over the seeds both ran, user by user.
 
@@ -100,15 +117,13 @@ def paired(runs: dict, variant: str, baseline: str, samples: int = 2000, extra_s
     out = {"seeds": seeds}
     for slice_name, idx in [*((name, members[name]) for name in SLICES), *(extra_slices or {}).items()]:
         idx = np.asarray(idx)
-        draws = rng.integers(0, len(idx), size=(samples, len(idx)))
-        ratios = a[idx][draws].mean(axis=1) / np.maximum(b[idx][draws].mean(axis=1), 1e-12)
         per_seed = [float(x[idx].mean() / y[idx].mean()) for x, y in zip(per_seed_a, per_seed_b)]
         out[slice_name] = {
             f"{variant}_ndcg_at_10": float(a[idx].mean()),
             f"{baseline}_ndcg_at_10": float(b[idx].mean()),
             "ratio": float(a[idx].mean() / b[idx].mean()),
             "ratio_per_seed": per_seed,
-            "ratio_95ci": [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))],
+            "ratio_95ci": ratio_interval(a[idx], b[idx], rng, samples),
             "users": int(len(idx)),
         }
     return out

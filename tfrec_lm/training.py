@@ -327,7 +327,7 @@ def export_text_encoder(config: TrainConfig, model: TwoTowerModel, run: RunFolde
     tokenizer = getattr(model.item_tower, "tokenizer", None)
     if not (exportable_item_encoder(config) and run.has_checkpoint() and tokenizer is not None):
         return None
-    return exported_text_encoder.export_text_encoder(
+    return exported_text_encoder.try_save_text_encoder(
         model.item_tower.encoder, tokenizer, run.text_encoder_dir,
         exported_text_encoder.checkpoint_digest(run.checkpoint, config.mixed_precision))
 

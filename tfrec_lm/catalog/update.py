@@ -295,7 +295,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
 
     from tfrec_lm.catalog.fold_in import DEFAULT_SHRINKAGE, MAPS, SCOPES, fold_in
     from tfrec_lm.catalog.popularity import DEFAULT_HALF_LIFE_DAYS, popularity_offset
-    from tfrec_lm.layers.exported_text_encoder import export_text_encoder
+    from tfrec_lm.layers.exported_text_encoder import try_save_text_encoder
     from tfrec_lm.models.precision import dtype_policy
     from tfrec_lm.serving_module import ServingModule
 
@@ -439,7 +439,7 @@ def update_catalog(run_dir=None, items_path=None, retire: Iterable[str] = (), ex
     watch.seconds["gate"] -= watch.seconds.get("save", 0.0)  # the gate's own work: scoring and publishing
     if export_digest is not None:  # the version is out: a failure only leaves later updates building the BERT
         with watch("encoder_export"):
-            export_text_encoder(old.item_tower.encoder, old.item_tower.tokenizer, run.text_encoder_dir, export_digest)
+            try_save_text_encoder(old.item_tower.encoder, old.item_tower.tokenizer, run.text_encoder_dir, export_digest)
     seconds = time.monotonic() - start
     stages = {name: watch.seconds[name] for name in STAGES if name in watch.seconds}
     logger.info("catalog update: %s; %d texts encoded; %s in %.1f s (%s)", changes.summary(), encoded, decision.path,
@@ -487,7 +487,7 @@ def run_encoder_factory(run: RunFolder, config) -> tuple:
     without a current folder (trained before the option, with `--no-export-text-encoder`, or a
     folder written from another checkpoint: an earlier training of the same folder) is updated by
     building the architecture (transformers) and restoring the weights from the checkpoint; the
-    update then exports the encoder (`export_text_encoder`) for the later ones.
+    update then exports the encoder (`try_save_text_encoder`) for the later ones.
 
     Args:
         run: RunFolder. the run.

@@ -95,7 +95,7 @@ def save_text_encoder(encoder, tokenizer, path, digest: str) -> Path:
     return path
 
 
-def export_text_encoder(encoder, tokenizer, path, digest: str) -> Optional[float]:
+def try_save_text_encoder(encoder, tokenizer, path, digest: str) -> Optional[float]:
     """`save_text_encoder` where a failure costs only speed: it is logged as a warning, never raised.
 
     Training calls it after its checkpoint (`--export-text-encoder`), and a catalog update of a run
